@@ -1,0 +1,1 @@
+"""The local SQLite mirror and outbox: the only package that writes SQL."""

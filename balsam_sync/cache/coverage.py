@@ -1,0 +1,136 @@
+"""What the mirror can honestly answer, and as of when.
+
+Two kinds of evidence let the mirror stand in for the server:
+
+* a **full sync** of a resource at time T (every row pulled and deletions reconciled): any
+  query on that resource is answered as of T;
+* a **fetch record**: the server answered these exact filters at time T. An unsliced answer
+  holds every matching row, so it covers any ordering and window of the same filters; a sliced
+  answer covers only the same ordering and a window inside it, and a count-only answer covers
+  only ``count()``.
+
+Our own writes go through to the mirror rows, so unsliced records stay true after them; sliced
+and count records of a resource are dropped whenever we write to it (a changed row may move in
+or out of a window, or change a count). A mirror that only holds the rows of a narrow query
+therefore never answers a broader one.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from ..spec import QuerySpec
+from .store import Store
+
+NO_HIGH = -1
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """Evidence that the mirror answers a query: as of when, and the count if known."""
+
+    as_of: datetime
+    count: int | None = None
+
+
+def _filters_key(spec: QuerySpec) -> str:
+    return json.dumps(spec.filters, default=str, separators=(",", ":"))
+
+
+def _at(text: str) -> datetime:
+    return datetime.fromisoformat(text)
+
+
+class CoverageBook:
+    """Reads and writes the ``sync_state`` and ``fetches`` tables of a mirror."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.conn = store.conn
+
+    # -- full syncs ----------------------------------------------------------------------------
+
+    def full_sync_at(self, resource: str) -> datetime | None:
+        row = self._one("SELECT full_at FROM sync_state WHERE resource = ?", [resource])
+        return _at(row[0]) if row and row[0] else None
+
+    def mark_full_sync(self, resource: str, at: datetime, watermark: str | None = None) -> None:
+        with self.store.write():
+            self.conn.execute(
+                "INSERT INTO sync_state (resource, full_at, watermark, pulled_at) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT(resource) DO UPDATE SET "
+                "full_at = excluded.full_at, pulled_at = excluded.pulled_at, "
+                "watermark = coalesce(excluded.watermark, watermark)",
+                [resource, at.isoformat(), watermark, at.isoformat()],
+            )
+
+    def watermark(self, resource: str) -> str | None:
+        row = self._one("SELECT watermark FROM sync_state WHERE resource = ?", [resource])
+        return row[0] if row else None
+
+    # -- fetch records -------------------------------------------------------------------------
+
+    def record_fetch(self, spec: QuerySpec, at: datetime, count: int | None, rows: bool) -> None:
+        """Remember that the server answered ``spec`` at ``at`` (``rows``: rows were stored)."""
+        if rows:
+            ordering, low = spec.ordering or "", spec.low
+            high = NO_HIGH if spec.high is None else spec.high
+        else:
+            ordering, low, high = "#count", 0, NO_HIGH
+        with self.store.write():
+            self.conn.execute(
+                "INSERT OR REPLACE INTO fetches "
+                "(resource, filters, ordering, low, high, count, fetched_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [spec.resource, _filters_key(spec), ordering, low, high, count, at.isoformat()],
+            )
+
+    def for_rows(self, spec: QuerySpec) -> Coverage | None:
+        """Return the newest evidence that the mirror holds every row of ``spec``'s window."""
+        full = self.full_sync_at(spec.resource)
+        high = NO_HIGH if spec.high is None else spec.high
+        row = self._one(
+            "SELECT max(fetched_at) FROM fetches WHERE resource = ? AND filters = ? AND ("
+            f"(low = 0 AND high = {NO_HIGH} AND ordering != '#count') OR "
+            f"(ordering = ? AND low <= ? AND high != {NO_HIGH} AND ? != {NO_HIGH} AND high >= ?))",
+            [spec.resource, _filters_key(spec), spec.ordering or "", spec.low, high, high],
+        )
+        return _newest(full, row[0] if row else None)
+
+    def for_count(self, spec: QuerySpec) -> Coverage | None:
+        """Return evidence for ``count()``: a full sync, an unsliced fetch, or a server count."""
+        full = self.full_sync_at(spec.resource)
+        row = self._one(
+            "SELECT fetched_at, count FROM fetches WHERE resource = ? AND filters = ? AND "
+            f"low = 0 AND high = {NO_HIGH} ORDER BY fetched_at DESC LIMIT 1",
+            [spec.resource, _filters_key(spec)],
+        )
+        best = _newest(full, row[0] if row else None)
+        if best is None:
+            return None
+        if row and row[0] and best.as_of == _at(row[0]) and row[1] is not None:
+            # A count-only record has no rows behind it: its number is the answer.
+            return Coverage(best.as_of, int(row[1]))
+        return best
+
+    def forget_windows(self, resource: str) -> None:
+        """Drop sliced and count-only records of ``resource`` (called on every local write)."""
+        with self.store.write():
+            self.conn.execute(
+                f"DELETE FROM fetches WHERE resource = ? AND (high != {NO_HIGH} OR low != 0 "
+                "OR ordering = '#count')",
+                [resource],
+            )
+
+    def _one(self, sql: str, args: list[Any]) -> tuple[Any, ...] | None:
+        with self.store._lock:
+            row = self.conn.execute(sql, args).fetchone()
+        return tuple(row) if row is not None else None
+
+
+def _newest(full: datetime | None, fetched: str | None) -> Coverage | None:
+    candidates = [t for t in (full, _at(fetched) if fetched else None) if t is not None]
+    return Coverage(max(candidates)) if candidates else None

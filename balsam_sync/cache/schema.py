@@ -1,0 +1,161 @@
+"""Tables, columns and indexes of the mirror, derived from the wire schemas, and migrations.
+
+Each resource gets a table with a typed column per field (JSON text for dicts, lists and sets).
+Key/value containment filters (``tags``, ``filter_tags``, event ``data``) and the parent
+overlap filter get side tables with indexes, so no query parses JSON per row.
+"""
+
+from __future__ import annotations
+
+import typing
+from dataclasses import dataclass
+from datetime import datetime
+from enum import Enum
+from types import NoneType, UnionType
+from typing import Any
+from uuid import UUID
+
+from pydantic import BaseModel
+from sqlite_utils import Database
+from sqlite_utils.migrations import Migrations
+
+from ..resources import RESOURCES, Resource
+
+SCHEMA_VERSION = 1
+"""Bump with a new migration whenever the layout below changes."""
+
+
+@dataclass(frozen=True)
+class KeyValueTable:
+    """A side table holding one row per (owner, key, value) of a dict field."""
+
+    table: str
+    field: str
+    strings_only: bool = False  # event data: the server matches string values only
+
+
+@dataclass(frozen=True)
+class TableDef:
+    """How one resource is laid out in the mirror."""
+
+    resource: str
+    table: str
+    columns: dict[str, type]
+    json_columns: frozenset[str]
+    indexes: tuple[tuple[str, ...], ...]
+    key_values: tuple[KeyValueTable, ...] = ()
+
+
+def _column_type(annotation: Any) -> tuple[type, bool]:
+    """Return (SQLite column type, is_json) for a field annotation."""
+    if typing.get_origin(annotation) in (typing.Union, UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not NoneType]
+        annotation = args[0] if len(args) == 1 else Any
+    origin = typing.get_origin(annotation) or annotation
+    if origin in (dict, list, set, frozenset):
+        return str, True
+    if annotation is bool:
+        return int, False
+    if annotation in (int, float):
+        return annotation, False  # type: ignore[no-any-return]
+    if annotation in (str, datetime, UUID) or (
+        isinstance(annotation, type) and issubclass(annotation, Enum)
+    ):
+        return str, False
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return str, True
+    return str, True
+
+
+def _table_def(
+    res: Resource,
+    table: str,
+    indexes: tuple[tuple[str, ...], ...],
+    key_values: tuple[KeyValueTable, ...] = (),
+) -> TableDef:
+    columns: dict[str, type] = {}
+    json_columns = set()
+    for name, info in res.out.model_fields.items():
+        col_type, is_json = _column_type(info.annotation)
+        columns[name] = col_type
+        if is_json:
+            json_columns.add(name)
+    return TableDef(res.name, table, columns, frozenset(json_columns), indexes, key_values)
+
+
+TABLES: dict[str, TableDef] = {
+    "Site": _table_def(RESOURCES["Site"], "sites", (("name",), ("last_refresh",))),
+    "App": _table_def(RESOURCES["App"], "apps", (("site_id",), ("name",))),
+    "Job": _table_def(
+        RESOURCES["Job"],
+        "jobs",
+        (
+            ("state", "last_update"),
+            ("last_update",),
+            ("app_id",),
+            ("batch_job_id",),
+            ("workdir",),
+            ("state", "workdir"),
+        ),
+        (KeyValueTable("job_tags", "tags"),),
+    ),
+    "BatchJob": _table_def(
+        RESOURCES["BatchJob"],
+        "batch_jobs",
+        (("site_id",), ("start_time",), ("end_time",), ("scheduler_id",), ("state",)),
+        (KeyValueTable("batch_job_tags", "filter_tags"),),
+    ),
+    "TransferItem": _table_def(
+        RESOURCES["TransferItem"], "transfer_items", (("job_id",), ("state",))
+    ),
+    "EventLog": _table_def(
+        RESOURCES["EventLog"],
+        "event_logs",
+        (("job_id",), ("timestamp",), ("to_state",), ("from_state",)),
+        (KeyValueTable("event_data", "data", strings_only=True),),
+    ),
+}
+
+PARENTS_TABLE = "job_parents"
+"""One row per (job, parent): the index behind the ``parent_id`` overlap filter."""
+
+migrations = Migrations("balsam_sync_mirror")
+
+
+@migrations()
+def m001_mirror_tables(db: Database) -> None:
+    """Create the resource tables, their side tables and indexes, and the bookkeeping tables."""
+    for tdef in TABLES.values():
+        db[tdef.table].create(tdef.columns, pk="id", not_null={"id"})  # type: ignore[union-attr]
+        for cols in tdef.indexes:
+            db[tdef.table].create_index(list(cols))  # type: ignore[union-attr]
+        for kv in tdef.key_values:
+            db.execute(
+                f"CREATE TABLE [{kv.table}] (owner_id INTEGER NOT NULL, key TEXT NOT NULL, "
+                "value TEXT, PRIMARY KEY (owner_id, key)) WITHOUT ROWID"
+            )
+            db.execute(f"CREATE INDEX [idx_{kv.table}_kv] ON [{kv.table}] (key, value, owner_id)")
+    db.execute(
+        f"CREATE TABLE [{PARENTS_TABLE}] (job_id INTEGER NOT NULL, parent_id INTEGER NOT NULL, "
+        "PRIMARY KEY (job_id, parent_id)) WITHOUT ROWID"
+    )
+    db.execute(
+        f"CREATE INDEX [idx_{PARENTS_TABLE}_parent] ON [{PARENTS_TABLE}] (parent_id, job_id)"
+    )
+    db["meta"].create({"key": str, "value": str}, pk="key")  # type: ignore[union-attr]
+    db["sync_state"].create(  # type: ignore[union-attr]
+        {"resource": str, "full_at": str, "watermark": str, "pulled_at": str}, pk="resource"
+    )
+    # One row per server answer the mirror can stand in for (see cache/coverage.py).
+    db["fetches"].create(  # type: ignore[union-attr]
+        {
+            "resource": str,
+            "filters": str,
+            "ordering": str,
+            "low": int,
+            "high": int,
+            "count": int,
+            "fetched_at": str,
+        },
+        pk=("resource", "filters", "ordering", "low", "high"),
+    )

@@ -1,0 +1,213 @@
+"""The mirror's rows: write the server's rows through, answer queries, stream, count.
+
+Rows read from the mirror keep their JSON columns as text; the model decodes a field only when
+it is read, which is what makes turning 1000 cached rows into instances cheap.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlite_utils import Database
+
+from ..spec import QuerySpec
+from .schema import PARENTS_TABLE, TABLES, TableDef
+from .sql import compile_spec
+
+Row = dict[str, Any]
+
+
+def _encode(value: Any) -> Any:
+    if isinstance(value, set | frozenset):
+        return json.dumps(sorted(value))
+    return json.dumps(value, separators=(",", ":"))
+
+
+class Store:
+    """Rows of every resource in one SQLite database (thread-safe within a process)."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.conn: sqlite3.Connection = db.conn
+        self._lock = threading.RLock()
+        self._insert_sql = {name: self._insert_statement(t) for name, t in TABLES.items()}
+
+    @staticmethod
+    def _insert_statement(tdef: TableDef) -> str:
+        cols = ", ".join(f"[{c}]" for c in tdef.columns)
+        marks = ", ".join("?" for _ in tdef.columns)
+        return f"INSERT OR REPLACE INTO [{tdef.table}] ({cols}) VALUES ({marks})"
+
+    # -- transactions --------------------------------------------------------------------------
+
+    @contextmanager
+    def write(self) -> Iterator[None]:
+        """One write transaction (nested calls join it through a savepoint).
+
+        ``BEGIN IMMEDIATE`` takes the write lock up front, so two processes never deadlock on
+        a read lock upgrade; the busy timeout makes the loser wait instead of failing.
+        """
+        with self._lock:
+            if self.conn.in_transaction:
+                self.conn.execute("SAVEPOINT nested")
+                try:
+                    yield
+                except BaseException:
+                    self.conn.execute("ROLLBACK TO SAVEPOINT nested")
+                    self.conn.execute("RELEASE SAVEPOINT nested")
+                    raise
+                self.conn.execute("RELEASE SAVEPOINT nested")
+                return
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+            self.conn.execute("COMMIT")
+
+    # -- writing rows --------------------------------------------------------------------------
+
+    def upsert(self, resource: str, rows: Iterable[Row]) -> int:
+        """Store the server's rows (replacing older copies); return how many were written."""
+        tdef = TABLES[resource]
+        columns = list(tdef.columns)
+        json_cols = tdef.json_columns
+        records = []
+        ids = []
+        for row in rows:
+            ids.append(row["id"])
+            records.append(
+                tuple(
+                    _encode(row.get(c)) if c in json_cols and row.get(c) is not None else row.get(c)
+                    for c in columns
+                )
+            )
+        if not records:
+            return 0
+        with self.write():
+            self.conn.executemany(self._insert_sql[resource], records)
+            self._write_side_tables(tdef, ids, records, columns)
+        return len(records)
+
+    def _write_side_tables(
+        self,
+        tdef: TableDef,
+        ids: list[int],
+        rows: list[tuple[Any, ...]],
+        columns: list[str],
+    ) -> None:
+        id_list = json.dumps(ids)
+        for kv in tdef.key_values:
+            self.conn.execute(
+                f"DELETE FROM [{kv.table}] WHERE owner_id IN (SELECT value FROM json_each(?))",
+                [id_list],
+            )
+            pos = columns.index(kv.field)
+            pairs = []
+            for obj_id, record in zip(ids, rows, strict=True):
+                raw = record[pos]
+                for key, value in (json.loads(raw) if raw else {}).items():
+                    if kv.strings_only and not isinstance(value, str):
+                        continue
+                    pairs.append((obj_id, key, value if isinstance(value, str) else str(value)))
+            self.conn.executemany(
+                f"INSERT INTO [{kv.table}] (owner_id, key, value) VALUES (?, ?, ?)", pairs
+            )
+        if tdef.resource == "Job":
+            self.conn.execute(
+                f"DELETE FROM [{PARENTS_TABLE}] WHERE job_id IN (SELECT value FROM json_each(?))",
+                [id_list],
+            )
+            pos = columns.index("parent_ids")
+            links = [
+                (obj_id, parent)
+                for obj_id, record in zip(ids, rows, strict=True)
+                for parent in (json.loads(record[pos]) if record[pos] else [])
+            ]
+            self.conn.executemany(
+                f"INSERT OR IGNORE INTO [{PARENTS_TABLE}] (job_id, parent_id) VALUES (?, ?)", links
+            )
+
+    def delete(self, resource: str, ids: Iterable[int]) -> int:
+        """Remove rows by id (and their side-table rows); return how many were removed."""
+        tdef = TABLES[resource]
+        id_list = json.dumps(list(ids))
+        with self.write():
+            cur = self.conn.execute(
+                f"DELETE FROM [{tdef.table}] WHERE id IN (SELECT value FROM json_each(?))",
+                [id_list],
+            )
+            for kv in tdef.key_values:
+                self.conn.execute(
+                    f"DELETE FROM [{kv.table}] WHERE owner_id IN (SELECT value FROM json_each(?))",
+                    [id_list],
+                )
+            if resource == "Job":
+                self.conn.execute(
+                    f"DELETE FROM [{PARENTS_TABLE}] WHERE job_id IN "
+                    "(SELECT value FROM json_each(?))",
+                    [id_list],
+                )
+        return cur.rowcount
+
+    def all_ids(self, resource: str) -> set[int]:
+        table = TABLES[resource].table
+        with self._lock:
+            return {r[0] for r in self.conn.execute(f"SELECT id FROM [{table}]")}
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def _select(self, spec: QuerySpec, columns: str | None = None) -> tuple[str, list[Any]]:
+        c = compile_spec(spec)
+        cols = columns or ", ".join(f"[{col}]" for col in TABLES[spec.resource].columns)
+        sql = f"SELECT {cols} FROM [{c.table}] WHERE {c.where} ORDER BY {c.order_by}"
+        args = list(c.args)
+        if c.limit is not None or c.offset:
+            sql += " LIMIT ? OFFSET ?"
+            args += [-1 if c.limit is None else c.limit, c.offset]
+        return sql, args
+
+    def query(self, spec: QuerySpec) -> list[Row]:
+        """Return the rows of ``spec`` in the server's order (JSON columns left as text)."""
+        sql, args = self._select(spec)
+        names = list(TABLES[spec.resource].columns)
+        with self._lock:
+            cursor = self.conn.execute(sql, args)
+            return [dict(zip(names, rec, strict=True)) for rec in cursor]
+
+    def stream(self, spec: QuerySpec, chunk_size: int = 2000) -> Iterator[Row]:
+        """Yield the rows of ``spec`` in pages of ``chunk_size`` by keyset on the window."""
+        names = list(TABLES[spec.resource].columns)
+        offset = 0
+        while True:
+            window = spec.with_window(offset, offset + chunk_size)
+            sql, args = self._select(window)
+            with self._lock:
+                page = self.conn.execute(sql, args).fetchall()
+            for rec in page:
+                yield dict(zip(names, rec, strict=True))
+            if len(page) < chunk_size:
+                return
+            offset += chunk_size
+
+    def count(self, spec: QuerySpec) -> int:
+        """Return the number of rows matching the filters of ``spec`` (window ignored)."""
+        c = compile_spec(spec.unsliced())
+        with self._lock:
+            (n,) = self.conn.execute(
+                f"SELECT count(*) FROM [{c.table}] WHERE {c.where}", c.args
+            ).fetchone()
+        return int(n)
+
+    def decode(self, resource: str, row: Row) -> Row:
+        """Return ``row`` with its JSON columns decoded (rows straight from ``query``)."""
+        json_cols = TABLES[resource].json_columns
+        return {
+            k: json.loads(v) if k in json_cols and isinstance(v, str) else v for k, v in row.items()
+        }

@@ -1,0 +1,121 @@
+"""The composition root: one Client wires settings, transport, mirror and managers together.
+
+``client.Job`` (and ``.Site``, ``.App``, ...) are subclasses bound to that client, so several
+servers can be used in one process. The unbound classes in ``balsam_sync.api`` use a default
+client that is built on first use, never at import.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, TypeVar
+
+from .config import Settings, load_settings
+from .freshness import AUTO, OFFLINE, ReadPolicy
+from .gateway import Gateway
+from .job import Job
+from .manager import Manager
+from .models import Model, set_manager_resolver
+from .objects import App, BatchJob, EventLog, Site, TransferItem
+from .remote import Remote
+from .retry import RetryPolicy
+from .transport import Transport
+
+M = TypeVar("M", bound=Model)
+
+
+class Client:
+    """A connection to one Balsam server as one user, with its mirror.
+
+    Attributes:
+        Site, App, Job, BatchJob, TransferItem, EventLog: model classes bound to this client.
+    """
+
+    def __init__(self, settings: Settings, *, retry: RetryPolicy | None = None) -> None:
+        self.settings = settings
+        self.transport = Transport(
+            settings.api_root,
+            settings.token,
+            retry=retry or RetryPolicy(attempts=max(1, settings.retry_count)),
+            connect_timeout=settings.connect_timeout,
+            read_timeout=settings.read_timeout,
+            verify=settings.verify_tls,
+        )
+        self.remote = Remote(self.transport)
+        self.gateway = Gateway(self.remote, OFFLINE if settings.offline else AUTO)
+        self._managers: dict[type[Model], Manager[Any]] = {}
+        self._lock = threading.Lock()
+        self.Site = self._bind(Site)
+        self.App = self._bind(App)
+        self.Job = self._bind(Job)
+        self.BatchJob = self._bind(BatchJob)
+        self.TransferItem = self._bind(TransferItem)
+        self.EventLog = self._bind(EventLog)
+
+    def __repr__(self) -> str:
+        return f"<balsam_sync.Client {self.settings.api_root}>"
+
+    def _bind(self, model: type[M]) -> type[M]:
+        bound = type(
+            model.__name__,
+            (model,),
+            {"__slots__": (), "__module__": model.__module__, "__qualname__": model.__qualname__},
+        )
+        bound._manager = Manager(bound, self.gateway)  # type: ignore[attr-defined]
+        return bound
+
+    def manager(self, model: type[M]) -> Manager[M]:
+        """Return this client's manager for an unbound model class."""
+        with self._lock:
+            found = self._managers.get(model)
+            if found is None:
+                found = self._managers[model] = Manager(model, self.gateway)
+            return found
+
+    @property
+    def default_policy(self) -> ReadPolicy:
+        """The read policy used by queries that do not choose one."""
+        return self.gateway.default_policy
+
+    @default_policy.setter
+    def default_policy(self, policy: ReadPolicy) -> None:
+        self.gateway.default_policy = policy
+
+    def close(self) -> None:
+        """Release connections (the client can still be used afterwards)."""
+        self.transport.close()
+
+
+def connect(
+    api_root: str | None = None,
+    token: str | None = None,
+    *,
+    home: str | None = None,
+    retry: RetryPolicy | None = None,
+    **settings: Any,
+) -> Client:
+    """Return a client for one server; arguments override the environment and client.yml."""
+    return Client(load_settings(api_root, token, home, **settings), retry=retry)
+
+
+_default: Client | None = None
+_default_lock = threading.Lock()
+
+
+def default_client() -> Client:
+    """Return the process-wide client used by ``balsam_sync.api``, building it on first use."""
+    global _default
+    with _default_lock:
+        if _default is None:
+            _default = connect()
+        return _default
+
+
+def set_default_client(client: Client | None) -> None:
+    """Replace the client used by ``balsam_sync.api`` (None: rebuild from settings on next use)."""
+    global _default
+    with _default_lock:
+        _default = client
+
+
+set_manager_resolver(lambda model: default_client().manager(model))

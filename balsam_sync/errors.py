@@ -1,0 +1,175 @@
+"""Every exception balsam_sync raises, in one tree.
+
+    BalsamSyncError
+    ├── ConfigError                 settings missing or unreadable (no api_root, bad client.yml)
+    ├── UsageError (ValueError)     bad input caught before anything is written or sent
+    │   ├── UsageTypeError (TypeError)       wrong type (e.g. bulk_create given a generator)
+    │   ├── FieldNotWritable (AttributeError) read-only field, or not updatable after creation
+    │   ├── ObjectStateError (AttributeError)  refresh/delete of an unsaved or deleted object
+    │   └── SlicedQueryError (AttributeError, TypeError)  filter/order/delete after a slice
+    ├── ObjectDoesNotExist          Model.DoesNotExist is a per-model subclass
+    ├── MultipleObjectsReturned     Model.MultipleObjectsReturned is a per-model subclass
+    ├── MirrorError                 the local mirror file is corrupt, foreign or unusable
+    ├── OfflineError                the answer needs the server, but the client is offline
+    └── TransportError              the server could not be asked or answered badly
+        ├── ServerUnreachable       no answer after the bounded retries
+        │   ├── ConnectFailed       the request never left (safe to resend)
+        │   └── ReplyLost           sent, but no reply: it may have been applied
+        └── HTTPStatusError         the server answered with a status >= 400
+            ├── NotAuthenticated    401: no token, or it expired ("log in again")
+            ├── NotFound            404
+            ├── Rejected            400 / 405 / 409: a business rule or missing route
+            ├── ValidationFailed    422 with the server's per-field messages
+            └── ServerError         5xx
+
+Input errors also subclass the builtin a Python user expects (ValueError, TypeError,
+AttributeError), so ``except ValueError`` keeps working.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class BalsamSyncError(Exception):
+    """Root of every error raised by balsam_sync."""
+
+
+class ConfigError(BalsamSyncError):
+    """Settings are missing or unreadable."""
+
+
+class UsageError(BalsamSyncError, ValueError):
+    """Bad input, detected before anything was written or sent."""
+
+
+class UsageTypeError(UsageError, TypeError):
+    """An argument of the wrong type, detected before any I/O."""
+
+
+class FieldNotWritable(UsageError, AttributeError):
+    """A field that cannot be assigned in the object's current state."""
+
+
+class ObjectStateError(UsageError, AttributeError):
+    """An operation that needs a saved object was called on an unsaved or deleted one."""
+
+
+class SlicedQueryError(UsageError, AttributeError, TypeError):
+    """Filtering, re-ordering or bulk-changing a query that was already sliced."""
+
+
+class ObjectDoesNotExist(BalsamSyncError):
+    """``get()`` matched nothing, or the object is gone from the server."""
+
+
+class MultipleObjectsReturned(BalsamSyncError):
+    """``get()`` matched more than one object."""
+
+
+class MirrorError(BalsamSyncError):
+    """The local mirror cannot be used (corrupt, foreign, or on an unsafe file system)."""
+
+
+class OfflineError(BalsamSyncError):
+    """The request needs the server but the client is in offline mode."""
+
+
+class TransportError(BalsamSyncError):
+    """The server could not be reached or answered with an error.
+
+    Attributes:
+        method: HTTP method of the failed request.
+        url: URL of the failed request (never carries the token).
+    """
+
+    def __init__(self, message: str, *, method: str = "", url: str = "") -> None:
+        super().__init__(message)
+        self.method = method
+        self.url = url
+
+
+class ServerUnreachable(TransportError):
+    """No usable reply after the bounded retries."""
+
+
+class ConnectFailed(ServerUnreachable):
+    """The connection was never established: the request did not reach the server."""
+
+
+class ReplyLost(ServerUnreachable):
+    """The request was sent but no reply arrived: the server may have applied it."""
+
+
+class HTTPStatusError(TransportError):
+    """The server answered with an error status.
+
+    Attributes:
+        status: the HTTP status code.
+        body: the decoded JSON body, or the raw text when it was not JSON.
+    """
+
+    def __init__(self, message: str, *, method: str, url: str, status: int, body: Any) -> None:
+        super().__init__(message, method=method, url=url)
+        self.status = status
+        self.body = body
+
+    @property
+    def detail(self) -> str:
+        """The server's reason in one line, whatever shape its body had."""
+        return describe_body(self.body)
+
+
+class NotAuthenticated(HTTPStatusError):
+    """401: the token is missing, invalid or expired. Log in again."""
+
+
+class NotFound(HTTPStatusError):
+    """404: no such object (or it belongs to another user)."""
+
+
+class Rejected(HTTPStatusError):
+    """400/405/409: the server refused the request under one of its rules."""
+
+
+class ValidationFailed(HTTPStatusError):
+    """422: the server's schema validation failed; ``errors`` lists each field's message."""
+
+    @property
+    def errors(self) -> list[dict[str, Any]]:
+        detail = self.body.get("detail") if isinstance(self.body, dict) else None
+        return [e for e in detail if isinstance(e, dict)] if isinstance(detail, list) else []
+
+
+class ServerError(HTTPStatusError):
+    """5xx: the server failed while handling the request."""
+
+
+def describe_body(body: Any) -> str:
+    """Turn any of the server's error body shapes into one readable line."""
+    if isinstance(body, dict):
+        detail = body.get("detail", body.get("error", body))
+        if isinstance(detail, list):
+            parts = []
+            for item in detail:
+                if isinstance(item, dict):
+                    loc = ".".join(str(p) for p in item.get("loc", []) if p != "body")
+                    parts.append(f"{loc}: {item.get('msg', item)}" if loc else str(item.get("msg")))
+                else:
+                    parts.append(str(item))
+            return "; ".join(parts)
+        return str(detail)
+    return "" if body is None else str(body)[:500]
+
+
+def status_error_class(status: int) -> type[HTTPStatusError]:
+    """Pick the exception class for an HTTP error status."""
+    if status == 401:
+        return NotAuthenticated
+    if status == 404:
+        return NotFound
+    if status == 422:
+        return ValidationFailed
+    if status >= 500:
+        return ServerError
+    return Rejected

@@ -1,0 +1,74 @@
+"""Read policies (where a query may be answered from) and provenance (where it was).
+
+A policy is a small value: ``AUTO`` (the client default), ``fresh(max_age)``, ``OFFLINE`` or
+``ONLINE``. ``USE_CLIENT_DEFAULT`` is an explicit sentinel, never ``None``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import Enum
+from typing import Any, Literal
+
+Source = Literal["server", "cache"]
+
+
+class ReadMode(Enum):
+    """Where a read may be answered from."""
+
+    AUTO = "auto"  # mirror when the resource is fully synced within max_age, else the server;
+    #                the mirror (marked stale) when the server is unreachable
+    FRESH = "fresh"  # mirror when this answer was confirmed within max_age, else the server
+    OFFLINE = "offline"  # mirror only: never touch the network
+    ONLINE = "online"  # server only: fail when it is unreachable
+
+
+@dataclass(frozen=True)
+class ReadPolicy:
+    """How one query (or the client by default) chooses between mirror and server."""
+
+    mode: ReadMode
+    max_age: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_age is not None and self.max_age < 0:
+            raise ValueError("max_age must not be negative")
+
+
+class _UseClientDefault(Enum):
+    USE_CLIENT_DEFAULT = "use-client-default"
+
+
+USE_CLIENT_DEFAULT = _UseClientDefault.USE_CLIENT_DEFAULT
+"""Marker: use the policy configured on the client."""
+
+PolicyArg = ReadPolicy | _UseClientDefault
+
+AUTO = ReadPolicy(ReadMode.AUTO)
+OFFLINE = ReadPolicy(ReadMode.OFFLINE)
+ONLINE = ReadPolicy(ReadMode.ONLINE)
+
+
+def fresh(max_age: float) -> ReadPolicy:
+    """Answer from the mirror when it was confirmed within ``max_age`` seconds."""
+    return ReadPolicy(ReadMode.FRESH, max_age)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """Rows (or a count) plus where they came from and how old they are.
+
+    Attributes:
+        rows: the matching rows in order (empty for a count-only answer).
+        count: total matches ignoring the window, when known.
+        source: "server" or "cache".
+        as_of: when the server last confirmed this data (None: never confirmed).
+        stale: True when the server was wanted but unreachable and the mirror answered.
+    """
+
+    rows: list[dict[str, Any]]
+    count: int | None
+    source: Source
+    as_of: datetime | None
+    stale: bool = False

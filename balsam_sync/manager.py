@@ -1,0 +1,210 @@
+"""``Model.objects``: starts queries and carries out saves, bulk operations and deletes.
+
+The manager validates what the user asked for and hands it to the gateway, which decides
+between the mirror, the outbox and the server. It never talks HTTP or SQL itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from pydantic import BaseModel
+
+from .errors import ObjectStateError, UsageError, UsageTypeError
+from .fields import validate_field
+from .freshness import USE_CLIENT_DEFAULT, Answer, PolicyArg
+from .models import Model, ModelState
+from .query import Query
+from .resources import APP
+from .spec import QuerySpec
+
+if TYPE_CHECKING:
+    from .gateway import Gateway
+
+M = TypeVar("M", bound=Model)
+Row = dict[str, Any]
+
+
+class Manager(Generic[M]):
+    """Entry point for queries and writes of one model class on one client."""
+
+    def __init__(self, model: type[M], gateway: Gateway) -> None:
+        self.model = model
+        self._gateway = gateway
+        self._resource = model._resource
+
+    def __repr__(self) -> str:
+        return f"<Manager of {self.model.__name__}>"
+
+    # -- queries -------------------------------------------------------------------------------
+
+    def _query(self) -> Query[M]:
+        return Query(self, QuerySpec(self._resource.name))
+
+    def all(self) -> Query[M]:
+        """Return a lazy query over every object."""
+        return self._query().all()
+
+    def filter(self, **filters: Any) -> Query[M]:
+        """Return a lazy query narrowed by ``filters``."""
+        return self._query().filter(**filters)
+
+    def order_by(self, field: str | None) -> Query[M]:
+        """Return a lazy query over every object in this order."""
+        return self._query().order_by(field)
+
+    def get(self, **filters: Any) -> M:
+        """Return the one object matching ``filters`` (see ``Query.get``)."""
+        return self._query().get(**filters)
+
+    def count(self) -> int:
+        """Return how many objects there are."""
+        return self._query().count()
+
+    def first(self) -> M:
+        """Return the first object by the default ordering (IndexError when there is none)."""
+        return self._query().first()
+
+    # -- creation ------------------------------------------------------------------------------
+
+    def create(self, **fields: Any) -> M:
+        """Create one object and return it with its id set."""
+        obj = self.model(**fields)
+        self._save(obj)
+        return obj
+
+    def bulk_create(self, objs: list[M]) -> list[M]:
+        """Create many objects; each passed instance gets its id (Job: 5000 per request).
+
+        Returns the same instances, in the order given.
+        """
+        if not isinstance(objs, list):
+            raise UsageTypeError(f"bulk_create takes a list, not {type(objs).__name__}")
+        for obj in objs:
+            if not isinstance(obj, self.model):
+                raise UsageTypeError(f"bulk_create takes {self.model.__name__} instances: {obj!r}")
+            if obj._state is not ModelState.NEW:
+                raise UsageError(f"bulk_create takes unsaved instances; {obj!r} is already saved")
+        if not objs:
+            return objs
+        rows = self._gateway.create(self._resource, [self._creation_payload(o) for o in objs])
+        for obj, row in zip(objs, rows, strict=True):
+            obj._load(row)
+        return objs
+
+    def _creation_payload(self, obj: M) -> Row:
+        return dict(obj._data)
+
+    def _resolve_app_id(self, name: str, site_name: str | None) -> int:
+        """Find an App's id by its name (and site name when one is given), not by unpickling."""
+        filters = {"name": name, **({"site_name": site_name} if site_name else {})}
+        spec = QuerySpec(APP.name).with_filters(filters).with_window(0, 2)
+        rows = self._gateway.fetch(APP, spec, USE_CLIENT_DEFAULT).rows
+        where = f" at site {site_name!r}" if site_name else ""
+        if not rows:
+            raise UsageError(f"no App named {name!r}{where}")
+        if len(rows) > 1:
+            raise UsageError(f"App {name!r} exists at several sites: pass site_name= to choose")
+        app_id: int = rows[0]["id"]
+        return app_id
+
+    # -- updates -------------------------------------------------------------------------------
+
+    def bulk_update(self, objs: Sequence[M]) -> int:
+        """Send each instance's own changes; return how many instances were updated.
+
+        Instances without changes are skipped; updated instances are reloaded with what the
+        server stored (including the state it derived).
+        """
+        changed = []
+        for obj in objs:
+            if not isinstance(obj, self.model):
+                raise UsageTypeError(f"bulk_update takes {self.model.__name__} instances: {obj!r}")
+            if obj._state in (ModelState.NEW, ModelState.DELETED):
+                raise ObjectStateError(f"bulk_update takes saved instances: {obj!r}")
+            changes = obj._pending_changes()
+            if changes:
+                changed.append((obj, changes))
+        if not changed:
+            return 0
+        self._require_update()
+        items = [(obj._data["id"], changes) for obj, changes in changed]
+        rows = self._gateway.bulk_update(self._resource, items)
+        by_id = {row["id"]: row for row in rows}
+        for obj, _ in changed:
+            row = by_id.get(obj._data["id"])
+            if row is not None:
+                obj._load(row)
+        return len(changed)
+
+    def _require_update(self) -> type[BaseModel]:
+        schema = self._resource.update
+        if schema is None:
+            raise UsageError(f"{self.model.__name__} is read-only")
+        return schema
+
+    def _wire_changes(self, fields: dict[str, Any]) -> Row:
+        schema = self._require_update()
+        name = self.model.__name__
+        out = {}
+        for key, value in fields.items():
+            if key not in self.model._update_fields:
+                raise UsageError(
+                    f"{name}.objects.update(): {key!r} cannot be updated "
+                    f"(updatable: {', '.join(sorted(self.model._update_fields))})"
+                )
+            out[key] = validate_field(schema, name, key, value)
+            self.model._check_rule(key, out[key])
+        return out
+
+    # -- instance lifecycle (called by Model) --------------------------------------------------
+
+    def _save(self, obj: M) -> None:
+        if obj._state is ModelState.NEW:
+            (row,) = self._gateway.create(self._resource, [self._creation_payload(obj)])
+            obj._load(row)
+            return
+        if obj._state is ModelState.DELETED:
+            raise ObjectStateError(f"cannot save a deleted {self.model.__name__}")
+        changes = obj._pending_changes()
+        if changes:
+            self._require_update()
+            obj._load(self._gateway.update(self._resource, obj._data["id"], changes))
+
+    def _refresh(self, obj: M) -> None:
+        obj_id = obj._data["id"]
+        answer = self._fetch(QuerySpec(self._resource.name).with_filters({"id": [obj_id]}))
+        if not answer.rows:
+            raise self.model.DoesNotExist(f"{self.model.__name__} {obj_id} no longer exists")
+        obj._load(answer.rows[0])
+
+    def _delete(self, obj: M) -> None:
+        if not self._resource.can_delete:
+            raise UsageError(f"{self.model.__name__} objects cannot be deleted through the API")
+        self._gateway.delete(self._resource, obj._data["id"])
+        obj._mark_deleted()
+
+    # -- plumbing for Query --------------------------------------------------------------------
+
+    def _fetch(self, spec: QuerySpec, policy: PolicyArg = USE_CLIENT_DEFAULT) -> Answer:
+        return self._gateway.fetch(self._resource, spec, policy)
+
+    def _count(self, spec: QuerySpec, policy: PolicyArg = USE_CLIENT_DEFAULT) -> Answer:
+        return self._gateway.count(self._resource, spec, policy)
+
+    def _stream(self, spec: QuerySpec, policy: PolicyArg, chunk_size: int) -> Iterator[Row]:
+        return self._gateway.stream(self._resource, spec, policy, chunk_size)
+
+    def _query_update(self, spec: QuerySpec, fields: dict[str, Any]) -> int:
+        changes = self._wire_changes(fields)
+        if spec.empty:
+            return 0
+        return self._gateway.query_update(self._resource, spec, changes)
+
+    def _query_delete(self, spec: QuerySpec) -> int:
+        if not self._resource.can_delete:
+            raise UsageError(f"{self.model.__name__} objects cannot be deleted through the API")
+        if spec.empty:
+            return 0
+        return self._gateway.query_delete(self._resource, spec)

@@ -1,0 +1,304 @@
+"""The model base class: field access, change tracking and per-model exceptions.
+
+An instance holds the server's JSON values (``_data``) and, once fields are assigned, the
+pending changes (``_changes``). Reading converts a value to its Python type; writing validates
+it against the resource's create or update schema at once, so bad input fails at the line
+that assigned it. Persistence (save, delete, refresh) is delegated to the model's manager.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from enum import Enum
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from .errors import (
+    FieldNotWritable,
+    MultipleObjectsReturned,
+    ObjectDoesNotExist,
+    ObjectStateError,
+    UsageError,
+)
+from .fields import Converter, converters, validate_field, validate_payload
+from .resources import Resource
+
+if TYPE_CHECKING:
+    from .manager import Manager
+
+Row = dict[str, Any]
+
+
+class ModelState(Enum):
+    """Where an instance stands relative to the server."""
+
+    NEW = "new"  # built locally and never saved: holds the creation payload
+    CLEAN = "clean"  # equal to what the server (or the mirror) last said
+    DIRTY = "dirty"  # clean data plus assigned changes that are not saved yet
+    DELETED = "deleted"  # deleted through this instance; its id reads None
+
+
+ManagerResolver = Callable[[type["Model"]], "Manager[Any]"]
+_resolve_manager: ManagerResolver | None = None
+
+
+def set_manager_resolver(resolver: ManagerResolver) -> None:
+    """Tell unbound model classes how to find the default client's manager (done by client)."""
+    global _resolve_manager
+    _resolve_manager = resolver
+
+
+class _Field:
+    """Descriptor for one model field: reads convert, writes validate."""
+
+    def __init__(self, name: str, doc: str | None) -> None:
+        self.name = name
+        self.__doc__ = doc
+
+    def __get__(self, obj: Model | None, owner: type[Model]) -> Any:
+        if obj is None:
+            return self
+        return obj._read(self.name)
+
+    def __set__(self, obj: Model, value: Any) -> None:
+        obj._write(self.name, value)
+
+
+class _ManagerAccess:
+    """``Model.objects``: the manager of the client this model class is bound to."""
+
+    def __get__(self, obj: Model | None, owner: type[Model]) -> Manager[Any]:
+        if obj is not None:
+            raise AttributeError("the manager is reached through the class: use Model.objects")
+        bound = owner.__dict__.get("_manager")
+        if bound is not None:
+            return bound  # type: ignore[no-any-return]
+        if _resolve_manager is None:
+            raise RuntimeError("balsam_sync.client was not imported")
+        return _resolve_manager(owner)
+
+
+class Model:
+    """Base of Site, App, Job, BatchJob, TransferItem and EventLog.
+
+    Each subclass gets its own ``DoesNotExist`` and ``MultipleObjectsReturned``, so catching
+    ``Job.DoesNotExist`` never catches ``Site.DoesNotExist``.
+    """
+
+    __slots__ = ("_state", "_data", "_changes", "_seen", "__weakref__")
+    _resource: ClassVar[Resource]
+    _conv: ClassVar[dict[str, Converter]] = {}
+    _fields: ClassVar[frozenset[str]] = frozenset()
+    _create_fields: ClassVar[frozenset[str]] = frozenset()
+    _update_fields: ClassVar[frozenset[str]] = frozenset()
+    _client_only: ClassVar[frozenset[str]] = frozenset()
+    _rules: ClassVar[dict[str, Callable[[Any], str | None]]] = {}
+    """Checks the server makes (and we make first): field -> returns an error text or None."""
+    DoesNotExist: ClassVar[type[ObjectDoesNotExist]] = ObjectDoesNotExist
+    MultipleObjectsReturned: ClassVar[type[MultipleObjectsReturned]] = MultipleObjectsReturned
+    objects: ClassVar[Any] = _ManagerAccess()
+
+    _state: ModelState
+    _data: Row
+    _changes: Row | None
+    _seen: Row | None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.DoesNotExist = type(
+            "DoesNotExist",
+            (cls.DoesNotExist,),
+            {"__module__": cls.__module__, "__qualname__": f"{cls.__qualname__}.DoesNotExist"},
+        )
+        cls.MultipleObjectsReturned = type(
+            "MultipleObjectsReturned",
+            (cls.MultipleObjectsReturned,),
+            {
+                "__module__": cls.__module__,
+                "__qualname__": f"{cls.__qualname__}.MultipleObjectsReturned",
+            },
+        )
+        if "_resource" in cls.__dict__:
+            cls._install_fields(cls._resource)
+
+    @classmethod
+    def _install_fields(cls, res: Resource) -> None:
+        schemas = [sch for sch in (res.out, res.create, res.update) if sch is not None]
+        names: dict[str, str | None] = {}
+        for sch in schemas:
+            for name, info in sch.model_fields.items():
+                names.setdefault(name, info.description)
+        for name, doc in names.items():
+            if name not in cls.__dict__:
+                setattr(cls, name, _Field(name, doc))
+        cls._fields = frozenset(names)
+        cls._conv = converters(res.out)
+        cls._create_fields = frozenset(res.create.model_fields) if res.create else frozenset()
+        cls._update_fields = frozenset(res.update.model_fields) if res.update else frozenset()
+
+    # -- construction --------------------------------------------------------------------------
+
+    def __init__(self, **fields: Any) -> None:
+        res = self._resource
+        name = type(self).__name__
+        if res.create is None:
+            raise UsageError(f"{name} is read-only: the server creates them")
+        unknown = set(fields) - self._create_fields - self._client_only
+        if unknown:
+            raise UsageError(
+                f"{name}() got unknown field(s) {sorted(unknown)}; "
+                f"allowed: {sorted(self._create_fields | self._client_only)}"
+            )
+        payload = self._prepare_create(dict(fields))
+        self._data = validate_payload(res.create, name, payload)
+        for field, value in self._data.items():
+            self._check_rule(field, value)
+        self._state = ModelState.NEW
+        self._changes = None
+        self._seen = None
+
+    def _prepare_create(self, fields: dict[str, Any]) -> dict[str, Any]:
+        """Turn client-only creation arguments into wire fields (overridden by Job)."""
+        return fields
+
+    @classmethod
+    def _from_row(cls, row: Row) -> Model:
+        """Build a clean instance from a trusted row without validating it again."""
+        obj = cls.__new__(cls)
+        obj._state = ModelState.CLEAN
+        obj._data = row
+        obj._changes = None
+        obj._seen = None
+        return obj
+
+    # -- field access --------------------------------------------------------------------------
+
+    def _read(self, name: str) -> Any:
+        state = self._state
+        changes = self._changes
+        if changes is not None and name in changes:
+            raw = changes[name]
+        else:
+            raw = self._data.get(name)
+            if state is not ModelState.NEW and type(raw) in (dict, list):
+                self._remember(name, raw)
+        if raw is None:
+            return None
+        conv = self._conv.get(name)
+        return raw if conv is None else conv(raw)
+
+    def _remember(self, name: str, raw: Any) -> None:
+        """Keep a copy of a mutable value handed out, to detect in-place changes at save."""
+        if name not in self._update_fields:
+            return
+        if self._seen is None:
+            self._seen = {}
+        if name not in self._seen:
+            self._seen[name] = copy.deepcopy(raw)
+
+    def _write(self, name: str, value: Any) -> None:
+        model = type(self).__name__
+        res = self._resource
+        if self._state is ModelState.NEW:
+            if name not in self._create_fields or res.create is None:
+                raise FieldNotWritable(f"{model}.{name} is set by the server, not at creation")
+            wire = validate_field(res.create, model, name, value)
+            self._check_rule(name, wire)
+            self._data[name] = wire
+            return
+        if self._state is ModelState.DELETED:
+            raise ObjectStateError(f"this {model} was deleted; it cannot be changed")
+        if res.update is None:
+            raise FieldNotWritable(f"{model} is read-only")
+        if name not in self._update_fields:
+            raise FieldNotWritable(
+                f"Cannot set {name} when updating {model}: it can only be set at creation "
+                f"or by the server (updatable: {', '.join(sorted(self._update_fields))})"
+            )
+        wire = validate_field(res.update, model, name, value)
+        self._check_rule(name, wire)
+        self._changes = {**(self._changes or {}), name: wire}
+        self._state = ModelState.DIRTY
+
+    @classmethod
+    def _check_rule(cls, name: str, wire: Any) -> None:
+        rule = cls._rules.get(name)
+        problem = rule(wire) if rule is not None and wire is not None else None
+        if problem:
+            raise UsageError(f"{cls.__name__}.{name}: {problem}")
+
+    def _pending_changes(self) -> Row:
+        """Assigned fields plus mutable fields changed in place since they were read."""
+        changes = dict(self._changes or {})
+        for name, before in (self._seen or {}).items():
+            now = self._data.get(name)
+            if name not in changes and now != before:
+                changes[name] = now
+        return changes
+
+    # -- lifecycle (delegated to the manager) --------------------------------------------------
+
+    @property
+    def state_of_instance(self) -> ModelState:
+        """Where this instance stands: NEW, CLEAN, DIRTY or DELETED."""
+        return self._state
+
+    def _load(self, row: Row) -> None:
+        """Replace this instance's data with what the server (or mirror) says it is now."""
+        self._data = row
+        self._state = ModelState.CLEAN
+        self._changes = None
+        self._seen = None
+
+    def _mark_deleted(self) -> None:
+        self._data = {**self._data, "id": None}
+        self._state = ModelState.DELETED
+        self._changes = None
+        self._seen = None
+
+    def save(self) -> None:
+        """Create this object, or send the fields changed since it was loaded."""
+        type(self).objects._save(self)
+
+    def refresh_from_db(self) -> None:
+        """Reload every field (unsaved local changes are discarded).
+
+        Raises:
+            ObjectStateError: the object was never saved, or was deleted.
+            DoesNotExist: the object is gone.
+        """
+        self._require_saved("refresh")
+        type(self).objects._refresh(self)
+
+    def delete(self) -> None:
+        """Delete this object; afterwards ``id`` reads None."""
+        self._require_saved("delete")
+        type(self).objects._delete(self)
+
+    def _require_saved(self, action: str) -> None:
+        if self._state in (ModelState.NEW, ModelState.DELETED):
+            raise ObjectStateError(
+                f"cannot {action} a {type(self).__name__} that is "
+                f"{'not saved yet' if self._state is ModelState.NEW else 'deleted'}"
+            )
+
+    # -- dunder --------------------------------------------------------------------------------
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Model) or other._resource is not self._resource:
+            return NotImplemented
+        both_clean = self._state is ModelState.CLEAN and other._state is ModelState.CLEAN
+        return both_clean and self._data == other._data
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        data = {**self._data, **(self._changes or {})}
+        head = ["id"] if "id" in self._fields else []
+        names = head + sorted(n for n in data if n != "id" and not n.startswith("serialized_"))
+        body = ", ".join(f"{n}={data.get(n)!r}" for n in names)
+        return f"{type(self).__name__}({body})"
+
+    def to_dict(self) -> Row:
+        """Return a copy of the fields as JSON values (pending changes applied)."""
+        return copy.deepcopy({**self._data, **self._pending_changes()})

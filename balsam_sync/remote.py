@@ -1,0 +1,241 @@
+"""The Balsam REST API as operations on rows, with every server quirk handled here.
+
+Paging, 500-value filter chunks, 5000-item bulk chunks, Job replies that are integers (so the
+jobs are read back), PATCH items grouped by identical key sets, and rows normalised to one
+canonical form (aware UTC timestamps, no extra keys) all live in this module
+(balsam-api.md §2.2, §7). Above it, a row is a row.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable, Iterator
+from datetime import datetime, timezone
+from typing import Any
+
+from .errors import Rejected, TransportError
+from .params import FILTER_CHUNK_SIZE, Params, chunked_filter_params, filter_params
+from .resources import MAX_BULK, MAX_PAGE, Resource
+from .spec import QuerySpec
+from .transport import Transport
+
+Row = dict[str, Any]
+
+
+class Remote:
+    """Rows in, rows out, over one ``Transport``."""
+
+    def __init__(self, transport: Transport) -> None:
+        self.transport = transport
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    def list(self, res: Resource, spec: QuerySpec) -> tuple[list[Row], int]:
+        """Return the rows of ``spec``'s window in order, and the total number of matches."""
+        if spec.empty:
+            return [], 0
+        chunks = list(chunked_filter_params(spec))
+        if len(chunks) == 1:
+            return self._window(res, chunks[0], spec.ordering, spec.low, spec.limit)
+        merged: dict[int, Row] = {}
+        for params in chunks:
+            rows, _ = self._window(res, params, spec.ordering, 0, None)
+            merged.update((row["id"], row) for row in rows)
+        ordered = sort_rows(list(merged.values()), spec.ordering or res.default_ordering)
+        high = None if spec.limit is None else spec.low + spec.limit
+        return ordered[spec.low : high], len(ordered)
+
+    def count(self, res: Resource, spec: QuerySpec) -> int:
+        """Return the number of matches without fetching rows (``limit=0``)."""
+        if spec.empty:
+            return 0
+        chunks = list(chunked_filter_params(spec))
+        if len(chunks) > 1:
+            return self.list(res, spec.unsliced())[1]
+        body = self._get(res, chunks[0] + [("limit", "0"), ("offset", "0")])
+        return int(body["count"])
+
+    def ids(self, res: Resource, spec: QuerySpec) -> list[int]:
+        """Return the ids of every object matching the filters of ``spec``."""
+        return [row["id"] for row in self.list(res, spec.unsliced())[0]]
+
+    def pages(self, res: Resource, spec: QuerySpec, page_size: int) -> Iterator[list[Row]]:
+        """Yield the rows of an unchunked ``spec`` page by page (for pulls and streaming)."""
+        base = filter_params(spec)
+        if spec.ordering:
+            base.append(("ordering", spec.ordering))
+        offset = spec.low
+        remaining = spec.limit
+        while remaining is None or remaining > 0:
+            want = page_size if remaining is None else min(page_size, remaining)
+            body = self._get(res, base + [("limit", str(want)), ("offset", str(offset))])
+            page = [normalize_row(res, row) for row in body["results"]]
+            if page:
+                yield page
+            offset += len(page)
+            remaining = None if remaining is None else remaining - len(page)
+            if len(page) < want or offset >= int(body["count"]):
+                return
+
+    def _window(
+        self, res: Resource, params: Params, ordering: str | None, low: int, limit: int | None
+    ) -> tuple[list[Row], int]:
+        base = list(params)
+        if ordering:
+            base.append(("ordering", ordering))
+        out: list[Row] = []
+        offset = low
+        while True:
+            want = MAX_PAGE if limit is None else min(MAX_PAGE, limit - len(out))
+            body = self._get(res, base + [("limit", str(want)), ("offset", str(offset))])
+            count = int(body["count"])
+            page = body["results"]
+            out.extend(normalize_row(res, row) for row in page)
+            offset += len(page)
+            if len(page) < want or offset >= count or (limit is not None and len(out) >= limit):
+                return out, count
+
+    def _get(self, res: Resource, params: Params) -> Any:
+        body = self.transport.request("GET", res.path, params=params)
+        if not isinstance(body, dict) or "results" not in body:
+            raise TransportError(f"GET {res.path}: unexpected reply {str(body)[:200]}")
+        return body
+
+    def _by_ids(self, res: Resource, ids: Iterable[int]) -> list[Row]:
+        rows: list[Row] = []
+        for chunk in _chunks(list(ids), FILTER_CHUNK_SIZE):
+            spec = QuerySpec(res.name).with_filters({"id": chunk})
+            rows.extend(self._window(res, filter_params(spec), None, 0, None)[0])
+        return rows
+
+    # -- writes --------------------------------------------------------------------------------
+
+    def create(self, res: Resource, payloads: list[Row]) -> list[Row]:
+        """Create objects and return the server's rows, in the order given."""
+        if res.create_route == "list":
+            rows: list[Row] = []
+            for chunk in _chunks(payloads, MAX_BULK):
+                reply = self.transport.request("POST", res.path, json_body=chunk)
+                rows.extend(normalize_row(res, row) for row in reply)
+            return rows
+        return [
+            normalize_row(res, self.transport.request("POST", res.path, json_body=p))
+            for p in payloads
+        ]
+
+    def update(self, res: Resource, obj_id: int, changes: Row) -> Row:
+        """Send ``changes`` to one object and return the row the server now holds."""
+        reply = self.transport.request("PUT", res.item_path(obj_id), json_body=changes)
+        if res.update_reply == "object":
+            return normalize_row(res, reply)
+        rows = self._by_ids(res, [obj_id])
+        if not rows:
+            raise Rejected(
+                f"{res.name} {obj_id} vanished after its update",
+                method="PUT",
+                url=res.item_path(obj_id),
+                status=404,
+                body=None,
+            )
+        return rows[0]
+
+    def bulk_update(self, res: Resource, items: list[tuple[int, Row]]) -> list[Row]:
+        """Apply per-object changes and return the rows the server now holds."""
+        merged: dict[int, Row] = {}
+        for obj_id, changes in items:
+            merged[obj_id] = {**merged.get(obj_id, {}), **changes}
+        if res.bulk_update is None:
+            return [self.update(res, obj_id, ch) for obj_id, ch in merged.items()]
+        rows: list[Row] = []
+        for group in group_by_keys(merged).values():
+            for chunk in _chunks(group, MAX_BULK):
+                reply = self.transport.request("PATCH", res.path, json_body=chunk)
+                if res.bulk_update_reply == "object":
+                    rows.extend(normalize_row(res, row) for row in reply)
+        if res.bulk_update_reply == "int":
+            rows = self._by_ids(res, merged)
+        return rows
+
+    def query_update(self, res: Resource, spec: QuerySpec, changes: Row) -> list[Row]:
+        """Apply ``changes`` to every object matching ``spec`` (resolved to ids first)."""
+        return self.bulk_update(res, [(obj_id, changes) for obj_id in self.ids(res, spec)])
+
+    def delete(self, res: Resource, obj_id: int) -> bool:
+        """Delete one object; return False when the server kept it (a locked Job)."""
+        self.transport.request("DELETE", res.item_path(obj_id))
+        if res.can_query_delete:
+            # A job locked by a session is skipped while the reply is still 204 (§1.3).
+            return not self._by_ids(res, [obj_id])
+        return True
+
+    def query_delete(self, res: Resource, spec: QuerySpec) -> tuple[list[int], list[Row]]:
+        """Delete every object matching ``spec``; return (deleted ids, rows the server kept)."""
+        ids = self.ids(res, spec)
+        if not res.can_query_delete:
+            return [i for i in ids if self.delete(res, i)], []
+        for chunk in _chunks(ids, FILTER_CHUNK_SIZE):
+            params = [("id", str(i)) for i in chunk]
+            self.transport.request("DELETE", res.path, params=params)
+        kept = self._by_ids(res, ids)
+        kept_ids = {row["id"] for row in kept}
+        return [i for i in ids if i not in kept_ids], kept
+
+
+def group_by_keys(items: dict[int, Row]) -> dict[frozenset[str], list[Row]]:
+    """Group PATCH items by their key sets: the server needs every item to carry the same keys."""
+    groups: dict[frozenset[str], list[Row]] = {}
+    for obj_id, changes in items.items():
+        groups.setdefault(frozenset(changes), []).append({"id": obj_id, **changes})
+    return groups
+
+
+def sort_rows(rows: list[Row], ordering: str) -> list[Row]:
+    """Order rows as the server would: by the field (NULLs last ascending), then id ascending."""
+    field = ordering.lstrip("-")
+    descending = ordering.startswith("-")
+    rows = sorted(rows, key=lambda r: r["id"])
+    if field == "id":
+        return rows[::-1] if descending else rows
+    return sorted(
+        rows,
+        key=lambda r: (r.get(field) is None, r.get(field) or ""),
+        reverse=descending,
+    )
+
+
+def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+# -- row normalisation ----------------------------------------------------------------------
+
+
+@functools.cache
+def _shape(res: Resource) -> tuple[frozenset[str], tuple[str, ...]]:
+    fields = res.out.model_fields
+    dt_fields = tuple(name for name, info in fields.items() if "datetime" in str(info.annotation))
+    return frozenset(fields), dt_fields
+
+
+def normalize_row(res: Resource, row: Row) -> Row:
+    """Return ``row`` with only the resource's fields and timestamps as aware UTC ISO text."""
+    allowed, dt_fields = _shape(res)
+    if len(row) != len(allowed) or not allowed.issuperset(row):
+        row = {k: v for k, v in row.items() if k in allowed}
+    for name in dt_fields:
+        value = row.get(name)
+        if value is not None:
+            row[name] = canonical_time(value)
+    return row
+
+
+def canonical_time(text: str) -> str:
+    """Return ISO 8601 text in UTC with microseconds and ``+00:00`` (sorts as time sorts)."""
+    if len(text) == 32 and text.endswith("+00:00"):
+        return text
+    if len(text) == 26 and text[10] == "T":
+        return text + "+00:00"
+    value = datetime.fromisoformat(text)
+    value = value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value
+    return value.astimezone(timezone.utc).isoformat(timespec="microseconds")

@@ -1,0 +1,135 @@
+"""What the server offers for each resource: its path, wire schemas and routes.
+
+Everything a layer above needs to know about a resource's REST shape is declared here once
+(balsam-api.md §1.0 capability matrix), so no other module special-cases a resource by name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Literal
+
+from pydantic import BaseModel
+
+from . import schemas as s
+
+CreateRoute = Literal["object", "list", "none"]
+"""How POST takes new objects: one object per call, a JSON list (Job), or not at all."""
+
+UpdateReply = Literal["object", "int", "none"]
+"""What PUT/PATCH answer: the updated object(s), an int (Job: re-read needed), or no route."""
+
+MAX_BULK = 5000
+"""Most items the server takes in one bulk call (MAX_ITEMS_PER_BULK_OP)."""
+
+MAX_PAGE = 100000
+"""Most items the server returns in one page (MAX_PAGE_SIZE)."""
+
+
+@dataclass(frozen=True)
+class Resource:
+    """The REST shape of one Balsam resource.
+
+    Attributes:
+        name: model name ("Job").
+        path: collection path with its trailing slash ("/jobs/").
+        out: schema of the objects the server returns.
+        create: schema accepted on creation, or None when the API cannot create it.
+        update: schema accepted on update, or None when the resource is read-only.
+        bulk_update: schema of one PATCH item, or None when there is no PATCH route.
+        create_route: see ``CreateRoute``.
+        update_reply: what a single PUT answers.
+        bulk_update_reply: what a PATCH answers.
+        can_delete: the item route has DELETE.
+        can_query_delete: ``DELETE <path>?<filters>`` exists (Job only).
+        can_query_put: ``PUT <path>?<filters>`` exists (Job only).
+        default_ordering: the server's order when none is asked ("id" or "-timestamp").
+        enum_filters: filters the server does not validate but we do (name -> enum).
+    """
+
+    name: str
+    path: str
+    out: type[BaseModel]
+    create: type[BaseModel] | None
+    update: type[BaseModel] | None
+    bulk_update: type[BaseModel] | None
+    create_route: CreateRoute
+    update_reply: UpdateReply
+    bulk_update_reply: UpdateReply
+    can_delete: bool
+    can_query_delete: bool = False
+    can_query_put: bool = False
+    default_ordering: str = "id"
+    enum_filters: tuple[tuple[str, type[Enum]], ...] = ()
+
+    def item_path(self, obj_id: int) -> str:
+        return f"{self.path}{obj_id}"
+
+    @property
+    def read_only(self) -> bool:
+        return self.update is None
+
+
+SITE = Resource(
+    "Site", "/sites/", s.SiteOut, s.SiteCreate, s.SiteUpdate, None, "object", "object", "none", True
+)
+APP = Resource(
+    "App", "/apps/", s.AppOut, s.AppCreate, s.AppUpdate, None, "object", "object", "none", True
+)
+JOB = Resource(
+    "Job",
+    "/jobs/",
+    s.JobOut,
+    s.JobCreate,
+    s.JobUpdate,
+    s.JobBulkUpdate,
+    "list",
+    "int",
+    "int",
+    True,
+    can_query_delete=True,
+    can_query_put=True,
+)
+BATCH_JOB = Resource(
+    "BatchJob",
+    "/batch-jobs/",
+    s.BatchJobOut,
+    s.BatchJobCreate,
+    s.BatchJobUpdate,
+    s.BatchJobBulkUpdate,
+    "object",
+    "object",
+    "object",
+    True,
+    enum_filters=(("state", s.BatchJobState),),
+)
+TRANSFER_ITEM = Resource(
+    "TransferItem",
+    "/transfers/",
+    s.TransferItemOut,
+    None,
+    s.TransferItemUpdate,
+    s.TransferItemBulkUpdate,
+    "none",
+    "object",
+    "object",
+    False,
+)
+EVENT_LOG = Resource(
+    "EventLog",
+    "/events/",
+    s.EventLogOut,
+    None,
+    None,
+    None,
+    "none",
+    "none",
+    "none",
+    False,
+    default_ordering="-timestamp",
+)
+
+RESOURCES: dict[str, Resource] = {
+    r.name: r for r in (SITE, APP, JOB, BATCH_JOB, TRANSFER_ITEM, EVENT_LOG)
+}

@@ -1,0 +1,1 @@
+"""Test helpers for balsam_sync (fault injection against a real Balsam server)."""

@@ -1,0 +1,138 @@
+"""Fixtures: the real Balsam server (started once), a fresh user per test, clients bound to it.
+
+A test that needs the server fails, never skips, when the server cannot be started.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+import balsam_sync
+from balsam_sync.client import Client
+from balsam_sync.retry import RetryPolicy
+
+ROOT = Path(__file__).resolve().parents[1]
+SERVER_SCRIPT = ROOT / "scripts" / "real-balsam-server.sh"
+PASSWORD = "test-password-0"
+
+
+def _answers(url: str) -> bool:
+    try:
+        return requests.get(f"{url}/auth/how", timeout=3).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+@pytest.fixture(scope="session")
+def balsam_server() -> str:
+    """Base URL of the real server on 127.0.0.1, started by scripts/real-balsam-server.sh."""
+    url = os.environ.get("BALSAM_TEST_API_ROOT")
+    if not url:
+        url = subprocess.run(
+            ["bash", str(SERVER_SCRIPT), "url"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    if not _answers(url):
+        run = subprocess.run(
+            ["bash", str(SERVER_SCRIPT), "start"], capture_output=True, text=True, check=False
+        )
+        if run.returncode != 0 or not _answers(url):
+            pytest.fail(
+                f"the real Balsam server at {url} could not be started "
+                f"(run scripts/setup.sh first):\n{run.stderr[-3000:]}",
+                pytrace=False,
+            )
+    return url
+
+
+@dataclass(frozen=True)
+class User:
+    api_root: str
+    username: str
+    password: str
+    token: str
+
+
+def register_user(api_root: str, prefix: str = "t") -> User:
+    """Register a brand-new user on the real server and log in (users never see each other)."""
+    name = f"{prefix}-{uuid.uuid4().hex[:12]}"
+    reply = requests.post(
+        f"{api_root}/auth/password/register",
+        json={"username": name, "password": PASSWORD},
+        timeout=30,
+    )
+    assert reply.status_code == 201, reply.text
+    login = requests.post(
+        f"{api_root}/auth/password/login",
+        data={"username": name, "password": PASSWORD},
+        timeout=30,
+    )
+    assert login.status_code == 200, login.text
+    return User(api_root, name, PASSWORD, login.json()["access_token"])
+
+
+@pytest.fixture
+def user(balsam_server: str) -> User:
+    return register_user(balsam_server)
+
+
+FAST_RETRY = RetryPolicy(attempts=3, max_seconds=5.0, initial_wait=0.01, max_wait=0.05)
+
+
+@pytest.fixture
+def client(user: User, tmp_path: Path) -> Iterator[Client]:
+    """A client of a fresh user, with its own mirror folder."""
+    c = balsam_sync.connect(
+        user.api_root, user.token, home=str(tmp_path / "home"), retry=FAST_RETRY
+    )
+    yield c
+    c.close()
+
+
+@dataclass
+class RequestLog:
+    """Every HTTP attempt a client made, as (method, url)."""
+
+    calls: list[tuple[str, str]]
+
+    def __len__(self) -> int:
+        return len(self.calls)
+
+    def clear(self) -> None:
+        self.calls.clear()
+
+
+@pytest.fixture
+def sent(client: Client) -> RequestLog:
+    """Record the requests ``client`` sends (tests assert "nothing was sent")."""
+    log = RequestLog([])
+    client.transport.on_request.append(lambda method, url: log.calls.append((method, url)))
+    return log
+
+
+@pytest.fixture
+def api(client: Client) -> Iterator[Client]:
+    """Make ``client`` the default client behind ``balsam_sync.api``."""
+    balsam_sync.set_default_client(client)
+    yield client
+    balsam_sync.set_default_client(None)
+
+
+@pytest.fixture
+def site(client: Client) -> Any:
+    return client.Site.objects.create(name=f"site-{uuid.uuid4().hex[:6]}", path="/projects/demo")
+
+
+@pytest.fixture
+def app(client: Client, site: Any) -> Any:
+    return client.App.objects.create(
+        site_id=site.id, name="Hello", serialized_class="txt", source_code="print('hi')"
+    )
