@@ -10,6 +10,13 @@ from .client import default_client
 from .job import Job
 from .objects import App, BatchJob, EventLog, Site, TransferItem
 from .schemas import BatchJobState, JobMode, JobState, TransferItemState
+from .sync.pull import PullReport
+
+
+def pull(*, full: bool = False) -> PullReport:
+    """Bring the default client's mirror up to the server's state."""
+    return default_client().pull(full=full)
+
 
 __all__ = [
     "App",
@@ -23,4 +30,5 @@ __all__ = [
     "TransferItem",
     "TransferItemState",
     "default_client",
+    "pull",
 ]

@@ -10,7 +10,9 @@ from __future__ import annotations
 import threading
 from typing import Any, TypeVar
 
+from .cache.mirror import Identity, Mirror, open_mirror
 from .config import Settings, load_settings
+from .errors import ConfigError
 from .freshness import AUTO, OFFLINE, ReadPolicy
 from .gateway import Gateway
 from .job import Job
@@ -19,6 +21,8 @@ from .models import Model, set_manager_resolver
 from .objects import App, BatchJob, EventLog, Site, TransferItem
 from .remote import Remote
 from .retry import RetryPolicy
+from .sync.pull import Progress, Puller, PullReport
+from .token import user_of
 from .transport import Transport
 
 M = TypeVar("M", bound=Model)
@@ -42,7 +46,9 @@ class Client:
             verify=settings.verify_tls,
         )
         self.remote = Remote(self.transport)
-        self.gateway = Gateway(self.remote, OFFLINE if settings.offline else AUTO)
+        self.gateway = Gateway(
+            self.remote, self._open_mirror, OFFLINE if settings.offline else AUTO
+        )
         self._managers: dict[type[Model], Manager[Any]] = {}
         self._lock = threading.Lock()
         self.Site = self._bind(Site)
@@ -54,6 +60,21 @@ class Client:
 
     def __repr__(self) -> str:
         return f"<balsam_sync.Client {self.settings.api_root}>"
+
+    def _open_mirror(self) -> Mirror:
+        token = self.settings.token
+        user = user_of(token) if token else None
+        if user is None:
+            raise ConfigError(
+                "cannot tell whose mirror to open: no readable token "
+                "(log in with `balsam-sync login` or set BALSAM_SYNC_TOKEN)"
+            )
+        return open_mirror(self.settings.mirror_home, Identity(self.settings.api_root, user))
+
+    @property
+    def mirror(self) -> Mirror:
+        """The local mirror of this user on this server (opened on first use)."""
+        return self.gateway.mirror
 
     def _bind(self, model: type[M]) -> type[M]:
         bound = type(
@@ -81,9 +102,16 @@ class Client:
     def default_policy(self, policy: ReadPolicy) -> None:
         self.gateway.default_policy = policy
 
+    def pull(self, *, full: bool = False, progress: Progress | None = None) -> PullReport:
+        """Bring the mirror up to the server's state (see ``balsam_sync.sync.pull``)."""
+        return Puller(self.remote, self.mirror, progress).pull(full=full)
+
     def close(self) -> None:
-        """Release connections (the client can still be used afterwards)."""
+        """Release connections and close the mirror."""
         self.transport.close()
+        if self.gateway._mirror is not None:
+            self.gateway._mirror.close()
+            self.gateway._mirror = None
 
 
 def connect(

@@ -64,7 +64,7 @@ class Job(Model, JobAttrs):
 
     def set_parameters(self, params: dict[str, Any]) -> None:
         """Replace the job's parameters (sent on the next save)."""
-        self.serialized_parameters = encode_parameters(params)
+        self._write("serialized_parameters", encode_parameters(params))
 
     parameters = property(get_parameters, set_parameters, doc="The job's parameters dict.")
 

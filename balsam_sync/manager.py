@@ -54,6 +54,18 @@ class Manager(Generic[M]):
         """Return a lazy query over every object in this order."""
         return self._query().order_by(field)
 
+    def fresh(self, max_age: float) -> Query[M]:
+        """Return a query over every object, answered from a mirror confirmed within max_age."""
+        return self._query().all().fresh(max_age)
+
+    def offline(self) -> Query[M]:
+        """Return a query over every object, answered from the mirror only."""
+        return self._query().all().offline()
+
+    def online(self) -> Query[M]:
+        """Return a query over every object, answered by the server only."""
+        return self._query().all().online()
+
     def get(self, **filters: Any) -> M:
         """Return the one object matching ``filters`` (see ``Query.get``)."""
         return self._query().get(**filters)

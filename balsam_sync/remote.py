@@ -30,7 +30,7 @@ class Remote:
 
     # -- reads ---------------------------------------------------------------------------------
 
-    def list(self, res: Resource, spec: QuerySpec) -> tuple[list[Row], int]:
+    def select(self, res: Resource, spec: QuerySpec) -> tuple[list[Row], int]:
         """Return the rows of ``spec``'s window in order, and the total number of matches."""
         if spec.empty:
             return [], 0
@@ -51,13 +51,13 @@ class Remote:
             return 0
         chunks = list(chunked_filter_params(spec))
         if len(chunks) > 1:
-            return self.list(res, spec.unsliced())[1]
+            return self.select(res, spec.unsliced())[1]
         body = self._get(res, chunks[0] + [("limit", "0"), ("offset", "0")])
         return int(body["count"])
 
     def ids(self, res: Resource, spec: QuerySpec) -> list[int]:
         """Return the ids of every object matching the filters of ``spec``."""
-        return [row["id"] for row in self.list(res, spec.unsliced())[0]]
+        return [row["id"] for row in self.select(res, spec.unsliced())[0]]
 
     def pages(self, res: Resource, spec: QuerySpec, page_size: int) -> Iterator[list[Row]]:
         """Yield the rows of an unchunked ``spec`` page by page (for pulls and streaming)."""

@@ -7,7 +7,6 @@ above this module sees a ``requests`` type.
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import threading
@@ -30,6 +29,7 @@ from .errors import (
     status_error_class,
 )
 from .retry import RetryPolicy
+from .token import expiry
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ class Transport:
     @property
     def token_expiry(self) -> datetime | None:
         """When the token stops being accepted, read from its ``exp`` claim (no I/O)."""
-        return jwt_expiry(self._token) if self._token else None
+        return expiry(self._token) if self._token else None
 
     def set_token(self, token: str | None) -> None:
         """Use a new token from the next request on (after ``balsam-sync login``)."""
@@ -257,13 +257,3 @@ def _never_sent(exc: requests.exceptions.ConnectionError) -> bool:
             )
         seen += 1
     return False
-
-
-def jwt_expiry(token: str) -> datetime | None:
-    """Read the ``exp`` claim of a JWT without verifying it (the server does that)."""
-    try:
-        payload = token.split(".")[1]
-        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-        return datetime.fromtimestamp(float(claims["exp"]), timezone.utc)
-    except (IndexError, KeyError, TypeError, ValueError):
-        return None

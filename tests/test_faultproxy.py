@@ -6,6 +6,7 @@ client tests put the proxy in front of a real Balsam server.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -18,6 +19,8 @@ import pytest
 import requests
 
 from balsam_sync.testing.faultproxy import FaultKind, FaultPlan, FaultProxy
+
+_CORK: int | None = getattr(socket, "TCP_CORK", None)
 
 
 class _UpstreamServer(ThreadingHTTPServer):
@@ -89,9 +92,12 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(201, body)
 
     def do_DELETE(self) -> None:
-        # Like the real server: 204, then the connection is closed at once (no Connection
-        # header); shutting down here avoids a GIL-induced delay of the FIN in this test double.
+        # Like the real server: 204, then the connection is closed at once without a
+        # Connection header.  Corking makes the FIN leave with the reply, as it does from a
+        # separate server process (in-process, the GIL could otherwise delay it).
         self.server.note(f"DELETE {self.path}")
+        if _CORK is not None:
+            self.connection.setsockopt(socket.IPPROTO_TCP, _CORK, 1)
         self.send_response(204)
         self.end_headers()
         self.close_connection = True
@@ -190,6 +196,8 @@ def test_server_closing_after_204_is_transparent(
         assert http.get(f"{proxy.url}/jobs/").status_code == 200
     assert upstream.total == 6
     assert proxy.stats.upstream_errors == 0
+    if _CORK is not None:  # the server's close was mirrored to the client each time
+        assert upstream.connections == proxy.stats.connections == 4
 
 
 # --------------------------------------------------------------------------- each fault
@@ -350,9 +358,7 @@ def _run_sequence(proxy: FaultProxy, count: int) -> list[FaultKind]:
     return _faults(proxy)
 
 
-def test_same_seed_same_fault_sequence(
-    upstream: _UpstreamServer, make_proxy: ProxyFactory
-) -> None:
+def test_same_seed_same_fault_sequence(upstream: _UpstreamServer, make_proxy: ProxyFactory) -> None:
     first = _run_sequence(make_proxy(plan=_MIXED, seed=7), 30)
     second = _run_sequence(make_proxy(plan=_MIXED, seed=7), 30)
     other = _run_sequence(make_proxy(plan=_MIXED, seed=8), 30)
@@ -402,10 +408,8 @@ def test_stop_is_prompt_with_open_connections(upstream: _UpstreamServer) -> None
     idle = socket.create_connection(("127.0.0.1", proxy.port))
     sessions = [_session() for _ in range(4)]
     for session in sessions:
-        try:
+        with contextlib.suppress(requests.RequestException):
             session.get(f"{proxy.url}/x", timeout=0.2)
-        except requests.RequestException:
-            pass
     started = time.monotonic()
     proxy.stop()
     assert time.monotonic() - started < 2.0

@@ -125,6 +125,12 @@ class CoverageBook:
                 [resource],
             )
 
+    def invalidate(self, resource: str) -> None:
+        """Forget every piece of evidence about ``resource`` (the server changed it unseen)."""
+        with self.store.write():
+            self.conn.execute("DELETE FROM fetches WHERE resource = ?", [resource])
+            self.conn.execute("UPDATE sync_state SET full_at = NULL WHERE resource = ?", [resource])
+
     def _one(self, sql: str, args: list[Any]) -> tuple[Any, ...] | None:
         with self.store._lock:
             row = self.conn.execute(sql, args).fetchone()

@@ -57,7 +57,7 @@ def _column_type(annotation: Any) -> tuple[type, bool]:
     if annotation is bool:
         return int, False
     if annotation in (int, float):
-        return annotation, False  # type: ignore[no-any-return]
+        return annotation, False
     if annotation in (str, datetime, UUID) or (
         isinstance(annotation, type) and issubclass(annotation, Enum)
     ):

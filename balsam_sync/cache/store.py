@@ -156,6 +156,37 @@ class Store:
                 )
         return cur.rowcount
 
+    def delete_cascade(self, resource: str, ids: list[int]) -> None:
+        """Remove rows the way the server's deletes cascade (balsam-api.md §1.1-§1.4).
+
+        Site → its apps (→ their jobs), batch jobs; App → its jobs; Job → its transfer items
+        and events; BatchJob → jobs that pointed at it keep living with ``batch_job_id`` null.
+        """
+        each = "(SELECT value FROM json_each(?))"
+        with self.write():
+            if resource == "Site":
+                app_ids = self._ids(f"SELECT id FROM apps WHERE site_id IN {each}", ids)
+                self.delete_cascade("App", app_ids)
+                bj_ids = self._ids(f"SELECT id FROM batch_jobs WHERE site_id IN {each}", ids)
+                self.delete_cascade("BatchJob", bj_ids)
+            elif resource == "App":
+                job_ids = self._ids(f"SELECT id FROM jobs WHERE app_id IN {each}", ids)
+                self.delete_cascade("Job", job_ids)
+            elif resource == "Job":
+                for child in ("TransferItem", "EventLog"):
+                    table = TABLES[child].table
+                    child_ids = self._ids(f"SELECT id FROM [{table}] WHERE job_id IN {each}", ids)
+                    self.delete(child, child_ids)
+            elif resource == "BatchJob":
+                self.conn.execute(
+                    f"UPDATE jobs SET batch_job_id = NULL WHERE batch_job_id IN {each}",
+                    [json.dumps(ids)],
+                )
+            self.delete(resource, ids)
+
+    def _ids(self, sql: str, ids: list[int]) -> list[int]:
+        return [r[0] for r in self.conn.execute(sql, [json.dumps(ids)])]
+
     def all_ids(self, resource: str) -> set[int]:
         table = TABLES[resource].table
         with self._lock:

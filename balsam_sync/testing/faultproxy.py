@@ -21,6 +21,7 @@ Design notes:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 import ipaddress
@@ -37,8 +38,11 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from io import BufferedReader
 from types import TracebackType
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import urlsplit
+
+if TYPE_CHECKING:
+    from typing import Self  # type-checking only: importable at runtime on 3.10 too
 
 __all__ = ["FaultKind", "FaultPlan", "FaultProxy", "LogEntry", "ProxyStats"]
 
@@ -48,7 +52,7 @@ _CHUNK = 65536
 _ACCEPT_POLL_SECONDS = 0.05
 
 
-class FaultKind(enum.StrEnum):
+class FaultKind(str, enum.Enum):
     """What the proxy did to one request (``NONE`` = forwarded untouched)."""
 
     NONE = "none"
@@ -399,11 +403,11 @@ def _local_response(status: int, kind: FaultKind, close: bool) -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
+# --------------------------------------------------------------------------- sockets
+
+
 def _discard(_: bytes) -> None:
     return None
-
-
-# --------------------------------------------------------------------------- sockets
 
 
 class _Endpoint:
@@ -417,6 +421,24 @@ class _Endpoint:
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)
 
+    def cork(self, on: bool) -> bool:
+        """Hold back partial segments (Linux TCP_CORK); False where unsupported."""
+        option = getattr(socket, "TCP_CORK", None)
+        if option is None:
+            return False
+        try:
+            self.sock.setsockopt(socket.IPPROTO_TCP, option, int(on))
+        except OSError:
+            return False
+        return True
+
+    def uncork(self, *, keep_open: bool) -> None:
+        """Flush corked data; without ``keep_open`` the FIN leaves together with it."""
+        if keep_open:
+            self.cork(False)
+        else:
+            self.sock.shutdown(socket.SHUT_WR)
+
     def is_dropped(self) -> bool:
         """True if the idle peer closed (or sent unsolicited data): unusable for a request."""
         try:
@@ -426,33 +448,25 @@ class _Endpoint:
         return bool(readable)
 
     def shutdown(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
 
     def close(self) -> None:
         for closable in (self.rfile, self.sock):
-            try:
+            with contextlib.suppress(OSError):
                 closable.close()
-            except OSError:
-                pass
 
     def reset(self) -> None:
         """Abortive close: the peer gets a TCP RST instead of a FIN."""
-        try:
+        with contextlib.suppress(OSError):
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        except OSError:
-            pass
         self.close()
 
 
 def _tune(sock: socket.socket, timeout: float) -> None:
     sock.settimeout(timeout)
-    try:
+    with contextlib.suppress(OSError):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except OSError:
-        pass
 
 
 def _loopback_host(host: str, *, listen: bool) -> str:
@@ -550,31 +564,46 @@ class _Session:
             self.client.send(_local_response(decision.status, kind, close))
             return not close
         if kind is FaultKind.LOST_REPLY:
-            self._forward(method, raw, _discard)
+            self._forward(method, raw, relay=False)
             self.client.reset()
             return False
         if kind is FaultKind.DELAY and not self.proxy._sleep(plan.delay_seconds):
             return False
-        return self._forward(method, raw, self.client.send) and keep_alive
+        return self._forward(method, raw, relay=True) and keep_alive
 
-    def _forward(self, method: str, raw: bytes, sink: Callable[[bytes], None]) -> bool:
-        """Send one request upstream and pass its complete response to ``sink``."""
+    def _forward(self, method: str, raw: bytes, *, relay: bool) -> bool:
+        """Send one request upstream and read its complete response.
+
+        With ``relay`` the response goes to the client, otherwise it is dropped (lost reply).
+        Returns True if the client connection may stay open.
+        """
         upstream = self._upstream()
-        try:
-            upstream.send(raw)
-            self.proxy._count_forwarded()
-            head, interim = _read_final_head(upstream.rfile)
-        except (OSError, _ProtocolError) as exc:
-            raise _UpstreamError(str(exc)) from exc
+        head, interim = self._exchange(upstream, raw)
+        corked = relay and self.client.cork(True)
+        sink = self.client.send if relay else _discard
         sink(interim + head.raw)
         body, until_close = _response_body(upstream.rfile, head, method)
         for chunk in body:
             sink(chunk)
         version, _ = _status_line(head)
-        keep = not until_close and _keep_alive(version, head)
-        if not keep:
+        announced_close = until_close or not _keep_alive(version, head)
+        silent_close = not announced_close and upstream.is_dropped()
+        if announced_close or silent_close:
             self._drop_upstream()
-        return keep
+        # A close the server did not announce (e.g. after a 204 DELETE) is mirrored only when
+        # the reply and the FIN can leave together; otherwise the next request reconnects.
+        keep_client = not announced_close and not (silent_close and corked)
+        if corked:
+            self.client.uncork(keep_open=keep_client)
+        return keep_client
+
+    def _exchange(self, upstream: _Endpoint, raw: bytes) -> tuple[_Head, bytes]:
+        try:
+            upstream.send(raw)
+            self.proxy._count_forwarded()
+            return _read_final_head(upstream.rfile)
+        except (OSError, _ProtocolError) as exc:
+            raise _UpstreamError(str(exc)) from exc
 
     def _upstream(self) -> _Endpoint:
         if self.upstream is not None and self.upstream.is_dropped():
@@ -651,7 +680,7 @@ class FaultProxy:
 
     # -- lifecycle -----------------------------------------------------------------------
 
-    def start(self) -> FaultProxy:
+    def start(self) -> Self:
         """Bind the listening socket and start accepting; returns ``self``."""
         if self._listener is not None or self._stopping.is_set():
             raise RuntimeError("FaultProxy can only be started once")
@@ -668,7 +697,10 @@ class FaultProxy:
         self._port = int(listener.getsockname()[1])
         self._deadline = time.monotonic() + self.max_seconds
         self._accept_thread = threading.Thread(
-            target=self._accept_loop, args=(listener,), name=f"faultproxy-{self.port}-accept", daemon=True
+            target=self._accept_loop,
+            args=(listener,),
+            name=f"faultproxy-{self.port}-accept",
+            daemon=True,
         )
         self._accept_thread.start()
         return self
@@ -686,7 +718,7 @@ class FaultProxy:
         for session in sessions:
             session.thread.join(max(0.0, deadline - time.monotonic()))
 
-    def __enter__(self) -> FaultProxy:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(

@@ -1,0 +1,126 @@
+"""Open (or create) the mirror file of one user on one server, safely.
+
+One SQLite file per (api_root, user) under the home folder: folder 0700, file 0600, WAL
+journal, a busy timeout so concurrent processes wait instead of failing. The file records whose
+it is; opening it for another server or user, or opening a corrupt file, raises ``MirrorError``
+with the way out. A schema older than this code is migrated on open.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import sqlite3
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from sqlite_utils import Database
+
+from ..errors import MirrorError
+from .coverage import CoverageBook
+from .schema import SCHEMA_VERSION, migrations
+from .store import Store
+
+BUSY_TIMEOUT_MS = 60_000
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Whose mirror a file is: the server and the user (from the token's claims)."""
+
+    api_root: str
+    user: str
+
+    @property
+    def file_name(self) -> str:
+        parts = urlsplit(self.api_root)
+        host = re.sub(r"[^A-Za-z0-9.-]+", "_", parts.netloc or "server")
+        user = re.sub(r"[^A-Za-z0-9.-]+", "_", self.user)[:40]
+        digest = hashlib.sha256(f"{self.api_root}\n{self.user}".encode()).hexdigest()[:10]
+        return f"{host}-{user}-{digest}.sqlite3"
+
+
+@dataclass
+class Mirror:
+    """An open mirror: its rows (``store``), its coverage book and where it lives."""
+
+    path: Path
+    store: Store
+    coverage: CoverageBook
+
+    def close(self) -> None:
+        self.store.conn.close()
+
+
+def mirror_path(home: Path, identity: Identity) -> Path:
+    return home / "mirrors" / identity.file_name
+
+
+def open_mirror(home: Path, identity: Identity) -> Mirror:
+    """Open the mirror of ``identity`` under ``home``, creating and migrating it as needed.
+
+    Raises:
+        MirrorError: the file is corrupt, belongs to another server or user, or was written
+            by a newer balsam_sync.
+    """
+    path = mirror_path(home, identity)
+    _private_dir(path.parent)
+    if not path.exists():
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+    os.chmod(path, stat.S_IRUSR | stat.S_IWUSR)
+    try:
+        conn = sqlite3.connect(
+            str(path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
+        )
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        db = Database(conn)
+        _check_identity(db, path, identity)
+        migrations.apply(db)
+        _stamp(db, identity)
+    except sqlite3.DatabaseError as exc:
+        raise MirrorError(
+            f"the mirror {path} cannot be used ({exc}). Rebuild it with "
+            f"`balsam-sync rebuild` (or delete the file; pending offline changes in it are lost)"
+        ) from exc
+    store = Store(db)
+    return Mirror(path, store, CoverageBook(store))
+
+
+def _private_dir(folder: Path) -> None:
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for part in (folder, folder.parent):
+        if part.stat().st_uid == os.getuid():
+            os.chmod(part, stat.S_IRWXU)
+
+
+def _check_identity(db: Database, path: Path, identity: Identity) -> None:
+    if "meta" not in db.table_names():
+        return
+    meta = {row["key"]: row["value"] for row in db["meta"].rows}
+    owner = (meta.get("api_root"), meta.get("user"))
+    if owner != (None, None) and owner != (identity.api_root, identity.user):
+        raise MirrorError(
+            f"{path} is the mirror of user {owner[1]!r} on {owner[0]!r}, not of "
+            f"{identity.user!r} on {identity.api_root!r}; a mirror never mixes users or servers"
+        )
+    version = int(meta.get("schema_version", "0") or 0)
+    if version > SCHEMA_VERSION:
+        raise MirrorError(
+            f"{path} was written by a newer balsam_sync (schema {version} > {SCHEMA_VERSION}); "
+            "upgrade balsam_sync or use another BALSAM_SYNC_HOME"
+        )
+
+
+def _stamp(db: Database, identity: Identity) -> None:
+    rows = [
+        {"key": "api_root", "value": identity.api_root},
+        {"key": "user", "value": identity.user},
+        {"key": "schema_version", "value": str(SCHEMA_VERSION)},
+    ]
+    with db.atomic():
+        db["meta"].upsert_all(rows, pk="key")  # type: ignore[union-attr]

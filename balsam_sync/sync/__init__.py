@@ -1,0 +1,1 @@
+"""Keeping mirror and server converged: pulls (and, later, replays)."""
