@@ -11,26 +11,26 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
 from .cache.mirror import Mirror
-from .errors import OfflineError, Rejected, ServerUnreachable
+from .cache.outbox import Op
+from .errors import BalsamSyncError, NotAuthenticated, OfflineError, ServerUnreachable
 from .freshness import USE_CLIENT_DEFAULT, Answer, PolicyArg, ReadMode, ReadPolicy
 from .params import FILTER_CHUNK_SIZE
 from .remote import Remote
 from .resources import Resource
 from .spec import QuerySpec
+from .sync.lock import FileLock
+from .sync.replay import Replayer
 
 log = logging.getLogger(__name__)
 
 Row = dict[str, Any]
 DEFAULT_MAX_AGE = 300.0
 """Seconds a full sync stays fresh enough to answer queries under the AUTO policy."""
-
-# Server-side effects a write has on other resources, which the mirror cannot replay exactly:
-# creating or updating jobs writes events and transfer items the mirror has not seen.
-SIDE_EFFECTS = {"Job": ("EventLog", "TransferItem"), "TransferItem": ("Job", "EventLog")}
 
 
 def utcnow() -> datetime:
@@ -53,8 +53,11 @@ class Gateway:
         mirror: Callable[[], Mirror],
         default_policy: ReadPolicy,
         max_age: float = DEFAULT_MAX_AGE,
+        offline: bool = False,
     ) -> None:
         self.remote = remote
+        self.offline = offline
+        self._replayer: Replayer | None = None
         self._mirror_factory = mirror
         self._mirror: Mirror | None = None
         self.default_policy = default_policy
@@ -66,6 +69,14 @@ class Gateway:
         if self._mirror is None:
             self._mirror = self._mirror_factory()
         return self._mirror
+
+    def replayer(self) -> Replayer:
+        """The replayer of this mirror's outbox (built on first use)."""
+        if self._replayer is None:
+            mirror = self.mirror
+            lock = FileLock(mirror.lock_path)
+            self._replayer = Replayer(self.remote, mirror, mirror.outbox, lock)
+        return self._replayer
 
     def _policy(self, policy: PolicyArg) -> ReadPolicy:
         return self.default_policy if policy is USE_CLIENT_DEFAULT else policy
@@ -108,6 +119,9 @@ class Gateway:
                 spec, pol, exc, False, lambda at: self._mirror_rows(spec, at, True)
             )
         self._write_through_list(res, spec, rows, count, now)
+        if self.mirror.outbox.has_pending(res.name):
+            # Queued local changes are part of the local view: answer with them laid on top.
+            return Answer(self.mirror.store.query(spec), count, "server", now)
         return Answer(rows, count, "server", now)
 
     def _mirror_rows(self, spec: QuerySpec, as_of: datetime | None, stale: bool) -> Answer:
@@ -167,7 +181,9 @@ class Gateway:
             yield from self.fetch(res, spec, pol).rows  # chunked: merged in memory anyway
             return
         for page in self.remote.pages(res, spec, chunk_size):
-            self.mirror.store.upsert(res.name, page)
+            with self.mirror.store.write():
+                self.mirror.store.upsert(res.name, page)
+                self.mirror.outbox.overlay(res.name, [r["id"] for r in page])
             yield from page
 
     def _write_through_list(
@@ -177,6 +193,7 @@ class Gateway:
         store = self.mirror.store
         with store.write():
             store.upsert(res.name, rows)
+            self.mirror.outbox.overlay(res.name, [r["id"] for r in rows])
             if not spec.is_sliced and not spec.empty:
                 self._settle_missing(res, spec, {r["id"] for r in rows})
             self.mirror.coverage.record_fetch(spec, at, count, rows=True)
@@ -184,7 +201,7 @@ class Gateway:
     def _settle_missing(self, res: Resource, spec: QuerySpec, seen: set[int]) -> None:
         """Mirror rows that match but were not returned were deleted or changed: ask which."""
         store = self.mirror.store
-        missing = [r["id"] for r in store.query(spec) if r["id"] not in seen]
+        missing = [r["id"] for r in store.query(spec) if r["id"] > 0 and r["id"] not in seen]
         if not missing:
             return
         found = self.remote.select(res, QuerySpec(res.name).with_filters({"id": missing}))[0]
@@ -194,61 +211,136 @@ class Gateway:
 
     # -- writes --------------------------------------------------------------------------------
 
-    def _after_write(self, res: Resource, rows: list[Row] | None = None) -> None:
+    def _queue(
+        self, res: Resource, op: Op, items: list[tuple[int, Row]], rows: list[Row]
+    ) -> list[int]:
+        """Apply ``rows`` to the mirror and queue ``items``, in one transaction."""
         mirror = self.mirror
         with mirror.store.write():
-            mirror.store.upsert(res.name, rows or [])
+            if op is Op.DELETE:
+                mirror.store.delete_cascade(res.name, [obj_id for obj_id, _ in items])
+            else:
+                mirror.store.upsert(res.name, rows)
+            seqs = mirror.outbox.enqueue(res.name, op, items)
             mirror.coverage.forget_windows(res.name)
-            for other in SIDE_EFFECTS.get(res.name, ()):
-                mirror.coverage.invalidate(other)
+        return seqs
 
-    def create(self, res: Resource, payloads: list[Row]) -> list[Row]:
-        rows = self.remote.create(res, payloads)
-        self._after_write(res, rows)
-        return rows
-
-    def update(self, res: Resource, obj_id: int, changes: Row) -> Row:
-        row = self.remote.update(res, obj_id, changes)
-        self._after_write(res, [row])
-        self._refresh_children(res, [row])
-        return row
-
-    def bulk_update(self, res: Resource, items: list[tuple[int, Row]]) -> list[Row]:
-        rows = self.remote.bulk_update(res, items)
-        self._after_write(res, rows)
-        self._refresh_children(res, rows)
-        return rows
-
-    def query_update(self, res: Resource, spec: QuerySpec, changes: Row) -> int:
-        rows = self.remote.query_update(res, spec, changes)
-        self._after_write(res, rows)
-        self._refresh_children(res, rows)
-        return len(rows)
-
-    def _refresh_children(self, res: Resource, rows: list[Row]) -> None:
-        """A job that became JOB_FINISHED may have promoted its children on the server."""
-        if res.name != "Job":
-            return
-        finished = [r["id"] for r in rows if r.get("state") == "JOB_FINISHED"]
-        if finished:
-            spec = QuerySpec(res.name).with_filters({"parent_id": finished})
-            children = self.remote.select(res, spec)[0]
-            self.mirror.store.upsert(res.name, children)
-
-    def delete(self, res: Resource, obj_id: int) -> None:
-        if not self.remote.delete(res, obj_id):
-            raise Rejected(
-                f"{res.name} {obj_id} is locked by a running session: the server kept it",
-                method="DELETE",
-                url=res.item_path(obj_id),
-                status=409,
+    def _push_now(self, seqs: list[int]) -> dict[int, BalsamSyncError]:
+        """Send the queue (``seqs`` included) unless offline; return rejections by item index."""
+        if self.offline:
+            return {}
+        report = self.replayer().push(own=seqs)
+        if report.paused_for_auth:
+            raise NotAuthenticated(
+                f"{report.error}. Your change is kept in the outbox and will be sent after you "
+                "log in again (`balsam-sync login`)",
+                method="",
+                url=self.remote.transport.api_root,
+                status=401,
                 body=None,
             )
-        self.mirror.store.delete_cascade(res.name, [obj_id])
-        self._after_write(res)
+        return {i: report.rejected[s] for i, s in enumerate(seqs) if s in report.rejected}
 
-    def query_delete(self, res: Resource, spec: QuerySpec) -> int:
-        deleted, kept = self.remote.query_delete(res, spec)
-        self.mirror.store.delete_cascade(res.name, deleted)
-        self._after_write(res, kept)
-        return len(deleted)
+    def _current(self, res: Resource, ids: list[int]) -> list[Row | None]:
+        """The mirror's rows for ``ids`` (provisional ids resolved), in order; None if gone."""
+        mapping = self.mirror.outbox.real_ids([i for i in ids if i < 0])
+        ids = [mapping.get(i, i) for i in ids]
+        spec = QuerySpec(res.name).with_filters({"id": ids})
+        store = self.mirror.store
+        found = {r["id"]: store.decode(res.name, r) for r in store.query(spec)}
+        return [found.get(i) for i in ids]
+
+    def real_id(self, obj_id: int) -> int:
+        """The server id of a provisional id once known (else the id itself)."""
+        return self.mirror.outbox.real_ids([obj_id]).get(obj_id, obj_id) if obj_id < 0 else obj_id
+
+    def create(self, res: Resource, payloads: list[Row]) -> WriteResult:
+        """Create objects: provisional rows now, server rows once acknowledged."""
+        temps = self.mirror.outbox.temp_ids(len(payloads))
+        rows = [provisional_row(res, temp, p) for temp, p in zip(temps, payloads, strict=True)]
+        seqs = self._queue(res, Op.CREATE, list(zip(temps, payloads, strict=True)), rows)
+        errors = self._push_now(seqs)
+        return WriteResult(self._current(res, temps), errors)
+
+    def update(self, res: Resource, obj_id: int, changes: Row) -> WriteResult:
+        return self.bulk_update(res, [(obj_id, changes)])
+
+    def bulk_update(self, res: Resource, items: list[tuple[int, Row]]) -> WriteResult:
+        """Apply per-object changes locally and queue them."""
+        items = [(self.real_id(obj_id), changes) for obj_id, changes in items]
+        before = {
+            i: r
+            for i, r in zip(
+                [i for i, _ in items], self._current(res, [i for i, _ in items]), strict=True
+            )
+        }
+        rows = []
+        for obj_id, changes in items:
+            base = before.get(obj_id)
+            if base is not None:
+                base = {**base, **changes}
+                before[obj_id] = base
+                rows.append(base)
+        seqs = self._queue(res, Op.UPDATE, items, rows)
+        errors = self._push_now(seqs)
+        return WriteResult(self._current(res, [i for i, _ in items]), errors)
+
+    def _resolve_ids(self, res: Resource, spec: QuerySpec) -> list[int]:
+        """The ids a query update/delete means now: the server's answer, else the mirror's."""
+        if not self.offline:
+            try:
+                rows, _ = self.remote.select(res, spec.unsliced())
+                with self.mirror.store.write():
+                    self.mirror.store.upsert(res.name, rows)
+                    self.mirror.outbox.overlay(res.name, [r["id"] for r in rows])
+            except ServerUnreachable:
+                pass
+        return [r["id"] for r in self.mirror.store.query(spec.unsliced())]
+
+    def query_update(self, res: Resource, spec: QuerySpec, changes: Row) -> WriteResult:
+        ids = self._resolve_ids(res, spec)
+        if not ids:
+            return WriteResult([], {})
+        return self.bulk_update(res, [(i, changes) for i in ids])
+
+    def delete(self, res: Resource, obj_id: int) -> WriteResult:
+        obj_id = self.real_id(obj_id)
+        seqs = self._queue(res, Op.DELETE, [(obj_id, {})], [])
+        return WriteResult([], self._push_now(seqs))
+
+    def query_delete(self, res: Resource, spec: QuerySpec) -> WriteResult:
+        ids = self._resolve_ids(res, spec)
+        if not ids:
+            return WriteResult([], {})
+        seqs = self._queue(res, Op.DELETE, [(i, {}) for i in ids], [])
+        errors = self._push_now(seqs)
+        return WriteResult([{"id": i} for i in ids], errors)
+
+
+@dataclass
+class WriteResult:
+    """Rows after a write (None where the object is gone), and rejections by item index."""
+
+    rows: list[Row | None]
+    errors: dict[int, BalsamSyncError]
+
+    @property
+    def count(self) -> int:
+        return len(self.rows) - len(self.errors)
+
+    def raise_first(self) -> None:
+        """Raise the first rejection (saying how many items were refused)."""
+        if self.errors:
+            index = min(self.errors)
+            exc = self.errors[index]
+            if len(self.errors) > 1:
+                exc.add_note(f"{len(self.errors)} of {len(self.rows)} items were refused")
+            raise exc
+
+
+def provisional_row(res: Resource, temp_id: int, payload: Row) -> Row:
+    """The local row of an object created offline: its fields, the server's defaults, a temp id."""
+    row = {k: v for k, v in payload.items() if k in res.out.model_fields}
+    row.update(res.provisional)
+    row["id"] = temp_id
+    return row

@@ -20,7 +20,7 @@ from .resources import APP
 from .spec import QuerySpec
 
 if TYPE_CHECKING:
-    from .gateway import Gateway
+    from .gateway import Gateway, WriteResult
 
 M = TypeVar("M", bound=Model)
 Row = dict[str, Any]
@@ -100,10 +100,17 @@ class Manager(Generic[M]):
                 raise UsageError(f"bulk_create takes unsaved instances; {obj!r} is already saved")
         if not objs:
             return objs
-        rows = self._gateway.create(self._resource, [self._creation_payload(o) for o in objs])
-        for obj, row in zip(objs, rows, strict=True):
-            obj._load(row)
+        result = self._gateway.create(self._resource, [self._creation_payload(o) for o in objs])
+        self._load_all(objs, result)
         return objs
+
+    @staticmethod
+    def _load_all(objs: Sequence[Model], result: WriteResult) -> None:
+        """Load each instance with its row, except refused ones; then raise the refusal."""
+        for index, (obj, row) in enumerate(zip(objs, result.rows, strict=True)):
+            if row is not None and index not in result.errors:
+                obj._load(row)
+        result.raise_first()
 
     def _creation_payload(self, obj: M) -> Row:
         return dict(obj._data)
@@ -142,12 +149,8 @@ class Manager(Generic[M]):
             return 0
         self._require_update()
         items = [(obj._data["id"], changes) for obj, changes in changed]
-        rows = self._gateway.bulk_update(self._resource, items)
-        by_id = {row["id"]: row for row in rows}
-        for obj, _ in changed:
-            row = by_id.get(obj._data["id"])
-            if row is not None:
-                obj._load(row)
+        result = self._gateway.bulk_update(self._resource, items)
+        self._load_all([obj for obj, _ in changed], result)
         return len(changed)
 
     def _require_update(self) -> type[BaseModel]:
@@ -174,15 +177,16 @@ class Manager(Generic[M]):
 
     def _save(self, obj: M) -> None:
         if obj._state is ModelState.NEW:
-            (row,) = self._gateway.create(self._resource, [self._creation_payload(obj)])
-            obj._load(row)
+            self._load_all(
+                [obj], self._gateway.create(self._resource, [self._creation_payload(obj)])
+            )
             return
         if obj._state is ModelState.DELETED:
             raise ObjectStateError(f"cannot save a deleted {self.model.__name__}")
         changes = obj._pending_changes()
         if changes:
             self._require_update()
-            obj._load(self._gateway.update(self._resource, obj._data["id"], changes))
+            self._load_all([obj], self._gateway.update(self._resource, obj._data["id"], changes))
 
     def _refresh(self, obj: M) -> None:
         obj_id = obj._data["id"]
@@ -194,7 +198,7 @@ class Manager(Generic[M]):
     def _delete(self, obj: M) -> None:
         if not self._resource.can_delete:
             raise UsageError(f"{self.model.__name__} objects cannot be deleted through the API")
-        self._gateway.delete(self._resource, obj._data["id"])
+        self._gateway.delete(self._resource, obj._data["id"]).raise_first()
         obj._mark_deleted()
 
     # -- plumbing for Query --------------------------------------------------------------------
@@ -212,11 +216,15 @@ class Manager(Generic[M]):
         changes = self._wire_changes(fields)
         if spec.empty:
             return 0
-        return self._gateway.query_update(self._resource, spec, changes)
+        result = self._gateway.query_update(self._resource, spec, changes)
+        result.raise_first()
+        return result.count
 
     def _query_delete(self, spec: QuerySpec) -> int:
         if not self._resource.can_delete:
             raise UsageError(f"{self.model.__name__} objects cannot be deleted through the API")
         if spec.empty:
             return 0
-        return self._gateway.query_delete(self._resource, spec)
+        result = self._gateway.query_delete(self._resource, spec)
+        result.raise_first()
+        return result.count

@@ -184,8 +184,17 @@ class Model:
                 self._remember(name, raw)
         if raw is None:
             return None
+        if name == "id" and raw < 0:
+            raw = self._resolve_id(raw)
         conv = self._conv.get(name)
         return raw if conv is None else conv(raw)
+
+    def _resolve_id(self, temp_id: int) -> int:
+        """A provisional id turns into the server's id once its creation is acknowledged."""
+        real: int = type(self).objects._gateway.real_id(temp_id)
+        if real != temp_id:
+            self._data = {**self._data, "id": real}
+        return real
 
     def _remember(self, name: str, raw: Any) -> None:
         """Keep a copy of a mutable value handed out, to detect in-place changes at save."""

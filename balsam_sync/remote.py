@@ -13,9 +13,9 @@ from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
 from typing import Any
 
-from .errors import Rejected, TransportError
+from .errors import NotFound, Rejected, TransportError
 from .params import FILTER_CHUNK_SIZE, Params, chunked_filter_params, filter_params
-from .resources import MAX_BULK, MAX_PAGE, Resource
+from .resources import MAX_BULK, MAX_PAGE, RESOURCES, Resource
 from .spec import QuerySpec
 from .transport import Transport
 
@@ -168,6 +168,19 @@ class Remote:
             return not self._by_ids(res, [obj_id])
         return True
 
+    def delete_ids(self, res: Resource, ids: list[int]) -> list[Row]:
+        """Delete objects by id (an id already gone counts as deleted); return rows kept."""
+        if not res.can_query_delete:
+            for obj_id in ids:
+                try:
+                    self.transport.request("DELETE", res.item_path(obj_id))
+                except NotFound:
+                    continue
+            return []
+        for chunk in _chunks(ids, FILTER_CHUNK_SIZE):
+            self.transport.request("DELETE", res.path, params=[("id", str(i)) for i in chunk])
+        return self._by_ids(res, ids)
+
     def query_delete(self, res: Resource, spec: QuerySpec) -> tuple[list[int], list[Row]]:
         """Delete every object matching ``spec``; return (deleted ids, rows the server kept)."""
         ids = self.ids(res, spec)
@@ -212,15 +225,15 @@ def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
 
 
 @functools.cache
-def _shape(res: Resource) -> tuple[frozenset[str], tuple[str, ...]]:
-    fields = res.out.model_fields
+def _shape_of(name: str) -> tuple[frozenset[str], tuple[str, ...]]:
+    fields = RESOURCES[name].out.model_fields
     dt_fields = tuple(name for name, info in fields.items() if "datetime" in str(info.annotation))
     return frozenset(fields), dt_fields
 
 
 def normalize_row(res: Resource, row: Row) -> Row:
     """Return ``row`` with only the resource's fields and timestamps as aware UTC ISO text."""
-    allowed, dt_fields = _shape(res)
+    allowed, dt_fields = _shape_of(res.name)
     if len(row) != len(allowed) or not allowed.issuperset(row):
         row = {k: v for k, v in row.items() if k in allowed}
     for name in dt_fields:

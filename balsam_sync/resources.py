@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel
 
@@ -46,6 +46,8 @@ class Resource:
         can_query_put: ``PUT <path>?<filters>`` exists (Job only).
         default_ordering: the server's order when none is asked ("id" or "-timestamp").
         enum_filters: filters the server does not validate but we do (name -> enum).
+        provisional: values of server-set fields in a row created offline, until the server
+            answers (a Job shows state CREATED, a state the server never stores).
     """
 
     name: str
@@ -62,6 +64,7 @@ class Resource:
     can_query_put: bool = False
     default_ordering: str = "id"
     enum_filters: tuple[tuple[str, type[Enum]], ...] = ()
+    provisional: tuple[tuple[str, Any], ...] = ()
 
     def item_path(self, obj_id: int) -> str:
         return f"{self.path}{obj_id}"
@@ -90,6 +93,14 @@ JOB = Resource(
     True,
     can_query_delete=True,
     can_query_put=True,
+    provisional=(
+        ("state", "CREATED"),
+        ("last_update", None),
+        ("batch_job_id", None),
+        ("pending_file_cleanup", True),
+        ("serialized_return_value", ""),
+        ("serialized_exception", ""),
+    ),
 )
 BATCH_JOB = Resource(
     "BatchJob",
@@ -103,6 +114,13 @@ BATCH_JOB = Resource(
     "object",
     True,
     enum_filters=(("state", s.BatchJobState),),
+    provisional=(
+        ("state", "pending_submission"),
+        ("scheduler_id", None),
+        ("status_info", {}),
+        ("start_time", None),
+        ("end_time", None),
+    ),
 )
 TRANSFER_ITEM = Resource(
     "TransferItem",

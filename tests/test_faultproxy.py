@@ -53,6 +53,7 @@ class _UpstreamServer(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     timeout = 5
+    disable_nagle_algorithm = True  # head and body are separate writes
     server: _UpstreamServer
 
     def setup(self) -> None:

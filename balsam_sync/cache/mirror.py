@@ -21,6 +21,7 @@ from sqlite_utils import Database
 
 from ..errors import MirrorError
 from .coverage import CoverageBook
+from .outbox import Outbox
 from .schema import SCHEMA_VERSION, migrations
 from .store import Store
 
@@ -50,6 +51,12 @@ class Mirror:
     path: Path
     store: Store
     coverage: CoverageBook
+    outbox: Outbox
+
+    @property
+    def lock_path(self) -> Path:
+        """The replay lock: one process at a time sends this mirror's outbox."""
+        return self.path.with_suffix(".replay.lock")
 
     def close(self) -> None:
         self.store.conn.close()
@@ -88,7 +95,7 @@ def open_mirror(home: Path, identity: Identity) -> Mirror:
             f"`balsam-sync rebuild` (or delete the file; pending offline changes in it are lost)"
         ) from exc
     store = Store(db)
-    return Mirror(path, store, CoverageBook(store))
+    return Mirror(path, store, CoverageBook(store), Outbox(store))
 
 
 def _private_dir(folder: Path) -> None:

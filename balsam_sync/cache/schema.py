@@ -119,6 +119,16 @@ TABLES: dict[str, TableDef] = {
 PARENTS_TABLE = "job_parents"
 """One row per (job, parent): the index behind the ``parent_id`` overlap filter."""
 
+REFERENCES: dict[tuple[str, str], str] = {
+    ("Job", "app_id"): "App",
+    ("Job", "parent_ids"): "Job",
+    ("Job", "batch_job_id"): "BatchJob",
+    ("App", "site_id"): "Site",
+    ("BatchJob", "site_id"): "Site",
+}
+"""Fields that hold another object's id: (resource, field) -> referenced resource. A
+provisional (negative) id in them is replaced by the server's id once that object exists."""
+
 migrations = Migrations("balsam_sync_mirror")
 
 
@@ -159,3 +169,17 @@ def m001_mirror_tables(db: Database) -> None:
         },
         pk=("resource", "filters", "ordering", "low", "high"),
     )
+    # The outbox: mutations applied to the mirror and not yet acknowledged by the server.
+    db.execute(
+        "CREATE TABLE outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, resource TEXT NOT NULL, "
+        "op TEXT NOT NULL, obj_id INTEGER NOT NULL, payload TEXT NOT NULL, marker TEXT, "
+        "state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, status INTEGER, error TEXT, "
+        "created_at TEXT NOT NULL, updated_at TEXT NOT NULL)"
+    )
+    db.execute("CREATE INDEX idx_outbox_state ON outbox (state, seq)")
+    db.execute("CREATE INDEX idx_outbox_obj ON outbox (resource, obj_id)")
+    db["id_map"].create(  # type: ignore[union-attr]
+        {"temp_id": int, "resource": str, "real_id": int}, pk="temp_id"
+    )
+    db["counters"].create({"name": str, "value": int}, pk="name")  # type: ignore[union-attr]
+    db["sync_log"].create({"key": str, "value": str}, pk="key")  # type: ignore[union-attr]

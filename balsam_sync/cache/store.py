@@ -188,9 +188,21 @@ class Store:
         return [r[0] for r in self.conn.execute(sql, [json.dumps(ids)])]
 
     def all_ids(self, resource: str) -> set[int]:
+        """Ids of the rows the server has confirmed (provisional rows have negative ids)."""
         table = TABLES[resource].table
         with self._lock:
-            return {r[0] for r in self.conn.execute(f"SELECT id FROM [{table}]")}
+            return {r[0] for r in self.conn.execute(f"SELECT id FROM [{table}] WHERE id > 0")}
+
+    def count_confirmed(self, resource: str) -> int:
+        table = TABLES[resource].table
+        with self._lock:
+            (n,) = self.conn.execute(f"SELECT count(*) FROM [{table}] WHERE id > 0").fetchone()
+        return int(n)
+
+    def get(self, resource: str, obj_id: int) -> Row | None:
+        """Return one row with its JSON columns decoded, or None."""
+        rows = self.query(QuerySpec(resource).with_filters({"id": [obj_id]}))
+        return self.decode(resource, rows[0]) if rows else None
 
     # -- reading -------------------------------------------------------------------------------
 

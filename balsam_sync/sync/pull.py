@@ -92,9 +92,13 @@ class Puller:
 
     def _all_rows(self, res: Resource, spec: QuerySpec, report: PullReport) -> list[Row]:
         rows: list[Row] = []
+        store = self.mirror.store
         for page in self.remote.pages(res, spec, PAGE_SIZE):
             report.requests += 1
-            self.mirror.store.upsert(res.name, page)
+            with store.write():
+                store.upsert(res.name, page)
+                # A pull never erases a change that is still queued: lay it back on top.
+                self.mirror.outbox.overlay(res.name, [r["id"] for r in page])
             rows.extend(page)
             self.progress(res.name, len(rows), None)
         report.fetched[res.name] = report.fetched.get(res.name, 0) + len(rows)
@@ -121,7 +125,7 @@ class Puller:
         store = self.mirror.store
         if top is None:
             gone = sorted(store.all_ids("Job"))
-        elif store.count(QuerySpec("Job")) == self.remote.count(RESOURCES["Job"], QuerySpec("Job")):
+        elif store.count_confirmed("Job") == self.remote.count(RESOURCES["Job"], QuerySpec("Job")):
             gone = []
         else:
             gone = self._bisect(None, top, report)

@@ -16,7 +16,24 @@ Design notes:
   would hide exactly the duplicate-write problems we want to expose);
 * faults are drawn from ``random.Random(seed)`` under a lock, so the fault sequence is
   deterministic for a given seed and request order;
-* loopback only: both the listening and the upstream address must be loopback.
+* a close the server does not announce (the Balsam server drops the connection after a 204
+  DELETE) is passed on to the client together with the reply where TCP_CORK allows it;
+* loopback only: both the listening and the upstream address must be loopback;
+* not supported: pipelining, ``Expect: 100-continue`` request bodies, protocol upgrades.
+
+Faults (one per request at most): ``refuse`` (reset after the request head, nothing forwarded),
+``reset_before`` (whole request read, then RST), ``delay``, ``timeout`` (silence for
+``hang_seconds``), ``http_5xx`` (local 502/503/504), ``lost_reply`` (forwarded, complete reply
+read so the server has committed, then the client is reset), ``burst_5xx`` (next N requests get
+a local 503) and ``down`` (:meth:`FaultProxy.set_down`).
+
+Example::
+
+    plan = FaultPlan(lost_reply=0.2, methods={"POST"}, path_prefix="/jobs/")
+    with FaultProxy("http://127.0.0.1:8000", plan=plan, seed=1) as proxy:
+        client = make_client(proxy.url)  # talks to the real server through the proxy
+        ...
+        assert proxy.stats.faults["lost_reply"] > 0
 """
 
 from __future__ import annotations
@@ -177,7 +194,12 @@ class LogEntry(NamedTuple):
 
 @dataclass(frozen=True)
 class ProxyStats:
-    """Snapshot of the proxy counters; ``faults`` has one key per :class:`FaultKind` value."""
+    """Snapshot of the proxy counters.
+
+    ``connections`` accepted, ``requests`` seen (heads read), ``forwarded`` to the server
+    (including lost replies), ``upstream_errors`` (server unreachable or no response), and
+    ``faults``: one count per :class:`FaultKind` value except ``"none"``.
+    """
 
     connections: int = 0
     requests: int = 0
@@ -192,7 +214,9 @@ class _Counters:
     requests: int = 0
     forwarded: int = 0
     upstream_errors: int = 0
-    faults: dict[str, int] = field(default_factory=lambda: {k.value: 0 for k in FaultKind})
+    faults: dict[str, int] = field(
+        default_factory=lambda: {k.value: 0 for k in FaultKind if k is not FaultKind.NONE}
+    )
 
     def snapshot(self) -> ProxyStats:
         return ProxyStats(
@@ -606,28 +630,29 @@ class _Session:
             raise _UpstreamError(str(exc)) from exc
 
     def _upstream(self) -> _Endpoint:
-        if self.upstream is not None and self.upstream.is_dropped():
-            self._drop_upstream()
-        if self.upstream is None:
-            self.upstream = self._connect()
-        return self.upstream
-
-    def _connect(self) -> _Endpoint:
+        """The upstream connection, replaced first if the server closed it while idle."""
+        current = self.upstream
+        if current is not None and not current.is_dropped():
+            return current
+        self._drop_upstream()
         try:
             sock = socket.create_connection(self.proxy.upstream_address, self.proxy.io_timeout)
         except OSError as exc:
             raise _UpstreamError(f"cannot connect upstream: {exc}") from exc
         _tune(sock, self.proxy.io_timeout)
         endpoint = _Endpoint(sock)
-        with self._lock:
+        with self._lock:  # published under the lock so that shutdown() sees it
             closed = self._closed
+            if not closed:
+                self.upstream = endpoint
         if closed:
             endpoint.close()
             raise _UpstreamError("proxy is stopping")
         return endpoint
 
     def _drop_upstream(self) -> None:
-        upstream, self.upstream = self.upstream, None
+        with self._lock:
+            upstream, self.upstream = self.upstream, None
         if upstream is not None:
             upstream.close()
 
@@ -653,7 +678,7 @@ class FaultProxy:
         listen_port: int = 0,
         max_connections: int = 100_000,
         max_seconds: float = 3600.0,
-        io_timeout: float = 60.0,
+        io_timeout: float = 120.0,
         log_size: int = 1000,
     ) -> None:
         if max_connections < 1 or max_seconds <= 0 or io_timeout <= 0 or log_size < 1:

@@ -1,0 +1,63 @@
+"""An exclusive lock file shared by threads and processes on one node (``flock``).
+
+Each ``acquire`` opens the file anew, so two threads of one process exclude each other as two
+processes do. The lock dies with its holder: a killed replayer never leaves it stuck.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from pathlib import Path
+from types import TracebackType
+
+
+class FileLock:
+    """``with FileLock(path, wait=5):`` — raises ``TimeoutError`` when not acquired in time."""
+
+    def __init__(self, path: Path, wait: float = 0.0) -> None:
+        self.path = path
+        self.wait = wait
+        self._fd: int | None = None
+
+    def acquire(self, wait: float | None = None) -> bool:
+        """Try to take the lock within ``wait`` seconds; return whether it was taken."""
+        deadline = time.monotonic() + (self.wait if wait is None else wait)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    return False
+                time.sleep(0.02)
+                continue
+            os.ftruncate(fd, 0)
+            os.write(fd, str(os.getpid()).encode())
+            self._fd = fd
+            return True
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def __enter__(self) -> FileLock:
+        if not self.acquire():
+            raise TimeoutError(f"{self.path} is held by another process")
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()

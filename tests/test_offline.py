@@ -1,0 +1,647 @@
+"""Freshness policies, provenance, working without the server, and pulls.
+
+The server is the real Balsam server. "Unreachable" is made with the fault proxy: the client
+talks to the server through it from the start (the mirror file name depends on ``api_root``),
+pulls, then the proxy goes down.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import balsam_sync
+from balsam_sync.client import Client
+from balsam_sync.errors import OfflineError
+from balsam_sync.freshness import OFFLINE
+from balsam_sync.testing.faultproxy import FaultProxy
+from tests.conftest import FAST_RETRY, RequestLog, User
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def make_jobs(client: Client, app: Any, n: int, **fields: Any) -> list[Any]:
+    jobs = [
+        client.Job(workdir=f"w/{uuid.uuid4().hex[:8]}-{i}", app_id=app.id, **fields)
+        for i in range(n)
+    ]
+    return client.Job.objects.bulk_create(jobs)
+
+
+def create_one_by_one(client: Client, app: Any, n: int, **fields: Any) -> list[Any]:
+    """Jobs created in separate requests, so their ``last_update`` values all differ."""
+    return [
+        client.Job.objects.create(workdir=f"w/one-{i}", app_id=app.id, **fields) for i in range(n)
+    ]
+
+
+def ids(query: Any) -> list[int]:
+    return [obj.id for obj in query]
+
+
+def recorder(client: Client) -> RequestLog:
+    log = RequestLog([])
+    client.transport.on_request.append(lambda method, url: log.calls.append((method, url)))
+    return log
+
+
+def connect(api_root: str, user: User, home: Path) -> Client:
+    return balsam_sync.connect(api_root, user.token, home=str(home), retry=FAST_RETRY)
+
+
+def assert_aware_utc(value: Any) -> None:
+    assert isinstance(value, datetime)
+    assert value.tzinfo is not None
+    assert value.utcoffset() == timedelta(0)
+
+
+# -- provenance ------------------------------------------------------------------------------
+
+
+def test_server_answer_has_source_and_aware_as_of(client: Client, app: Any) -> None:
+    make_jobs(client, app, 2)
+    q = client.Job.objects.all()
+    assert q.source is None
+    assert q.as_of is None
+    before = datetime.now(timezone.utc)
+    assert len(list(q)) == 2
+    after = datetime.now(timezone.utc)
+    assert q.source == "server"
+    assert q.stale is False
+    assert_aware_utc(q.as_of)
+    assert before - timedelta(seconds=1) <= q.as_of <= after
+
+    counted = client.Job.objects.filter(state="STAGED_IN")
+    assert counted.count() == 2
+    assert counted.source == "server"
+    assert_aware_utc(counted.as_of)
+
+    cached = client.Job.objects.offline()
+    assert len(list(cached)) == 2
+    assert cached.source == "cache"
+    assert cached.as_of == q.as_of  # the mirror knows when the server confirmed these rows
+
+
+# -- AUTO ------------------------------------------------------------------------------------
+
+
+def test_auto_asks_server_until_pull_then_answers_from_mirror(
+    client: Client, app: Any, sent: RequestLog
+) -> None:
+    jobs = make_jobs(client, app, 3, tags={"k": "v"})
+    for _ in range(2):
+        sent.clear()
+        q = client.Job.objects.all()
+        assert ids(q) == [j.id for j in jobs]
+        assert q.source == "server"
+        assert len(sent) >= 1
+
+    report = client.pull()
+    assert report.full is True
+    sent.clear()
+    q = client.Job.objects.all()
+    assert ids(q) == [j.id for j in jobs]
+    assert q.source == "cache"
+    assert q.stale is False
+    assert q.as_of == report.started_at
+    counted = client.Job.objects.filter(tags={"k": "v"})
+    assert counted.count() == 3
+    assert counted.source == "cache"
+    assert client.Job.objects.get(id=jobs[1].id).id == jobs[1].id
+    assert client.Job.objects.first().id == jobs[0].id
+    assert ids(client.Job.objects.order_by("-id")[1:3]) == [jobs[1].id, jobs[0].id]
+    assert len(list(client.Site.objects.all())) == 1
+    assert len(list(client.App.objects.all())) == 1
+    events = client.EventLog.objects.all()
+    assert len(list(events)) == 3
+    assert events.source == "cache"
+    assert len(sent) == 0, sent.calls
+
+
+def test_auto_after_own_write_keeps_jobs_cached_but_rereads_events(
+    client: Client, app: Any, sent: RequestLog
+) -> None:
+    make_jobs(client, app, 2)
+    client.pull()
+    new = client.Job.objects.create(workdir="w/after", app_id=app.id)
+    sent.clear()
+    q = client.Job.objects.all()
+    assert new.id in ids(q)
+    assert q.source == "cache"
+    assert len(sent) == 0
+    # the server logged an event the mirror never saw: events must come from the server
+    events = client.EventLog.objects.filter(job_id=[new.id])
+    assert [e.to_state for e in events] == ["STAGED_IN"]
+    assert events.source == "server"
+
+
+def test_auto_goes_back_to_server_once_the_pull_is_older_than_max_age(
+    client: Client, app: Any, sent: RequestLog
+) -> None:
+    assert client.gateway.max_age == 300
+    make_jobs(client, app, 1)
+    client.gateway.max_age = 0.4
+    client.pull()
+    sent.clear()
+    q = client.Job.objects.all()
+    list(q)
+    assert q.source == "cache"
+    assert len(sent) == 0
+    time.sleep(0.5)
+    q = client.Job.objects.all()
+    list(q)
+    assert q.source == "server"
+    assert len(sent) >= 1
+
+
+# -- fresh() ---------------------------------------------------------------------------------
+
+
+def test_fresh_uses_the_record_of_this_exact_query(
+    client: Client, app: Any, sent: RequestLog
+) -> None:
+    ones = make_jobs(client, app, 2, tags={"a": "1"})
+    make_jobs(client, app, 2, tags={"a": "2"})
+
+    def narrow() -> Any:
+        return client.Job.objects.filter(tags={"a": "1"})
+
+    first = narrow().fresh(60)
+    assert ids(first) == [j.id for j in ones]
+    assert first.source == "server"
+
+    sent.clear()
+    again = narrow().fresh(60)
+    assert ids(again) == [j.id for j in ones]
+    assert again.source == "cache"
+    assert again.as_of == first.as_of
+    counted = narrow().fresh(60)
+    assert counted.count() == 2
+    assert counted.source == "cache"
+    # an unsliced answer covers any ordering and window of the same filters
+    assert ids(narrow().order_by("-id")[0:1].fresh(60)) == [ones[1].id]
+    assert len(sent) == 0
+
+    stale = narrow().fresh(0)
+    list(stale)
+    assert stale.source == "server"
+    assert len(sent) >= 1
+
+
+def test_fresh_narrow_query_never_covers_broader_one(
+    client: Client, app: Any, sent: RequestLog
+) -> None:
+    make_jobs(client, app, 2, tags={"a": "1"})
+    make_jobs(client, app, 3, tags={"a": "2"})
+    list(client.Job.objects.filter(tags={"a": "1"}).online())
+    list(client.Job.objects.filter(tags={"a": "1"}, state="STAGED_IN").online())
+    sent.clear()
+    counted = client.Job.objects.fresh(3600)
+    assert counted.count() == 5
+    assert counted.source == "server"
+    broad = client.Job.objects.all().fresh(3600)
+    assert len(list(broad)) == 5
+    assert broad.source == "server"
+    other_filter = client.Job.objects.filter(tags={"a": "2"}).fresh(3600)
+    assert len(list(other_filter)) == 3
+    assert other_filter.source == "server"
+    assert len(sent) >= 3
+
+
+def test_fresh_default_query_answer_is_reused(client: Client, app: Any, sent: RequestLog) -> None:
+    make_jobs(client, app, 2)
+    q = client.Job.objects.filter(state="STAGED_IN")
+    list(q)
+    assert q.source == "server"
+    sent.clear()
+    again = client.Job.objects.filter(state="STAGED_IN").fresh(60)
+    assert len(list(again)) == 2
+    assert again.source == "cache"
+    assert len(sent) == 0
+
+
+def test_fresh_after_full_sync_answers_any_query(
+    client: Client, app: Any, sent: RequestLog
+) -> None:
+    jobs = make_jobs(client, app, 3, tags={"x": "y"})
+    report = client.pull()
+    sent.clear()
+    for q in (
+        client.Job.objects.filter(tags={"x": "y"}).fresh(60),
+        client.Job.objects.filter(id=[jobs[0].id]).fresh(60),
+        client.Job.objects.order_by("workdir")[1:2].fresh(60),
+        client.EventLog.objects.filter(job_id=[jobs[2].id]).fresh(60),
+    ):
+        assert len(list(q)) >= 1
+        assert q.source == "cache"
+        assert q.as_of == report.started_at
+    assert len(sent) == 0
+    time.sleep(0.05)
+    late = client.Job.objects.filter(tags={"x": "y"}).fresh(0.01)
+    list(late)
+    assert late.source == "server"
+
+
+def test_sliced_fetch_covers_same_ordering_and_windows_inside_only(
+    client: Client, app: Any, sent: RequestLog
+) -> None:
+    jobs = make_jobs(client, app, 12)
+    newest_first = sorted((j.id for j in jobs), reverse=True)
+
+    def by_id_desc() -> Any:
+        return client.Job.objects.order_by("-id")
+
+    window = by_id_desc()[0:10].fresh(60)
+    assert ids(window) == newest_first[0:10]
+    assert window.source == "server"
+
+    sent.clear()
+    for low, high in ((2, 5), (0, 10), (9, 10), (0, 1)):
+        inside = by_id_desc()[low:high].fresh(60)
+        assert ids(inside) == newest_first[low:high]
+        assert inside.source == "cache", (low, high)
+    assert len(sent) == 0
+
+    for q in (
+        by_id_desc()[5:15].fresh(60),  # reaches past the fetched window
+        client.Job.objects.order_by("id")[2:5].fresh(60),  # another ordering
+        client.Job.objects.all()[2:5].fresh(60),  # the default ordering is another one too
+    ):
+        list(q)
+        assert q.source == "server"
+    counted = by_id_desc().fresh(60)
+    assert counted.count() == 12  # a window says nothing about the total
+    assert counted.source == "server"
+    whole = by_id_desc().fresh(60)
+    assert ids(whole) == newest_first
+    assert whole.source == "server"
+
+
+# -- offline() and online() ------------------------------------------------------------------
+
+
+def test_offline_never_sends_even_without_pull(client: Client, app: Any, sent: RequestLog) -> None:
+    sent.clear()
+    empty = client.Job.objects.offline()
+    assert list(empty) == []
+    assert empty.source == "cache"
+    assert empty.as_of is None
+    assert len(sent) == 0
+
+    jobs = make_jobs(client, app, 3, tags={"t": "1"})
+    sent.clear()
+    q = client.Job.objects.offline()
+    assert ids(q) == [j.id for j in jobs]
+    assert q.source == "cache"
+    assert q.as_of is None
+    assert q.stale is False
+    counted = client.Job.objects.filter(tags={"t": "1"}).offline()
+    assert counted.count() == 3
+    assert counted.source == "cache"
+    assert client.Job.objects.offline().get(id=jobs[2].id).id == jobs[2].id
+    assert client.Job.objects.offline().first().id == jobs[0].id
+    assert ids(client.Job.objects.offline()[1:]) == [jobs[1].id, jobs[2].id]
+    assert [j.id for j in client.Job.objects.offline().iterator(chunk_size=2)] == [
+        j.id for j in jobs
+    ]
+    assert list(client.EventLog.objects.offline()) == []  # events are not written through
+    assert ids(client.App.objects.offline()) == [app.id]
+    with pytest.raises(client.Job.DoesNotExist):
+        client.Job.objects.offline().get(id=10**9)
+    assert len(sent) == 0, sent.calls
+
+
+def test_online_always_asks_the_server(client: Client, app: Any, sent: RequestLog) -> None:
+    make_jobs(client, app, 2)
+    client.pull()
+    for _ in range(2):
+        sent.clear()
+        q = client.Job.objects.online()
+        assert len(list(q)) == 2
+        assert q.source == "server"
+        assert len(sent) >= 1
+    sent.clear()
+    counted = client.Job.objects.online()
+    assert counted.count() == 2
+    assert counted.source == "server"
+    assert len(sent) >= 1
+
+
+# -- the server goes away --------------------------------------------------------------------
+
+
+@pytest.fixture
+def proxy(balsam_server: str) -> Iterator[FaultProxy]:
+    with FaultProxy(balsam_server, io_timeout=10.0) as p:
+        yield p
+
+
+@pytest.fixture
+def via_proxy(user: User, proxy: FaultProxy, tmp_path: Path) -> Iterator[Client]:
+    c = connect(proxy.url, user, tmp_path / "proxied")
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def pulled(via_proxy: Client, proxy: FaultProxy) -> dict[str, Any]:
+    """Data built online and pulled, then the server made unreachable."""
+    c = via_proxy
+    site = c.Site.objects.create(name="s", path="/projects/s")
+    app = c.App.objects.create(site_id=site.id, name="A", serialized_class="t", source_code="")
+    jobs = make_jobs(c, app, 5, tags={"g": "1"})
+    jobs[0].state = "POSTPROCESSED"
+    jobs[0].save()
+    report = c.pull()
+    c.gateway.max_age = 0  # AUTO must ask the server (and fail) rather than trust the pull
+    proxy.set_down(True)
+    return {"client": c, "jobs": jobs, "report": report, "site": site, "app": app}
+
+
+def test_unreachable_server_falls_back_to_mirror_with_one_warning(
+    pulled: dict[str, Any], proxy: FaultProxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    c: Client = pulled["client"]
+    jobs = pulled["jobs"]
+    job_ids = [j.id for j in jobs]
+    as_of = pulled["report"].started_at
+    before = proxy.stats.faults["down"]
+
+    q = c.Job.objects.all()
+    assert ids(q) == job_ids
+    assert (q.source, q.stale, q.as_of) == ("cache", True, as_of)
+    assert proxy.stats.faults["down"] > before  # the server really was asked
+
+    tagged = c.Job.objects.filter(tags={"g": "1"})
+    assert len(tagged) == 5
+    assert (tagged.source, tagged.stale) == ("cache", True)
+
+    finished = c.Job.objects.filter(state="JOB_FINISHED")
+    assert finished.count() == 1
+    assert (finished.source, finished.stale) == ("cache", True)
+    assert c.Job.objects.all().count() == 5
+
+    assert c.Job.objects.get(id=jobs[3].id).id == jobs[3].id
+    assert c.Job.objects.first().id == jobs[0].id
+    window = c.Job.objects.order_by("-id")[1:3]
+    assert ids(window) == [jobs[3].id, jobs[2].id]
+    assert window.stale is True
+    assert [j.id for j in c.Job.objects.filter(tags={"g": "1"})] == job_ids
+    assert bool(c.Job.objects.filter(state="STAGED_IN")) is True
+    assert c.Job.objects.all()[4].id == jobs[4].id
+    events = c.EventLog.objects.filter(job_id=[jobs[0].id])
+    assert sorted(e.to_state for e in events) == ["JOB_FINISHED", "STAGED_IN"]
+    assert events.stale is True
+    assert ids(c.Site.objects.all()) == [pulled["site"].id]
+    with pytest.raises(c.Job.DoesNotExist):
+        c.Job.objects.get(id=10**9)
+
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]
+
+
+def test_unreachable_server_streaming_iterator_falls_back(pulled: dict[str, Any]) -> None:
+    c: Client = pulled["client"]
+    streamed = [j.id for j in c.Job.objects.all().iterator(chunk_size=2)]
+    assert streamed == [j.id for j in pulled["jobs"]]
+
+
+def test_online_query_raises_offline_error_when_unreachable(pulled: dict[str, Any]) -> None:
+    c: Client = pulled["client"]
+    job = pulled["jobs"][1]
+    with pytest.raises(OfflineError, match=r"(?i)online") as info:
+        list(c.Job.objects.online())
+    assert "reach" in str(info.value).lower()
+    with pytest.raises(OfflineError):
+        c.Job.objects.online().count()
+    with pytest.raises(OfflineError):
+        c.Job.objects.filter(id=[job.id]).online().get()
+    with pytest.raises(OfflineError):
+        c.Job.objects.online().first()
+    # the mirror still answers offline queries meanwhile
+    assert c.Job.objects.offline().count() == 5
+
+
+def test_offline_env_makes_every_query_cache_only(
+    client: Client, user: User, app: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    jobs = make_jobs(client, app, 4, tags={"e": "1"})
+    report = client.pull()
+    job_ids = [j.id for j in jobs]
+    monkeypatch.setenv("BALSAM_SYNC_OFFLINE", "1")
+    c = connect(user.api_root, user, tmp_path / "home")
+    log = recorder(c)
+    try:
+        assert c.default_policy == OFFLINE
+        q = c.Job.objects.all()
+        assert ids(q) == job_ids
+        assert (q.source, q.as_of) == ("cache", report.started_at)
+        assert c.Job.objects.count() == 4
+        assert c.Job.objects.filter(tags={"e": "1"}).count() == 4
+        assert c.Job.objects.get(id=job_ids[2]).id == job_ids[2]
+        assert c.Job.objects.first().id == job_ids[0]
+        assert ids(c.Job.objects.order_by("-id")[0:2]) == job_ids[:1:-1]
+        assert [j.id for j in c.Job.objects.all().iterator(chunk_size=3)] == job_ids
+        assert len(list(c.EventLog.objects.all())) == 4
+        assert ids(c.App.objects.all()) == [app.id]
+        assert len(log) == 0, log.calls
+    finally:
+        c.close()
+
+
+def test_offline_env_without_any_pull_sends_nothing(
+    user: User, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BALSAM_SYNC_OFFLINE", "1")
+    c = connect(user.api_root, user, tmp_path / "empty")
+    log = recorder(c)
+    try:
+        q = c.Job.objects.all()
+        assert list(q) == []
+        assert (q.source, q.as_of, q.stale) == ("cache", None, False)
+        assert c.Site.objects.count() == 0
+        assert len(log) == 0
+    finally:
+        c.close()
+
+
+@pytest.fixture
+def offline_env_client(
+    client: Client, user: User, app: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Client]:
+    """A BALSAM_SYNC_OFFLINE=1 client over the (pulled) mirror of ``client``."""
+    make_jobs(client, app, 2)
+    client.pull()
+    monkeypatch.setenv("BALSAM_SYNC_OFFLINE", "1")
+    c = connect(user.api_root, user, tmp_path / "home")
+    yield c
+    c.close()
+
+
+def test_offline_env_fresh_query_sends_nothing(offline_env_client: Client) -> None:
+    log = recorder(offline_env_client)
+    q = offline_env_client.Job.objects.all().fresh(0)
+    assert len(list(q)) == 2
+    assert q.source == "cache"
+    assert len(log) == 0, log.calls
+
+
+def test_offline_env_online_query_raises_without_sending(offline_env_client: Client) -> None:
+    log = recorder(offline_env_client)
+    with pytest.raises(OfflineError):
+        list(offline_env_client.Job.objects.online())
+    with pytest.raises(OfflineError):
+        offline_env_client.Job.objects.online().count()
+    assert len(log) == 0, log.calls
+
+
+# -- pull ------------------------------------------------------------------------------------
+
+
+def assert_mirror_matches_server(client: Client) -> None:
+    online = {j.id: (j.state, j.last_update, j.batch_job_id) for j in client.Job.objects.online()}
+    offline = {
+        j.id: (j.state, j.last_update, j.batch_job_id) for j in client.Job.objects.offline()
+    }
+    assert offline == online
+    online_events = {e.id: (e.job_id, e.to_state) for e in client.EventLog.objects.online()}
+    offline_events = {e.id: (e.job_id, e.to_state) for e in client.EventLog.objects.offline()}
+    assert offline_events == online_events
+
+
+def test_first_pull_is_full_later_ones_incremental(client: Client, app: Any) -> None:
+    jobs = create_one_by_one(client, app, 3)
+    first = client.pull()
+    assert first.full is True
+    assert first.fetched["Job"] == 3
+    assert first.fetched["EventLog"] == 3
+    assert first.deleted["Job"] == 0
+    assert_aware_utc(first.started_at)
+
+    second = client.pull()
+    assert second.full is False
+    # only the boundary job (last_update == watermark) is read again, and not duplicated
+    assert second.fetched["Job"] == 1
+    assert second.deleted["Job"] == 0
+    assert ids(client.Job.objects.offline()) == [j.id for j in jobs]
+    assert client.Job.objects.offline().count() == 3
+    assert client.EventLog.objects.offline().count() == 3
+
+    again = client.pull(full=True)
+    assert again.full is True
+    assert again.fetched["Job"] == 3
+    assert client.pull().full is False
+    assert client.Job.objects.offline().count() == 3
+    assert_mirror_matches_server(client)
+
+
+def test_incremental_pull_brings_another_clients_changes(
+    client: Client, user: User, app: Any, tmp_path: Path
+) -> None:
+    j1, j2, j3, j4 = create_one_by_one(client, app, 4, tags={"old": "1"})
+    client.EventLog.objects.filter(job_id=[j3.id]).online().count()
+    list(client.EventLog.objects.online())
+    client.pull()
+    other = connect(user.api_root, user, tmp_path / "other")
+    try:
+        o1 = other.Job.objects.get(id=j1.id)
+        o1.state = "POSTPROCESSED"
+        o1.save()
+        o2 = other.Job.objects.get(id=j2.id)
+        o2.tags = {"new": "tag"}
+        o2.save()
+        other.Job.objects.get(id=j3.id).delete()
+        new = other.Job.objects.create(workdir="w/elsewhere", app_id=app.id, tags={"by": "b"})
+    finally:
+        other.close()
+    assert client.Job.objects.offline().get(id=j1.id).state == "STAGED_IN"
+
+    report = client.pull()
+    assert report.full is False
+    assert report.deleted["Job"] == 1
+    assert client.Job.objects.offline().get(id=j1.id).state == "JOB_FINISHED"
+    assert ids(client.Job.objects.filter(tags={"new": "tag"}).offline()) == [j2.id]
+    assert ids(client.Job.objects.filter(tags={"old": "1"}).offline()) == [j1.id, j4.id]
+    assert ids(client.Job.objects.offline()) == [j1.id, j2.id, j4.id, new.id]
+    assert client.Job.objects.offline().get(id=new.id).state == "STAGED_IN"
+    assert ids(client.Job.objects.filter(tags={"by": "b"}).offline()) == [new.id]
+    j1_events = client.EventLog.objects.filter(job_id=[j1.id]).offline()
+    assert sorted(e.to_state for e in j1_events) == ["JOB_FINISHED", "STAGED_IN"]
+    new_events = list(client.EventLog.objects.filter(job_id=[new.id]).offline())
+    assert [(e.from_state, e.to_state) for e in new_events] == [("CREATED", "STAGED_IN")]
+    assert client.EventLog.objects.filter(job_id=[j3.id]).offline().count() == 0
+    assert_mirror_matches_server(client)
+
+
+def test_pull_finds_a_few_deletions_among_many_jobs(
+    client: Client, user: User, app: Any, tmp_path: Path
+) -> None:
+    jobs = make_jobs(client, app, 150) + make_jobs(client, app, 150)
+    client.pull()
+    doomed = [jobs[0].id, jobs[149].id, jobs[150].id, jobs[299].id]
+    other = connect(user.api_root, user, tmp_path / "other")
+    try:
+        assert other.Job.objects.filter(id=doomed).online().delete() == 4
+        other.Job.objects.filter(id=[jobs[10].id]).online().update(state="POSTPROCESSED")
+    finally:
+        other.close()
+    report = client.pull()
+    assert report.full is False
+    assert report.deleted["Job"] == 4
+    assert client.Job.objects.offline().count() == 296
+    assert client.Job.objects.filter(id=doomed).offline().count() == 0
+    assert client.Job.objects.offline().get(id=jobs[10].id).state == "JOB_FINISHED"
+    assert client.EventLog.objects.filter(job_id=doomed).offline().count() == 0
+    assert_mirror_matches_server(client)
+
+    again = client.pull()
+    assert again.deleted["Job"] == 0
+    assert client.Job.objects.offline().count() == 296
+
+
+def test_pull_detects_deletion_balanced_by_a_creation(
+    client: Client, user: User, app: Any, tmp_path: Path
+) -> None:
+    jobs = create_one_by_one(client, app, 3)
+    client.pull()
+    other = connect(user.api_root, user, tmp_path / "other")
+    try:
+        other.Job.objects.get(id=jobs[1].id).delete()
+        new = other.Job.objects.create(workdir="w/replacement", app_id=app.id)
+    finally:
+        other.close()
+    report = client.pull()
+    assert report.deleted["Job"] == 1
+    assert ids(client.Job.objects.offline()) == [jobs[0].id, jobs[2].id, new.id]
+    assert_mirror_matches_server(client)
+
+
+def test_full_pull_reconciles_everything(
+    client: Client, user: User, app: Any, tmp_path: Path
+) -> None:
+    jobs = create_one_by_one(client, app, 3)
+    client.pull()
+    other = connect(user.api_root, user, tmp_path / "other")
+    try:
+        other.Job.objects.get(id=jobs[0].id).delete()
+        o = other.Job.objects.get(id=jobs[1].id)
+        o.state = "POSTPROCESSED"
+        o.save()
+        site2 = other.Site.objects.create(name="second", path="/second")
+    finally:
+        other.close()
+    report = client.pull(full=True)
+    assert report.full is True
+    assert report.deleted["Job"] == 1
+    assert ids(client.Job.objects.offline()) == [jobs[1].id, jobs[2].id]
+    assert client.Job.objects.offline().get(id=jobs[1].id).state == "JOB_FINISHED"
+    assert site2.id in ids(client.Site.objects.offline())
+    assert_mirror_matches_server(client)
