@@ -11,6 +11,7 @@ import threading
 from typing import Any, TypeVar
 
 from .cache.mirror import Identity, Mirror, open_mirror
+from .cache.outbox import now_text
 from .config import Settings, load_settings
 from .errors import ConfigError
 from .freshness import AUTO, OFFLINE, ReadPolicy
@@ -104,7 +105,17 @@ class Client:
 
     def pull(self, *, full: bool = False, progress: Progress | None = None) -> PullReport:
         """Bring the mirror up to the server's state (see ``balsam_sync.sync.pull``)."""
-        return Puller(self.remote, self.mirror, progress).pull(full=full)
+        report = Puller(self.remote, self.mirror, progress).pull(full=full)
+        self.mirror.outbox.log("last_pull", now_text())
+        return report
+
+    def push(self, *, lock_wait: float = 30.0) -> PushReport:
+        """Send what is queued now; returns what was sent, what failed and what died."""
+        return self.gateway.replayer().push(lock_wait=lock_wait)
+
+    def status(self, *, check_server: bool = True) -> SyncStatus:
+        """A snapshot of the outbox, the last push/pull, the token and the server's reachability."""
+        return sync_status(self, check_server=check_server)
 
     def close(self) -> None:
         """Release connections and close the mirror."""

@@ -86,6 +86,19 @@ def converters(schema: type[BaseModel]) -> dict[str, Converter]:
 
 
 @functools.cache
+def json_fields(schema: type[BaseModel]) -> frozenset[str]:
+    """Fields stored as JSON text in the mirror: dicts, lists, sets and nested models."""
+    names = set()
+    for name, info in schema.model_fields.items():
+        ann = _strip_optional(info.annotation)
+        origin = typing.get_origin(ann)
+        nested = isinstance(ann, type) and issubclass(ann, BaseModel)
+        if origin in (dict, list, set, frozenset) or nested:
+            names.add(name)
+    return frozenset(names)
+
+
+@functools.cache
 def _adapter(schema: type[BaseModel], name: str) -> TypeAdapter[Any]:
     info = schema.model_fields[name]
     annotation: Any = info.annotation

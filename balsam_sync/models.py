@@ -9,6 +9,7 @@ that assigned it. Persistence (save, delete, refresh) is delegated to the model'
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Callable
 from enum import Enum
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -20,7 +21,7 @@ from .errors import (
     ObjectStateError,
     UsageError,
 )
-from .fields import Converter, converters, validate_field, validate_payload
+from .fields import Converter, converters, json_fields, validate_field, validate_payload
 from .resources import Resource
 
 if TYPE_CHECKING:
@@ -88,6 +89,8 @@ class Model:
     __slots__ = ("_state", "_data", "_changes", "_seen", "__weakref__")
     _resource: ClassVar[Resource]
     _conv: ClassVar[dict[str, Converter]] = {}
+    _json: ClassVar[frozenset[str]] = frozenset()
+    _refs: ClassVar[frozenset[str]] = frozenset({"id"})
     _fields: ClassVar[frozenset[str]] = frozenset()
     _create_fields: ClassVar[frozenset[str]] = frozenset()
     _update_fields: ClassVar[frozenset[str]] = frozenset()
@@ -133,6 +136,8 @@ class Model:
                 setattr(cls, name, _Field(name, doc))
         cls._fields = frozenset(names)
         cls._conv = converters(res.out)
+        cls._json = json_fields(res.out)
+        cls._refs = frozenset({"id", "app_id", "site_id", "batch_job_id"}) & cls._fields
         cls._create_fields = frozenset(res.create.model_fields) if res.create else frozenset()
         cls._update_fields = frozenset(res.update.model_fields) if res.update else frozenset()
 
@@ -180,21 +185,36 @@ class Model:
             raw = changes[name]
         else:
             raw = self._data.get(name)
+            if type(raw) is str and name in self._json:
+                # Mirror rows keep JSON columns as text until a field is read.
+                raw = json.loads(raw)
+                self._data[name] = raw
             if state is not ModelState.NEW and type(raw) in (dict, list):
                 self._remember(name, raw)
         if raw is None:
             return None
-        if name == "id" and raw < 0:
-            raw = self._resolve_id(raw)
+        if type(raw) is int and raw < 0 and name in self._refs:
+            raw = self._resolve_id(name, raw)
         conv = self._conv.get(name)
         return raw if conv is None else conv(raw)
 
-    def _resolve_id(self, temp_id: int) -> int:
+    def _resolve_id(self, name: str, temp_id: int) -> int:
         """A provisional id turns into the server's id once its creation is acknowledged."""
         real: int = type(self).objects._gateway.real_id(temp_id)
         if real != temp_id:
-            self._data = {**self._data, "id": real}
+            self._data = {**self._data, name: real}
         return real
+
+    def _decoded(self) -> Row:
+        """All fields as JSON values (mirror text decoded)."""
+        data = self._data
+        if any(type(data.get(n)) is str for n in self._json):
+            data = {
+                k: json.loads(v) if k in self._json and type(v) is str else v
+                for k, v in data.items()
+            }
+            self._data = data
+        return data
 
     def _remember(self, name: str, raw: Any) -> None:
         """Keep a copy of a mutable value handed out, to detect in-place changes at save."""
@@ -297,12 +317,12 @@ class Model:
         if not isinstance(other, Model) or other._resource is not self._resource:
             return NotImplemented
         both_clean = self._state is ModelState.CLEAN and other._state is ModelState.CLEAN
-        return both_clean and self._data == other._data
+        return both_clean and self._decoded() == other._decoded()
 
     __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
-        data = {**self._data, **(self._changes or {})}
+        data = {**self._decoded(), **(self._changes or {})}
         head = ["id"] if "id" in self._fields else []
         names = head + sorted(n for n in data if n != "id" and not n.startswith("serialized_"))
         body = ", ".join(f"{n}={data.get(n)!r}" for n in names)
@@ -310,4 +330,4 @@ class Model:
 
     def to_dict(self) -> Row:
         """Return a copy of the fields as JSON values (pending changes applied)."""
-        return copy.deepcopy({**self._data, **self._pending_changes()})
+        return copy.deepcopy({**self._decoded(), **self._pending_changes()})

@@ -284,6 +284,96 @@ def test_sliced_fetch_covers_same_ordering_and_windows_inside_only(
     assert whole.source == "server"
 
 
+def test_sliced_and_count_records_are_dropped_by_own_writes(
+    client: Client, app: Any, sent: RequestLog
+) -> None:
+    make_jobs(client, app, 6)
+    list(client.Job.objects.order_by("-id")[0:4].fresh(60))
+    assert client.Job.objects.filter(state="STAGED_IN").fresh(60).count() == 6
+    new = client.Job.objects.create(workdir="w/new", app_id=app.id)
+    sent.clear()
+    window = client.Job.objects.order_by("-id")[0:2].fresh(60)
+    assert ids(window)[0] == new.id
+    assert window.source == "server"
+    counted = client.Job.objects.filter(state="STAGED_IN").fresh(60)
+    assert counted.count() == 7
+    assert counted.source == "server"
+    assert len(sent) >= 2
+
+
+def test_unsliced_record_stays_true_after_own_writes(
+    client: Client, app: Any, sent: RequestLog
+) -> None:
+    a, b = make_jobs(client, app, 2, tags={"a": "1"})
+    list(client.Job.objects.filter(tags={"a": "1"}))
+    c, d = make_jobs(client, app, 2, tags={"a": "1"})
+    b.tags = {"a": "2"}
+    b.save()
+    sent.clear()
+    q = client.Job.objects.filter(tags={"a": "1"}).fresh(60)
+    assert ids(q) == [a.id, c.id, d.id]
+    assert q.source == "cache"
+    assert len(sent) == 0
+
+
+def test_offline_count_agrees_with_offline_rows_after_own_create(
+    client: Client, app: Any
+) -> None:
+    make_jobs(client, app, 2)
+    assert len(list(client.Job.objects.all())) == 2  # server answer, recorded
+    client.Job.objects.create(workdir="w/third", app_id=app.id)
+    assert len(list(client.Job.objects.offline())) == 3
+    assert client.Job.objects.offline().count() == 3
+
+
+def test_fresh_count_is_current_after_own_create(client: Client, app: Any) -> None:
+    make_jobs(client, app, 2)
+    list(client.Job.objects.all())
+    client.Job.objects.create(workdir="w/third", app_id=app.id)
+    assert client.Job.objects.fresh(60).count() == 3
+    assert client.Job.objects.online().count() == 3
+
+
+def test_auto_count_after_pull_is_current_after_own_create(client: Client, app: Any) -> None:
+    make_jobs(client, app, 2)
+    client.pull()
+    list(client.Job.objects.online())
+    client.Job.objects.create(workdir="w/third", app_id=app.id)
+    q = client.Job.objects.all()
+    assert q.count() == 3
+    assert q.source == "cache"
+    assert len(list(client.Job.objects.all())) == 3
+
+
+def test_fresh_job_count_is_current_after_cascading_delete(
+    client: Client, site: Any, app: Any, sent: RequestLog
+) -> None:
+    make_jobs(client, app, 3)
+    assert client.Job.objects.fresh(60).count() == 3
+    app.delete()
+    assert client.Job.objects.offline().count() == 0
+    assert client.Job.objects.fresh(60).count() == 0
+    assert client.Job.objects.online().count() == 0
+
+
+def test_server_answer_settles_mirror_rows_it_left_out(
+    client: Client, user: User, app: Any, tmp_path: Path
+) -> None:
+    a, b, c = make_jobs(client, app, 3, tags={"a": "1"})
+    other = connect(user.api_root, user, tmp_path / "other")
+    try:
+        moved = other.Job.objects.get(id=b.id)
+        moved.tags = {"a": "2"}
+        moved.save()
+        other.Job.objects.get(id=c.id).delete()
+    finally:
+        other.close()
+    assert ids(client.Job.objects.filter(tags={"a": "1"})) == [a.id]
+    assert ids(client.Job.objects.filter(tags={"a": "1"}).offline()) == [a.id]
+    assert ids(client.Job.objects.filter(tags={"a": "2"}).offline()) == [b.id]
+    assert ids(client.Job.objects.offline()) == [a.id, b.id]
+
+
 # -- offline() and online() ------------------------------------------------------------------
 
 
@@ -403,9 +493,25 @@ def test_unreachable_server_falls_back_to_mirror_with_one_warning(
     assert ids(c.Site.objects.all()) == [pulled["site"].id]
     with pytest.raises(c.Job.DoesNotExist):
         c.Job.objects.get(id=10**9)
+    fresh = c.Job.objects.filter(tags={"g": "1"}).fresh(0)
+    assert len(fresh) == 5
+    assert (fresh.source, fresh.stale) == ("cache", True)
 
     warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warnings) == 1, [r.getMessage() for r in warnings]
+
+
+def test_server_back_means_server_answers_again(
+    pulled: dict[str, Any], proxy: FaultProxy
+) -> None:
+    c: Client = pulled["client"]
+    down = c.Job.objects.all()
+    assert len(down) == 5
+    assert down.stale is True
+    proxy.set_down(False)
+    up = c.Job.objects.all()
+    assert len(up) == 5
+    assert (up.source, up.stale) == ("server", False)
 
 
 def test_unreachable_server_streaming_iterator_falls_back(pulled: dict[str, Any]) -> None:
