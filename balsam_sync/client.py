@@ -23,6 +23,8 @@ from .objects import App, BatchJob, EventLog, Site, TransferItem
 from .remote import Remote
 from .retry import RetryPolicy
 from .sync.pull import Progress, Puller, PullReport
+from .sync.replay import PushReport
+from .sync.status import SyncStatus, sync_status
 from .token import user_of
 from .transport import Transport
 
