@@ -11,7 +11,7 @@ import threading
 from typing import Any, TypeVar
 
 from .cache.mirror import Identity, Mirror, open_mirror
-from .cache.outbox import now_text
+from .cache.outbox import Entry, EntryState, now_text
 from .config import Settings, load_settings
 from .errors import ConfigError
 from .freshness import AUTO, OFFLINE, ReadPolicy
@@ -118,6 +118,21 @@ class Client:
     def status(self, *, check_server: bool = True) -> SyncStatus:
         """A snapshot of the outbox, the last push/pull, the token and the server's reachability."""
         return sync_status(self, check_server=check_server)
+
+    def dead_letters(self) -> list[Entry]:
+        """Mutations the server refused for good, with its reasons (oldest first)."""
+        return self.mirror.outbox.entries([EntryState.DEAD])
+
+    def retry_dead(self, seq: int) -> bool:
+        """Queue a dead letter again (its local change is re-applied); False if unknown."""
+        return self.gateway.revive(seq)
+
+    def discard_dead(self, seq: int) -> bool:
+        """Drop a dead letter for good (the mirror already holds the server's truth)."""
+        entry = self.mirror.outbox.get(seq)
+        if entry is None or entry.state is not EntryState.DEAD:
+            return False
+        return self.mirror.outbox.forget(seq)
 
     def close(self) -> None:
         """Release connections and close the mirror."""

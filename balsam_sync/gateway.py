@@ -16,12 +16,12 @@ from datetime import datetime, timezone
 from typing import Any
 
 from .cache.mirror import Mirror
-from .cache.outbox import Op
+from .cache.outbox import EntryState, Op
 from .errors import BalsamSyncError, NotAuthenticated, OfflineError, ServerUnreachable
 from .freshness import USE_CLIENT_DEFAULT, Answer, PolicyArg, ReadMode, ReadPolicy
 from .params import FILTER_CHUNK_SIZE
 from .remote import Remote
-from .resources import Resource
+from .resources import RESOURCES, Resource
 from .spec import QuerySpec
 from .sync.lock import FileLock
 from .sync.replay import Replayer
@@ -307,6 +307,24 @@ class Gateway:
         obj_id = self.real_id(obj_id)
         seqs = self._queue(res, Op.DELETE, [(obj_id, {})], [])
         return WriteResult([], self._push_now(seqs))
+
+    def revive(self, seq: int) -> bool:
+        """Queue a dead letter again and lay its change back on the mirror."""
+        outbox = self.mirror.outbox
+        entry = outbox.get(seq)
+        if entry is None or entry.state is not EntryState.DEAD:
+            return False
+        res = RESOURCES[entry.resource]
+        store = self.mirror.store
+        with store.write():
+            outbox.revive(seq)
+            if entry.op is Op.CREATE:
+                store.upsert(res.name, [provisional_row(res, entry.obj_id, entry.payload)])
+            elif entry.op is Op.DELETE:
+                store.delete_cascade(res.name, [entry.obj_id])
+            else:
+                outbox.overlay(res.name, [entry.obj_id])
+        return True
 
     def query_delete(self, res: Resource, spec: QuerySpec) -> WriteResult:
         ids = self._resolve_ids(res, spec)

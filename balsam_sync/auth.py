@@ -1,0 +1,68 @@
+"""Logging in: the password flow of the Balsam server, and saving the token like upstream."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from .config import client_yml_path, write_client_yml
+from .errors import ConfigError, NotAuthenticated
+from .retry import RetryPolicy
+from .token import expiry
+from .transport import Transport
+
+
+@dataclass(frozen=True)
+class Login:
+    """The result of a successful login."""
+
+    api_root: str
+    token: str
+    expiry: datetime | None
+    settings_path: Path
+
+
+def login_methods(api_root: str) -> list[str]:
+    """The login methods the server offers ("password", "oauth_device", ...)."""
+    raw = Transport(api_root, None, retry=RetryPolicy(attempts=2)).request(
+        "GET", "/auth/how", auth=False
+    )
+    # The server renders its enum with str(): accept "LoginMethod.password" and "password".
+    return [str(m).rsplit(".", 1)[-1] for m in raw or []]
+
+
+def password_login(api_root: str, username: str, password: str) -> Login:
+    """Log in with a username and password and save the token to client.yml (mode 0600).
+
+    Raises:
+        NotAuthenticated: wrong username or password (asked once; never retried).
+        ConfigError: the server does not offer password login.
+    """
+    api_root = api_root.rstrip("/")
+    if not api_root.startswith(("http://", "https://")):
+        api_root = "https://" + api_root
+    if "password" not in login_methods(api_root):
+        raise ConfigError(f"{api_root} does not offer password login")
+    transport = Transport(api_root, None, retry=RetryPolicy(attempts=2))
+    try:
+        reply = transport.request(
+            "POST",
+            "/auth/password/login",
+            form={"username": username, "password": password},
+            auth=False,
+            idempotent=True,
+        )
+    except NotAuthenticated as exc:
+        raise NotAuthenticated(
+            f"login as {username!r} refused: wrong username or password",
+            method="POST",
+            url=api_root + "/auth/password/login",
+            status=401,
+            body=None,
+        ) from exc
+    token = str(reply["access_token"])
+    when = expiry(token)
+    path = client_yml_path()
+    write_client_yml(path, {"api_root": api_root, "token": token, "token_expiry": when})
+    return Login(api_root, token, when, path)

@@ -1,0 +1,136 @@
+"""The sync daemon: push what is queued, pull what changed, again and again.
+
+One daemon per mirror (a lock file); while the server is unreachable the pause between rounds
+doubles up to ``max_backoff``. SIGTERM or SIGINT lets the batch in flight finish (its result
+is stored) and then exits cleanly; a kill -9 loses nothing either, because every entry stays in
+the outbox until the server's answer has been stored.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING
+
+from ..errors import BalsamSyncError, NotAuthenticated
+from .lock import FileLock
+
+if TYPE_CHECKING:
+    from ..client import Client
+
+log = logging.getLogger(__name__)
+
+
+class DaemonAlreadyRunning(BalsamSyncError):
+    """Another daemon already syncs this mirror."""
+
+
+@dataclass
+class RoundReport:
+    """What one round did."""
+
+    sent: int = 0
+    dead: int = 0
+    pulled: int = 0
+    reachable: bool = True
+    error: str | None = None
+
+
+class SyncDaemon:
+    """Keeps one client's mirror and server converged.
+
+    Args:
+        client: the client whose mirror is synced.
+        interval: seconds between rounds while the server answers.
+        batch_size: most outbox entries sent per request (5000 at most).
+        max_backoff: longest pause while the server is unreachable.
+        pull: also pull after each push.
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        *,
+        interval: float = 30.0,
+        batch_size: int = 5000,
+        max_backoff: float = 600.0,
+        pull: bool = True,
+    ) -> None:
+        self.client = client
+        self.interval = interval
+        self.max_backoff = max_backoff
+        self.pull = pull
+        self.replayer = client.gateway.replayer()
+        self.replayer.batch_size = max(1, min(batch_size, 5000))
+        self.stop = self.replayer.stop
+        self.rounds = 0
+
+    @property
+    def lock_path(self) -> Path:
+        return self.client.mirror.path.with_suffix(".daemon.lock")
+
+    def request_stop(self, signum: int = 0, frame: FrameType | None = None) -> None:
+        """Finish the batch in flight, then stop (also the SIGTERM/SIGINT handler)."""
+        log.info("stop requested (signal %s): finishing the batch in flight", signum)
+        self.stop.set()
+
+    def run(self, max_rounds: int | None = None) -> int:
+        """Run rounds until stopped (or ``max_rounds``); return the process exit code."""
+        lock = FileLock(self.lock_path)
+        if not lock.acquire(0):
+            raise DaemonAlreadyRunning(f"a daemon already syncs {self.client.mirror.path}")
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self.request_stop)
+            signal.signal(signal.SIGINT, self.request_stop)
+        delay = self.interval
+        try:
+            log.info("daemon started for %s", self.client.mirror.path)
+            while not self.stop.is_set():
+                report = self.round()
+                self.rounds += 1
+                if max_rounds is not None and self.rounds >= max_rounds:
+                    break
+                delay = (
+                    self.interval
+                    if report.reachable
+                    else min(max(delay, 1.0) * 2, self.max_backoff)
+                )
+                self.stop.wait(delay)
+        finally:
+            lock.release()
+            log.info("daemon stopped after %d rounds", self.rounds)
+        return 0
+
+    def round(self) -> RoundReport:
+        """One push (and pull); never raises for a network or server problem."""
+        report = RoundReport()
+        try:
+            pushed = self.client.push()
+            report.sent, report.dead = pushed.sent, pushed.dead
+            report.reachable = pushed.failed == 0
+            report.error = pushed.error
+            if pushed.paused_for_auth:
+                log.error("the server refused the token: log in again (balsam-sync login)")
+                report.reachable = False
+            elif self.pull and report.reachable and not self.stop.is_set():
+                pulled = self.client.pull()
+                report.pulled = sum(pulled.fetched.values())
+        except NotAuthenticated as exc:
+            report.reachable, report.error = False, str(exc)
+            log.error("%s", exc)
+        except BalsamSyncError as exc:
+            report.reachable, report.error = False, str(exc)
+            log.warning("round failed: %s", exc)
+        log.info(
+            "round %d: sent %d, dead %d, pulled %d%s",
+            self.rounds + 1,
+            report.sent,
+            report.dead,
+            report.pulled,
+            f", error: {report.error}" if report.error else "",
+        )
+        return report
