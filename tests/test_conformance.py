@@ -108,13 +108,16 @@ LIKE_SPECIALS = [
 # -- the three readers ---------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(repr=False)
 class World:
     data: Dataset
     mirror: Client
     server: Client
     api: Api
     pools: Pools
+
+    def __repr__(self) -> str:  # hypothesis prints the arguments of failing examples
+        return "<World>"
 
 
 @pytest.fixture(scope="module")
