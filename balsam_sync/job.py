@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from . import resources
 from .errors import UsageError, UsageTypeError
 from .models import Model
+from .objects import all_of, max_length
 from .schemas import JobState
 from .schemas.attrs import JobAttrs
 
@@ -41,7 +42,12 @@ class Job(Model, JobAttrs):
     __slots__ = ()
     _resource = resources.JOB
     _client_only = frozenset({"parameters", "site_name"})
-    _rules: ClassVar[dict[str, Any]] = {"workdir": _relative}
+    _rules: ClassVar[dict[str, Any]] = {
+        "workdir": all_of(_relative, max_length(256)),
+        "serialized_parameters": max_length(512000),
+        "serialized_return_value": max_length(512000),
+        "serialized_exception": max_length(512000),
+    }
 
     def _prepare_create(self, fields: dict[str, Any]) -> dict[str, Any]:
         params = fields.pop("parameters", None)

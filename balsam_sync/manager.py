@@ -148,7 +148,7 @@ class Manager(Generic[M]):
         if not changed:
             return 0
         self._require_update()
-        items = [(obj.id, changes) for obj, changes in changed]
+        items = [(obj._saved_id(), changes) for obj, changes in changed]
         result = self._gateway.bulk_update(self._resource, items)
         self._load_all([obj for obj, _ in changed], result)
         return len(changed)
@@ -186,10 +186,10 @@ class Manager(Generic[M]):
         changes = obj._pending_changes()
         if changes:
             self._require_update()
-            self._load_all([obj], self._gateway.update(self._resource, obj.id, changes))
+            self._load_all([obj], self._gateway.update(self._resource, obj._saved_id(), changes))
 
     def _refresh(self, obj: M) -> None:
-        obj_id = obj.id
+        obj_id = obj._saved_id()
         answer = self._fetch(QuerySpec(self._resource.name).with_filters({"id": [obj_id]}))
         if not answer.rows:
             raise self.model.DoesNotExist(f"{self.model.__name__} {obj_id} no longer exists")
@@ -198,7 +198,7 @@ class Manager(Generic[M]):
     def _delete(self, obj: M) -> None:
         if not self._resource.can_delete:
             raise UsageError(f"{self.model.__name__} objects cannot be deleted through the API")
-        self._gateway.delete(self._resource, obj.id).raise_first()
+        self._gateway.delete(self._resource, obj._saved_id()).raise_first()
         obj._mark_deleted()
 
     # -- plumbing for Query --------------------------------------------------------------------

@@ -101,6 +101,7 @@ class Model:
     MultipleObjectsReturned: ClassVar[type[MultipleObjectsReturned]] = MultipleObjectsReturned
     objects: ClassVar[Any] = _ManagerAccess()
 
+    id: int | None  # every resource has one; None before the first save and after delete
     _state: ModelState
     _data: Row
     _changes: Row | None
@@ -303,6 +304,13 @@ class Model:
         """Delete this object; afterwards ``id`` reads None."""
         self._require_saved("delete")
         type(self).objects._delete(self)
+
+    def _saved_id(self) -> int:
+        """The server id (provisional ids resolved), for operations on a saved object."""
+        obj_id = self.id
+        if obj_id is None:
+            raise ObjectStateError(f"this {type(self).__name__} has no id: save it first")
+        return obj_id
 
     def _require_saved(self, action: str) -> None:
         if self._state in (ModelState.NEW, ModelState.DELETED):

@@ -7,6 +7,7 @@ below are the server's own checks, made here first so bad input fails before it 
 from __future__ import annotations
 
 import posixpath
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 from . import resources
@@ -18,6 +19,23 @@ from .schemas.attrs import (
     SiteAttrs,
     TransferItemAttrs,
 )
+
+
+def max_length(limit: int) -> Callable[[Any], str | None]:
+    """A rule for text columns: the server's database refuses longer values with a 500."""
+
+    def rule(value: Any) -> str | None:
+        size = len(str(value))
+        return None if size <= limit else f"is {size} characters long; the server takes {limit}"
+
+    return rule
+
+
+def all_of(*rules: Callable[[Any], str | None]) -> Callable[[Any], str | None]:
+    def rule(value: Any) -> str | None:
+        return next((p for p in (r(value) for r in rules) if p), None)
+
+    return rule
 
 
 def _absolute(value: Any) -> str | None:
@@ -34,7 +52,10 @@ class Site(Model, SiteAttrs):
 
     __slots__ = ()
     _resource = resources.SITE
-    _rules: ClassVar[dict[str, Any]] = {"path": _absolute}
+    _rules: ClassVar[dict[str, Any]] = {
+        "name": max_length(100),
+        "path": all_of(_absolute, max_length(512)),
+    }
 
 
 class App(Model, AppAttrs):
@@ -42,7 +63,10 @@ class App(Model, AppAttrs):
 
     __slots__ = ()
     _resource = resources.APP
-    _rules: ClassVar[dict[str, Any]] = {"name": _identifier}
+    _rules: ClassVar[dict[str, Any]] = {
+        "name": all_of(_identifier, max_length(200)),
+        "serialized_class": max_length(262144),
+    }
 
 
 class BatchJob(Model, BatchJobAttrs):
@@ -50,6 +74,7 @@ class BatchJob(Model, BatchJobAttrs):
 
     __slots__ = ()
     _resource = resources.BATCH_JOB
+    _rules: ClassVar[dict[str, Any]] = {"project": max_length(64), "queue": max_length(64)}
 
 
 class TransferItem(Model, TransferItemAttrs):

@@ -574,7 +574,7 @@ def attrs_block(resource: str, schemas: dict[str, Any], mod: Module) -> list[str
                 continue
             seen.add(name)
             annotation = py_type(prop, mod, DICT_KEY_TYPES.get((cls, name), "str"))
-            server_set = bool(creatable) and name not in creatable
+            server_set = (bool(creatable) and name not in creatable) or name == "id"
             optional = rank > 0 or server_set or (cls, name) in NULLABLE_REQUIRED
             optional = optional or (name not in required and "default" not in prop)
             lines += layout(f"{name}: {annotation}{' | None' if optional else ''}", "", 4)

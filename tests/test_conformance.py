@@ -108,15 +108,17 @@ LIKE_SPECIALS = [
 # -- the three readers ---------------------------------------------------------------------
 
 
-@dataclass(repr=False)
 class World:
-    data: Dataset
-    mirror: Client
-    server: Client
-    api: Api
-    pools: Pools
+    """The data and its three readers (a plain class: hypothesis prints it as ``<World>``)."""
 
-    def __repr__(self) -> str:  # hypothesis prints the arguments of failing examples
+    def __init__(self, data: Dataset, mirror: Client, server: Client, api: Api) -> None:
+        self.data = data
+        self.mirror = mirror
+        self.server = server
+        self.api = api
+        self.pools = Pools(data)
+
+    def __repr__(self) -> str:
         return "<World>"
 
 
@@ -132,7 +134,7 @@ def world(balsam_server: str, tmp_path_factory: pytest.TempPathFactory) -> Any:
         user.api_root, user.token, home=str(home / "server"), retry=FAST_RETRY
     )
     mirror.pull()
-    yield World(data, mirror, server, Api(user.api_root, user.token), Pools(data))
+    yield World(data, mirror, server, Api(user.api_root, user.token))
     mirror.close()
     server.close()
 

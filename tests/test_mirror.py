@@ -89,9 +89,30 @@ def test_created_job_is_staged_in_offline_without_a_request(
     assert client.Job.objects.filter(tags={"k": "v"}).offline().count() == 1
 
 
-def test_offline_rows_equal_online_rows_field_by_field(client: Client, app: Any) -> None:
+@pytest.fixture
+def rich(client: Client) -> Client:
+    """One object of every kind with nested and JSON fields, written through online."""
+    site = client.Site.objects.create(
+        name="rich",
+        path="/projects/rich",
+        transfer_locations={"here": "rsync://user@host"},
+        allowed_projects=["p1"],
+        backfill_windows={"q": [{"num_nodes": 2, "wall_time_min": 10}]},
+        optional_batch_job_params={"k": "v"},
+    )
+    app = client.App.objects.create(
+        site_id=site.id,
+        name="Rich",
+        serialized_class="txt",
+        source_code="pass",
+        parameters={"x": {"required": True}, "y": {"required": False, "default": "2"}},
+        transfers={
+            "inp": {"required": False, "direction": "in", "local_path": "in.txt"},
+            "out": {"required": False, "direction": "out", "local_path": "out.txt"},
+        },
+    )
     parent = client.Job.objects.create(workdir="w/p", app_id=app.id)
-    client.Job.objects.create(
+    child = client.Job.objects.create(
         workdir="w/c",
         app_id=app.id,
         tags={"a": "1", "b": "2"},
@@ -101,12 +122,40 @@ def test_offline_rows_equal_online_rows_field_by_field(client: Client, app: Any)
         num_nodes=2,
         gpus_per_rank=0.5,
         wall_time_min=7,
+        transfers={"inp": "here:/abs/in", "out": "here:/abs/out"},
     )
-    online, offline = online_offline(lambda: client.Job.objects.all())
-    assert len(online) == 2
+    assert child.state == "AWAITING_PARENTS"
+    parent.state = "POSTPROCESSED"
+    parent.save()
+    client.BatchJob.objects.create(
+        site_id=site.id,
+        project="p1",
+        queue="q",
+        num_nodes=2,
+        wall_time_min=10,
+        job_mode="mpi",
+        filter_tags={"a": "1"},
+        partitions=[{"job_mode": "mpi", "num_nodes": 2, "filter_tags": {"a": "1"}}],
+    )
+    # transfer items and events are made by the server: read them once so they are mirrored
+    assert len(list(client.TransferItem.objects.online())) == 2
+    assert len(list(client.EventLog.objects.online())) >= 4
+    return client
+
+
+@pytest.mark.parametrize("model", ["Site", "App", "Job", "BatchJob", "TransferItem", "EventLog"])
+def test_offline_rows_equal_online_rows_field_by_field(rich: Client, model: str) -> None:
+    manager = getattr(rich, model).objects
+    offline = by_id(manager.offline())
+    online = by_id(manager.online())
+    assert online
     assert offline.keys() == online.keys()
-    for job_id, row in online.items():
-        assert offline[job_id] == row, f"job {job_id}: mirror row differs from the server's"
+    for obj_id, row in online.items():
+        cached = offline[obj_id]
+        assert cached.keys() == row.keys(), f"{model} {obj_id}"
+        for name, value in row.items():
+            assert cached[name] == value, f"{model} {obj_id}.{name}"
+            assert type(cached[name]) is type(value), f"{model} {obj_id}.{name}"
 
 
 def test_offline_field_values_decode_like_online(client: Client, app: Any) -> None:
@@ -114,11 +163,14 @@ def test_offline_field_values_decode_like_online(client: Client, app: Any) -> No
         workdir="w/d", app_id=app.id, tags={"a": "1"}, data={"n": 3}, launch_params={"p": "q"}
     )
     cached = offline_job(client, job.id)
-    assert cached.tags == {"a": "1"}
-    assert cached.data == {"n": 3}
-    assert cached.launch_params == {"p": "q"}
-    assert cached.parent_ids == set()
+    server = client.Job.objects.online().get(id=job.id)
+    assert cached.tags["a"] == "1"
+    assert cached.tags == server.tags
+    assert cached.data == server.data == {"n": 3}
+    assert cached.launch_params == server.launch_params == {"p": "q"}
+    assert cached.parent_ids == server.parent_ids == set()
     assert cached.pending_file_cleanup is True
+    assert cached.last_update == server.last_update
 
 
 def test_save_postprocessed_ends_job_finished_everywhere(client: Client, app: Any) -> None:

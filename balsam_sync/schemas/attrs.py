@@ -108,7 +108,7 @@ class TransferItemAttrs:
     state: TransferItemState
     task_id: str
     transfer_info: dict[str, Any]
-    id: int
+    id: int | None
     job_id: int
     direction: TransferDirection
     local_path: str
@@ -122,7 +122,7 @@ class EventLogAttrs:
 
     __slots__ = ()
 
-    id: int
+    id: int | None
     job_id: int
     timestamp: datetime
     from_state: str
