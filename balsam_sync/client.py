@@ -7,12 +7,13 @@ client that is built on first use, never at import.
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import Any, TypeVar
 
 from .cache.mirror import Identity, Mirror, open_mirror
 from .cache.outbox import Entry, EntryState, now_text
-from .config import Settings, load_settings
+from .config import ENV_HOME, Settings, load_settings
 from .errors import ConfigError
 from .freshness import AUTO, OFFLINE, ReadPolicy
 from .gateway import Gateway
@@ -72,7 +73,9 @@ class Client:
                 "cannot tell whose mirror to open: no readable token "
                 "(log in with `balsam-sync login` or set BALSAM_SYNC_TOKEN)"
             )
-        return open_mirror(self.settings.mirror_home, Identity(self.settings.api_root, user))
+        explicit = self.settings.home is not None or bool(os.environ.get(ENV_HOME))
+        identity = Identity(self.settings.api_root, user)
+        return open_mirror(self.settings.mirror_home, identity, explicit_home=explicit)
 
     @property
     def mirror(self) -> Mirror:

@@ -281,8 +281,8 @@ def test_job_delete_removes_job_and_its_events_offline(client: Client, app: Any)
     gone.delete()
     assert gone.id is None
     assert [j.id for j in client.Job.objects.offline()] == [keep.id]
-    assert client.EventLog.objects.filter(job_id=[gone_id]).offline().count() == 0
     assert list(client.EventLog.objects.filter(job_id=[gone_id]).offline()) == []
+    assert client.EventLog.objects.filter(job_id=[gone_id]).offline().count() == 0
     assert {e.job_id for e in client.EventLog.objects.offline()} <= {keep.id}
 
 
@@ -516,7 +516,7 @@ def test_mirror_corrupted_after_use_raises_mirror_error(
     path.write_bytes(os.urandom(8192))
     c = connect(user, tmp_path / "home")
     try:
-        with pytest.raises(MirrorError, match="(?i)rebuild"):
+        with pytest.raises(MirrorError, match=r"(?i)rebuild"):
             c.Job.objects.offline().count()
     finally:
         c.close()

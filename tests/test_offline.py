@@ -173,7 +173,7 @@ def test_fresh_uses_the_record_of_this_exact_query(
     def narrow() -> Any:
         return client.Job.objects.filter(tags={"a": "1"})
 
-    first = narrow().fresh(60)
+    first = narrow().fresh(max_age=60)
     assert ids(first) == [j.id for j in ones]
     assert first.source == "server"
 
@@ -316,9 +316,7 @@ def test_unsliced_record_stays_true_after_own_writes(
     assert len(sent) == 0
 
 
-def test_offline_count_agrees_with_offline_rows_after_own_create(
-    client: Client, app: Any
-) -> None:
+def test_offline_count_agrees_with_offline_rows_after_own_create(client: Client, app: Any) -> None:
     make_jobs(client, app, 2)
     assert len(list(client.Job.objects.all())) == 2  # server answer, recorded
     client.Job.objects.create(workdir="w/third", app_id=app.id)
@@ -501,9 +499,7 @@ def test_unreachable_server_falls_back_to_mirror_with_one_warning(
     assert len(warnings) == 1, [r.getMessage() for r in warnings]
 
 
-def test_server_back_means_server_answers_again(
-    pulled: dict[str, Any], proxy: FaultProxy
-) -> None:
+def test_server_back_means_server_answers_again(pulled: dict[str, Any], proxy: FaultProxy) -> None:
     c: Client = pulled["client"]
     down = c.Job.objects.all()
     assert len(down) == 5
@@ -614,9 +610,7 @@ def test_offline_env_online_query_raises_without_sending(offline_env_client: Cli
 
 def assert_mirror_matches_server(client: Client) -> None:
     online = {j.id: (j.state, j.last_update, j.batch_job_id) for j in client.Job.objects.online()}
-    offline = {
-        j.id: (j.state, j.last_update, j.batch_job_id) for j in client.Job.objects.offline()
-    }
+    offline = {j.id: (j.state, j.last_update, j.batch_job_id) for j in client.Job.objects.offline()}
     assert offline == online
     online_events = {e.id: (e.job_id, e.to_state) for e in client.EventLog.objects.online()}
     offline_events = {e.id: (e.job_id, e.to_state) for e in client.EventLog.objects.offline()}

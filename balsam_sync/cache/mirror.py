@@ -21,6 +21,7 @@ from sqlite_utils import Database
 
 from ..errors import MirrorError
 from .coverage import CoverageBook
+from .filesystem import choose_home
 from .outbox import Outbox
 from .schema import SCHEMA_VERSION, migrations
 from .store import Store
@@ -66,13 +67,14 @@ def mirror_path(home: Path, identity: Identity) -> Path:
     return home / "mirrors" / identity.file_name
 
 
-def open_mirror(home: Path, identity: Identity) -> Mirror:
+def open_mirror(home: Path, identity: Identity, explicit_home: bool = True) -> Mirror:
     """Open the mirror of ``identity`` under ``home``, creating and migrating it as needed.
 
     Raises:
         MirrorError: the file is corrupt, belongs to another server or user, or was written
             by a newer balsam_sync.
     """
+    home, wal = choose_home(home, explicit_home)
     path = mirror_path(home, identity)
     _private_dir(path.parent)
     if not path.exists():
@@ -83,7 +85,7 @@ def open_mirror(home: Path, identity: Identity) -> Mirror:
             str(path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
         )
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute(f"PRAGMA journal_mode = {'WAL' if wal else 'DELETE'}")
         conn.execute("PRAGMA synchronous = NORMAL")
         db = Database(conn)
         _check_identity(db, path, identity)

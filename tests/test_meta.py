@@ -1,0 +1,178 @@
+"""Rules of the code base itself: public surface, layering, exception mapping, no I/O at import."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import requests
+
+import balsam_sync
+import balsam_sync.api
+from balsam_sync import errors
+from balsam_sync.cache.filesystem import filesystem_type, on_network_fs
+from balsam_sync.transport import _mapped
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "balsam_sync"
+
+
+def _modules() -> list[Path]:
+    return sorted(p for p in PACKAGE.rglob("*.py") if "schemas" not in p.parts)
+
+
+def _imports(path: Path) -> set[str]:
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+def test_public_surface_is_pinned() -> None:
+    assert set(balsam_sync.__all__) == {
+        "AUTO",
+        "OFFLINE",
+        "ONLINE",
+        "Client",
+        "ReadPolicy",
+        "Settings",
+        "__version__",
+        "connect",
+        "default_client",
+        "errors",
+        "fresh",
+        "set_default_client",
+    }
+    assert {"App", "BatchJob", "EventLog", "Job", "Site", "TransferItem", "pull"} <= set(
+        balsam_sync.api.__all__
+    )
+
+
+@pytest.mark.parametrize(
+    ("library", "owners"),
+    [
+        ("requests", {"transport.py"}),
+        ("click", {"cli.py"}),
+        ("sqlite3", {"cache"}),
+        ("sqlite_utils", {"cache"}),
+        ("tenacity", {"retry.py"}),
+        ("yaml", {"config.py"}),
+    ],
+)
+def test_each_dependency_has_one_owner(library: str, owners: set[str]) -> None:
+    offenders = [
+        str(p.relative_to(ROOT))
+        for p in _modules()
+        if library in _imports(p)
+        and p.name not in owners
+        and not (set(p.relative_to(PACKAGE).parts[:-1]) & owners)
+    ]
+    assert offenders == [], f"{library} imported outside {owners}: {offenders}"
+
+
+SQL_WORDS = ("SELECT ", "INSERT ", "UPDATE ", "DELETE FROM", "CREATE TABLE", "CREATE INDEX")
+
+
+def test_sql_only_under_cache() -> None:
+    offenders = []
+    for path in _modules():
+        if "cache" in path.relative_to(PACKAGE).parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                if any(word in node.value.upper() for word in SQL_WORDS if word in node.value):
+                    offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert offenders == []
+
+
+def test_modules_stay_small() -> None:
+    sizes = {str(p.relative_to(ROOT)): len(p.read_text().splitlines()) for p in _modules()}
+    assert {k: v for k, v in sizes.items() if v > 450} == {}
+
+
+def test_every_error_descends_from_the_root() -> None:
+    classes = [c for _, c in inspect.getmembers(errors, inspect.isclass) if issubclass(c, Exception)]
+    assert all(issubclass(c, errors.BalsamSyncError) for c in classes)
+    assert issubclass(errors.UsageError, ValueError)
+    assert issubclass(errors.UsageTypeError, TypeError)
+    assert issubclass(errors.FieldNotWritable, AttributeError)
+
+
+def _request_exception_classes() -> list[type[BaseException]]:
+    return [
+        cls
+        for _, cls in inspect.getmembers(requests.exceptions, inspect.isclass)
+        if issubclass(cls, requests.exceptions.RequestException)
+    ]
+
+
+@pytest.mark.parametrize("cls", _request_exception_classes(), ids=lambda c: c.__name__)
+def test_every_requests_exception_is_mapped(cls: type[BaseException]) -> None:
+    try:
+        exc = cls("boom")
+    except TypeError:  # JSONDecodeError wants (msg, doc, pos)
+        exc = cls("boom", "doc", 0)
+    with pytest.raises(errors.BalsamSyncError) as caught, _mapped("GET", "http://x/jobs/"):
+        raise exc
+    assert caught.value.__cause__ is not None
+
+
+def test_importing_the_api_does_no_io(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BALSAM")}
+    env.update(HOME=str(tmp_path), BALSAM_CLIENT_PATH=str(tmp_path / "missing.yml"))
+    code = "import balsam_sync.api as a; print(a.Job.__name__)"
+    run = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_missing_configuration_fails_on_first_use_with_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for var in ("BALSAM_SYNC_API_ROOT", "BALSAM_SYNC_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("BALSAM_CLIENT_PATH", str(tmp_path / "missing.yml"))
+    balsam_sync.set_default_client(None)
+    with pytest.raises(errors.ConfigError, match="BALSAM_SYNC_API_ROOT"):
+        balsam_sync.api.Job.objects.count()
+
+
+def test_network_file_systems_are_recognised(tmp_path: Path) -> None:
+    info = tmp_path / "mountinfo"
+    info.write_text(
+        "22 1 8:1 / / rw - ext4 /dev/sda1 rw\n"
+        "40 22 0:50 / /home rw - nfs4 server:/home rw\n"
+        "41 22 0:51 / /lus rw - lustre 10.0.0.1@o2ib:/fs rw\n"
+    )
+    assert filesystem_type(Path("/home/alice/x"), str(info)) == "nfs4"
+    assert filesystem_type(Path("/lus/proj"), str(info)) == "lustre"
+    assert filesystem_type(Path("/var/tmp"), str(info)) == "ext4"
+    assert not on_network_fs(tmp_path)
+
+
+def test_an_explicit_mirror_home_on_a_network_fs_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from balsam_sync.cache import filesystem, mirror
+
+    monkeypatch.setattr(filesystem, "on_network_fs", lambda path: True)
+    monkeypatch.setattr(filesystem, "filesystem_type", lambda path: "nfs4")
+    identity = mirror.Identity("http://127.0.0.1:1", "u#1")
+    with pytest.raises(errors.MirrorError, match="network file system"):
+        mirror.open_mirror(tmp_path, identity, explicit_home=True)
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setenv(filesystem.ENV_ALLOW, "1")
+    opened = mirror.open_mirror(tmp_path, identity, explicit_home=True)
+    journal = opened.store.conn.execute("PRAGMA journal_mode").fetchone()[0]
+    opened.close()
+    assert journal == "delete"

@@ -1,0 +1,123 @@
+"""HTTP behaviour against the real server, with faults injected by the loopback proxy."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import balsam_sync
+from balsam_sync import errors
+from balsam_sync.client import Client
+from balsam_sync.retry import RetryPolicy, is_transient
+from balsam_sync.testing.faultproxy import FaultKind, FaultProxy
+from balsam_sync.transport import Transport
+from tests.conftest import User
+
+NO_WAIT = RetryPolicy(attempts=4, max_seconds=10, initial_wait=0, max_wait=0)
+
+
+@pytest.fixture
+def proxy(balsam_server: str) -> Iterator[FaultProxy]:
+    with FaultProxy(balsam_server, seed=1) as p:
+        yield p
+
+
+@pytest.fixture
+def proxied(user: User, proxy: FaultProxy, tmp_path: Path) -> Iterator[Client]:
+    c = balsam_sync.connect(proxy.url, user.token, home=str(tmp_path), retry=NO_WAIT)
+    yield c
+    c.close()
+
+
+def test_idempotent_requests_retry_through_a_5xx_burst(proxied: Client, proxy: FaultProxy) -> None:
+    proxy.burst_5xx(2)
+    assert proxied.Site.objects.online().count() == 0
+    assert proxy.stats.requests == 3
+    assert proxy.stats.faults["burst_5xx"] == 2
+
+
+def test_a_4xx_is_raised_at_once_with_the_servers_message(
+    proxied: Client, proxy: FaultProxy
+) -> None:
+    proxied.Site.objects.create(name="dup", path="/a")
+    before = proxy.stats.requests
+    with pytest.raises(errors.Rejected, match="already exists") as caught:
+        proxied.Site.objects.create(name="dup", path="/b")
+    assert caught.value.status == 400
+    assert proxy.stats.requests - before == 1  # one POST, never repeated
+
+
+def test_a_lost_create_reply_is_never_resent_blindly(user: User, proxy: FaultProxy) -> None:
+    transport = Transport(proxy.url, user.token, retry=NO_WAIT)
+    name = f"lost-{uuid.uuid4().hex[:6]}"
+    proxy.inject(FaultKind.LOST_REPLY, 1, methods=("POST",))
+    with pytest.raises(errors.ReplyLost):
+        transport.request("POST", "/sites/", json_body={"name": name, "path": "/x"})
+    sites = transport.request("GET", "/sites/", params=[("name", name)])
+    assert sites["count"] == 1  # the server did commit, and nothing was sent twice
+    assert proxy.stats.faults["lost_reply"] == 1
+
+
+def test_a_refused_connection_is_resent_because_it_never_arrived(
+    user: User, proxy: FaultProxy
+) -> None:
+    transport = Transport(proxy.url, user.token, retry=NO_WAIT)
+    proxy.inject(FaultKind.REFUSE, 1, methods=("POST",))
+    name = f"ref-{uuid.uuid4().hex[:6]}"
+    with pytest.raises(errors.ServerUnreachable):
+        # REFUSE resets after reading the headers: the client cannot know it never arrived,
+        # so a POST is not resent ...
+        transport.request("POST", "/sites/", json_body={"name": name, "path": "/x"})
+    assert transport.request("GET", "/sites/", params=[("name", name)])["count"] == 0
+
+
+def test_a_dead_port_is_connect_failed_and_retried_within_bounds(user: User) -> None:
+    slept: list[float] = []
+    policy = RetryPolicy(attempts=3, max_seconds=5, initial_wait=0.01, sleep=slept.append)
+    transport = Transport("http://127.0.0.1:9", user.token, retry=policy)
+    with pytest.raises(errors.ConnectFailed):
+        transport.request("GET", "/sites/")
+    assert len(slept) == 2  # three attempts, two waits
+
+
+def test_the_connection_closed_after_a_delete_does_not_break_the_next_request(
+    client: Client, app: object
+) -> None:
+    for i in range(5):
+        job = client.Job.objects.create(workdir=f"d/{i}", app_id=app.id)  # type: ignore[attr-defined]
+        job.delete()
+        assert client.Site.objects.online().count() == 1
+
+
+def test_a_bad_token_is_not_authenticated_and_never_echoed(balsam_server: str, tmp_path: Path) -> None:
+    token = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOjEsInVzZXJuYW1lIjoieCJ9.c2VjcmV0LXNpZ25hdHVyZQ"
+    c = balsam_sync.connect(balsam_server, token, home=str(tmp_path), retry=NO_WAIT)
+    with pytest.raises(errors.NotAuthenticated) as caught:
+        c.Site.objects.online().count()
+    assert token not in str(caught.value) and token not in repr(caught.value)
+    assert token not in repr(c.settings)
+
+
+def test_transient_classification() -> None:
+    def status(code: int) -> errors.HTTPStatusError:
+        cls = errors.status_error_class(code)
+        return cls("x", method="GET", url="u", status=code, body=None)
+
+    assert is_transient(errors.ConnectFailed("x"), idempotent=False)
+    assert not is_transient(errors.ReplyLost("x"), idempotent=False)
+    assert is_transient(errors.ReplyLost("x"), idempotent=True)
+    assert is_transient(status(503), idempotent=False)
+    assert is_transient(status(429), idempotent=False)
+    assert not is_transient(status(502), idempotent=False)
+    assert is_transient(status(504), idempotent=True)
+    for code in (400, 401, 404, 405, 422, 500):
+        assert not is_transient(status(code), idempotent=True)
+
+
+def test_tls_verification_is_on_by_default() -> None:
+    assert Transport("https://example.invalid", None)._verify is True
+    settings = balsam_sync.Settings(api_root="https://example.invalid")
+    assert settings.verify_tls is True
