@@ -51,7 +51,10 @@ class Client:
         )
         self.remote = Remote(self.transport)
         self.gateway = Gateway(
-            self.remote, self._open_mirror, OFFLINE if settings.offline else AUTO
+            self.remote,
+            self._open_mirror,
+            OFFLINE if settings.offline else AUTO,
+            offline=settings.offline,
         )
         self._managers: dict[type[Model], Manager[Any]] = {}
         self._lock = threading.Lock()

@@ -18,7 +18,7 @@ from typing import Any
 from .cache.mirror import Mirror
 from .cache.outbox import EntryState, Op
 from .errors import BalsamSyncError, NotAuthenticated, OfflineError, ServerUnreachable
-from .freshness import USE_CLIENT_DEFAULT, Answer, PolicyArg, ReadMode, ReadPolicy
+from .freshness import OFFLINE, USE_CLIENT_DEFAULT, Answer, PolicyArg, ReadMode, ReadPolicy
 from .params import FILTER_CHUNK_SIZE
 from .remote import Remote
 from .resources import RESOURCES, Resource
@@ -79,7 +79,15 @@ class Gateway:
         return self._replayer
 
     def _policy(self, policy: PolicyArg) -> ReadPolicy:
-        return self.default_policy if policy is USE_CLIENT_DEFAULT else policy
+        """The policy a read follows; in offline mode every read is a mirror read."""
+        chosen = self.default_policy if policy is USE_CLIENT_DEFAULT else policy
+        if self.offline and chosen.mode is not ReadMode.OFFLINE:
+            if chosen.mode is ReadMode.ONLINE:
+                raise OfflineError(
+                    "this query is .online(), but the client is offline (BALSAM_SYNC_OFFLINE=1)"
+                )
+            return OFFLINE
+        return chosen
 
     # -- reads ---------------------------------------------------------------------------------
 
@@ -180,11 +188,24 @@ class Gateway:
         if any(isinstance(v, tuple) and len(v) > FILTER_CHUNK_SIZE for _, v in spec.filters):
             yield from self.fetch(res, spec, pol).rows  # chunked: merged in memory anyway
             return
-        for page in self.remote.pages(res, spec, chunk_size):
-            with self.mirror.store.write():
-                self.mirror.store.upsert(res.name, page)
-                self.mirror.outbox.overlay(res.name, [r["id"] for r in page])
-            yield from page
+        pages = self.remote.pages(res, spec, chunk_size)
+        try:
+            first = next(pages, None)
+        except ServerUnreachable as exc:
+            # Nothing was yielded yet: the mirror can still answer, as for any other read.
+            self._fallback(spec, pol, exc, False, lambda at: Answer([], None, "cache", at, True))
+            yield from self.mirror.store.stream(spec, chunk_size)
+            return
+        for page in [first] if first is not None else []:
+            yield from self._stored(res, page)
+        for page in pages:
+            yield from self._stored(res, page)
+
+    def _stored(self, res: Resource, page: list[Row]) -> list[Row]:
+        with self.mirror.store.write():
+            self.mirror.store.upsert(res.name, page)
+            self.mirror.outbox.overlay(res.name, [r["id"] for r in page])
+        return page
 
     def _write_through_list(
         self, res: Resource, spec: QuerySpec, rows: list[Row], count: int, at: datetime
@@ -222,7 +243,7 @@ class Gateway:
             else:
                 mirror.store.upsert(res.name, rows)
             seqs = mirror.outbox.enqueue(res.name, op, items)
-            mirror.coverage.forget_windows(res.name)
+            mirror.coverage.forget_windows()
         return seqs
 
     def _push_now(self, seqs: list[int]) -> dict[int, BalsamSyncError]:

@@ -90,6 +90,7 @@ class Model:
     _resource: ClassVar[Resource]
     _conv: ClassVar[dict[str, Converter]] = {}
     _json: ClassVar[frozenset[str]] = frozenset()
+    _bools: ClassVar[frozenset[str]] = frozenset()
     _refs: ClassVar[frozenset[str]] = frozenset({"id"})
     _fields: ClassVar[frozenset[str]] = frozenset()
     _create_fields: ClassVar[frozenset[str]] = frozenset()
@@ -138,6 +139,7 @@ class Model:
         cls._fields = frozenset(names)
         cls._conv = converters(res.out)
         cls._json = json_fields(res.out)
+        cls._bools = frozenset(n for n, conv in cls._conv.items() if conv is bool)
         cls._refs = frozenset({"id", "app_id", "site_id", "batch_job_id"}) & cls._fields
         cls._create_fields = frozenset(res.create.model_fields) if res.create else frozenset()
         cls._update_fields = frozenset(res.update.model_fields) if res.update else frozenset()
@@ -207,15 +209,20 @@ class Model:
         return real
 
     def _decoded(self) -> Row:
-        """All fields as JSON values (mirror text decoded)."""
+        """All fields as JSON values (mirror text decoded, mirror 0/1 back to booleans)."""
         data = self._data
-        if any(type(data.get(n)) is str for n in self._json):
-            data = {
-                k: json.loads(v) if k in self._json and type(v) is str else v
-                for k, v in data.items()
-            }
+        json_text = any(type(data.get(n)) is str for n in self._json)
+        if json_text or any(type(data.get(n)) is int for n in self._bools):
+            data = {k: self._json_value(k, v) for k, v in data.items()}
             self._data = data
         return data
+
+    def _json_value(self, name: str, value: Any) -> Any:
+        if name in self._json and type(value) is str:
+            return json.loads(value)
+        if name in self._bools and type(value) is int:
+            return bool(value)
+        return value
 
     def _remember(self, name: str, raw: Any) -> None:
         """Keep a copy of a mutable value handed out, to detect in-place changes at save."""

@@ -296,6 +296,7 @@ def build_dataset(api_root: str, token: str) -> Dataset:
     running = shuffled[35:45]
     restart = shuffled[45:55]
     misc = shuffled[55:70]
+    preprocessed = shuffled[70:75]
 
     states_round(finished_parents + failed + running + restart, "PREPROCESSED", 5, EVENT_DATA)
     states_round(finished_parents + failed + running + restart, "RUNNING", 3, EVENT_DATA)
@@ -304,8 +305,9 @@ def build_dataset(api_root: str, token: str) -> Dataset:
     states_round(restart, "RUN_TIMEOUT", 4, EVENT_DATA)
     states_round(finished_parents[:15], "POSTPROCESSED", 7, EVENT_DATA)  # → JOB_FINISHED (some)
     states_round(finished_parents[15:], "STAGED_OUT", 2, EVENT_DATA)  # → always JOB_FINISHED
-    states_round(failed, "FAILED", 8, EVENT_DATA)
-    states_round(restart, "RESTART_READY", 1, EVENT_DATA)
+    states_round(failed[3:], "FAILED", 8, EVENT_DATA)  # failed[:3] stay RUN_ERROR
+    states_round(restart[3:], "RESTART_READY", 1, EVENT_DATA)  # restart[:3] stay RUN_TIMEOUT
+    states_round(preprocessed, "PREPROCESSED", 4.5, EVENT_DATA)
     states_round(misc[:5], "READY", 9, EVENT_DATA)  # → STAGED_IN unless stage-in pending
     states_round(misc[5:10], "RUN_DONE", 9.5, EVENT_DATA)
     states_round(misc[10:], "JOB_FINISHED", 0.5, EVENT_DATA)

@@ -697,7 +697,7 @@ def test_bad_token_is_not_authenticated_and_never_shown(
     user: Any, tmp_path: Path, token_kind: int, op_name: str, op: Callable[[Client], Any]
 ) -> None:
     token = _bad_tokens(user)[token_kind]
-    bad = balsam_sync.connect(user.api_root, token, home=tmp_path, retry=QUICK_RETRY)
+    bad = balsam_sync.connect(user.api_root, token, home=str(tmp_path), retry=QUICK_RETRY)
     calls: list[tuple[str, str]] = []
     bad.transport.on_request.append(lambda method, url: calls.append((method, url)))
     start = time.monotonic()

@@ -466,7 +466,7 @@ def value_strategies(p: Pools) -> dict[str, dict[str, st.SearchStrategy[Any]]]:
             "job_id": ids_many(_sorted_unique(t["job_id"] for t in p.d.transfers)),
             "state": enum_many(TransferItemState),
             "direction": enum_value(TransferDirection),
-            "job_state": exact_str(p.job_states),
+            "job_state": exact_str(p.job_states) | st.sampled_from(list(JobState)),
             "tags": pairs(p.job_tag_pairs, p.ti_tag_sets),
         },
         "EventLog": {
@@ -478,8 +478,8 @@ def value_strategies(p: Pools) -> dict[str, dict[str, st.SearchStrategy[Any]]]:
             "data": pairs(p.data_pairs, p.data_sets),
             "timestamp_before": moment(p.times["timestamp"]),
             "timestamp_after": moment(p.times["timestamp"]),
-            "from_state": exact_str(p.event_states),
-            "to_state": exact_str(p.event_states),
+            "from_state": exact_str(p.event_states) | st.sampled_from(list(JobState)),
+            "to_state": exact_str(p.event_states) | st.sampled_from(list(JobState)),
         },
     }
 
@@ -732,6 +732,39 @@ def test_state_ne_combined_with_state(world: World) -> None:
     check(world, "Job", {"state__ne": "FAILED", "state": ["FAILED"]})
     check(world, "Job", {"state__ne": "RUNNING", "state": {"RUNNING", "RESTART_READY"}}, "state")
     check(world, "Job", {"state": "STAGED_OUT"})  # never stored: the server rewrote it
+
+
+@pytest.mark.parametrize(
+    ("resource", "filters"),
+    [
+        ("BatchJob", {"state": BatchJobState.pending_submission}),
+        ("BatchJob", {"state": [BatchJobState.running, BatchJobState.finished]}),
+        ("BatchJob", {"state": ["running", "finished"]}),
+        ("TransferItem", {"job_state": JobState.JOB_FINISHED}),
+        ("TransferItem", {"state": TransferItemState.done, "direction": TransferDirection.in_}),
+        ("EventLog", {"to_state": JobState.RUNNING}),
+        ("EventLog", {"from_state": JobState.CREATED}),
+        ("Job", {"state": JobState.FAILED, "state__ne": JobState.RUNNING}),
+    ],
+    ids=repr,
+)
+def test_enum_members_as_filter_values(world: World, resource: str, filters: Row) -> None:
+    """Users pass the exported enums (``JobState.RUNNING``, ``BatchJobState.running``)."""
+    assert check(world, resource, filters)
+
+
+def test_long_id_lists(world: World) -> None:
+    """More than 500 values: the client splits the list for the server, the mirror does not."""
+    for resource, ordering in [("Job", "-state"), ("Job", None), ("EventLog", None)]:
+        ids = [r["id"] for r in world.data.rows(resource)]
+        wide = list(range(min(ids) - 50, min(ids) + 650))
+        full = check(world, resource, {"id": wide}, ordering)
+        assert len(full) > 100
+        for window in [(0, 10), (95, 140), (len(full) - 2, None), (None, 0)]:
+            check(world, resource, {"id": wide}, ordering, window)
+        check(world, resource, {"id": wide, "job_id" if resource == "EventLog" else "id": wide})
+    parents = world.pools.parent_ids
+    check(world, "Job", {"parent_id": parents + list(range(-700, -100))}, "workdir", (3, 30))
 
 
 # -- targeted tests: ordering and windows --------------------------------------------------

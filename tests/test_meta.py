@@ -99,7 +99,9 @@ def test_modules_stay_small() -> None:
 
 
 def test_every_error_descends_from_the_root() -> None:
-    classes = [c for _, c in inspect.getmembers(errors, inspect.isclass) if issubclass(c, Exception)]
+    classes = [
+        c for _, c in inspect.getmembers(errors, inspect.isclass) if issubclass(c, Exception)
+    ]
     assert all(issubclass(c, errors.BalsamSyncError) for c in classes)
     assert issubclass(errors.UsageError, ValueError)
     assert issubclass(errors.UsageTypeError, TypeError)

@@ -92,7 +92,9 @@ def test_the_connection_closed_after_a_delete_does_not_break_the_next_request(
         assert client.Site.objects.online().count() == 1
 
 
-def test_a_bad_token_is_not_authenticated_and_never_echoed(balsam_server: str, tmp_path: Path) -> None:
+def test_a_bad_token_is_not_authenticated_and_never_echoed(
+    balsam_server: str, tmp_path: Path
+) -> None:
     token = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOjEsInVzZXJuYW1lIjoieCJ9.c2VjcmV0LXNpZ25hdHVyZQ"
     c = balsam_sync.connect(balsam_server, token, home=str(tmp_path), retry=NO_WAIT)
     with pytest.raises(errors.NotAuthenticated) as caught:

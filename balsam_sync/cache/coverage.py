@@ -76,7 +76,8 @@ class CoverageBook:
     def record_fetch(self, spec: QuerySpec, at: datetime, count: int | None, rows: bool) -> None:
         """Remember that the server answered ``spec`` at ``at`` (``rows``: rows were stored)."""
         if rows:
-            ordering, low = spec.ordering or "", spec.low
+            # Rows are counted in the mirror, which our writes keep current: no number stored.
+            ordering, low, count = spec.ordering or "", spec.low, None
             high = NO_HIGH if spec.high is None else spec.high
         else:
             ordering, low, high = "#count", 0, NO_HIGH
@@ -116,13 +117,15 @@ class CoverageBook:
             return Coverage(best.as_of, int(row[1]))
         return best
 
-    def forget_windows(self, resource: str) -> None:
-        """Drop sliced and count-only records of ``resource`` (called on every local write)."""
+    def forget_windows(self) -> None:
+        """Drop every sliced and count-only record (called on every local write).
+
+        All resources, not only the written one: deletes cascade across resources (an App's
+        jobs, a Job's events), which moves windows and counts there too.
+        """
         with self.store.write():
             self.conn.execute(
-                f"DELETE FROM fetches WHERE resource = ? AND (high != {NO_HIGH} OR low != 0 "
-                "OR ordering = '#count')",
-                [resource],
+                f"DELETE FROM fetches WHERE high != {NO_HIGH} OR low != 0 OR ordering = '#count'"
             )
 
     def invalidate(self, resource: str) -> None:

@@ -28,7 +28,7 @@ def apply_server_rows(
     """Store ``rows`` (the server's answer to a write) and everything that follows from it."""
     with mirror.store.write():
         mirror.store.upsert(res.name, rows)
-        mirror.coverage.forget_windows(res.name)
+        mirror.coverage.forget_windows()
         for other in SIDE_EFFECTS.get(res.name, ()):
             mirror.coverage.invalidate(other)
         outbox.overlay(res.name, [r["id"] for r in rows])
