@@ -7,6 +7,7 @@ client that is built on first use, never at import.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 from typing import Any, TypeVar
@@ -71,6 +72,9 @@ class Client:
     def _open_mirror(self) -> Mirror:
         token = self.settings.token
         user = user_of(token) if token else None
+        if user is None and token:
+            # Not a JWT: the server will refuse it; keep such a mirror apart from real users'.
+            user = "token-" + hashlib.sha256(token.encode()).hexdigest()[:16]
         if user is None:
             raise ConfigError(
                 "cannot tell whose mirror to open: no readable token "
@@ -152,7 +156,7 @@ def connect(
     api_root: str | None = None,
     token: str | None = None,
     *,
-    home: str | None = None,
+    home: str | os.PathLike[str] | None = None,
     retry: RetryPolicy | None = None,
     **settings: Any,
 ) -> Client:

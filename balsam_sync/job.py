@@ -42,6 +42,7 @@ class Job(Model, JobAttrs):
     __slots__ = ()
     _resource = resources.JOB
     _client_only = frozenset({"parameters", "site_name"})
+    _hidden: ClassVar[dict[str, str]] = {"tags": resources.MARKER_KEY}
     _rules: ClassVar[dict[str, Any]] = {
         "workdir": all_of(_relative, max_length(256)),
         "serialized_parameters": max_length(512000),

@@ -12,7 +12,7 @@ import copy
 import json
 from collections.abc import Callable
 from enum import Enum
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from .errors import (
     FieldNotWritable,
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from .manager import Manager
 
 Row = dict[str, Any]
+_M = TypeVar("_M", bound="Model")
 
 
 class ModelState(Enum):
@@ -68,7 +69,7 @@ class _Field:
 class _ManagerAccess:
     """``Model.objects``: the manager of the client this model class is bound to."""
 
-    def __get__(self, obj: Model | None, owner: type[Model]) -> Manager[Any]:
+    def __get__(self, obj: Model | None, owner: type[_M]) -> Manager[_M]:
         if obj is not None:
             raise AttributeError("the manager is reached through the class: use Model.objects")
         bound = owner.__dict__.get("_manager")
@@ -91,6 +92,8 @@ class Model:
     _conv: ClassVar[dict[str, Converter]] = {}
     _json: ClassVar[frozenset[str]] = frozenset()
     _bools: ClassVar[frozenset[str]] = frozenset()
+    _hidden: ClassVar[dict[str, str]] = {}
+    """Bookkeeping keys kept on the server but hidden from a dict field (field -> key)."""
     _refs: ClassVar[frozenset[str]] = frozenset({"id"})
     _fields: ClassVar[frozenset[str]] = frozenset()
     _create_fields: ClassVar[frozenset[str]] = frozenset()
@@ -100,7 +103,7 @@ class Model:
     """Checks the server makes (and we make first): field -> returns an error text or None."""
     DoesNotExist: ClassVar[type[ObjectDoesNotExist]] = ObjectDoesNotExist
     MultipleObjectsReturned: ClassVar[type[MultipleObjectsReturned]] = MultipleObjectsReturned
-    objects: ClassVar[Any] = _ManagerAccess()
+    objects: ClassVar[_ManagerAccess] = _ManagerAccess()
 
     id: int | None  # every resource has one; None before the first save and after delete
     _state: ModelState
@@ -132,7 +135,8 @@ class Model:
         names: dict[str, str | None] = {}
         for sch in schemas:
             for name, info in sch.model_fields.items():
-                names.setdefault(name, info.description)
+                if not names.get(name):
+                    names[name] = info.description
         for name, doc in names.items():
             if name not in cls.__dict__:
                 setattr(cls, name, _Field(name, doc))
@@ -192,6 +196,9 @@ class Model:
                 # Mirror rows keep JSON columns as text until a field is read.
                 raw = json.loads(raw)
                 self._data[name] = raw
+            if name in self._hidden and type(raw) is dict and self._hidden[name] in raw:
+                raw = {k: v for k, v in raw.items() if k != self._hidden[name]}
+                self._data[name] = raw
             if state is not ModelState.NEW and type(raw) in (dict, list):
                 self._remember(name, raw)
         if raw is None:
@@ -212,14 +219,17 @@ class Model:
         """All fields as JSON values (mirror text decoded, mirror 0/1 back to booleans)."""
         data = self._data
         json_text = any(type(data.get(n)) is str for n in self._json)
-        if json_text or any(type(data.get(n)) is int for n in self._bools):
+        hidden = any(k in (data.get(n) or ()) for n, k in self._hidden.items())
+        if json_text or hidden or any(type(data.get(n)) is int for n in self._bools):
             data = {k: self._json_value(k, v) for k, v in data.items()}
             self._data = data
         return data
 
     def _json_value(self, name: str, value: Any) -> Any:
         if name in self._json and type(value) is str:
-            return json.loads(value)
+            value = json.loads(value)
+        if name in self._hidden and type(value) is dict:
+            return {k: v for k, v in value.items() if k != self._hidden[name]}
         if name in self._bools and type(value) is int:
             return bool(value)
         return value

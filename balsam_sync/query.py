@@ -93,12 +93,13 @@ class Query(Generic[M]):
     def __getitem__(self, k: int) -> M: ...
 
     @overload
-    def __getitem__(self, k: slice) -> Query[M] | list[M]: ...
+    def __getitem__(self, k: slice) -> Query[M]: ...
 
-    def __getitem__(self, k: int | slice) -> M | Query[M] | list[M]:
+    def __getitem__(self, k: int | slice) -> M | Query[M]:
         if isinstance(k, slice):
             if k.step not in (None, 1):
-                return list(self)[k]
+                # As upstream: a stepped slice evaluates the query and returns a list.
+                return list(self)[k]  # type: ignore[return-value]
             for bound in (k.start, k.stop):
                 if bound is not None and (not isinstance(bound, int) or bound < 0):
                     raise UsageError(f"slice bounds must be non-negative ints, got {bound!r}")

@@ -26,6 +26,10 @@ MAX_BULK = 5000
 MAX_PAGE = 100000
 """Most items the server returns in one page (MAX_PAGE_SIZE)."""
 
+MARKER_KEY = "bsync_op"
+"""Tag key whose value identifies the queued batch that created a job (exactly-once replay).
+It stays on the server and in the mirror, and is hidden from ``job.tags``."""
+
 
 @dataclass(frozen=True)
 class Resource:

@@ -558,8 +558,6 @@ def attrs_block(resource: str, schemas: dict[str, Any], mod: Module) -> list[str
         f"class {resource}Attrs:",
         f'    """Typed fields of {resource} instances (the model installs their descriptors)."""',
         "",
-        "    __slots__ = ()",
-        "",
     ]
     seen: set[str] = set()
     create_cls = ATTR_SOURCES[resource][1]
@@ -574,6 +572,8 @@ def attrs_block(resource: str, schemas: dict[str, Any], mod: Module) -> list[str
                 continue
             seen.add(name)
             annotation = py_type(prop, mod, DICT_KEY_TYPES.get((cls, name), "str"))
+            if annotation in ENUMS:
+                annotation += " | str"  # reads give the enum (a str); plain strings are accepted
             server_set = (bool(creatable) and name not in creatable) or name == "id"
             optional = rank > 0 or server_set or (cls, name) in NULLABLE_REQUIRED
             optional = optional or (name not in required and "default" not in prop)

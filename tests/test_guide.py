@@ -29,6 +29,7 @@ from balsam_sync.api import App, BatchJob, EventLog, Job, Site, TransferItem
 from balsam_sync.client import Client
 from balsam_sync.errors import MultipleObjectsReturned, ObjectDoesNotExist
 from balsam_sync.models import Model
+from balsam_sync.resources import MARKER_KEY
 from balsam_sync.retry import RetryPolicy
 
 QUICK_RETRY = RetryPolicy(attempts=3, max_seconds=5.0, initial_wait=0.01, max_wait=0.05)
@@ -314,7 +315,11 @@ def test_time_filters_take_aware_datetimes_in_any_zone(api: Client, site: Any, a
 
 @pytest.mark.parametrize("how", ["save", "create", "bulk_create"])
 def test_tags_are_stored_as_given(api: Client, app: Any, user: Any, how: str) -> None:
-    """The tags of a created job are the user's tags, nothing added or lost."""
+    """The tags of a created job are the user's tags, nothing added or lost.
+
+    On the server a job created through balsam_sync also carries the exactly-once marker
+    (``MARKER_KEY``, documented in the README); ``job.tags`` never shows it.
+    """
     given = [{"experiment": "foo", "system": "H2O"}, {}]
     if how == "create":
         jobs = [
@@ -329,7 +334,9 @@ def test_tags_are_stored_as_given(api: Client, app: Any, user: Any, how: str) ->
         else:
             Job.objects.bulk_create(jobs)
     assert [job.tags for job in jobs] == given
-    assert [server_job(user, job.id)["tags"] for job in jobs] == given
+    on_server = [server_job(user, job.id)["tags"] for job in jobs]
+    assert all(MARKER_KEY in tags for tags in on_server)
+    assert [{k: v for k, v in t.items() if k != MARKER_KEY} for t in on_server] == given
     assert [Job.objects.get(id=job.id).tags for job in jobs] == given
 
 
@@ -471,14 +478,14 @@ def test_save_leaves_the_instance_holding_what_the_server_stored(
 
 def test_in_place_change_of_a_dict_field_is_saved(api: Client, app: Any, user: Any) -> None:
     job = Job.objects.create(workdir="inplace/1", app_id=app.id, data={"a": 0})
-    tags_before = server_job(user, job.id)["tags"]
     loaded = Job.objects.get(id=job.id)
     loaded.data["k"] = 1
     loaded.tags["experiment"] = "foo"
     loaded.save()
     row = server_job(user, job.id)
     assert row["data"] == {"a": 0, "k": 1}
-    assert row["tags"] == {**tags_before, "experiment": "foo"}
+    # The whole dict is sent, as seen by the user: the hidden create marker is dropped with it.
+    assert row["tags"] == {"experiment": "foo"}
     assert loaded.data == {"a": 0, "k": 1}
 
 
@@ -543,12 +550,12 @@ def test_bulk_update_sends_each_instance_its_own_changes(
 
     assert n == 4
     rows = {row["id"]: row for row in server_rows(user, "/jobs/")}
-    assert (rows[a.id or 0]["num_nodes"], rows[a.id or 0]["state"]) == (2, "STAGED_IN")
-    assert (rows[b.id or 0]["num_nodes"], rows[b.id or 0]["state"]) == (1, "FAILED")
-    assert rows[c.id or 0]["tags"] == {"system": "H2O"}
-    assert rows[c.id or 0]["data"] == {"energy": -76.4}
-    assert rows[c.id or 0]["state"] == "STAGED_IN"
-    assert rows[d.id or 0]["state"] == "JOB_FINISHED"
+    assert (rows[a.id]["num_nodes"], rows[a.id]["state"]) == (2, "STAGED_IN")
+    assert (rows[b.id]["num_nodes"], rows[b.id]["state"]) == (1, "FAILED")
+    assert rows[c.id]["tags"] == {"system": "H2O"}
+    assert rows[c.id]["data"] == {"energy": -76.4}
+    assert rows[c.id]["state"] == "STAGED_IN"
+    assert rows[d.id]["state"] == "JOB_FINISHED"
     # the instances were reloaded: they hold the server's state and have nothing pending
     assert (a.num_nodes, b.state, c.tags, d.state) == (
         2,

@@ -76,6 +76,7 @@ def test_server_answer_has_source_and_aware_as_of(client: Client, app: Any) -> N
     assert q.source == "server"
     assert q.stale is False
     assert_aware_utc(q.as_of)
+    assert q.as_of is not None
     assert before - timedelta(seconds=1) <= q.as_of <= after
 
     counted = client.Job.objects.filter(state="STAGED_IN")

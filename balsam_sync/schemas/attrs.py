@@ -15,8 +15,6 @@ from .site import AllowedQueue, SchedulerBackfillWindow, SchedulerJobStatus
 class SiteAttrs:
     """Typed fields of Site instances (the model installs their descriptors)."""
 
-    __slots__ = ()
-
     name: str
     path: str
     globus_endpoint_id: UUID | None
@@ -34,8 +32,6 @@ class SiteAttrs:
 class AppAttrs:
     """Typed fields of App instances (the model installs their descriptors)."""
 
-    __slots__ = ()
-
     site_id: int
     name: str
     serialized_class: str
@@ -48,8 +44,6 @@ class AppAttrs:
 
 class JobAttrs:
     """Typed fields of Job instances (the model installs their descriptors)."""
-
-    __slots__ = ()
 
     id: int | None
     workdir: str
@@ -69,7 +63,7 @@ class JobAttrs:
     parent_ids: set[int]
     batch_job_id: int | None
     last_update: datetime | None
-    state: JobState | None
+    state: JobState | str | None
     pending_file_cleanup: bool | None
     serialized_return_value: str | None
     serialized_exception: str | None
@@ -81,11 +75,9 @@ class JobAttrs:
 class BatchJobAttrs:
     """Typed fields of BatchJob instances (the model installs their descriptors)."""
 
-    __slots__ = ()
-
     num_nodes: int
     wall_time_min: int
-    job_mode: JobMode
+    job_mode: JobMode | str
     optional_params: dict[str, str]
     filter_tags: dict[str, str]
     partitions: list[BatchJobPartition] | None
@@ -94,7 +86,7 @@ class BatchJobAttrs:
     scheduler_id: int | None
     project: str
     queue: str
-    state: BatchJobState | None
+    state: BatchJobState | str | None
     status_info: dict[str, str] | None
     start_time: datetime | None
     end_time: datetime | None
@@ -103,14 +95,12 @@ class BatchJobAttrs:
 class TransferItemAttrs:
     """Typed fields of TransferItem instances (the model installs their descriptors)."""
 
-    __slots__ = ()
-
-    state: TransferItemState
+    state: TransferItemState | str
     task_id: str
     transfer_info: dict[str, Any]
     id: int | None
     job_id: int
-    direction: TransferDirection
+    direction: TransferDirection | str
     local_path: str
     remote_path: str
     location_alias: str
@@ -119,8 +109,6 @@ class TransferItemAttrs:
 
 class EventLogAttrs:
     """Typed fields of EventLog instances (the model installs their descriptors)."""
-
-    __slots__ = ()
 
     id: int | None
     job_id: int

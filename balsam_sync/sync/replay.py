@@ -8,8 +8,8 @@
   marked in flight before the POST. After an ambiguous failure (lost reply, timeout, 502/504)
   the replayer looks the marker up before sending anything again: found rows are adopted (the
   POST is atomic, so all or none), otherwise the batch is resent under a new marker. The tag
-  stays on the job: removing it would cost a second request per job, and it records which
-  queued operation created the job. Sites and apps are found by their unique names instead.
+  stays on the server (removing it would cost a second request per job) and is hidden from
+  ``job.tags``. Sites and apps are found by their unique names instead.
 * Failures: transient ones (unreachable, 429/502/503/504) stop the push and keep the queue;
   401 pauses the whole queue ("log in again"); a permanent rejection (400/404/409/422/500) of a
   batch is bisected to the entry at fault, which goes to the dead letters with the server's
@@ -30,7 +30,7 @@ from ..cache.outbox import Entry, EntryState, Op, Outbox, now_text
 from ..cache.schema import REFERENCES
 from ..errors import HTTPStatusError, NotAuthenticated, Rejected, ReplyLost, ServerUnreachable
 from ..remote import Remote
-from ..resources import MAX_BULK, RESOURCES, Resource
+from ..resources import MARKER_KEY, MAX_BULK, RESOURCES, Resource
 from ..retry import is_transient
 from ..spec import QuerySpec
 from .lock import FileLock
@@ -39,8 +39,6 @@ from .writes import apply_server_rows
 log = logging.getLogger(__name__)
 
 Row = dict[str, Any]
-MARKER_KEY = "bsync_op"
-"""Tag key whose value identifies the queued batch that created a job."""
 
 
 @dataclass
