@@ -60,11 +60,16 @@ def offline_job(client: Client, job_id: int) -> Any:
 
 
 def states_offline(client: Client, ids: list[int]) -> dict[int, str]:
-    return {j.id: getattr(j.state, "value", j.state) for j in client.Job.objects.filter(id=ids).offline()}
+    return {
+        j.id: getattr(j.state, "value", j.state)
+        for j in client.Job.objects.filter(id=ids).offline()
+    }
 
 
 def states_online(client: Client, ids: list[int]) -> dict[int, str]:
-    return {j.id: getattr(j.state, "value", j.state) for j in client.Job.objects.filter(id=ids).online()}
+    return {
+        j.id: getattr(j.state, "value", j.state) for j in client.Job.objects.filter(id=ids).online()
+    }
 
 
 # -- write-through: jobs --------------------------------------------------------------------
