@@ -30,15 +30,13 @@ from .errors import BalsamSyncError, NotAuthenticated, UsageError
 from .query import Query
 from .sync.daemon import DaemonAlreadyRunning, SyncDaemon
 from .sync.lock import FileLock
+from .sync.pull import Progress
 from .sync.status import SyncStatus
 from .token import claims
 
 EXIT_ERROR, EXIT_USAGE, EXIT_DAEMON_RUNNING, EXIT_NOT_AUTHENTICATED = 1, 2, 3, 4
-_CODES = (
-    (DaemonAlreadyRunning, EXIT_DAEMON_RUNNING),
-    (NotAuthenticated, EXIT_NOT_AUTHENTICATED),
-    (UsageError, EXIT_USAGE),
-)
+_CODES = {DaemonAlreadyRunning: 3, NotAuthenticated: 4, UsageError: 2}
+_YES_NO = {True: "yes", False: "no", None: "not checked"}
 
 
 class _State:
@@ -54,13 +52,8 @@ class _State:
             self._client = balsam_sync.connect(api_root=self.api_root, home=self.home)
         root = self._client.settings.api_root
         if not self._client.settings.token:
-            raise NotAuthenticated(
-                f"not logged in to {root}: run `balsam-sync login` or set {ENV_TOKEN}",
-                method="",
-                url=root,
-                status=401,
-                body=None,
-            )
+            text = f"not logged in to {root}: run `balsam-sync login` or set {ENV_TOKEN}"
+            raise NotAuthenticated(text, method="", url=root, status=401, body=None)
         return self._client
 
     def redact(self, text: str) -> str:
@@ -88,7 +81,7 @@ class _Main(click.Group):
         except (BalsamSyncError, OSError) as exc:
             state = ctx.find_object(_State) or _State(None, None)
             click.echo(f"error: {state.redact(str(exc)) or type(exc).__name__}", err=True)
-            ctx.exit(next((code for kind, code in _CODES if isinstance(exc, kind)), EXIT_ERROR))
+            ctx.exit(next((c for kind, c in _CODES.items() if isinstance(exc, kind)), EXIT_ERROR))
 
 
 @contextmanager
@@ -124,9 +117,7 @@ def _stamp(when: datetime | None) -> str:
 
 
 def _ago(when: datetime | None) -> str:
-    if when is None:
-        return "never"
-    return f"{duration(time.time() - when.timestamp())} ago ({_stamp(when)})"
+    return f"{duration(time.time() - when.timestamp())} ago ({_stamp(when)})" if when else "never"
 
 
 def _expiry(when: datetime | None) -> str:
@@ -162,15 +153,6 @@ def main(ctx: click.Context, api_root: str | None, home: str | None, verbose: in
     ctx.with_resource(_logging_to(logging.StreamHandler(sys.stderr), level, fmt))
 
 
-def _read_password(from_stdin: bool) -> str:
-    if not from_stdin:
-        return str(click.prompt("Password", hide_input=True))
-    password = sys.stdin.readline().rstrip("\r\n")
-    if not password:
-        raise click.UsageError("--password-stdin: no password on stdin")
-    return password
-
-
 @main.command()
 @click.option("--url", help="The server's URL (default: --api-root, env or client.yml).")
 @click.option("--username", help="Your Balsam user name (asked when not given).")
@@ -183,7 +165,10 @@ def login(state: _State, url: str | None, username: str | None, password_stdin: 
     url = url or state.api_root or os.environ.get(ENV_API_ROOT)
     url = url or read_client_yml(client_yml_path()).get("api_root") or click.prompt("Server URL")
     username = username or str(click.prompt("Username"))
-    done = password_login(url, username, _read_password(password_stdin))
+    typed = sys.stdin.readline().rstrip("\r\n") if password_stdin else None
+    if typed == "":
+        raise click.UsageError("--password-stdin: no password on stdin")
+    done = password_login(url, username, typed or click.prompt("Password", hide_input=True))
     click.echo(f"logged in as {username} at {done.api_root}")
     click.echo(f"settings written to {done.settings_path} (mode 0600)")
     click.echo(f"token expiry: {_expiry(done.expiry)}")
@@ -191,35 +176,25 @@ def login(state: _State, url: str | None, username: str | None, password_stdin: 
         click.echo(f"note: {ENV_TOKEN} is set and takes precedence over the saved token", err=True)
 
 
-def _status_dict(client: Client, st: SyncStatus) -> dict[str, Any]:
-    expiry = st.token_expiry
-    return {
-        "server": client.settings.api_root,
-        "user": claims(client.settings.token or "").get("username"),
-        "mirror": st.mirror_path,
-        "pending": st.pending,
-        "oldest_pending_age": st.oldest_pending_age,
-        "dead": st.dead,
-        "last_push": st.last_push,
-        "last_pull": st.last_pull,
-        "last_error": st.last_error,
-        "token_expiry": expiry,
-        "token_expired": expiry is not None and expiry <= datetime.now(timezone.utc),
-        "server_reachable": st.server_reachable,
-    }
-
-
-def _status_lines(info: dict[str, Any], st: SyncStatus) -> Iterator[tuple[str, str]]:
-    age = st.oldest_pending_age
-    yield "server", f"{info['server']} as {info['user'] or '?'}"
-    yield "mirror", st.mirror_path
-    yield "pending", str(st.pending) + (f" (oldest {duration(age)})" if age is not None else "")
-    yield "dead letters", str(st.dead) + (" (see `balsam-sync dead list`)" if st.dead else "")
-    yield "last push", _ago(st.last_push)
-    yield "last pull", _ago(st.last_pull)
-    yield "last error", st.last_error or "-"
-    yield "token expiry", _expiry(st.token_expiry)
-    yield "server reachable", {True: "yes", False: "no", None: "not checked"}[st.server_reachable]
+def _status(client: Client, st: SyncStatus) -> list[tuple[str, Any, str | None]]:
+    """(JSON key, JSON value, text or None) of each field `status` shows."""
+    root, user = client.settings.api_root, claims(client.settings.token or "").get("username")
+    age, exp = st.oldest_pending_age, st.token_expiry
+    oldest = f" (oldest {duration(age)})" if age is not None else ""
+    return [
+        ("server", root, f"{root} as {user or '?'}"),
+        ("user", user, None),
+        ("mirror", st.mirror_path, st.mirror_path),
+        ("pending", st.pending, f"{st.pending}{oldest}"),
+        ("oldest_pending_age", age, None),
+        ("dead letters", st.dead, f"{st.dead}" + (" (`balsam-sync dead list`)" if st.dead else "")),
+        ("last_push", st.last_push, _ago(st.last_push)),
+        ("last_pull", st.last_pull, _ago(st.last_pull)),
+        ("last_error", st.last_error, st.last_error or "-"),
+        ("token_expiry", exp, _expiry(exp)),
+        ("token_expired", exp is not None and exp <= datetime.now(timezone.utc), None),
+        ("server_reachable", st.server_reachable, _YES_NO[st.server_reachable]),
+    ]
 
 
 @main.command()
@@ -229,13 +204,13 @@ def _status_lines(info: dict[str, Any], st: SyncStatus) -> Iterator[tuple[str, s
 def status(state: _State, as_json: bool, offline: bool) -> None:
     """Show the sync state of this mirror."""
     client = state.client()
-    st = client.status(check_server=not offline)
-    info = _status_dict(client, st)
+    fields = _status(client, client.status(check_server=not offline))
     if as_json:
-        _echo_json(info)
+        _echo_json({key.split()[0]: value for key, value, _ in fields})
         return
-    for label, value in _status_lines(info, st):
-        click.echo(f"{label + ':':<18}{value}")
+    for key, _, text in fields:
+        if text is not None:
+            click.echo(f"{key.replace('_', ' ') + ':':<18}{text}")
 
 
 @main.command()
@@ -246,41 +221,28 @@ def push(ctx: click.Context, state: _State) -> None:
 
     Exits 1 when a change failed or was refused, or the token must be renewed.
     """
-    report = state.client().push()
-    if report.skipped:
+    r = state.client().push()
+    if r.skipped:
         raise BalsamSyncError("another process is sending this queue (a daemon?); try later")
-    click.echo(
-        f"sent {report.sent}, failed {report.failed}, dead {report.dead}, "
-        f"remaining {report.remaining}"
-    )
-    if report.error:
-        click.echo(f"last error: {state.redact(report.error)}", err=True)
-    if report.dead:
+    click.echo(f"sent {r.sent}, failed {r.failed}, dead {r.dead}, remaining {r.remaining}")
+    if r.error:
+        click.echo(f"last error: {state.redact(r.error)}", err=True)
+    if r.dead:
         click.echo("refused changes: see `balsam-sync dead list`", err=True)
-    if report.paused_for_auth:
+    if r.paused_for_auth:
         click.echo("the server refused the token: log in again (`balsam-sync login`)", err=True)
-    if report.failed or report.dead or report.paused_for_auth:
+    if r.failed or r.dead or r.paused_for_auth:
         ctx.exit(EXIT_ERROR)
 
 
-class _PullProgress:
+def _progress(tty: bool) -> Progress:
     """One updating line on a terminal, plain lines otherwise."""
 
-    def __init__(self, tty: bool) -> None:
-        self.tty = tty
-        self.width = 0
-
-    def __call__(self, resource: str, done: int, total: int | None) -> None:
+    def show(resource: str, done: int, total: int | None) -> None:
         text = f"pulling {resource}: {done:,} rows" + (f" of {total:,}" if total else "")
-        if not self.tty:
-            click.echo(text)
-            return
-        click.echo("\r" + text.ljust(self.width), nl=False)
-        self.width = max(self.width, len(text))
+        click.echo(f"\r{text:<60}" if tty else text, nl=not tty)
 
-    def finish(self) -> None:
-        if self.tty and self.width:
-            click.echo("\r" + " " * self.width + "\r", nl=False)
+    return show
 
 
 @main.command()
@@ -288,13 +250,11 @@ class _PullProgress:
 @pass_state
 def pull(state: _State, full: bool) -> None:
     """Bring the mirror up to date."""
-    client = state.client()
-    progress = _PullProgress(sys.stdout.isatty())
-    started = time.monotonic()
+    tty, started = sys.stdout.isatty(), time.monotonic()
     try:
-        report = client.pull(full=full, progress=progress)
+        report = state.client().pull(full=full, progress=_progress(tty))
     finally:
-        progress.finish()
+        click.echo(f"\r{'':<60}\r" if tty else "", nl=False)
     kind = "full" if report.full else "incremental"
     click.echo(f"{kind} pull done in {time.monotonic() - started:.1f}s")
     rows = [[res, str(n), str(report.deleted.get(res, 0))] for res, n in report.fetched.items()]
@@ -317,12 +277,6 @@ def _job_query(client: Client, opts: dict[str, Any]) -> Query[Any]:
     if opts["order"]:
         query = query.order_by(opts["order"])
     return query.online() if opts["online"] else query.offline()
-
-
-def _origin(query: Query[Any]) -> str:
-    if query.as_of is None:
-        return f"from {query.source or 'cache'} (never synced: run `balsam-sync pull`)"
-    return f"from {query.source} as of {_stamp(query.as_of)}"
 
 
 @main.command()
@@ -352,7 +306,8 @@ def jobs(state: _State, /, limit: int, offset: int, count: bool, **opts: Any) ->
         return
     if found:
         _table(["id", "state", "workdir", "tags", "last_update"], [_job_row(j) for j in found])
-    click.echo(f"{len(found)} of {total} jobs, {_origin(shown)}")
+    when = f"as of {_stamp(shown.as_of)}" if shown.as_of else "(never synced: `balsam-sync pull`)"
+    click.echo(f"{len(found)} of {total} jobs, from {shown.source or 'cache'} {when}")
 
 
 @main.group()
@@ -371,11 +326,10 @@ def _dead_row(e: Entry) -> list[str]:
 def dead_list(state: _State) -> None:
     """List refused changes and their reasons."""
     entries = state.client().dead_letters()
-    if not entries:
-        click.echo("no dead letters")
-    else:
-        headers = ["seq", "resource", "op", "object id", "status", "error", "queued at"]
+    headers = ["seq", "resource", "op", "object id", "status", "error", "queued at"]
+    if entries:
         _table(headers, [_dead_row(e) for e in entries], widest=80)
+    click.echo(f"{len(entries)} dead letter(s)" if entries else "no dead letters")
 
 
 def _chosen(client: Client, seq: int | None, everything: bool) -> list[int]:
@@ -430,13 +384,10 @@ def _own_signals() -> Iterator[None]:
             signal.signal(signum, signal.SIG_DFL if handler is None else handler)
 
 
-_SECONDS = click.FloatRange(min=0)
-
-
 @main.command()
-@click.option("--interval", type=_SECONDS, default=30.0, help="Seconds between rounds [30].")
-@click.option("--batch-size", type=click.IntRange(1, 5000), default=5000, help="Per request.")
-@click.option("--max-backoff", type=_SECONDS, default=600.0, help="Longest pause offline [600].")
+@click.option("--interval", type=click.FloatRange(min=0.1), default=30.0, help="Seconds [30].")
+@click.option("--batch-size", type=click.IntRange(1, 5000), default=5000, help="Most per request.")
+@click.option("--max-backoff", type=click.FloatRange(min=0), default=600.0, help="Max pause [600].")
 @click.option("--log-file", type=click.Path(dir_okay=False), help="Default: <mirror>/daemon.log.")
 @click.option("--once", is_flag=True, help="Run one round (push, then pull) and exit.")
 @pass_state
@@ -468,24 +419,18 @@ def daemon(ctx: click.Context, state: _State, /, log_file: str | None, **opts: A
 @pass_state
 def rebuild(state: _State, force: bool, yes: bool) -> None:
     """Delete the mirror; the next pull rebuilds it."""
-    mirror = state.client().mirror
-    counts = mirror.outbox.stats()["counts"]
-    pending = counts.get("pending", 0) + counts.get("in_flight", 0)
-    dead_count = counts.get("dead", 0)
-    if pending and not force:
-        raise BalsamSyncError(
-            f"{pending} change(s) are not sent yet: run `balsam-sync push` first "
-            "(or pass --force to lose them)"
-        )
+    client = state.client()
+    st, mirror = client.status(check_server=False), client.mirror
+    if st.pending and not force:
+        text = f"{st.pending} change(s) are not sent yet: `balsam-sync push` first (or --force)"
+        raise BalsamSyncError(text)
     locks = [FileLock(mirror.path.with_suffix(".daemon.lock")), FileLock(mirror.lock_path)]
     try:
         if not all(lock.acquire(0) for lock in locks):
             raise DaemonAlreadyRunning(f"a daemon or a push is using {mirror.path}: stop it first")
-        lost = f" ({pending} unsent and {dead_count} refused changes are lost)"
+        lost = f" ({st.pending} unsent, {st.dead} refused changes are lost)"
         if not yes:
-            click.confirm(
-                f"Delete {mirror.path}{lost if pending or dead_count else ''}?", abort=True
-            )
+            click.confirm(f"Delete {mirror.path}{lost if st.pending + st.dead else ''}", abort=True)
         state.close()
         for suffix in ("", "-wal", "-shm"):
             Path(f"{mirror.path}{suffix}").unlink(missing_ok=True)

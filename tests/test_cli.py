@@ -24,6 +24,7 @@ from balsam_sync.cli import duration, main
 from balsam_sync.client import Client
 from tests.conftest import PASSWORD, User, register_user
 
+
 @pytest.fixture
 def user(balsam_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> User:
     """A fresh user whose server, token, mirror folder and client.yml come from the env."""

@@ -60,8 +60,8 @@ PATHS = {
 TAG_FILTERS = ("tags", "filter_tags", "data")
 
 FULL = os.environ.get("BALSAM_SYNC_FULL") == "1"
-PER_FILTER_EXAMPLES = 60 if FULL else 8
-COMBINED_EXAMPLES = 400 if FULL else 45
+PER_FILTER_EXAMPLES = 60 if FULL else 6
+COMBINED_EXAMPLES = 400 if FULL else 30
 
 MISSING_ID = 987654321
 TZ_SHIFTS = (
@@ -203,20 +203,20 @@ def wire_params(filters: Row) -> list[tuple[str, str]]:
 
 @dataclass
 class Answers:
+    """What each reader said (None: not asked, because an earlier comparison already failed)."""
+
     raw: list[int]
     raw_count: int
-    online: list[int]
-    online_count: int
     offline: list[int]
     offline_count: int
+    online: list[int] | None = None
+    online_count: int | None = None
 
 
-def ask(world: World, resource: str, filters: Row, ordering: str | None, window: Window) -> Answers:
-    # The mirror first: nothing the online reader does can influence it (separate clients).
-    offline = [x.id for x in _query(world.mirror, resource, filters, ordering, window).offline()]
-    offline_count = _query(world.mirror, resource, filters, ordering, window).offline().count()
-    online = [x.id for x in _query(world.server, resource, filters, ordering, window).online()]
-    online_count = _query(world.server, resource, filters, ordering, window).online().count()
+def ask_raw(
+    world: World, resource: str, filters: Row, ordering: str | None, window: Window
+) -> tuple[list[int], int]:
+    """The server's answer over plain HTTP: ids of the window, and what the window counts."""
     low, limit = _bounds(window)
     params = wire_params(filters)
     if ordering is not None:
@@ -226,18 +226,18 @@ def ask(world: World, resource: str, filters: Row, ordering: str | None, window:
         params.append(("limit", str(limit)))
     rows, total = world.api.list(PATHS[resource], params)
     windowed = max(0, total - low)
-    raw_count = windowed if limit is None else min(windowed, limit)
-    return Answers([r["id"] for r in rows], raw_count, online, online_count, offline, offline_count)
+    return [r["id"] for r in rows], windowed if limit is None else min(windowed, limit)
 
 
 def describe(resource: str, filters: Row, ordering: str | None, window: Window, a: Answers) -> str:
     sl = "" if window is None else f"[{window[0]}:{window[1]}]"
     order = "" if ordering is None else f".order_by({ordering!r})"
+    online = "(not asked)" if a.online is None else f"ids={a.online} count={a.online_count}"
     return (
         f"\n{resource}.objects.filter(**{filters!r}){order}{sl}\n"
-        f"  server (raw HTTP) ids={a.raw} count={a.raw_count}\n"
-        f"  server (.online()) ids={a.online} count={a.online_count}\n"
-        f"  mirror (.offline()) ids={a.offline} count={a.offline_count}"
+        f"  server (raw HTTP)   ids={a.raw} count={a.raw_count}\n"
+        f"  mirror (.offline()) ids={a.offline} count={a.offline_count}\n"
+        f"  server (.online())  {online}"
     )
 
 
@@ -248,14 +248,33 @@ def check(
     ordering: str | None = None,
     window: Window = None,
 ) -> list[int]:
-    """Assert the mirror and the server agree on ids, order and count; return the ids."""
-    a = ask(world, resource, filters, ordering, window)
-    text = describe(resource, filters, ordering, window, a)
-    assert a.online == a.raw and a.online_count == a.raw_count, "online != server" + text
-    assert a.offline == a.raw, "mirror ids/order != server" + text
-    assert a.offline_count == a.raw_count, "mirror count != server" + text
-    assert a.raw_count == len(a.raw), "count != len" + text
-    return a.raw
+    """Assert the mirror, the client's online path and the server agree; return the ids.
+
+    The mirror is compared first (it is cheap), so shrinking a mirror disagreement costs one
+    request per step.
+    """
+
+    def query(client: Client) -> Any:
+        return _query(client, resource, filters, ordering, window)
+
+    raw, raw_count = ask_raw(world, resource, filters, ordering, window)
+    a = Answers(raw, raw_count, [x.id for x in query(world.mirror).offline()], 0)
+    a.offline_count = query(world.mirror).offline().count()
+    assert raw_count == len(raw), "server count != len" + describe(
+        resource, filters, ordering, window, a
+    )
+    assert a.offline == raw, "mirror ids/order != server" + describe(
+        resource, filters, ordering, window, a
+    )
+    assert a.offline_count == raw_count, "mirror count != server" + describe(
+        resource, filters, ordering, window, a
+    )
+    a.online = [x.id for x in query(world.server).online()]
+    a.online_count = query(world.server).online().count()
+    assert a.online == raw and a.online_count == raw_count, "online != server" + describe(
+        resource, filters, ordering, window, a
+    )
+    return raw
 
 
 # -- value pools from the data -------------------------------------------------------------
@@ -788,7 +807,7 @@ def test_batch_job_start_time_ordering_with_nulls(world: World, ordering: str | 
 def test_job_orderings_and_tie_break(world: World, ordering: str | None) -> None:
     n = total(world, "Job")
     check(world, "Job", {}, ordering)
-    for window in [(0, 10), (37, 61), (n - 3, None), (n + 2, None), (None, 0), (150, 140)]:
+    for window in [(37, 61), (n - 3, None), (n + 2, None), (150, 140)]:
         check(world, "Job", {}, ordering, window)
 
 
@@ -797,7 +816,7 @@ def test_events_default_ordering_is_newest_first(world: World) -> None:
     by_id = {e["id"]: e for e in world.data.events}
     stamps = [_time(by_id[i]["timestamp"]) for i in ids]
     assert stamps == sorted(stamps, reverse=True)
-    for window in [(0, 5), (10, 30), (len(ids) - 2, None), (None, 7)]:
+    for window in [(10, 30), (len(ids) - 2, None), (None, 7)]:
         check(world, "EventLog", {}, None, window)
         check(world, "EventLog", {}, "timestamp", window)
         check(world, "EventLog", {}, "-timestamp", window)
@@ -807,7 +826,7 @@ def test_events_default_ordering_is_newest_first(world: World) -> None:
 
 
 def test_last_update_bounds_are_inclusive(world: World) -> None:
-    for job in world.data.jobs[::37]:
+    for job in world.data.jobs[::70]:
         at = _time(job["last_update"])
         assert job["id"] in check(world, "Job", {"last_update_after": at})
         assert job["id"] in check(world, "Job", {"last_update_before": at})
@@ -821,7 +840,7 @@ def test_last_update_bounds_are_inclusive(world: World) -> None:
 
 
 def test_event_timestamp_bounds_are_inclusive(world: World) -> None:
-    for event in world.data.events[::41]:
+    for event in world.data.events[::110]:
         at = _time(event["timestamp"])
         assert event["id"] in check(world, "EventLog", {"timestamp_after": at})
         assert event["id"] in check(world, "EventLog", {"timestamp_before": at})

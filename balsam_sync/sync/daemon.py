@@ -8,6 +8,7 @@ the outbox until the server's answer has been stored.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import signal
 import threading
@@ -83,9 +84,13 @@ class SyncDaemon:
         lock = FileLock(self.lock_path)
         if not lock.acquire(0):
             raise DaemonAlreadyRunning(f"a daemon already syncs {self.client.mirror.path}")
+        previous = {}
         if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, self.request_stop)
-            signal.signal(signal.SIGINT, self.request_stop)
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                previous[sig] = signal.signal(sig, self.request_stop)
+        # A stop also cuts short the waits between retries of a request in flight.
+        transport = self.client.transport
+        transport.retry = dataclasses.replace(transport.retry, stop_event=self.stop)
         delay = self.interval
         try:
             log.info("daemon started for %s", self.client.mirror.path)
@@ -101,6 +106,8 @@ class SyncDaemon:
                 )
                 self.stop.wait(delay)
         finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
             lock.release()
             log.info("daemon stopped after %d rounds", self.rounds)
         return 0

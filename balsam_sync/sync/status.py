@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
-from ..errors import BalsamSyncError
+from ..errors import BalsamSyncError, NotAuthenticated
 from ..spec import QuerySpec
 
 if TYPE_CHECKING:
@@ -24,7 +24,8 @@ class SyncStatus:
         last_push / last_pull: when they last succeeded (None: never).
         last_error: the last sync error, as text.
         token_expiry: when the token stops working (None: unknown).
-        server_reachable: whether an authenticated request just succeeded (None: not checked).
+        server_reachable: whether the server just answered (None: not checked).
+        token_accepted: whether it accepted the token (None: not checked or unreachable).
         mirror_path: where the mirror file is.
     """
 
@@ -37,6 +38,7 @@ class SyncStatus:
     token_expiry: datetime | None
     server_reachable: bool | None
     mirror_path: str
+    token_accepted: bool | None = None
 
 
 def _when(text: str | None) -> datetime | None:
@@ -52,10 +54,13 @@ def sync_status(client: Client, *, check_server: bool = True) -> SyncStatus:
     oldest = _when(stats["oldest"])
     now = datetime.now(timezone.utc)
     reachable: bool | None = None
+    accepted: bool | None = None
     if check_server and not client.settings.offline:
         try:
             client.remote.count(client.Site._resource, QuerySpec("Site"))
-            reachable = True
+            reachable = accepted = True
+        except NotAuthenticated:
+            reachable, accepted = True, False
         except BalsamSyncError:
             reachable = False
     return SyncStatus(
@@ -68,4 +73,5 @@ def sync_status(client: Client, *, check_server: bool = True) -> SyncStatus:
         token_expiry=client.transport.token_expiry,
         server_reachable=reachable,
         mirror_path=str(mirror.path),
+        token_accepted=accepted,
     )

@@ -1,0 +1,183 @@
+"""``balsam-sync daemon`` against the real server: one round, one per mirror, a clean SIGTERM
+that loses and duplicates nothing, and patience while the server is unreachable.
+
+Long-running daemons are real subprocesses (``python -m balsam_sync.cli daemon``) so that
+signals and the per-mirror lock behave as in production.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+
+import balsam_sync
+from balsam_sync.cli import main
+from balsam_sync.client import Client
+from balsam_sync.testing.faultproxy import FaultProxy
+from tests.conftest import User, register_user
+
+
+def use_env(monkeypatch: pytest.MonkeyPatch, api_root: str, token: str, home: Path) -> None:
+    monkeypatch.setenv("BALSAM_SYNC_API_ROOT", api_root)
+    monkeypatch.setenv("BALSAM_SYNC_TOKEN", token)
+    monkeypatch.setenv("BALSAM_SYNC_HOME", str(home))
+    monkeypatch.setenv("BALSAM_CLIENT_PATH", str(home / "client.yml"))
+    monkeypatch.delenv("BALSAM_SYNC_OFFLINE", raising=False)
+
+
+@pytest.fixture
+def user(balsam_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> User:
+    found = register_user(balsam_server, "daemon")
+    use_env(monkeypatch, found.api_root, found.token, tmp_path)
+    return found
+
+
+@pytest.fixture
+def server(user: User, tmp_path: Path) -> Iterator[Client]:
+    """A client of the same user straight to the server, with a mirror of its own."""
+    c = balsam_sync.connect(user.api_root, user.token, home=str(tmp_path / "other"))
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def app(server: Client) -> Any:
+    site = server.Site.objects.create(name=f"d-{uuid.uuid4().hex[:6]}", path="/projects/d")
+    return server.App.objects.create(
+        site_id=site.id, name="Hello", serialized_class="txt", source_code="print('hi')"
+    )
+
+
+def queue_offline(monkeypatch: pytest.MonkeyPatch, app_id: int, n: int) -> list[str]:
+    """Queue ``n`` job creates in the env's mirror (nothing sent); return their workdirs."""
+    monkeypatch.setenv("BALSAM_SYNC_OFFLINE", "1")
+    c = balsam_sync.connect()
+    monkeypatch.delenv("BALSAM_SYNC_OFFLINE")
+    try:
+        jobs = [c.Job(workdir=f"d/{i:05d}", app_id=app_id) for i in range(n)]
+        c.Job.objects.bulk_create(jobs)
+        assert c.status(check_server=False).pending == n
+    finally:
+        c.close()
+    return [f"d/{i:05d}" for i in range(n)]
+
+
+def invoke(*args: str) -> Result:
+    result = CliRunner().invoke(main, list(args))
+    assert "Traceback" not in result.output + result.stderr
+    return result
+
+
+def start_daemon(log: Path, *args: str) -> subprocess.Popen[bytes]:
+    command = [sys.executable, "-m", "balsam_sync.cli", "daemon", "--log-file", str(log), *args]
+    return subprocess.Popen(command, env=dict(os.environ), stderr=subprocess.DEVNULL)
+
+
+def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+
+
+def logged(log: Path, text: str) -> Callable[[], bool]:
+    return lambda: log.exists() and text in log.read_text()
+
+
+def stop(proc: subprocess.Popen[bytes]) -> int:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+
+
+def test_daemon_once_pushes_and_pulls(
+    user: User, server: Client, app: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    queue_offline(monkeypatch, app.id, 2)
+    made_elsewhere = server.Job.objects.create(workdir="elsewhere", app_id=app.id)
+    handlers = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    log = tmp_path / "once.log"
+    result = invoke("daemon", "--once", "--log-file", str(log))
+    assert result.exit_code == 0, result.output
+    assert "one round done: 0 pending, 0 dead letters" in result.stdout
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == handlers
+    assert server.Job.objects.online().count() == 3
+    assert "round 1: sent 2, dead 0, pulled " in log.read_text()
+    jobs = invoke("jobs", "--workdir", "elsewhere")  # pulled into the mirror
+    assert jobs.stdout.splitlines()[1].split()[0] == str(made_elsewhere.id)
+    assert invoke("status", "--json", "--offline").stdout.count('"last_pull": "20') == 1
+    default_log = invoke("daemon", "--once")
+    assert "daemon.log" in default_log.stderr
+
+
+def test_second_daemon_on_the_same_mirror_exits_3(
+    user: User, app: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = tmp_path / "first.log"
+    first = start_daemon(log, "--interval", "0.2")
+    try:
+        wait_for(logged(log, "round 1:"), 20, "the first daemon's first round")
+        second = invoke("daemon", "--once", "--log-file", str(tmp_path / "second.log"))
+        assert second.exit_code == 3
+        assert second.stderr.strip().splitlines()[-1].startswith("error: a daemon already syncs")
+        assert first.poll() is None
+    finally:
+        assert stop(first) == 0
+
+
+def test_sigterm_mid_batch_exits_0_and_loses_nothing(
+    user: User, server: Client, app: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    workdirs = queue_offline(monkeypatch, app.id, 3000)
+    probe = balsam_sync.connect()  # reads the daemon's mirror from this process
+    log = tmp_path / "daemon.log"
+    proc = start_daemon(log, "--interval", "0.2", "--batch-size", "100")
+    try:
+        wait_for(lambda: probe.status(check_server=False).pending <= 2800, 30, "two batches")
+    finally:
+        assert stop(proc) == 0
+    left = probe.status(check_server=False).pending
+    probe.close()
+    assert "stop requested" in log.read_text() and user.token not in log.read_text()
+    assert 0 < left < 3000 and left % 100 == 0  # whole batches only: none was cut in half
+
+    assert invoke("push").exit_code == 0
+    on_server = [j.workdir for j in server.Job.objects.online()]
+    assert len(on_server) == 3000
+    assert sorted(on_server) == workdirs
+
+
+def test_daemon_waits_out_an_unreachable_server(
+    user: User, server: Client, app: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with FaultProxy(user.api_root) as proxy:
+        proxy.set_down(True)
+        use_env(monkeypatch, proxy.url, user.token, tmp_path / "via-proxy")
+        queue_offline(monkeypatch, app.id, 5)
+        log = tmp_path / "down.log"
+        proc = start_daemon(log, "--interval", "0.2", "--max-backoff", "0.5")
+        try:
+            wait_for(logged(log, "round 2:"), 30, "two rounds while the server is down")
+            assert proc.poll() is None
+            assert server.Job.objects.online().count() == 0
+            proxy.set_down(False)
+            wait_for(lambda: server.Job.objects.online().count() == 5, 30, "the delivery")
+            wait_for(logged(log, "sent 5"), 10, "the round that sent the jobs")
+        finally:
+            assert stop(proc) == 0
+    assert "error: " in log.read_text() and user.token not in log.read_text()
