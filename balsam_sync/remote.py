@@ -154,7 +154,32 @@ class Remote:
                     rows.extend(normalize_row(res, row) for row in reply)
         if res.bulk_update_reply == "int":
             rows = self._by_ids(res, merged)
+            rows = self._repair_dropped_states(res, merged, rows)
         return rows
+
+    def _repair_dropped_states(
+        self, res: Resource, sent: dict[int, Row], rows: list[Row]
+    ) -> list[Row]:
+        """Re-send, one job at a time, state changes a multi-job PATCH silently dropped.
+
+        The server writes a PATCH with one ``executemany`` whose columns come from the first
+        job: when that job's state change was a no-op (it already had the state), no job's
+        new state is written, although each one's event is logged. A single-job PUT has no
+        such problem, so mismatches are repaired that way (their event is then logged twice).
+        """
+        dropped = [
+            row["id"]
+            for row in rows
+            if "state" in sent.get(row["id"], {})
+            and row["state"]
+            not in STATE_OUTCOMES.get(sent[row["id"]]["state"], {sent[row["id"]]["state"]})
+        ]
+        if not dropped:
+            return rows
+        for obj_id in dropped:
+            self.transport.request("PUT", res.item_path(obj_id), json_body=sent[obj_id])
+        fixed = {row["id"]: row for row in self._by_ids(res, dropped)}
+        return [fixed.get(row["id"], row) for row in rows]
 
     def query_update(self, res: Resource, spec: QuerySpec, changes: Row) -> list[Row]:
         """Apply ``changes`` to every object matching ``spec`` (resolved to ids first)."""
@@ -192,6 +217,14 @@ class Remote:
         kept = self._by_ids(res, ids)
         kept_ids = {row["id"] for row in kept}
         return [i for i in ids if i not in kept_ids], kept
+
+
+STATE_OUTCOMES = {
+    "READY": {"READY", "STAGED_IN"},
+    "POSTPROCESSED": {"POSTPROCESSED", "JOB_FINISHED"},
+    "STAGED_OUT": {"JOB_FINISHED"},
+}
+"""States the server may store for a requested one (it rewrites these three, §4)."""
 
 
 def group_by_keys(items: dict[int, Row]) -> dict[frozenset[str], list[Row]]:

@@ -145,7 +145,13 @@ def test_r1_mixed_mutations_on_a_flaky_link_end_as_intended(
         assert row["num_nodes"] == fields["num_nodes"], workdir
         assert row["tags"]["grp"] == fields["grp"], workdir
         if "state" in fields:
-            assert row["state"] == "RESTART_READY", workdir
+            local = client.Job.objects.offline().filter(workdir__contains=workdir)
+            assert row["state"] == "RESTART_READY", (
+                workdir,
+                row,
+                [j.to_dict() for j in local],
+                fields,
+            )
         parent_ids = {server[p.workdir]["id"] for p in fields["parents"] if p.workdir in server}
         assert parent_ids <= set(row["parent_ids"]), workdir
     assert client.status(check_server=False).dead == 0

@@ -137,6 +137,15 @@ class Replayer:
 
     def _send_group(self, group: list[Entry], mine: set[int], report: PushReport) -> bool:
         """Send one group; return False when the push must stop (server unreachable)."""
+        log.debug(
+            "sending %s %s x%d (seq %d..%d, objects %s)",
+            group[0].op.value,
+            group[0].resource,
+            len(group),
+            group[0].seq,
+            group[-1].seq,
+            [e.obj_id for e in group][:50],
+        )
         try:
             report.sent += self._send(group, mine, report)
             return True
