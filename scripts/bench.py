@@ -192,6 +192,35 @@ def fraction(row: Row, at_most: float | None, percent: bool = False) -> Row:
     return row
 
 
+class PhaseClock:
+    """A pull progress callback: when each resource's last page was stored."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.last: dict[str, float] = {}
+
+    def __call__(self, resource: str, rows: int, total: int | None) -> None:
+        self.last[resource] = time.perf_counter()
+
+    def phases(self) -> dict[str, float]:
+        """Seconds per resource, from the previous resource's last page to its own last page."""
+        out: dict[str, float] = {}
+        previous = self.start
+        for name, at in sorted(self.last.items(), key=lambda item: item[1]):
+            out[name] = at - previous
+            previous = at
+        return out
+
+
+def timed_pull(client: Client, full: bool = False) -> tuple[float, Any, dict[str, float]]:
+    """Time ``client.pull()``; also return its report and the seconds spent per resource."""
+    gc.collect()
+    clock = PhaseClock()
+    report = client.pull(full=full, progress=clock)
+    seconds = time.perf_counter() - clock.start
+    return seconds, report, clock.phases()
+
+
 def timed(fn: Callable[[], T]) -> tuple[float, T]:
     gc.collect()
     start = time.perf_counter()
@@ -429,6 +458,7 @@ class Bench:
         self._clients: list[Client] = []
         self.pull_samples: list[float] = []
         self.pull_reports: list[str] = []
+        self.pull_phases: list[dict[str, float]] = []
         self.upstream_count: Stat | None = None
 
     # -- shared fixtures -----------------------------------------------------------------------
@@ -467,10 +497,11 @@ class Bench:
             data = self.dataset()
             client = self.connect(data.user, self.home("synced"))
             log("initial pull() into a fresh mirror ...")
-            seconds, report = timed(client.pull)
+            seconds, report, phases = timed_pull(client)
             self.pull_samples.append(seconds)
             self.pull_reports.append(str(report))
-            log(f"  {report} in {seconds:.2f} s")
+            self.pull_phases.append(phases)
+            log(f"  {report} in {seconds:.2f} s ({fmt_phases(phases)})")
             self._synced = client
         return self._synced
 
@@ -572,7 +603,8 @@ class Bench:
             speedup(
                 Row(
                     "P1",
-                    "cached query (.offline(), after pull) vs .online(), 1000 FAILED p1 jobs",
+                    f"cached query (.offline(), after pull) vs .online(), [0:{P1_SLICE}] "
+                    "of FAILED p1 jobs",
                     cached,
                     "cached",
                     Stat(online_t),
@@ -644,10 +676,11 @@ class Bench:
             if len(self.pull_samples) < reps:
                 home = self.home("pull")
                 client = self.connect(data.user, home)
-                seconds, report = timed(client.pull)
+                seconds, report, phases = timed_pull(client)
                 self.pull_samples.append(seconds)
                 self.pull_reports.append(str(report))
-                log(f"  pull: {report} in {seconds:.2f} s")
+                self.pull_phases.append(phases)
+                log(f"  pull: {report} in {seconds:.2f} s ({fmt_phases(phases)})")
                 client.close()
                 shutil.rmtree(home, ignore_errors=True)
             home = self.home("online-all")
@@ -661,7 +694,14 @@ class Bench:
             client.close()
             shutil.rmtree(home, ignore_errors=True)
         pulls = Stat(self.pull_samples)
-        notes = [f"pull reports: {self.pull_reports[0]}"]
+        job_phase = Stat([p.get("Job", 0.0) for p in self.pull_phases])
+        event_phase = Stat([p.get("EventLog", 0.0) for p in self.pull_phases])
+        notes = [
+            f"pull reports: {self.pull_reports[0]}",
+            f"time per phase (from the pull's progress callback): up to the last Job page "
+            f"{job_phase}, then the deletion check and every EventLog page {event_phase}",
+        ]
+        self.info["P4_pull_phases"] = self.pull_phases
         self.rows.append(
             fraction(
                 Row(
@@ -695,6 +735,19 @@ class Bench:
                 )
                 row.target += " (anchors)"
                 self.rows.append(row)
+                self.rows.append(
+                    fraction(
+                        Row(
+                            "P4",
+                            "Job phase of the initial pull() alone vs upstream list(all()) (info)",
+                            job_phase,
+                            "pull(), Job phase",
+                            upstream,
+                            "upstream all()",
+                        ),
+                        None,
+                    )
+                )
                 self.rows.append(
                     fraction(
                         Row(
@@ -733,15 +786,15 @@ class Bench:
             ids = rng.sample(data.ids["p2"], 100)
             nodes = 2 + rep
             other.call("PATCH", "/jobs/", json=[{"id": i, "num_nodes": nodes} for i in ids])
-            seconds, report = timed(client.pull)
+            seconds, report, _ = timed_pull(client)
             incr_t.append(seconds)
             fetched.append(report.fetched.get("Job", 0))
             seen = client.Job.objects.filter(id=ids).offline()
             checks.append(sorted(j.num_nodes for j in seen) == [nodes] * 100)
             log(f"  incremental: {report} in {seconds:.3f} s")
-            seconds, report = timed(lambda: client.pull(full=True))
+            seconds, report, phases = timed_pull(client, full=True)
             full_t.append(seconds)
-            log(f"  full: {report} in {seconds:.2f} s")
+            log(f"  full: {report} in {seconds:.2f} s ({fmt_phases(phases)})")
         self.rows.append(
             fraction(
                 Row(
@@ -1130,6 +1183,10 @@ class Bench:
             log(f"  wrote {path}")
 
 
+def fmt_phases(phases: dict[str, float]) -> str:
+    return ", ".join(f"{name} {seconds:.2f} s" for name, seconds in phases.items())
+
+
 def online_all(client: Client) -> list[Any]:
     return list(client.Job.objects.online().all())
 
@@ -1264,7 +1321,8 @@ def plot(rows: list[Row], path: Path) -> None:
         ax.barh([y - 0.2 for y in ys], ours, height=0.4, color=colors, label="ours")
         ax.barh([y + 0.2 for y in ys], refs, height=0.4, color="tab:gray", label="reference")
         for y, r, value in zip(ys, timing, ours, strict=True):
-            ax.text(value, y - 0.2, f" {r.ratio_text}", va="center", fontsize=7)
+            note = r.ratio_text if r.ratio is not None else r.target
+            ax.text(value, y - 0.2, f" {note}", va="center", fontsize=7)
         ax.set_yticks(ys)
         ax.set_yticklabels(labels, fontsize=7)
         ax.invert_yaxis()

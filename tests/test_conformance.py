@@ -60,8 +60,8 @@ PATHS = {
 TAG_FILTERS = ("tags", "filter_tags", "data")
 
 FULL = os.environ.get("BALSAM_SYNC_FULL") == "1"
-PER_FILTER_EXAMPLES = 60 if FULL else 6
-COMBINED_EXAMPLES = 400 if FULL else 30
+PER_FILTER_EXAMPLES = 60 if FULL else 5
+COMBINED_EXAMPLES = 400 if FULL else 25
 
 MISSING_ID = 987654321
 TZ_SHIFTS = (
@@ -247,11 +247,13 @@ def check(
     filters: Row,
     ordering: str | None = None,
     window: Window = None,
+    online_count: bool = False,
 ) -> list[int]:
     """Assert the mirror, the client's online path and the server agree; return the ids.
 
     The mirror is compared first (it is cheap), so shrinking a mirror disagreement costs one
-    request per step.
+    request per step. ``online_count`` also compares ``.online().count()`` (one more request;
+    the mirror's count is always compared).
     """
 
     def query(client: Client) -> Any:
@@ -270,7 +272,7 @@ def check(
         resource, filters, ordering, window, a
     )
     a.online = [x.id for x in query(world.server).online()]
-    a.online_count = query(world.server).online().count()
+    a.online_count = query(world.server).online().count() if online_count else raw_count
     assert a.online == raw and a.online_count == raw_count, "online != server" + describe(
         resource, filters, ordering, window, a
     )
@@ -530,6 +532,7 @@ BASE_SETTINGS = settings(
     derandomize=True,
     database=None,
     print_blob=False,
+    report_multiple_bugs=False,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 
@@ -548,7 +551,8 @@ def test_each_filter_alone(world: World, resource: str, name: str, data: st.Data
     value = data.draw(value_strategies(world.pools)[resource][name], label=name)
     ordering = data.draw(orderings(resource), label="ordering")
     window = data.draw(windows(total(world, resource)), label="window")
-    check(world, resource, {name: value}, ordering, window)
+    count = data.draw(st.integers(0, 3), label="online count") == 0
+    check(world, resource, {name: value}, ordering, window, count)
 
 
 @pytest.mark.parametrize("resource", RESOURCES)
@@ -563,7 +567,8 @@ def test_filter_combinations(world: World, resource: str, data: st.DataObject) -
     filters = {n: data.draw(strategies[n], label=n) for n in names}
     ordering = data.draw(orderings(resource), label="ordering")
     window = data.draw(windows(total(world, resource)), label="window")
-    check(world, resource, filters, ordering, window)
+    count = data.draw(st.integers(0, 3), label="online count") == 0
+    check(world, resource, filters, ordering, window, count)
 
 
 # -- targeted tests: LIKE semantics --------------------------------------------------------
@@ -572,8 +577,7 @@ def test_filter_combinations(world: World, resource: str, data: st.DataObject) -
 @pytest.mark.parametrize("value", LIKE_SPECIALS)
 def test_workdir_contains_like_semantics(world: World, value: str) -> None:
     """``workdir__contains`` is PostgreSQL ``LIKE '%v%'``: wildcards, ``\\`` escapes, case."""
-    check(world, "Job", {"workdir__contains": value})
-    check(world, "Job", {"workdir__contains": value}, "-workdir", (1, 7))
+    check(world, "Job", {"workdir__contains": value}, "-workdir", (1, None))
 
 
 @pytest.mark.parametrize(
@@ -657,11 +661,9 @@ def test_case_sensitive_exact_matches(world: World) -> None:
     ids=repr,
 )
 def test_tags_containment(world: World, tags: Any) -> None:
-    check(world, "Job", {"tags": tags})
-    check(world, "Job", {"tags": tags}, "-last_update", (0, 5))
+    check(world, "Job", {"tags": tags}, "-last_update")
     check(world, "TransferItem", {"tags": tags})
-    check(world, "EventLog", {"tags": tags})
-    check(world, "EventLog", {"tags": tags}, "timestamp", (2, 9))
+    check(world, "EventLog", {"tags": tags}, "timestamp", (2, 40))
 
 
 @pytest.mark.parametrize(
@@ -875,4 +877,12 @@ def test_site_last_refresh_after_is_inclusive(world: World) -> None:
 def test_every_resource_unfiltered(world: World) -> None:
     """Sanity: the mirror holds exactly the server's rows of every resource."""
     for resource in RESOURCES:
-        assert len(check(world, resource, {})) == total(world, resource)
+        assert len(check(world, resource, {}, online_count=True)) == total(world, resource)
+
+
+@pytest.mark.parametrize("resource", RESOURCES)
+def test_sliced_counts(world: World, resource: str) -> None:
+    """``count()`` of a sliced query counts what the slice yields, online and offline."""
+    n = total(world, resource)
+    for window in [(0, 3), (2, None), (n - 1, n + 5), (n + 3, None), (4, 4), (None, n * 2)]:
+        check(world, resource, {}, None, window, online_count=True)

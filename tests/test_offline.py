@@ -148,14 +148,16 @@ def test_auto_goes_back_to_server_once_the_pull_is_older_than_max_age(
 ) -> None:
     assert client.gateway.max_age == 300
     make_jobs(client, app, 1)
-    client.gateway.max_age = 0.4
+    # The pull's as_of is when it started, so max_age must outlast the pull itself on a busy
+    # machine; the sleep then outlasts max_age.
+    client.gateway.max_age = 3.0
     client.pull()
     sent.clear()
     q = client.Job.objects.all()
     list(q)
     assert q.source == "cache"
     assert len(sent) == 0
-    time.sleep(0.5)
+    time.sleep(3.1)
     q = client.Job.objects.all()
     list(q)
     assert q.source == "server"
