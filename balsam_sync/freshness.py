@@ -60,15 +60,23 @@ class Answer:
     """Rows (or a count) plus where they came from and how old they are.
 
     Attributes:
-        rows: the matching rows in order (empty for a count-only answer).
+        rows: the matching rows in order (empty for a count-only answer): dicts, or tuples
+            in ``columns`` order when they come straight from the mirror.
         count: total matches ignoring the window, when known.
         source: "server" or "cache".
         as_of: when the server last confirmed this data (None: never confirmed).
         stale: True when the server was wanted but unreachable and the mirror answered.
     """
 
-    rows: list[dict[str, Any]]
+    rows: list[Any]
     count: int | None
     source: Source
     as_of: datetime | None
     stale: bool = False
+    columns: tuple[str, ...] | None = None  # set when rows are mirror tuples, not dicts
+
+    def dicts(self) -> list[dict[str, Any]]:
+        """The rows as dicts, whatever form they came in."""
+        if self.columns is None:
+            return self.rows
+        return [dict(zip(self.columns, row, strict=True)) for row in self.rows]

@@ -133,8 +133,8 @@ class Gateway:
         return Answer(rows, count, "server", now)
 
     def _mirror_rows(self, spec: QuerySpec, as_of: datetime | None, stale: bool) -> Answer:
-        store = self.mirror.store
-        return Answer(store.query(spec), None, "cache", as_of, stale)
+        columns, rows = self.mirror.store.query_tuples(spec)
+        return Answer(rows, None, "cache", as_of, stale, columns)
 
     def count(self, res: Resource, spec: QuerySpec, policy: PolicyArg) -> Answer:
         """Return how many objects match ``spec`` (rows are not fetched)."""
@@ -186,7 +186,7 @@ class Gateway:
             yield from self.mirror.store.stream(spec, chunk_size)
             return
         if any(isinstance(v, tuple) and len(v) > FILTER_CHUNK_SIZE for _, v in spec.filters):
-            yield from self.fetch(res, spec, pol).rows  # chunked: merged in memory anyway
+            yield from self.fetch(res, spec, pol).dicts()  # chunked: merged in memory anyway
             return
         pages = self.remote.pages(res, spec, chunk_size)
         try:

@@ -119,7 +119,7 @@ class Manager(Generic[M]):
         """Find an App's id by its name (and site name when one is given), not by unpickling."""
         filters = {"name": name, **({"site_name": site_name} if site_name else {})}
         spec = QuerySpec(APP.name).with_filters(filters).with_window(0, 2)
-        rows = self._gateway.fetch(APP, spec, USE_CLIENT_DEFAULT).rows
+        rows = self._gateway.fetch(APP, spec, USE_CLIENT_DEFAULT).dicts()
         where = f" at site {site_name!r}" if site_name else ""
         if not rows:
             raise UsageError(f"no App named {name!r}{where}")
@@ -191,9 +191,10 @@ class Manager(Generic[M]):
     def _refresh(self, obj: M) -> None:
         obj_id = obj._saved_id()
         answer = self._fetch(QuerySpec(self._resource.name).with_filters({"id": [obj_id]}))
-        if not answer.rows:
+        rows = answer.dicts()
+        if not rows:
             raise self.model.DoesNotExist(f"{self.model.__name__} {obj_id} no longer exists")
-        obj._load(answer.rows[0])
+        obj._load(rows[0])
 
     def _delete(self, obj: M) -> None:
         if not self._resource.can_delete:

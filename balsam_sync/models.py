@@ -87,7 +87,7 @@ class Model:
     ``Job.DoesNotExist`` never catches ``Site.DoesNotExist``.
     """
 
-    __slots__ = ("_state", "_data", "_changes", "_seen", "__weakref__")
+    __slots__ = ("_state", "_d", "_row", "_cols", "_changes", "_seen", "__weakref__")
     _resource: ClassVar[Resource]
     _conv: ClassVar[dict[str, Converter]] = {}
     _json: ClassVar[frozenset[str]] = frozenset()
@@ -107,7 +107,9 @@ class Model:
 
     id: int | None  # every resource has one; None before the first save and after delete
     _state: ModelState
-    _data: Row
+    _d: Row | None  # the fields as a dict, built from _row on first use
+    _row: tuple[Any, ...] | None  # a mirror row not yet turned into a dict
+    _cols: tuple[str, ...]
     _changes: Row | None
     _seen: Row | None
 
@@ -178,10 +180,34 @@ class Model:
         """Build a clean instance from a trusted row without validating it again."""
         obj = cls.__new__(cls)
         obj._state = ModelState.CLEAN
-        obj._data = row
+        obj._d = row
         obj._changes = None
         obj._seen = None
         return obj
+
+    @classmethod
+    def _from_tuple(cls, columns: tuple[str, ...], row: tuple[Any, ...]) -> Model:
+        """Build a clean instance from a mirror row; its dict is built on first use."""
+        obj = cls.__new__(cls)
+        obj._state = ModelState.CLEAN
+        obj._d = None
+        obj._row = row
+        obj._cols = columns
+        obj._changes = None
+        obj._seen = None
+        return obj
+
+    @property
+    def _data(self) -> Row:
+        data = self._d
+        if data is None:
+            data = self._d = dict(zip(self._cols, self._row or (), strict=True))
+            self._row = None
+        return data
+
+    @_data.setter
+    def _data(self, value: Row) -> None:
+        self._d = value
 
     # -- field access --------------------------------------------------------------------------
 

@@ -121,8 +121,13 @@ class Query(Generic[M]):
     def _fetch_all(self) -> list[M]:
         if self._result is None:
             answer = self._manager._fetch(self._spec, self._policy)
-            build = self._manager.model._from_row
-            self._result = [build(row) for row in answer.rows]  # type: ignore[misc]
+            model = self._manager.model
+            if answer.columns is not None:
+                cols, build_tuple = answer.columns, model._from_tuple
+                self._result = [build_tuple(cols, row) for row in answer.rows]  # type: ignore[misc]
+            else:
+                build = model._from_row
+                self._result = [build(row) for row in answer.rows]  # type: ignore[misc]
             self._answer = answer
         return self._result
 
@@ -195,16 +200,17 @@ class Query(Generic[M]):
         q = self.filter(**filters) if filters else self
         answer = self._manager._fetch(q._spec.with_window(0, 2), q._policy)
         model = self._manager.model
-        if not answer.rows:
+        rows = answer.dicts()
+        if not rows:
             raise model.DoesNotExist(
                 f"No {model.__name__} matched the query params: {dict(q._spec.filters)}"
             )
-        if len(answer.rows) > 1:
+        if len(rows) > 1:
             n = answer.count if answer.count is not None else "several"
             raise model.MultipleObjectsReturned(
                 f"Returned {n} {model.__name__} objects; expected one!"
             )
-        return model._from_row(answer.rows[0])  # type: ignore[return-value]
+        return model._from_row(rows[0])  # type: ignore[return-value]
 
     # -- bulk changes --------------------------------------------------------------------------
 

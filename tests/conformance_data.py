@@ -9,7 +9,7 @@ What the data is made to contain (balsam-api.md §1, §2.1, §4):
 
 * sites whose names and paths hold ``%``, ``_``, ``\\``, GLOB specials and mixed case;
 * apps with the same name at several sites, some with transfer slots;
-* ~200 jobs in a three-level DAG, bulk-created in several calls (so ``last_update`` ties
+* ~150 jobs in a three-level DAG, bulk-created in several calls (so ``last_update`` ties
   exist), workdirs with LIKE wildcards, backslashes, GLOB specials and case variants, tags with
   several keys, overlapping values, values and keys containing ``:`` and empty values;
 * jobs moved through many states (including the server's rewrites of READY/POSTPROCESSED/
@@ -259,7 +259,7 @@ def build_dataset(api_root: str, token: str) -> Dataset:
     jobs: list[Row] = []
     i = 0
     # Level 0: four create calls, so there are four last_update values shared by many jobs.
-    for size in (40, 30, 20, 10):
+    for size in (32, 24, 16, 10):
         specs = [job_spec(i + n, 0, []) for n in range(size)]
         i += size
         jobs += api.call("POST", "/jobs/", specs)
@@ -315,7 +315,7 @@ def build_dataset(api_root: str, token: str) -> Dataset:
     # Level 1 children: parents drawn from level 0 (finished or not), two create calls.
     now_states = current(level0)
     done0 = [x for x in level0 if now_states[x] == "JOB_FINISHED"]
-    for size in (35, 25):
+    for size in (28, 20):
         specs = []
         for n in range(size):
             pool = done0 if (n % 3 == 0 and done0) else level0
@@ -332,12 +332,12 @@ def build_dataset(api_root: str, token: str) -> Dataset:
 
     # Level 2 grandchildren: parents from level 1 and level 0.
     specs = []
-    for n in range(30):
+    for n in range(24):
         parents = rng.sample(level1, rng.randint(1, 2))
         if n % 4 == 0:
             parents.append(rng.choice(level0))
         specs.append(job_spec(i + n, 2, sorted(set(parents))))
-    i += 30
+    i += 24
     jobs += api.call("POST", "/jobs/", specs)
     all_ids = [j["id"] for j in jobs]
 

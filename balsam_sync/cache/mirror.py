@@ -27,6 +27,8 @@ from .schema import SCHEMA_VERSION, migrations
 from .store import Store
 
 BUSY_TIMEOUT_MS = 60_000
+CACHE_KIB = 65_536
+"""SQLite page cache per connection: index walks of large mirrors stay in memory."""
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,7 @@ def open_mirror(home: Path, identity: Identity, explicit_home: bool = True) -> M
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         conn.execute(f"PRAGMA journal_mode = {'WAL' if wal else 'DELETE'}")
         conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
         db = Database(conn)
         _check_identity(db, path, identity)
         migrations.apply(db)

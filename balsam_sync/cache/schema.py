@@ -21,7 +21,7 @@ from sqlite_utils.migrations import Migrations
 
 from ..resources import RESOURCES, Resource
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 """Bump with a new migration whenever the layout below changes."""
 
 
@@ -183,3 +183,16 @@ def m001_mirror_tables(db: Database) -> None:
     )
     db["counters"].create({"name": str, "value": int}, pk="name")  # type: ignore[union-attr]
     db["sync_log"].create({"key": str, "value": str}, pk="key")  # type: ignore[union-attr]
+
+
+@migrations()
+def m002_descending_order_indexes(db: Database) -> None:
+    """Indexes that serve ``-last_update`` / ``-timestamp`` with the server's ``id`` tie-break.
+
+    The implicit rowid (= id) suffix of an index is ascending, so an index on ``x DESC`` read
+    forward yields ``x DESC, id ASC`` — the server's order — without a sort.
+    """
+    db.execute("CREATE INDEX idx_jobs_state_last_update_desc ON jobs (state, last_update DESC)")
+    db.execute("CREATE INDEX idx_jobs_last_update_desc ON jobs (last_update DESC)")
+    db.execute("CREATE INDEX idx_event_logs_timestamp_desc ON event_logs (timestamp DESC)")
+    db.execute("CREATE INDEX idx_event_logs_job_timestamp ON event_logs (job_id, timestamp DESC)")

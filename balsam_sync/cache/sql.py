@@ -66,9 +66,18 @@ def _glob_literal(char: str) -> str:
 
 def _in_list(column: str) -> Compiler:
     def compile_(table: str, value: Any) -> Fragment:
-        return f"{table}.{column} IN (SELECT value FROM json_each(?))", [json.dumps(list(value))]
+        values = list(value)
+        if len(values) == 1:  # lets SQLite walk an index in ORDER BY order
+            return f"{table}.{column} = ?", values
+        if len(values) <= SMALL_LIST:
+            return f"{table}.{column} IN ({', '.join('?' for _ in values)})", values
+        return f"{table}.{column} IN (SELECT value FROM json_each(?))", [json.dumps(values)]
 
     return compile_
+
+
+SMALL_LIST = 64
+"""Lists up to this long are inlined as parameters; longer ones travel as one JSON array."""
 
 
 def _compare(column: str, op: str) -> Compiler:
@@ -197,17 +206,23 @@ COMPILERS: dict[str, dict[str, Compiler]] = {
 }
 
 DEFAULT_ORDERING = {"EventLog": "-timestamp"}
+NULLABLE_ORDERINGS = frozenset({"start_time"})
+"""Ordering fields that can be NULL on the server (PostgreSQL puts NULLs last ascending and
+first descending; SQLite does the opposite). Other fields are never NULL on the server, so
+their ORDER BY stays plain and an index can serve it (NULL is only in provisional rows)."""
 
 
 def order_clause(table: str, ordering: str | None, resource: str) -> str:
     """ORDER BY text matching the server: the field, NULL placement, then ``id`` ascending."""
     ordering = ordering or DEFAULT_ORDERING.get(resource, "id")
     field = ordering.lstrip("-")
+    descending = ordering.startswith("-")
     if field == "id":
-        return f"{table}.id {'DESC' if ordering.startswith('-') else 'ASC'}"
-    if ordering.startswith("-"):
-        return f"{table}.{field} DESC NULLS FIRST, {table}.id ASC"
-    return f"{table}.{field} ASC NULLS LAST, {table}.id ASC"
+        return f"{table}.id {'DESC' if descending else 'ASC'}"
+    nulls = ""
+    if field in NULLABLE_ORDERINGS:
+        nulls = " NULLS FIRST" if descending else " NULLS LAST"
+    return f"{table}.{field} {'DESC' if descending else 'ASC'}{nulls}, {table}.id ASC"
 
 
 def compile_spec(spec: QuerySpec) -> Compiled:
