@@ -17,7 +17,7 @@ from sqlite_utils import Database
 
 from ..spec import QuerySpec
 from .schema import PARENTS_TABLE, TABLES, TableDef
-from .sql import compile_spec
+from .sql import compile_spec, count_sql
 
 Row = dict[str, Any]
 
@@ -248,11 +248,9 @@ class Store:
 
     def count(self, spec: QuerySpec) -> int:
         """Return the number of rows matching the filters of ``spec`` (window ignored)."""
-        c = compile_spec(spec.unsliced())
+        sql, args = count_sql(spec)
         with self._lock:
-            (n,) = self.conn.execute(
-                f"SELECT count(*) FROM [{c.table}] WHERE {c.where}", c.args
-            ).fetchone()
+            (n,) = self.conn.execute(sql, args).fetchone()
         return int(n)
 
     def decode(self, resource: str, row: Row) -> Row:

@@ -14,7 +14,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import queue
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -93,7 +95,7 @@ class Puller:
     def _all_rows(self, res: Resource, spec: QuerySpec, report: PullReport) -> list[Row]:
         rows: list[Row] = []
         store = self.mirror.store
-        for page in self.remote.pages(res, spec, PAGE_SIZE):
+        for page in prefetched(self.remote.pages(res, spec, PAGE_SIZE)):
             report.requests += 1
             with store.write():
                 store.upsert(res.name, page)
@@ -171,6 +173,29 @@ class Puller:
         for start in range(0, len(changed_jobs), FILTER_CHUNK_SIZE):
             chunk = changed_jobs[start : start + FILTER_CHUNK_SIZE]
             self._all_rows(res, _spec("EventLog", job_id=chunk), report)
+
+
+def prefetched(pages: Iterator[list[Row]]) -> Iterator[list[Row]]:
+    """Fetch the next page while the caller stores the current one (a thread and a slot)."""
+    slot: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=1)
+
+    def fetch() -> None:
+        try:
+            for page in pages:
+                slot.put(("page", page))
+        except BaseException as exc:  # handed over to the consumer, who raises it
+            slot.put(("error", exc))
+            return
+        slot.put(("end", None))
+
+    threading.Thread(target=fetch, name="balsam-sync-prefetch", daemon=True).start()
+    while True:
+        kind, item = slot.get()
+        if kind == "end":
+            return
+        if kind == "error":
+            raise item
+        yield item
 
 
 def _after(stamp: str) -> str:
