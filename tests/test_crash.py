@@ -1,0 +1,175 @@
+"""Crashes and concurrency: kill -9 the daemon mid-replay (R2); writers and a daemon on one mirror (R3).
+
+``BALSAM_SYNC_FULL=1`` runs the full counts (R2: 50 rounds; R3: 4 writers x 500 jobs); CI runs
+the same seeded scenario with fewer rounds and jobs.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+import balsam_sync
+from tests.conftest import FAST_RETRY, User
+
+FULL = os.environ.get("BALSAM_SYNC_FULL") == "1"
+R2_ROUNDS = 50 if FULL else 8
+R2_JOBS = 3000 if FULL else 600
+R3_WRITERS = 4
+R3_JOBS = 500 if FULL else 60
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def env_for(user: User, home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BALSAM_SYNC")}
+    env.update(
+        BALSAM_SYNC_API_ROOT=user.api_root,
+        BALSAM_SYNC_TOKEN=user.token,
+        BALSAM_SYNC_HOME=str(home),
+        PYTHONPATH=str(ROOT),
+    )
+    return env
+
+
+def server_workdirs(user: User) -> Counter[str]:
+    reply = requests.get(
+        f"{user.api_root}/jobs/",
+        headers={"Authorization": f"Bearer {user.token}"},
+        params={"limit": 100000},
+        timeout=60,
+    )
+    reply.raise_for_status()
+    return Counter(r["workdir"] for r in reply.json()["results"])
+
+
+def daemon(env: dict[str, str], log: Path, batch: int) -> subprocess.Popen[bytes]:
+    """Start ``balsam-sync daemon`` and return once it runs its loop (its log says so)."""
+    before = log.read_text().count("daemon started") if log.exists() else 0
+    cmd = [sys.executable, "-m", "balsam_sync.cli", "daemon", "--interval", "0.1"]
+    cmd += ["--batch-size", str(batch), "--log-file", str(log)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if log.exists() and log.read_text().count("daemon started") > before:
+            return proc
+        if proc.poll() is not None:
+            err = proc.stderr.read().decode() if proc.stderr else ""
+            raise AssertionError(f"daemon exited with {proc.returncode}: {err}")
+        time.sleep(0.02)
+    raise AssertionError("daemon did not start within 60 s")
+
+
+def pending(home: Path, user: User) -> int:
+    c = balsam_sync.connect(user.api_root, user.token, home=str(home), offline=True)
+    try:
+        return c.status(check_server=False).pending
+    finally:
+        c.close()
+
+
+def test_r2_kill_9_during_replay_loses_and_duplicates_nothing(
+    user: User, app: Any, tmp_path: Path
+) -> None:
+    home = tmp_path / "home"
+    offline = balsam_sync.connect(user.api_root, user.token, home=str(home), offline=True)
+    jobs = [offline.Job(workdir=f"r2/{i}", app_id=app.id) for i in range(R2_JOBS)]
+    offline.Job.objects.bulk_create(jobs)
+    offline.close()
+    rng = random.Random(2026)
+    env = env_for(user, home)
+    kills, progress = 0, [R2_JOBS]
+    for _ in range(R2_ROUNDS):
+        proc = daemon(env, tmp_path / "daemon.log", batch=rng.choice([5, 10, 25]))
+        time.sleep(rng.uniform(0.05, 0.4))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait(timeout=30)
+        progress.append(pending(home, user))
+    client = balsam_sync.connect(user.api_root, user.token, home=str(home), retry=FAST_RETRY)
+    report = client.push()
+    seen = server_workdirs(user)
+    print(
+        f"\nR2: {R2_ROUNDS} rounds, {kills} kill -9 (pending after each: {progress}), "
+        f"final push {report}, jobs {sum(seen.values())}"
+    )
+    assert report.remaining == 0 and client.status(check_server=False).dead == 0
+    assert sum(seen.values()) == R2_JOBS, "lost or duplicated jobs"
+    assert set(seen) == {f"r2/{i}" for i in range(R2_JOBS)}
+    assert max(seen.values()) == 1
+    assert kills >= R2_ROUNDS // 2
+    killed_mid_replay = sum(1 for a, b in zip(progress, progress[1:]) if 0 < b < a)
+    assert killed_mid_replay >= 2, progress  # the daemon died with work half done, repeatedly
+    client.close()
+
+
+WRITER = textwrap.dedent(
+    """
+    import sys, balsam_sync
+    from balsam_sync.retry import RetryPolicy
+    name, n, app_id = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    c = balsam_sync.connect(retry=RetryPolicy(attempts=3, initial_wait=0.01, max_wait=0.05))
+    for i in range(n):
+        job = c.Job.objects.create(workdir=f"r3/{name}/{i}", app_id=app_id)
+        if i % 3 == 0:
+            job.num_nodes = 2
+            job.save()
+        if i % 10 == 0:
+            c.Job.objects.filter(workdir__contains=f"r3/{name}/").count()
+    print("ok", name)
+    """
+)
+
+
+def test_r3_writers_and_a_daemon_share_one_mirror_without_lock_errors(
+    user: User, app: Any, tmp_path: Path
+) -> None:
+    home = tmp_path / "home"
+    env = env_for(user, home)
+    proc = daemon(env, tmp_path / "daemon.log", batch=20)
+    writers = [
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER, f"w{k}", str(R3_JOBS), str(app.id)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for k in range(R3_WRITERS)
+    ]
+    outputs = [w.communicate(timeout=600) for w in writers]
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 0
+    for w, (out, err) in zip(writers, outputs, strict=True):
+        assert w.returncode == 0, err[-3000:]
+        assert "locked" not in err.lower(), err[-3000:]
+    client = balsam_sync.connect(user.api_root, user.token, home=str(home), retry=FAST_RETRY)
+    assert client.push().remaining == 0
+    seen = server_workdirs(user)
+    expected = {f"r3/w{k}/{i}" for k in range(R3_WRITERS) for i in range(R3_JOBS)}
+    print(f"\nR3: {R3_WRITERS} writers x {R3_JOBS} jobs + daemon: {sum(seen.values())} on server")
+    assert set(seen) == expected and max(seen.values()) == 1
+    nodes = {j.workdir: j.num_nodes for j in client.Job.objects.online()}
+    assert all(nodes[f"r3/w{k}/{i}"] == 2 for k in range(R3_WRITERS) for i in range(0, R3_JOBS, 3))
+    client.close()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_stopped_daemon_exits_cleanly(user: User, app: Any, tmp_path: Path, signum: int) -> None:
+    env = env_for(user, tmp_path / "home")
+    proc = daemon(env, tmp_path / "daemon.log", batch=10)
+    time.sleep(0.3)
+    proc.send_signal(signum)
+    assert proc.wait(timeout=30) == 0
+    assert b"Traceback" not in (proc.stderr.read() if proc.stderr else b"")
