@@ -1,4 +1,4 @@
-"""Crashes and concurrency: kill -9 the daemon mid-replay (R2); writers and a daemon on one mirror (R3).
+"""Crashes and concurrency: kill -9 the daemon mid-replay (R2); writers + a daemon on one mirror (R3).
 
 ``BALSAM_SYNC_FULL=1`` runs the full counts (R2: 50 rounds; R3: 4 writers x 500 jobs); CI runs
 the same seeded scenario with fewer rounds and jobs.
@@ -6,6 +6,7 @@ the same seeded scenario with fewer rounds and jobs.
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 import signal
@@ -109,7 +110,7 @@ def test_r2_kill_9_during_replay_loses_and_duplicates_nothing(
     assert set(seen) == {f"r2/{i}" for i in range(R2_JOBS)}
     assert max(seen.values()) == 1
     assert kills >= R2_ROUNDS // 2
-    killed_mid_replay = sum(1 for a, b in zip(progress, progress[1:]) if 0 < b < a)
+    killed_mid_replay = sum(1 for a, b in itertools.pairwise(progress) if 0 < b < a)
     assert killed_mid_replay >= 2, progress  # the daemon died with work half done, repeatedly
     client.close()
 
@@ -151,7 +152,7 @@ def test_r3_writers_and_a_daemon_share_one_mirror_without_lock_errors(
     outputs = [w.communicate(timeout=600) for w in writers]
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 0
-    for w, (out, err) in zip(writers, outputs, strict=True):
+    for w, (_out, err) in zip(writers, outputs, strict=True):
         assert w.returncode == 0, err[-3000:]
         assert "locked" not in err.lower(), err[-3000:]
     client = balsam_sync.connect(user.api_root, user.token, home=str(home), retry=FAST_RETRY)

@@ -87,8 +87,9 @@ def test_sql_only_under_cache() -> None:
         if "cache" in path.relative_to(PACKAGE).parts:
             continue
         for node in ast.walk(ast.parse(path.read_text())):
-            text = node.value if isinstance(node, ast.Constant) else None
-            if isinstance(text, str) and any(word in text for word in SQL_WORDS):
+            if not isinstance(node, ast.Constant) or not isinstance(node.value, str):
+                continue
+            if any(word in node.value for word in SQL_WORDS):
                 offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
     assert offenders == []
 
