@@ -1,4 +1,4 @@
-"""Crashes and concurrency: kill -9 the daemon mid-replay (R2); writers + a daemon on one mirror (R3).
+"""Crashes and concurrency: kill -9 of the daemon mid-replay (R2); writers + daemon (R3).
 
 ``BALSAM_SYNC_FULL=1`` runs the full counts (R2: 50 rounds; R3: 4 writers x 500 jobs); CI runs
 the same seeded scenario with fewer rounds and jobs.
