@@ -79,6 +79,19 @@ def register_user(api_root: str, prefix: str = "t") -> User:
     return User(api_root, name, PASSWORD, login.json()["access_token"])
 
 
+def server_jobs(user: User) -> list[dict[str, Any]]:
+    """Every job of ``user`` as the server holds it (plain HTTP, not the client under test)."""
+    reply = requests.get(
+        f"{user.api_root}/jobs/",
+        headers={"Authorization": f"Bearer {user.token}"},
+        params={"limit": 100000},
+        timeout=60,
+    )
+    reply.raise_for_status()
+    rows: list[dict[str, Any]] = reply.json()["results"]
+    return rows
+
+
 @pytest.fixture
 def user(balsam_server: str) -> User:
     return register_user(balsam_server)

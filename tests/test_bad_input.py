@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 
 import balsam_sync
 from balsam_sync.client import Client
@@ -41,40 +40,15 @@ from balsam_sync.errors import (
     UsageTypeError,
 )
 from balsam_sync.retry import RetryPolicy
+from tests.conftest import User, register_user
 
 QUICK_RETRY = RetryPolicy(attempts=3, max_seconds=5.0, initial_wait=0.01, max_wait=0.05)
-PASSWORD = "test-password-0"
-
-
-@dataclass(frozen=True)
-class ModuleUser:
-    api_root: str
-    username: str
-    password: str
-    token: str
-
-
-def _register(api_root: str, prefix: str) -> ModuleUser:
-    name = f"{prefix}-{uuid.uuid4().hex[:12]}"
-    reply = requests.post(
-        f"{api_root}/auth/password/register",
-        json={"username": name, "password": PASSWORD},
-        timeout=30,
-    )
-    assert reply.status_code == 201, reply.text
-    login = requests.post(
-        f"{api_root}/auth/password/login",
-        data={"username": name, "password": PASSWORD},
-        timeout=30,
-    )
-    assert login.status_code == 200, login.text
-    return ModuleUser(api_root, name, PASSWORD, login.json()["access_token"])
 
 
 @pytest.fixture(scope="module")
-def user(balsam_server: str) -> ModuleUser:
+def user(balsam_server: str) -> User:
     """Overrides conftest's per-test user: one registration for the whole module."""
-    return _register(balsam_server, "bad")
+    return register_user(balsam_server, "bad")
 
 
 def _connect(api_root: str, token: str, home: Path) -> Client:
@@ -84,7 +58,7 @@ def _connect(api_root: str, token: str, home: Path) -> Client:
 @pytest.fixture
 def fresh_client(balsam_server: str, tmp_path: Path) -> Iterator[Client]:
     """A client of a brand-new user, for tests that count everything the user owns."""
-    c = _connect(balsam_server, _register(balsam_server, "bad-own").token, tmp_path / "own")
+    c = _connect(balsam_server, register_user(balsam_server, "bad-own").token, tmp_path / "own")
     yield c
     c.close()
 
@@ -615,7 +589,7 @@ def test_duplicate_app_name_is_rejected_at_once(client: Client, site: Any, sent:
 def foreign_app_id(balsam_server: str, tmp_path: Path) -> Iterator[int]:
     """The id of an App owned by ANOTHER user."""
     stranger = _connect(
-        balsam_server, _register(balsam_server, "stranger").token, tmp_path / "stranger"
+        balsam_server, register_user(balsam_server, "stranger").token, tmp_path / "stranger"
     )
     site = stranger.Site.objects.create(name=f"theirs-{uuid.uuid4().hex[:6]}", path="/x")
     app = stranger.App.objects.create(

@@ -19,10 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 
 import balsam_sync
-from tests.conftest import FAST_RETRY, User
+from tests.conftest import FAST_RETRY, User, server_jobs
 
 FULL = os.environ.get("BALSAM_SYNC_FULL") == "1"
 R2_ROUNDS = 50 if FULL else 8
@@ -44,14 +43,7 @@ def env_for(user: User, home: Path) -> dict[str, str]:
 
 
 def server_workdirs(user: User) -> Counter[str]:
-    reply = requests.get(
-        f"{user.api_root}/jobs/",
-        headers={"Authorization": f"Bearer {user.token}"},
-        params={"limit": 100000},
-        timeout=60,
-    )
-    reply.raise_for_status()
-    return Counter(r["workdir"] for r in reply.json()["results"])
+    return Counter(r["workdir"] for r in server_jobs(user))
 
 
 def daemon(env: dict[str, str], log: Path, batch: int) -> subprocess.Popen[bytes]:

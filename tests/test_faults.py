@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 
 import balsam_sync
 from balsam_sync.cache.outbox import EntryState
@@ -23,7 +22,7 @@ from balsam_sync.client import Client
 from balsam_sync.resources import MARKER_KEY
 from balsam_sync.retry import RetryPolicy
 from balsam_sync.testing.faultproxy import FaultPlan, FaultProxy
-from tests.conftest import User
+from tests.conftest import User, server_jobs
 
 FULL = os.environ.get("BALSAM_SYNC_FULL") == "1"
 R1_MUTATIONS = 10_000 if FULL else 1_200
@@ -36,18 +35,6 @@ FLAKY = FaultPlan(
     http_5xx=0.05,
     hang_seconds=1.5,
 )
-
-
-def server_jobs(user: User) -> list[dict[str, Any]]:
-    reply = requests.get(
-        f"{user.api_root}/jobs/",
-        headers={"Authorization": f"Bearer {user.token}"},
-        params={"limit": 100000},
-        timeout=60,
-    )
-    reply.raise_for_status()
-    rows: list[dict[str, Any]] = reply.json()["results"]
-    return rows
 
 
 @pytest.fixture
