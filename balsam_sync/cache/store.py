@@ -22,10 +22,16 @@ from .sql import compile_spec, count_sql
 Row = dict[str, Any]
 
 
-def _encode(value: Any) -> Any:
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
+
+
+def _encode(value: Any) -> str:
+    """JSON text of a dict/list/set column value (empty ones are the common case)."""
+    if not value:
+        return "{}" if isinstance(value, dict) else "[]"
     if isinstance(value, set | frozenset):
-        return json.dumps(sorted(value))
-    return json.dumps(value, separators=(",", ":"))
+        value = sorted(value)
+    return _ENCODER.encode(value)
 
 
 class Store:
@@ -79,29 +85,31 @@ class Store:
         tdef = TABLES[resource]
         columns = list(tdef.columns)
         json_cols = tdef.json_columns
+        side = [kv.field for kv in tdef.key_values] + (["parent_ids"] if resource == "Job" else [])
         records = []
         ids = []
+        side_values: dict[str, list[Any]] = {name: [] for name in side}
         for row in rows:
             ids.append(row["id"])
-            records.append(
-                tuple(
-                    _encode(row.get(c)) if c in json_cols and row.get(c) is not None else row.get(c)
-                    for c in columns
-                )
-            )
+            record = []
+            for c in columns:
+                value = row.get(c)
+                if c in json_cols and value is not None and not isinstance(value, str):
+                    value = _encode(value)
+                record.append(value)
+            records.append(tuple(record))
+            for name in side:
+                raw = row.get(name)
+                side_values[name].append(json.loads(raw) if isinstance(raw, str) else raw)
         if not records:
             return 0
         with self.write():
             self.conn.executemany(self._insert_sql[resource], records)
-            self._write_side_tables(tdef, ids, records, columns)
+            self._write_side_tables(tdef, ids, side_values)
         return len(records)
 
     def _write_side_tables(
-        self,
-        tdef: TableDef,
-        ids: list[int],
-        rows: list[tuple[Any, ...]],
-        columns: list[str],
+        self, tdef: TableDef, ids: list[int], values: dict[str, list[Any]]
     ) -> None:
         id_list = json.dumps(ids)
         for kv in tdef.key_values:
@@ -109,11 +117,9 @@ class Store:
                 f"DELETE FROM [{kv.table}] WHERE owner_id IN (SELECT value FROM json_each(?))",
                 [id_list],
             )
-            pos = columns.index(kv.field)
             pairs = []
-            for obj_id, record in zip(ids, rows, strict=True):
-                raw = record[pos]
-                for key, value in (json.loads(raw) if raw else {}).items():
+            for obj_id, mapping in zip(ids, values[kv.field], strict=True):
+                for key, value in (mapping or {}).items():
                     if kv.strings_only and not isinstance(value, str):
                         continue
                     pairs.append((obj_id, key, value if isinstance(value, str) else str(value)))
@@ -125,11 +131,10 @@ class Store:
                 f"DELETE FROM [{PARENTS_TABLE}] WHERE job_id IN (SELECT value FROM json_each(?))",
                 [id_list],
             )
-            pos = columns.index("parent_ids")
             links = [
                 (obj_id, parent)
-                for obj_id, record in zip(ids, rows, strict=True)
-                for parent in (json.loads(record[pos]) if record[pos] else [])
+                for obj_id, parents in zip(ids, values["parent_ids"], strict=True)
+                for parent in parents or ()
             ]
             self.conn.executemany(
                 f"INSERT OR IGNORE INTO [{PARENTS_TABLE}] (job_id, parent_id) VALUES (?, ?)", links
@@ -232,8 +237,17 @@ class Store:
             return self._columns[spec.resource], self.conn.execute(sql, args).fetchall()
 
     def stream(self, spec: QuerySpec, chunk_size: int = 2000) -> Iterator[Row]:
-        """Yield the rows of ``spec`` in pages of ``chunk_size`` by keyset on the window."""
+        """Yield the rows of ``spec`` in pages of ``chunk_size``.
+
+        Ordered by id (the default of most resources), pages continue after the last id seen
+        (keyset), so a page deep into a million rows costs what the first one does; other
+        orderings page by offset.
+        """
         names = list(TABLES[spec.resource].columns)
+        by_id = spec.ordering in (None, "id") and spec.resource != "EventLog" and not spec.is_sliced
+        if by_id:
+            yield from self._stream_by_id(spec, names, chunk_size)
+            return
         offset = 0
         while True:
             window = spec.with_window(offset, offset + chunk_size)
@@ -245,6 +259,23 @@ class Store:
             if len(page) < chunk_size:
                 return
             offset += chunk_size
+
+    def _stream_by_id(self, spec: QuerySpec, names: list[str], size: int) -> Iterator[Row]:
+        c = compile_spec(spec)
+        cols = ", ".join(f"[{col}]" for col in names)
+        sql = (
+            f"SELECT {cols} FROM [{c.table}] WHERE ({c.where}) AND [{c.table}].id > ? "
+            f"ORDER BY [{c.table}].id LIMIT ?"
+        )
+        last, at = -(2**62), names.index("id")
+        while True:
+            with self._lock:
+                page = self.conn.execute(sql, [*c.args, last, size]).fetchall()
+            for rec in page:
+                yield dict(zip(names, rec, strict=True))
+            if len(page) < size:
+                return
+            last = page[-1][at]
 
     def count(self, spec: QuerySpec) -> int:
         """Return the number of rows matching the filters of ``spec`` (window ignored)."""
