@@ -1190,9 +1190,16 @@ class Bench:
             op()
             profiler.stop()
             text: str = profiler.output_text(unicode=False, color=False)
+            text = text.replace(str(ROOT) + "/", "")  # results name no machine paths
             path = self.opts.out / f"profile-{pid}.txt"
             path.write_text(text)
             log(f"  wrote {path}")
+
+
+def _portable(value: Any) -> str:
+    """An option value as text, with paths inside the project made relative to it."""
+    text = str(value)
+    return text.replace(str(ROOT) + "/", "") if isinstance(value, Path) else text
 
 
 def source_digest() -> str:
@@ -1311,7 +1318,7 @@ def write_results(bench: Bench, started: datetime, seconds: float) -> str:
             {
                 "started": started.isoformat(),
                 "seconds": seconds,
-                "options": {k: str(v) for k, v in vars(opts).items()},
+                "options": {k: _portable(v) for k, v in vars(opts).items()},
                 "python": platform.python_version(),
                 "cores": os.cpu_count(),
                 "rows": [r.as_json() for r in bench.rows],
