@@ -15,6 +15,7 @@ from enum import Enum
 from typing import Any
 
 from .errors import UsageError, UsageTypeError
+from .resources import RESOURCES
 from .schemas.filters import FILTERS, ORDERINGS, FilterParam
 
 TAG_FILTERS = frozenset({"tags", "filter_tags", "data"})
@@ -89,11 +90,14 @@ def normalize_filters(resource: str, raw: Mapping[str, Any]) -> dict[str, Filter
         UsageTypeError: a value of the wrong type.
     """
     known = FILTERS[resource]
+    checked = dict(RESOURCES[resource].enum_filters) if resource in RESOURCES else {}
     out: dict[str, FilterValue] = {}
     for name, value in raw.items():
         param = known.get(name)
         if param is None:
             raise UsageError(_unknown(resource, "filter", name, sorted(known)))
+        if name in checked:  # the server takes any string here; a typo would match nothing
+            param = replace(param, kind="enum", enum=checked[name])
         out[name] = normalize_filter(resource, param, value)
     return out
 
@@ -150,6 +154,8 @@ def _scalar(where: str, param: FilterParam, value: Any, *, in_list: bool) -> Any
         return to_utc(where, value)
     if param.kind == "enum" and param.enum is not None:
         return _enum_value(where, param.enum, value)
+    if isinstance(value, Enum):
+        value = value.value
     if not isinstance(value, str):
         raise UsageTypeError(f"{where}: expected a string, got {value!r}")
     if not value:
@@ -169,7 +175,9 @@ def _enum_value(where: str, enum: type[Enum], value: Any) -> str:
 
 def _tag_pairs(where: str, value: Any) -> tuple[tuple[str, str], ...]:
     if isinstance(value, Mapping):
-        pairs = [(str(k), str(v)) for k, v in value.items()]
+        # Sent as "key:value" and split by the server at the FIRST colon: a key holding ":"
+        # means what the server will make of it.
+        pairs = [_split_pair(f"{k}:{v}") for k, v in value.items()]
     else:
         pairs = []
         for item in [value] if isinstance(value, str) else _as_items(where, value):
@@ -177,12 +185,16 @@ def _tag_pairs(where: str, value: Any) -> tuple[tuple[str, str], ...]:
                 raise UsageError(
                     f"{where}: {item!r} is not a 'key:value' string (the server drops it)"
                 )
-            key, _, val = item.partition(":")
-            pairs.append((key, val))
+            pairs.append(_split_pair(item))
     if not pairs:
         raise UsageError(f"{where}: an empty value is ignored by the server and matches everything")
     # The server builds a dict from the pairs: for a repeated key the last value wins.
     return tuple(sorted(dict(pairs).items()))
+
+
+def _split_pair(text: str) -> tuple[str, str]:
+    key, _, val = text.partition(":")
+    return key, val
 
 
 def _as_items(where: str, value: Any) -> list[Any]:

@@ -16,7 +16,8 @@ FIRST descending; events newest first by default) and ``[a:b]`` window.
 
 Hypothesis draws the queries from values that exist in the data (and some that do not), with a
 fixed seed (``derandomize=True``) so CI replays the same examples. ``BALSAM_SYNC_FULL=1``
-raises the example counts.
+raises the example counts and lets hypothesis shrink failures to minimal queries (each shrink
+step is a server round trip, so the default run reports the first failing example as drawn).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 import balsam_sync
@@ -533,6 +534,9 @@ BASE_SETTINGS = settings(
     database=None,
     print_blob=False,
     report_multiple_bugs=False,
+    # Shrinking a failure costs one server round trip per step; the default run reports the
+    # first failing example as drawn (with the exact query and all answers), FULL shrinks it.
+    phases=tuple(Phase) if FULL else (Phase.explicit, Phase.reuse, Phase.generate),
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 
@@ -540,7 +544,12 @@ BASE_SETTINGS = settings(
 # -- property tests ------------------------------------------------------------------------
 
 
-PER_FILTER = [(r, f) for r in RESOURCES for f in FILTERS[r]]
+# A defect of the server, not a semantic to copy: its EventLog ``batch_job_id`` filter joins
+# BatchJob through the Site, so every matching event comes back once per batch job of that
+# site, and limit/offset count those copies. The mirror returns each event once; see
+# test_event_batch_job_id_server_repeats_rows.
+SERVER_DEFECTS = {("EventLog", "batch_job_id")}
+PER_FILTER = [(r, f) for r in RESOURCES for f in FILTERS[r] if (r, f) not in SERVER_DEFECTS]
 
 
 @pytest.mark.parametrize(("resource", "name"), PER_FILTER, ids=[f"{r}-{f}" for r, f in PER_FILTER])
@@ -560,7 +569,11 @@ def test_each_filter_alone(world: World, resource: str, name: str, data: st.Data
 @given(data=st.data())
 def test_filter_combinations(world: World, resource: str, data: st.DataObject) -> None:
     """Random combinations of 0-3 filters, ordering and slice."""
-    strategies = value_strategies(world.pools)[resource]
+    strategies = {
+        n: s
+        for n, s in value_strategies(world.pools)[resource].items()
+        if (resource, n) not in SERVER_DEFECTS
+    }
     names = data.draw(
         st.lists(st.sampled_from(sorted(strategies)), max_size=3, unique=True), label="filters"
     )
@@ -740,10 +753,16 @@ def test_job_batch_job_id(world: World) -> None:
         check(world, "Job", {"batch_job_id": bj})
 
 
-def test_event_batch_job_and_scheduler_ids(world: World) -> None:
-    for bj in world.pools.bj_ids:
+def test_event_batch_job_id(world: World) -> None:
+    """Events of the jobs of one batch job, whole and sliced."""
+    for bj in world.pools.bj_ids[::2]:
         check(world, "EventLog", {"batch_job_id": bj})
-    for sched in world.pools.scheduler_ids:
+        check(world, "EventLog", {"batch_job_id": bj}, "timestamp", (1, 4))
+
+
+def test_event_scheduler_id(world: World) -> None:
+    """Events of the jobs whose batch job has this scheduler id (reference: via the job)."""
+    for sched in world.pools.scheduler_ids[:3]:
         check(world, "EventLog", {"scheduler_id": sched})
 
 
@@ -886,3 +905,13 @@ def test_sliced_counts(world: World, resource: str) -> None:
     n = total(world, resource)
     for window in [(0, 3), (2, None), (n - 1, n + 5), (n + 3, None), (4, 4), (None, n * 2)]:
         check(world, resource, {}, None, window, online_count=True)
+
+
+def test_event_batch_job_id_server_repeats_rows(world: World) -> None:
+    """The server repeats events (see SERVER_DEFECTS); the mirror holds the same events once."""
+    for bj in sorted(world.pools.bj_ids)[:3]:
+        raw, raw_count = ask_raw(world, "EventLog", {"batch_job_id": bj}, None, None)
+        mirror = [e.id for e in world.mirror.EventLog.objects.filter(batch_job_id=bj).offline()]
+        assert len(mirror) == len(set(mirror))
+        assert set(mirror) == set(raw)
+        assert raw_count >= len(mirror)

@@ -46,17 +46,19 @@ def like_contains_glob(value: str) -> str:
     ``%`` and ``_`` stay wildcards, a backslash makes the next character literal, and GLOB's
     own special characters are bracketed so they match themselves.
     """
-    out = ["*"]
+    # The server builds the pattern f"%{value}%" first, so a backslash at the end of the value
+    # escapes the closing "%" (the match must then end with a literal "%").
+    pattern = f"%{value}%"
+    out = []
     i = 0
-    while i < len(value):
-        char = value[i]
-        if char == "\\" and i + 1 < len(value):
-            out.append(_glob_literal(value[i + 1]))
+    while i < len(pattern):
+        char = pattern[i]
+        if char == "\\" and i + 1 < len(pattern):
+            out.append(_glob_literal(pattern[i + 1]))
             i += 2
             continue
         out.append("*" if char == "%" else "?" if char == "_" else _glob_literal(char))
         i += 1
-    out.append("*")
     return "".join(out)
 
 
@@ -155,7 +157,12 @@ COMPILERS: dict[str, dict[str, Compiler]] = {
         ),
         "app_id": _compare("app_id", "="),
         "site_id": _via("app_id", f"SELECT id FROM apps WHERE site_id IN ({EACH})", _json_list),
-        "batch_job_id": _compare("batch_job_id", "="),
+        # Quirk of the server (its SQL joins BatchJob through the Site): this filter matches
+        # every job at the SITE of the batch job, not only the jobs that ran in it.
+        "batch_job_id": _via(
+            "app_id",
+            "SELECT a.id FROM apps a JOIN batch_jobs b ON b.site_id = a.site_id WHERE b.id = ?",
+        ),
         "last_update_before": _compare("last_update", "<="),
         "last_update_after": _compare("last_update", ">="),
         "workdir__contains": _contains("workdir"),
@@ -191,10 +198,12 @@ COMPILERS: dict[str, dict[str, Compiler]] = {
         "id": _in_list("id"),
         "job_id": _in_list("job_id"),
         "batch_job_id": _via("job_id", "SELECT id FROM jobs WHERE batch_job_id = ?"),
+        # Quirk of the server, as for Job.batch_job_id: the BatchJob is joined through the
+        # Site, so this matches the events of every job at the site of such a batch job.
         "scheduler_id": _via(
             "job_id",
-            "SELECT j.id FROM jobs j JOIN batch_jobs b ON b.id = j.batch_job_id "
-            "WHERE b.scheduler_id = ?",
+            "SELECT j.id FROM jobs j JOIN apps a ON a.id = j.app_id "
+            "JOIN batch_jobs b ON b.site_id = a.site_id WHERE b.scheduler_id = ?",
         ),
         "tags": _key_values("job_tags", "job_id"),
         "data": _key_values("event_data"),
