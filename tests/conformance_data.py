@@ -172,7 +172,7 @@ class Api:
             raise AssertionError(f"{method} {path} -> {reply.status_code}: {reply.text[:2000]}")
         return reply.json() if reply.content else None
 
-    def list(self, path: str, params: list[tuple[str, str]] | None = None) -> tuple[list[Row], int]:
+    def rows(self, path: str, params: list[tuple[str, str]] | None = None) -> tuple[list[Row], int]:
         body = self.call("GET", path, params=params or [])
         return body["results"], body["count"]
 
@@ -285,7 +285,7 @@ def build_dataset(api_root: str, token: str) -> Dataset:
         found: dict[int, str] = {}
         for start in range(0, len(ids), 400):
             chunk = ids[start : start + 400]
-            rows, _ = api.list("/jobs/", [("id", str(x)) for x in chunk])
+            rows, _ = api.rows("/jobs/", [("id", str(x)) for x in chunk])
             found.update((r["id"], r["state"]) for r in rows)
         return found
 
@@ -416,7 +416,7 @@ def build_dataset(api_root: str, token: str) -> Dataset:
 
     # Transfer items: some done (READY jobs whose stage-in completes become STAGED_IN),
     # some active/inactive/error.
-    items, _ = api.list("/transfers/")
+    items, _ = api.rows("/transfers/")
     rng.shuffle(items)
     moves = ["done", "done", "done", "active", "inactive", "error"]
     patch = [{"id": it["id"], "state": moves[n % len(moves)]} for n, it in enumerate(items[:40])]
@@ -426,10 +426,10 @@ def build_dataset(api_root: str, token: str) -> Dataset:
     # One site is refreshed later than the others.
     api.call("PUT", f"/sites/{sites[1]['id']}", {"allowed_projects": ["proj"]})
 
-    data.sites = api.list("/sites/")[0]
-    data.apps = api.list("/apps/")[0]
-    data.jobs = api.list("/jobs/")[0]
-    data.batch_jobs = api.list("/batch-jobs/")[0]
-    data.transfers = api.list("/transfers/")[0]
-    data.events = api.list("/events/")[0]
+    data.sites = api.rows("/sites/")[0]
+    data.apps = api.rows("/apps/")[0]
+    data.jobs = api.rows("/jobs/")[0]
+    data.batch_jobs = api.rows("/batch-jobs/")[0]
+    data.transfers = api.rows("/transfers/")[0]
+    data.events = api.rows("/events/")[0]
     return data
