@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 from sqlite_utils import Database
 
 from ..errors import MirrorError
+from ..sync.lock import FileLock
 from .coverage import CoverageBook
 from .filesystem import choose_home
 from .outbox import Outbox
@@ -82,6 +83,11 @@ def open_mirror(home: Path, identity: Identity, explicit_home: bool = True) -> M
     if not path.exists():
         os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
     os.chmod(path, stat.S_IRUSR | stat.S_IWUSR)
+    # Processes opening one new mirror together would race on the journal mode and the
+    # migrations (SQLite answers "locked" at once there): one opens it at a time.
+    opening = FileLock(path.with_suffix(".open.lock"))
+    if not opening.acquire(BUSY_TIMEOUT_MS / 1000):
+        raise MirrorError(f"another process keeps {path} busy: try again")
     try:
         conn = sqlite3.connect(
             str(path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
@@ -99,6 +105,8 @@ def open_mirror(home: Path, identity: Identity, explicit_home: bool = True) -> M
             f"the mirror {path} cannot be used ({exc}). Rebuild it with "
             f"`balsam-sync rebuild` (or delete the file; pending offline changes in it are lost)"
         ) from exc
+    finally:
+        opening.release()
     store = Store(db)
     return Mirror(path, store, CoverageBook(store), Outbox(store))
 
