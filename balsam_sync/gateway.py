@@ -281,7 +281,13 @@ class Gateway:
         rows = [provisional_row(res, temp, p) for temp, p in zip(temps, payloads, strict=True)]
         seqs = self._queue(res, Op.CREATE, list(zip(temps, payloads, strict=True)), rows)
         errors = self._push_now(seqs)
-        return WriteResult(self._current(res, temps), errors)
+        current = self._current(res, temps)
+        # A created object keeps its id even if its row has left the mirror meanwhile (another
+        # process deleted it): otherwise the next save() would create it a second time.
+        for i, (temp, payload) in enumerate(zip(temps, payloads, strict=True)):
+            if current[i] is None and i not in errors:
+                current[i] = provisional_row(res, self.real_id(temp), payload)
+        return WriteResult(current, errors)
 
     def update(self, res: Resource, obj_id: int, changes: Row) -> WriteResult:
         return self.bulk_update(res, [(obj_id, changes)])

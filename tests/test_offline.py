@@ -748,3 +748,53 @@ def test_full_pull_reconciles_everything(
     assert client.Job.objects.offline().get(id=jobs[1].id).state == "JOB_FINISHED"
     assert site2.id in ids(client.Site.objects.offline())
     assert_mirror_matches_server(client)
+
+
+def test_pull_keeps_an_app_another_process_wrote_during_it(
+    client: Client, user: User, site: Any, app: Any, tmp_path: Path
+) -> None:
+    """A row written to the mirror after the pull listed the server is not taken as deleted."""
+    neighbour = connect(user.api_root, user, tmp_path / "home")  # same mirror, like a 2nd shell
+    late: list[Any] = []
+
+    def meanwhile(resource: str, _done: int, _total: int | None) -> None:
+        if resource == "App" and not late:
+            late.append(
+                neighbour.App.objects.create(
+                    site_id=site.id, name="late", serialized_class="txt", source_code=""
+                )
+            )
+
+    try:
+        report = client.pull(progress=meanwhile)
+    finally:
+        neighbour.close()
+    assert late and report.deleted["App"] == 0
+    assert [a.name for a in client.App.objects.filter(id=[late[0].id]).offline()] == ["late"]
+    assert_mirror_matches_server(client)
+
+
+def test_pull_keeps_a_job_that_changed_on_the_server_during_it(
+    client: Client, user: User, app: Any, tmp_path: Path
+) -> None:
+    """A job whose last_update moved past the pull's range while it ran is refreshed, not lost."""
+    jobs = create_one_by_one(client, app, 4)
+    client.pull()
+    other = connect(user.api_root, user, tmp_path / "other")
+    changed: list[int] = []
+
+    def meanwhile(resource: str, _done: int, _total: int | None) -> None:
+        if resource == "Job" and not changed:
+            other.Job.objects.filter(id=[jobs[1].id]).online().update(state="POSTPROCESSED")
+            changed.append(jobs[1].id)
+
+    try:
+        other.Job.objects.get(id=jobs[0].id).delete()  # the counts differ: the range is bisected
+        other.Job.objects.filter(id=[jobs[3].id]).online().update(num_nodes=3)  # a page to pull
+        report = client.pull(progress=meanwhile)
+    finally:
+        other.close()
+    assert changed and report.deleted["Job"] == 1
+    assert ids(client.Job.objects.offline()) == [jobs[1].id, jobs[2].id, jobs[3].id]
+    assert client.Job.objects.offline().get(id=jobs[1].id).state == "JOB_FINISHED"
+    assert_mirror_matches_server(client)

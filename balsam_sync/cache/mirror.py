@@ -97,14 +97,18 @@ def open_mirror(home: Path, identity: Identity, explicit_home: bool = True) -> M
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
         db = Database(conn)
-        _check_identity(db, path, identity)
-        migrations.apply(db)
-        _stamp(db, identity)
-    except sqlite3.DatabaseError as exc:
+        meta = _check_identity(db, path, identity)
+        if migrations.pending(db) or meta != _stamp_of(identity):
+            _migrate_and_stamp(db, identity)
+    except sqlite3.OperationalError as exc:
+        if not _is_busy(exc):
+            raise _unusable(path, exc) from exc
         raise MirrorError(
-            f"the mirror {path} cannot be used ({exc}). Rebuild it with "
-            f"`balsam-sync rebuild` (or delete the file; pending offline changes in it are lost)"
+            f"the mirror {path} stayed locked by another process for {BUSY_TIMEOUT_MS // 1000} s; "
+            "try again (`balsam-sync status` shows whether a push is running)"
         ) from exc
+    except sqlite3.DatabaseError as exc:
+        raise _unusable(path, exc) from exc
     finally:
         opening.release()
     store = Store(db)
@@ -118,9 +122,22 @@ def _private_dir(folder: Path) -> None:
             os.chmod(part, stat.S_IRWXU)
 
 
-def _check_identity(db: Database, path: Path, identity: Identity) -> None:
+def _unusable(path: Path, exc: Exception) -> MirrorError:
+    return MirrorError(
+        f"the mirror {path} cannot be used ({exc}). Rebuild it with "
+        f"`balsam-sync rebuild` (or delete the file; pending offline changes in it are lost)"
+    )
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    text = str(exc)
+    return "locked" in text or "busy" in text
+
+
+def _check_identity(db: Database, path: Path, identity: Identity) -> dict[str, str]:
+    """Refuse a file of another user, server or newer schema; return its stamp."""
     if "meta" not in db.table_names():
-        return
+        return {}
     meta = {row["key"]: row["value"] for row in db["meta"].rows}
     owner = (meta.get("api_root"), meta.get("user"))
     if owner != (None, None) and owner != (identity.api_root, identity.user):
@@ -134,13 +151,30 @@ def _check_identity(db: Database, path: Path, identity: Identity) -> None:
             f"{path} was written by a newer balsam_sync (schema {version} > {SCHEMA_VERSION}); "
             "upgrade balsam_sync or use another BALSAM_SYNC_HOME"
         )
+    return meta
 
 
-def _stamp(db: Database, identity: Identity) -> None:
-    rows = [
-        {"key": "api_root", "value": identity.api_root},
-        {"key": "user", "value": identity.user},
-        {"key": "schema_version", "value": str(SCHEMA_VERSION)},
-    ]
-    with db.atomic():
+def _stamp_of(identity: Identity) -> dict[str, str]:
+    return {
+        "api_root": identity.api_root,
+        "user": identity.user,
+        "schema_version": str(SCHEMA_VERSION),
+    }
+
+
+def _migrate_and_stamp(db: Database, identity: Identity) -> None:
+    """Migrate and stamp in one write transaction taken up front.
+
+    Other processes may be writing the mirror (a daemon, a script): a deferred transaction that
+    reads the schema and then writes would fail at once with "locked" when they commit in
+    between, while ``BEGIN IMMEDIATE`` waits for the busy timeout instead.
+    """
+    db.conn.execute("BEGIN IMMEDIATE")
+    try:
+        migrations.apply(db)
+        rows = [{"key": k, "value": v} for k, v in _stamp_of(identity).items()]
         db["meta"].upsert_all(rows, pk="key")  # type: ignore[union-attr]
+    except BaseException:
+        db.conn.execute("ROLLBACK")
+        raise
+    db.conn.execute("COMMIT")

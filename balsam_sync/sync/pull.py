@@ -7,6 +7,8 @@
 * Deletions leave no trace on the server (no tombstones). After upserting, the server's count
   is compared with the mirror's; when they differ, time ranges are bisected by count until the
   ranges are small enough to compare id sets, so finding a few deletions costs a few requests.
+  The candidates are then asked for by id, and only those the server does not return are
+  deleted: a row another process wrote meanwhile, or one that moved out of the range, stays.
 * Events: every event is written together with a change of its job's ``last_update``, so the
   events of the jobs that changed are exactly the new events.
 * Sites, apps, batch jobs and transfer items are small: they are re-read whole.
@@ -86,11 +88,29 @@ class Puller:
 
     def _replace_all(self, res: Resource, report: PullReport) -> None:
         rows = self._all_rows(res, QuerySpec(res.name), report)
+        missing = self.mirror.store.all_ids(res.name) - {r["id"] for r in rows}
+        report.deleted[res.name] = self._delete_gone(res, missing, report)
+
+    def _delete_gone(self, res: Resource, missing: set[int], report: PullReport) -> int:
+        """Delete the rows among ``missing`` that the server no longer has; return how many.
+
+        A row absent from a listing is not necessarily gone: another process may have written
+        it to the mirror after the listing was read, or the server may have moved it out of the
+        listed range. Asking for the candidates by id settles it: a confirmed (positive) id the
+        server does not return was deleted there.
+        """
+        if not missing:
+            return 0
+        report.requests += 1
+        spec = QuerySpec(res.name).with_filters({"id": sorted(missing)})
+        found, _ = self.remote.select(res, spec)
+        gone = sorted(missing - {r["id"] for r in found})
         store = self.mirror.store
         with store.write():
-            gone = store.all_ids(res.name) - {r["id"] for r in rows}
-            store.delete_cascade(res.name, sorted(gone))
-        report.deleted[res.name] = len(gone)
+            store.upsert(res.name, found)
+            self.mirror.outbox.overlay(res.name, [r["id"] for r in found])
+            store.delete_cascade(res.name, gone)
+        return len(gone)
 
     def _all_rows(self, res: Resource, spec: QuerySpec, report: PullReport) -> list[Row]:
         rows: list[Row] = []
@@ -126,13 +146,12 @@ class Puller:
         """Delete mirror jobs the server no longer has (see the module docstring)."""
         store = self.mirror.store
         if top is None:
-            gone = sorted(store.all_ids("Job"))
+            missing = store.all_ids("Job")
         elif store.count_confirmed("Job") == self.remote.count(RESOURCES["Job"], QuerySpec("Job")):
-            gone = []
+            missing = set()
         else:
-            gone = self._bisect(None, top, report)
-        store.delete_cascade("Job", gone)
-        report.deleted["Job"] = len(gone)
+            missing = set(self._bisect(None, top, report))
+        report.deleted["Job"] = self._delete_gone(RESOURCES["Job"], missing, report)
 
     def _bisect(self, low: str | None, high: str, report: PullReport) -> list[int]:
         filters: dict[str, Any] = {"last_update_before": datetime.fromisoformat(high)}
