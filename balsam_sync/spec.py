@@ -16,7 +16,7 @@ from typing import Any
 
 from .errors import UsageError, UsageTypeError
 from .resources import RESOURCES
-from .schemas.filters import FILTERS, ORDERINGS, FilterParam
+from .schemas.routes import FILTERS, ORDERINGS, FilterParam
 
 TAG_FILTERS = frozenset({"tags", "filter_tags", "data"})
 """Filters whose values are ``key:value`` pairs matched by JSON containment."""

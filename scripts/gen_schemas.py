@@ -107,7 +107,8 @@ MODEL_SOURCES = {"JobCreate": "ServerJobCreate", "EventLogOut": "LogEventOut", "
 MODULE_DOCS = {
     "_enums": "String enums shared by the Balsam wire models.",
     "attrs": "Typed field lists of the user-facing model classes (annotations only).",
-    "filters": "Query filters, orderings and collection paths of every resource's list route.",
+    "filters": "Typed keyword filters of every resource's list queries (for type checkers).",
+    "routes": "Query parameters, orderings and collection paths of every resource's list route.",
     "__init__": "Pydantic v2 wire models and filter tables generated from the Balsam OpenAPI.",
 }
 RESOURCE_DOC = "Wire models of the {resource} resource (``{path}``)."
@@ -401,7 +402,7 @@ def enum_block(cls: str, schemas: dict[str, Any], mod: Module) -> list[str]:
     return [f"class {cls}(str, Enum):", f'    """{ENUMS[cls]}"""', "", *lines]
 
 
-# -- filters.py ---------------------------------------------------------------------------------
+# -- filters.py and routes.py ----------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -455,33 +456,37 @@ def list_route(spec: dict[str, Any], path: str) -> tuple[list[Param], tuple[str,
     return params, orderings
 
 
-def filters_module(spec: dict[str, Any], mod: Module) -> list[list[str]]:
-    """Render the blocks of filters.py: TypedDicts, FILTERS, ORDERINGS and COLLECTIONS."""
-    mod.imports |= {("dataclasses", "dataclass"), ("enum", "Enum")}
-    mod.imports |= {("typing", "Literal"), ("typing", "TypedDict")}
+def filters_modules(
+    spec: dict[str, Any], typed: Module, routes: Module
+) -> tuple[list[list[str]], list[list[str]]]:
+    """Render the blocks of filters.py (TypedDicts) and routes.py (the tables)."""
+    typed.imports.add(("typing", "TypedDict"))
+    routes.imports |= {("dataclasses", "dataclass"), ("enum", "Enum"), ("typing", "Literal")}
     param_doc = '    """One query parameter of a list route (``many``: repeatable)."""'
     fields = ["name: str", "kind: FilterKind", "many: bool", "enum: type[Enum] | None"]
-    blocks = [['FilterKind = Literal["int", "str", "datetime", "bool", "enum"]']]
-    blocks.append(["@dataclass(frozen=True)", "class FilterParam:", param_doc, ""])
-    blocks[-1] += [f"    {f}" for f in [*fields, "description: str"]]
+    route_blocks = [['FilterKind = Literal["int", "str", "datetime", "bool", "enum"]']]
+    route_blocks.append(["@dataclass(frozen=True)", "class FilterParam:", param_doc, ""])
+    route_blocks[-1] += [f"    {f}" for f in [*fields, "description: str"]]
+    typed_blocks: list[list[str]] = []
     table: list[tuple[str, Node]] = []
     orderings: list[tuple[str, Node]] = []
     for resource, (_, path) in RESOURCES.items():
         params, order = list_route(spec, path)
         doc = f'    """Keyword filters of {resource} list queries (``GET {path}``)."""'
-        blocks.append([f"class {resource}Filters(TypedDict, total=False):", doc, ""])
-        blocks[-1] += [f"    {p.name}: {p.annotation(mod)}" for p in params]
+        typed_blocks.append([f"class {resource}Filters(TypedDict, total=False):", doc, ""])
+        typed_blocks[-1] += [f"    {p.name}: {p.annotation(typed)}" for p in params]
+        routes.imports |= {("._enums", p.enum) for p in params if p.enum}
         table.append((f"{py_str(resource)}: ", Group("{", tuple(p.entry() for p in params), "}")))
         values = tuple(("", py_str(v)) for v in order)
         orderings.append((f"{py_str(resource)}: ", Group("(", values, ")")))
     paths = tuple((f"{py_str(r)}: ", py_str(p)) for r, (_, p) in RESOURCES.items())
-    typed = "FILTERS: dict[str, dict[str, FilterParam]] = "
-    blocks.append(layout(typed, Group("{", tuple(table), "}"), 0))
-    blocks.append(
+    head = "FILTERS: dict[str, dict[str, FilterParam]] = "
+    route_blocks.append(layout(head, Group("{", tuple(table), "}"), 0))
+    route_blocks.append(
         layout("ORDERINGS: dict[str, tuple[str, ...]] = ", Group("{", tuple(orderings), "}"), 0)
     )
-    blocks.append(layout("COLLECTIONS: dict[str, str] = ", Group("{", paths, "}"), 0))
-    return blocks
+    route_blocks.append(layout("COLLECTIONS: dict[str, str] = ", Group("{", paths, "}"), 0))
+    return typed_blocks, route_blocks
 
 
 # -- modules ------------------------------------------------------------------------------------
@@ -599,8 +604,9 @@ def public_names(spec_module: str) -> list[str]:
     if spec_module == "attrs":
         return [f"{r}Attrs" for r in ATTR_SOURCES]
     if spec_module == "filters":
-        fixed = ["COLLECTIONS", "FILTERS", "ORDERINGS", "FilterKind", "FilterParam"]
-        return fixed + [f"{r}Filters" for r in RESOURCES]
+        return [f"{r}Filters" for r in RESOURCES]
+    if spec_module == "routes":
+        return ["COLLECTIONS", "FILTERS", "ORDERINGS", "FilterKind", "FilterParam"]
     return MODELS[spec_module]
 
 
@@ -627,9 +633,10 @@ def generate(spec_path: Path) -> dict[str, str]:
         blocks = [model_block(cls, schemas, mod) for cls in MODELS[name]]
         doc = RESOURCE_DOC.format(resource=resource, path=path)
         files[f"{name}.py"] = render(header, doc, mod, blocks)
-    mod = Module("filters")
-    blocks = filters_module(spec, mod)
-    files["filters.py"] = render(header, MODULE_DOCS["filters"], mod, blocks)
+    typed, routes = Module("filters"), Module("routes")
+    typed_blocks, route_blocks = filters_modules(spec, typed, routes)
+    files["filters.py"] = render(header, MODULE_DOCS["filters"], typed, typed_blocks)
+    files["routes.py"] = render(header, MODULE_DOCS["routes"], routes, route_blocks)
     files["attrs.py"] = attrs_module(header, schemas)
     files["__init__.py"] = init_module(header, sorted(f.removesuffix(".py") for f in files))
     return dict(sorted(files.items()))

@@ -42,7 +42,7 @@ from balsam_sync.schemas._enums import (
     TransferDirection,
     TransferItemState,
 )
-from balsam_sync.schemas.filters import FILTERS, ORDERINGS
+from balsam_sync.schemas.routes import FILTERS, ORDERINGS
 from tests.conformance_data import Api, Dataset, build_dataset
 from tests.conftest import FAST_RETRY, register_user
 

@@ -22,20 +22,16 @@ from .batch_job import (
 )
 from .event_log import EventLogOut
 from .filters import (
-    COLLECTIONS,
-    FILTERS,
-    ORDERINGS,
     AppFilters,
     BatchJobFilters,
     EventLogFilters,
-    FilterKind,
-    FilterParam,
     JobFilters,
     SessionFilters,
     SiteFilters,
     TransferItemFilters,
 )
 from .job import JobBulkUpdate, JobCreate, JobOut, JobTransferItem, JobUpdate
+from .routes import COLLECTIONS, FILTERS, ORDERINGS, FilterKind, FilterParam
 from .session import SessionAcquire, SessionCreate, SessionOut
 from .site import (
     AllowedQueue,
