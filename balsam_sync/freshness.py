@@ -6,6 +6,7 @@ A policy is a small value: ``AUTO`` (the client default), ``fresh(max_age)``, ``
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
@@ -56,12 +57,27 @@ def fresh(max_age: float) -> ReadPolicy:
 
 
 @dataclass(frozen=True)
+class RowLayout:
+    """The shape of packed mirror rows: their column names and how one row is unpacked.
+
+    Rows stay packed until a field is read, so turning 1000 cached rows into instances costs
+    little more than fetching them.
+    """
+
+    columns: tuple[str, ...]
+    unpack: Callable[[Any], tuple[Any, ...]]
+
+    def as_dict(self, row: Any) -> dict[str, Any]:
+        return dict(zip(self.columns, self.unpack(row), strict=True))
+
+
+@dataclass(frozen=True)
 class Answer:
     """Rows (or a count) plus where they came from and how old they are.
 
     Attributes:
-        rows: the matching rows in order (empty for a count-only answer): dicts, or tuples
-            in ``columns`` order when they come straight from the mirror.
+        rows: the matching rows in order (empty for a count-only answer): dicts, or packed
+            rows shaped by ``layout`` when they come straight from the mirror.
         count: total matches ignoring the window, when known.
         source: "server" or "cache".
         as_of: when the server last confirmed this data (None: never confirmed).
@@ -73,10 +89,10 @@ class Answer:
     source: Source
     as_of: datetime | None
     stale: bool = False
-    columns: tuple[str, ...] | None = None  # set when rows are mirror tuples, not dicts
+    layout: RowLayout | None = None  # set when rows are packed mirror rows, not dicts
 
     def dicts(self) -> list[dict[str, Any]]:
         """The rows as dicts, whatever form they came in."""
-        if self.columns is None:
+        if self.layout is None:
             return self.rows
-        return [dict(zip(self.columns, row, strict=True)) for row in self.rows]
+        return [self.layout.as_dict(row) for row in self.rows]

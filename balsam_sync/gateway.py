@@ -133,8 +133,8 @@ class Gateway:
         return Answer(rows, count, "server", now)
 
     def _mirror_rows(self, spec: QuerySpec, as_of: datetime | None, stale: bool) -> Answer:
-        columns, rows = self.mirror.store.query_tuples(spec)
-        return Answer(rows, None, "cache", as_of, stale, columns)
+        layout, rows = self.mirror.store.query_packed(spec)
+        return Answer(rows, None, "cache", as_of, stale, layout)
 
     def count(self, res: Resource, spec: QuerySpec, policy: PolicyArg) -> Answer:
         """Return how many objects match ``spec`` (rows are not fetched)."""

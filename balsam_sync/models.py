@@ -22,6 +22,7 @@ from .errors import (
     UsageError,
 )
 from .fields import Converter, converters, json_fields, validate_field, validate_payload
+from .freshness import RowLayout
 from .resources import Resource
 
 if TYPE_CHECKING:
@@ -87,7 +88,7 @@ class Model:
     ``Job.DoesNotExist`` never catches ``Site.DoesNotExist``.
     """
 
-    __slots__ = ("_state", "_d", "_row", "_cols", "_changes", "_seen", "__weakref__")
+    __slots__ = ("_state", "_d", "_row", "_layout", "_changes", "_seen", "__weakref__")
     _resource: ClassVar[Resource]
     _conv: ClassVar[dict[str, Converter]] = {}
     _json: ClassVar[frozenset[str]] = frozenset()
@@ -108,8 +109,8 @@ class Model:
     id: int | None  # every resource has one; None before the first save and after delete
     _state: ModelState
     _d: Row | None  # the fields as a dict, built from _row on first use
-    _row: tuple[Any, ...] | None  # a mirror row not yet turned into a dict
-    _cols: tuple[str, ...]
+    _row: Any  # a packed mirror row not yet turned into a dict
+    _layout: RowLayout
     _changes: Row | None
     _seen: Row | None
 
@@ -186,13 +187,13 @@ class Model:
         return obj
 
     @classmethod
-    def _from_tuple(cls, columns: tuple[str, ...], row: tuple[Any, ...]) -> Model:
-        """Build a clean instance from a mirror row; its dict is built on first use."""
+    def _from_packed(cls, layout: RowLayout, row: Any) -> Model:
+        """Build a clean instance from a packed mirror row; it is unpacked on first use."""
         obj = cls.__new__(cls)
         obj._state = ModelState.CLEAN
         obj._d = None
         obj._row = row
-        obj._cols = columns
+        obj._layout = layout
         obj._changes = None
         obj._seen = None
         return obj
@@ -201,7 +202,7 @@ class Model:
     def _data(self) -> Row:
         data = self._d
         if data is None:
-            data = self._d = dict(zip(self._cols, self._row or (), strict=True))
+            data = self._d = self._layout.as_dict(self._row)
             self._row = None
         return data
 

@@ -122,9 +122,9 @@ class Query(Generic[M]):
         if self._result is None:
             answer = self._manager._fetch(self._spec, self._policy)
             model = self._manager.model
-            if answer.columns is not None:
-                cols, build_tuple = answer.columns, model._from_tuple
-                self._result = [build_tuple(cols, row) for row in answer.rows]  # type: ignore[misc]
+            if answer.layout is not None:
+                layout, build_packed = answer.layout, model._from_packed
+                self._result = [build_packed(layout, row) for row in answer.rows]  # type: ignore[misc]
             else:
                 build = model._from_row
                 self._result = [build(row) for row in answer.rows]  # type: ignore[misc]

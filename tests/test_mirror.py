@@ -7,6 +7,7 @@ included (states the server rewrote, ``last_update``, cascades of deletes).
 
 from __future__ import annotations
 
+import marshal
 import os
 import shutil
 import sqlite3
@@ -19,6 +20,7 @@ import pytest
 
 import balsam_sync
 from balsam_sync.cache.mirror import Identity, mirror_path
+from balsam_sync.cache.schema import PACKED, TABLES
 from balsam_sync.client import Client
 from balsam_sync.errors import MirrorError
 from balsam_sync.token import user_of
@@ -161,6 +163,56 @@ def test_offline_rows_equal_online_rows_field_by_field(rich: Client, model: str)
         for name, value in row.items():
             assert cached[name] == value, f"{model} {obj_id}.{name}"
             assert type(cached[name]) is type(value), f"{model} {obj_id}.{name}"
+
+
+def assert_packed_copies_are_exact(client: Client) -> int:
+    """Every packed row copy equals its columns as SQLite holds them; return how many exist."""
+    conn = client.mirror.store.conn
+    packed = 0
+    for tdef in TABLES.values():
+        cols = ", ".join(f"[{c}]" for c in tdef.columns)
+        for obj_id, blob, fresh in conn.execute(
+            f"SELECT id, [{PACKED}], bsync_pack({cols}) FROM [{tdef.table}]"
+        ):
+            if blob is not None:
+                packed += 1
+                kept, now = marshal.loads(blob), marshal.loads(fresh)
+                assert kept == now, f"{tdef.resource} {obj_id}"
+                assert [type(v) for v in kept] == [type(v) for v in now], (
+                    f"{tdef.resource} {obj_id}"
+                )
+    return packed
+
+
+def test_packed_row_copies_never_go_stale(
+    rich: Client, user: User, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert assert_packed_copies_are_exact(rich) >= 10
+    app = rich.App.objects.offline().first()
+    monkeypatch.setenv("BALSAM_SYNC_OFFLINE", "1")
+    offline = balsam_sync.connect(
+        user.api_root, user.token, home=str(tmp_path / "home"), retry=FAST_RETRY
+    )
+    parent = offline.Job.objects.create(workdir="w/off-p", app_id=app.id, tags={"k": "v"})
+    child = offline.Job.objects.create(workdir="w/off-c", app_id=app.id, parent_ids=[parent.id])
+    offline.Job.objects.filter(workdir__contains="w/off-p").update(num_nodes=4)
+    offline.close()
+    assert parent.id < 0 and child.id < 0
+    assert_packed_copies_are_exact(rich)
+    monkeypatch.delenv("BALSAM_SYNC_OFFLINE")
+    assert rich.push().remaining == 0  # remaps ids (SQL UPDATEs) and writes the server's rows
+    assert_packed_copies_are_exact(rich)
+    rows = {j.workdir: j for j in rich.Job.objects.offline()}
+    assert rows["w/off-p"].num_nodes == 4 and rows["w/off-p"].id > 0
+    assert set(rows["w/off-c"].parent_ids) == {rows["w/off-p"].id}
+    online = {j.workdir: set(j.parent_ids) for j in rich.Job.objects.online()}
+    assert online["w/off-c"] == {rows["w/off-p"].id}
+    # Any UPDATE that does not write the packed copy clears it, and reads repack the row.
+    conn = rich.mirror.store.conn
+    target = rows["w/off-c"].id
+    conn.execute("UPDATE jobs SET workdir = 'w/edited' WHERE id = ?", [target])
+    assert conn.execute(f"SELECT [{PACKED}] FROM jobs WHERE id = ?", [target]).fetchone() == (None,)
+    assert rich.Job.objects.offline().get(id=target).workdir == "w/edited"
 
 
 def test_offline_field_values_decode_like_online(client: Client, app: Any) -> None:

@@ -9,10 +9,12 @@ with the way out. A schema older than this code is migrated on open.
 from __future__ import annotations
 
 import hashlib
+import marshal
 import os
 import re
 import sqlite3
 import stat
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -24,10 +26,12 @@ from ..sync.lock import FileLock
 from .coverage import CoverageBook
 from .filesystem import choose_home
 from .outbox import Outbox
-from .schema import SCHEMA_VERSION, migrations
+from .schema import SCHEMA_VERSION, clear_packed, migrations
 from .store import Store
 
 BUSY_TIMEOUT_MS = 60_000
+PACKED_FORMAT = f"marshal {marshal.version}, python {sys.version_info[0]}.{sys.version_info[1]}"
+"""Packed row copies are only read by the Python that wrote them (see cache/schema.py)."""
 CACHE_KIB = 65_536
 """SQLite page cache per connection: index walks of large mirrors stay in memory."""
 
@@ -99,7 +103,7 @@ def open_mirror(home: Path, identity: Identity, explicit_home: bool = True) -> M
         db = Database(conn)
         meta = _check_identity(db, path, identity)
         if migrations.pending(db) or meta != _stamp_of(identity):
-            _migrate_and_stamp(db, identity)
+            _migrate_and_stamp(db, identity, meta)
     except sqlite3.OperationalError as exc:
         if not _is_busy(exc):
             raise _unusable(path, exc) from exc
@@ -159,10 +163,11 @@ def _stamp_of(identity: Identity) -> dict[str, str]:
         "api_root": identity.api_root,
         "user": identity.user,
         "schema_version": str(SCHEMA_VERSION),
+        "packed_format": PACKED_FORMAT,
     }
 
 
-def _migrate_and_stamp(db: Database, identity: Identity) -> None:
+def _migrate_and_stamp(db: Database, identity: Identity, meta: dict[str, str]) -> None:
     """Migrate and stamp in one write transaction taken up front.
 
     Other processes may be writing the mirror (a daemon, a script): a deferred transaction that
@@ -172,6 +177,8 @@ def _migrate_and_stamp(db: Database, identity: Identity) -> None:
     db.conn.execute("BEGIN IMMEDIATE")
     try:
         migrations.apply(db)
+        if meta.get("packed_format", PACKED_FORMAT) != PACKED_FORMAT:
+            clear_packed(db)
         rows = [{"key": k, "value": v} for k, v in _stamp_of(identity).items()]
         db["meta"].upsert_all(rows, pk="key")  # type: ignore[union-attr]
     except BaseException:
