@@ -30,6 +30,15 @@ if TYPE_CHECKING:
 
 Row = dict[str, Any]
 _M = TypeVar("_M", bound="Model")
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
+def _snapshot(value: Any) -> Any:
+    """A copy to compare with at save: shallow when nothing inside can change in place."""
+    items = value.values() if type(value) is dict else value
+    if all(type(v) in _SCALARS for v in items):
+        return value.copy()
+    return copy.deepcopy(value)
 
 
 class ModelState(Enum):
@@ -268,7 +277,7 @@ class Model:
         if self._seen is None:
             self._seen = {}
         if name not in self._seen:
-            self._seen[name] = copy.deepcopy(raw)
+            self._seen[name] = _snapshot(raw)
 
     def _write(self, name: str, value: Any) -> None:
         model = type(self).__name__

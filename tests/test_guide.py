@@ -476,6 +476,21 @@ def test_save_leaves_the_instance_holding_what_the_server_stored(
         assert job.last_update == datetime.fromisoformat(row["last_update"]), requested
 
 
+def test_in_place_change_deep_inside_a_cached_row_is_saved(
+    api: Client, app: Any, user: Any
+) -> None:
+    job = Job.objects.create(workdir="inplace/2", app_id=app.id, data={"a": [1], "b": {"c": 0}})
+    cached = Job.objects.filter(id=[job.id]).offline()[0]
+    cached.data["a"].append(2)
+    cached.data["b"]["c"] = 5
+    flat = Job.objects.filter(id=[job.id]).offline()[0]
+    flat.tags["x"] = "1"  # a flat dict: its snapshot is a shallow copy
+    cached.save()
+    assert server_job(user, job.id)["data"] == {"a": [1, 2], "b": {"c": 5}}
+    flat.save()
+    assert server_job(user, job.id)["tags"] == {"x": "1"}
+
+
 def test_in_place_change_of_a_dict_field_is_saved(api: Client, app: Any, user: Any) -> None:
     job = Job.objects.create(workdir="inplace/1", app_id=app.id, data={"a": 0})
     loaded = Job.objects.get(id=job.id)
