@@ -42,7 +42,7 @@ from balsam_sync.schemas._enums import (
     TransferDirection,
     TransferItemState,
 )
-from balsam_sync.schemas.routes import FILTERS, ORDERINGS
+from balsam_sync.schemas.routes import COLLECTIONS, FILTERS, ORDERINGS
 from tests.conformance_data import Api, Dataset, build_dataset
 from tests.conftest import FAST_RETRY, register_user
 
@@ -50,14 +50,6 @@ Row = dict[str, Any]
 Window = tuple[int | None, int | None] | None
 
 RESOURCES = ("Site", "App", "Job", "BatchJob", "TransferItem", "EventLog")
-PATHS = {
-    "Site": "/sites/",
-    "App": "/apps/",
-    "Job": "/jobs/",
-    "BatchJob": "/batch-jobs/",
-    "TransferItem": "/transfers/",
-    "EventLog": "/events/",
-}
 TAG_FILTERS = ("tags", "filter_tags", "data")
 
 FULL = os.environ.get("BALSAM_SYNC_FULL") == "1"
@@ -225,7 +217,7 @@ def ask_raw(
     params.append(("offset", str(low)))
     if limit is not None:
         params.append(("limit", str(limit)))
-    rows, total = world.api.rows(PATHS[resource], params)
+    rows, total = world.api.rows(COLLECTIONS[resource], params)
     windowed = max(0, total - low)
     return [r["id"] for r in rows], windowed if limit is None else min(windowed, limit)
 

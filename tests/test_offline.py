@@ -11,6 +11,7 @@ import logging
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,16 @@ def recorder(client: Client) -> RequestLog:
 
 def connect(api_root: str, user: User, home: Path) -> Client:
     return balsam_sync.connect(api_root, user.token, home=str(home), retry=FAST_RETRY)
+
+
+@contextmanager
+def another_client(user: User, home: Path) -> Iterator[Client]:
+    """A second client of the same user: another mirror, or the same one (a second shell)."""
+    c = connect(user.api_root, user, home)
+    try:
+        yield c
+    finally:
+        c.close()
 
 
 def assert_aware_utc(value: Any) -> None:
@@ -361,14 +372,11 @@ def test_server_answer_settles_mirror_rows_it_left_out(
     client: Client, user: User, app: Any, tmp_path: Path
 ) -> None:
     a, b, c = make_jobs(client, app, 3, tags={"a": "1"})
-    other = connect(user.api_root, user, tmp_path / "other")
-    try:
+    with another_client(user, tmp_path / "other") as other:
         moved = other.Job.objects.get(id=b.id)
         moved.tags = {"a": "2"}
         moved.save()
         other.Job.objects.get(id=c.id).delete()
-    finally:
-        other.close()
     assert ids(client.Job.objects.filter(tags={"a": "1"})) == [a.id]
     assert ids(client.Job.objects.filter(tags={"a": "1"}).offline()) == [a.id]
     assert ids(client.Job.objects.filter(tags={"a": "2"}).offline()) == [b.id]
@@ -653,8 +661,7 @@ def test_incremental_pull_brings_another_clients_changes(
     client.EventLog.objects.filter(job_id=[j3.id]).online().count()
     list(client.EventLog.objects.online())
     client.pull()
-    other = connect(user.api_root, user, tmp_path / "other")
-    try:
+    with another_client(user, tmp_path / "other") as other:
         o1 = other.Job.objects.get(id=j1.id)
         o1.state = "POSTPROCESSED"
         o1.save()
@@ -663,8 +670,6 @@ def test_incremental_pull_brings_another_clients_changes(
         o2.save()
         other.Job.objects.get(id=j3.id).delete()
         new = other.Job.objects.create(workdir="w/elsewhere", app_id=app.id, tags={"by": "b"})
-    finally:
-        other.close()
     assert client.Job.objects.offline().get(id=j1.id).state == "STAGED_IN"
 
     report = client.pull()
@@ -690,12 +695,9 @@ def test_pull_finds_a_few_deletions_among_many_jobs(
     jobs = make_jobs(client, app, 150) + make_jobs(client, app, 150)
     client.pull()
     doomed = [jobs[0].id, jobs[149].id, jobs[150].id, jobs[299].id]
-    other = connect(user.api_root, user, tmp_path / "other")
-    try:
+    with another_client(user, tmp_path / "other") as other:
         assert other.Job.objects.filter(id=doomed).online().delete() == 4
         other.Job.objects.filter(id=[jobs[10].id]).online().update(state="POSTPROCESSED")
-    finally:
-        other.close()
     report = client.pull()
     assert report.full is False
     assert report.deleted["Job"] == 4
@@ -715,12 +717,9 @@ def test_pull_detects_deletion_balanced_by_a_creation(
 ) -> None:
     jobs = create_one_by_one(client, app, 3)
     client.pull()
-    other = connect(user.api_root, user, tmp_path / "other")
-    try:
+    with another_client(user, tmp_path / "other") as other:
         other.Job.objects.get(id=jobs[1].id).delete()
         new = other.Job.objects.create(workdir="w/replacement", app_id=app.id)
-    finally:
-        other.close()
     report = client.pull()
     assert report.deleted["Job"] == 1
     assert ids(client.Job.objects.offline()) == [jobs[0].id, jobs[2].id, new.id]
@@ -732,15 +731,12 @@ def test_full_pull_reconciles_everything(
 ) -> None:
     jobs = create_one_by_one(client, app, 3)
     client.pull()
-    other = connect(user.api_root, user, tmp_path / "other")
-    try:
+    with another_client(user, tmp_path / "other") as other:
         other.Job.objects.get(id=jobs[0].id).delete()
         o = other.Job.objects.get(id=jobs[1].id)
         o.state = "POSTPROCESSED"
         o.save()
         site2 = other.Site.objects.create(name="second", path="/second")
-    finally:
-        other.close()
     report = client.pull(full=True)
     assert report.full is True
     assert report.deleted["Job"] == 1
@@ -754,7 +750,6 @@ def test_pull_keeps_an_app_another_process_wrote_during_it(
     client: Client, user: User, site: Any, app: Any, tmp_path: Path
 ) -> None:
     """A row written to the mirror after the pull listed the server is not taken as deleted."""
-    neighbour = connect(user.api_root, user, tmp_path / "home")  # same mirror, like a 2nd shell
     late: list[Any] = []
 
     def meanwhile(resource: str, _done: int, _total: int | None) -> None:
@@ -765,10 +760,8 @@ def test_pull_keeps_an_app_another_process_wrote_during_it(
                 )
             )
 
-    try:
+    with another_client(user, tmp_path / "home") as neighbour:  # one mirror, like a 2nd shell
         report = client.pull(progress=meanwhile)
-    finally:
-        neighbour.close()
     assert late and report.deleted["App"] == 0
     assert [a.name for a in client.App.objects.filter(id=[late[0].id]).offline()] == ["late"]
     assert_mirror_matches_server(client)
@@ -780,7 +773,6 @@ def test_pull_keeps_a_job_that_changed_on_the_server_during_it(
     """A job whose last_update moved past the pull's range while it ran is refreshed, not lost."""
     jobs = create_one_by_one(client, app, 4)
     client.pull()
-    other = connect(user.api_root, user, tmp_path / "other")
     changed: list[int] = []
 
     def meanwhile(resource: str, _done: int, _total: int | None) -> None:
@@ -788,12 +780,10 @@ def test_pull_keeps_a_job_that_changed_on_the_server_during_it(
             other.Job.objects.filter(id=[jobs[1].id]).online().update(state="POSTPROCESSED")
             changed.append(jobs[1].id)
 
-    try:
+    with another_client(user, tmp_path / "other") as other:
         other.Job.objects.get(id=jobs[0].id).delete()  # the counts differ: the range is bisected
         other.Job.objects.filter(id=[jobs[3].id]).online().update(num_nodes=3)  # a page to pull
         report = client.pull(progress=meanwhile)
-    finally:
-        other.close()
     assert changed and report.deleted["Job"] == 1
     assert ids(client.Job.objects.offline()) == [jobs[1].id, jobs[2].id, jobs[3].id]
     assert client.Job.objects.offline().get(id=jobs[1].id).state == "JOB_FINISHED"
