@@ -406,18 +406,23 @@ def run_upstream(user: User, workdir: Path, mode: str, reps: int) -> dict[str, A
     script = folder / "upstream_bench.py"
     script.write_text(UPSTREAM_SCRIPT)
     env = {**os.environ, "BALSAM_CLIENT_PATH": str(client_yml), "HOME": str(folder)}
+    argv = [str(UPSTREAM_PYTHON), str(script), mode, str(reps)]
+    return last_json(run_child(argv, env, f"upstream {mode}", folder))
+
+
+def run_child(argv: list[str], env: dict[str, str], what: str, cwd: Path | None = None) -> str:
+    """Run a helper process of the benchmark; return its stdout, or raise with its stderr."""
     run = subprocess.run(
-        [str(UPSTREAM_PYTHON), str(script), mode, str(reps)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=folder,
-        timeout=3600,
-        check=False,
+        argv, capture_output=True, text=True, env=env, cwd=cwd, timeout=3600, check=False
     )
     if run.returncode != 0:
-        raise RuntimeError(f"upstream {mode} failed:\n{run.stderr[-2000:]}")
-    result: dict[str, Any] = json.loads(run.stdout.strip().splitlines()[-1])
+        raise RuntimeError(f"{what} failed:\n{run.stderr[-3000:]}")
+    return run.stdout
+
+
+def last_json(stdout: str) -> dict[str, Any]:
+    """The JSON object a helper process prints as its last line."""
+    result: dict[str, Any] = json.loads(stdout.strip().splitlines()[-1])
     return result
 
 
@@ -984,36 +989,11 @@ class Bench:
             "BALSAM_SYNC_OFFLINE": "1",
         }
         here = str(Path(__file__).resolve())
-        prepare = subprocess.run(
-            [sys.executable, here, "--child-open"],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=3600,
-            check=False,
-        )
-        if prepare.returncode != 0:
-            raise RuntimeError(f"P7 mirror open failed:\n{prepare.stderr[-3000:]}")
+        run_child([sys.executable, here, "--child-open"], env, "P7 mirror open")
+        child = [sys.executable, "-c", TRAMPOLINE, sys.executable, here, "--child-p7"]
         results = []
         for _ in range(max(1, self.opts.reps_mem)):
-            run = subprocess.run(
-                [
-                    sys.executable,
-                    "-c",
-                    TRAMPOLINE,
-                    sys.executable,
-                    str(Path(__file__).resolve()),
-                    "--child-p7",
-                ],
-                capture_output=True,
-                text=True,
-                env=env,
-                timeout=3600,
-                check=False,
-            )
-            if run.returncode != 0:
-                raise RuntimeError(f"P7 child failed:\n{run.stderr[-3000:]}")
-            results.append(json.loads(run.stdout.strip().splitlines()[-1]))
+            results.append(last_json(run_child(child, env, "P7 child")))
             log(f"  child: {results[-1]}")
         peak = Stat([r["peak_mb"] for r in results], "MB")
         baseline = Stat([r["baseline_mb"] for r in results], "MB")

@@ -8,6 +8,7 @@ pulls, then the proxy goes down.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ import balsam_sync
 from balsam_sync.client import Client
 from balsam_sync.errors import OfflineError
 from balsam_sync.freshness import OFFLINE
+from balsam_sync.sync.pull import prefetched
 from balsam_sync.testing.faultproxy import FaultProxy
 from tests.conftest import FAST_RETRY, RequestLog, User
 
@@ -788,3 +790,26 @@ def test_pull_keeps_a_job_that_changed_on_the_server_during_it(
     assert ids(client.Job.objects.offline()) == [jobs[1].id, jobs[2].id, jobs[3].id]
     assert client.Job.objects.offline().get(id=jobs[1].id).state == "JOB_FINISHED"
     assert_mirror_matches_server(client)
+
+
+def test_prefetch_thread_ends_when_the_pull_stops_early() -> None:
+    """A pull whose write fails stops reading pages; the fetching thread must not hang on."""
+    produced: list[int] = []
+
+    def pages() -> Iterator[list[dict[str, Any]]]:
+        for i in range(100):
+            produced.append(i)
+            yield [{"id": i}]
+
+    before = {t for t in threading.enumerate() if t.name == "balsam-sync-prefetch"}
+    reader = prefetched(pages())
+    assert next(reader) == [{"id": 0}]
+    reader.close()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        alive = {t for t in threading.enumerate() if t.name == "balsam-sync-prefetch"} - before
+        if not alive:
+            break
+        time.sleep(0.05)
+    assert not alive
+    assert len(produced) <= 3  # it stopped fetching instead of reading every page

@@ -101,9 +101,10 @@ def open_mirror(home: Path, identity: Identity, explicit_home: bool = True) -> M
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
         db = Database(conn)
+        store = Store(db)
         meta = _check_identity(db, path, identity)
         if migrations.pending(db) or meta != _stamp_of(identity):
-            _migrate_and_stamp(db, identity, meta)
+            _migrate_and_stamp(store, identity, meta)
     except sqlite3.OperationalError as exc:
         if not _is_busy(exc):
             raise _unusable(path, exc) from exc
@@ -115,7 +116,6 @@ def open_mirror(home: Path, identity: Identity, explicit_home: bool = True) -> M
         raise _unusable(path, exc) from exc
     finally:
         opening.release()
-    store = Store(db)
     return Mirror(path, store, CoverageBook(store), Outbox(store))
 
 
@@ -167,21 +167,17 @@ def _stamp_of(identity: Identity) -> dict[str, str]:
     }
 
 
-def _migrate_and_stamp(db: Database, identity: Identity, meta: dict[str, str]) -> None:
-    """Migrate and stamp in one write transaction taken up front.
+def _migrate_and_stamp(store: Store, identity: Identity, meta: dict[str, str]) -> None:
+    """Migrate and stamp in one write transaction taken up front (``Store.write``).
 
     Other processes may be writing the mirror (a daemon, a script): a deferred transaction that
     reads the schema and then writes would fail at once with "locked" when they commit in
-    between, while ``BEGIN IMMEDIATE`` waits for the busy timeout instead.
+    between, while a write lock taken up front waits for the busy timeout instead.
     """
-    db.conn.execute("BEGIN IMMEDIATE")
-    try:
+    db = store.db
+    with store.write():
         migrations.apply(db)
         if meta.get("packed_format", PACKED_FORMAT) != PACKED_FORMAT:
             clear_packed(db)
         rows = [{"key": k, "value": v} for k, v in _stamp_of(identity).items()]
         db["meta"].upsert_all(rows, pk="key")  # type: ignore[union-attr]
-    except BaseException:
-        db.conn.execute("ROLLBACK")
-        raise
-    db.conn.execute("COMMIT")

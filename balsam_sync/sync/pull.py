@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -105,22 +105,23 @@ class Puller:
         spec = QuerySpec(res.name).with_filters({"id": sorted(missing)})
         found, _ = self.remote.select(res, spec)
         gone = sorted(missing - {r["id"] for r in found})
-        store = self.mirror.store
-        with store.write():
-            store.upsert(res.name, found)
-            self.mirror.outbox.overlay(res.name, [r["id"] for r in found])
-            store.delete_cascade(res.name, gone)
+        with self.mirror.store.write():
+            self._store(res, found)
+            self.mirror.store.delete_cascade(res.name, gone)
         return len(gone)
+
+    def _store(self, res: Resource, rows: list[Row]) -> None:
+        """Write the server's rows; a pull never erases a change that is still queued, so
+        pending changes are laid back on top."""
+        with self.mirror.store.write():
+            self.mirror.store.upsert(res.name, rows)
+            self.mirror.outbox.overlay(res.name, [r["id"] for r in rows])
 
     def _all_rows(self, res: Resource, spec: QuerySpec, report: PullReport) -> list[Row]:
         rows: list[Row] = []
-        store = self.mirror.store
         for page in prefetched(self.remote.pages(res, spec, PAGE_SIZE)):
             report.requests += 1
-            with store.write():
-                store.upsert(res.name, page)
-                # A pull never erases a change that is still queued: lay it back on top.
-                self.mirror.outbox.overlay(res.name, [r["id"] for r in page])
+            self._store(res, page)
             rows.extend(page)
             self.progress(res.name, len(rows), None)
         report.fetched[res.name] = report.fetched.get(res.name, 0) + len(rows)
@@ -194,27 +195,45 @@ class Puller:
             self._all_rows(res, _spec("EventLog", job_id=chunk), report)
 
 
-def prefetched(pages: Iterator[list[Row]]) -> Iterator[list[Row]]:
-    """Fetch the next page while the caller stores the current one (a thread and a slot)."""
+def prefetched(pages: Iterator[list[Row]]) -> Generator[list[Row], None, None]:
+    """Fetch the next page while the caller stores the current one (a thread and a slot).
+
+    When the caller stops early (its write failed), the fetching thread is told to stop
+    instead of waiting forever to hand over its next page.
+    """
     slot: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=1)
+    stop = threading.Event()
+
+    def hand_over(item: tuple[str, Any]) -> bool:
+        while not stop.is_set():
+            try:
+                slot.put(item, timeout=0.5)
+                return True
+            except queue.Full:
+                continue
+        return False
 
     def fetch() -> None:
         try:
             for page in pages:
-                slot.put(("page", page))
+                if not hand_over(("page", page)):
+                    return
         except BaseException as exc:  # handed over to the consumer, who raises it
-            slot.put(("error", exc))
+            hand_over(("error", exc))
             return
-        slot.put(("end", None))
+        hand_over(("end", None))
 
     threading.Thread(target=fetch, name="balsam-sync-prefetch", daemon=True).start()
-    while True:
-        kind, item = slot.get()
-        if kind == "end":
-            return
-        if kind == "error":
-            raise item
-        yield item
+    try:
+        while True:
+            kind, item = slot.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise item
+            yield item
+    finally:
+        stop.set()
 
 
 def _after(stamp: str) -> str:
