@@ -1,16 +1,35 @@
-"""Drop-in for ``balsam.api``: the resource classes, bound to the default client.
+"""Drop-in for ``balsam.api``: every name upstream exports, bound to the default client.
 
 ``from balsam_sync.api import Job`` opens no file and no socket; the default client is built
-from the environment or ``~/.balsam/client.yml`` the first time a class needs it.
+from the environment or ``~/.balsam/client.yml`` the first time a class needs it, and
+``site_config`` is looked up on first access (None outside a Balsam site, as upstream).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+from .appdef import ApplicationDefinition
 from .client import default_client
 from .job import Job
 from .objects import App, BatchJob, EventLog, Site, TransferItem
-from .schemas import BatchJobState, JobMode, JobState, TransferItemState
+from .schemas import (
+    AppParameter,
+    BatchJobPartition,
+    BatchJobState,
+    JobMode,
+    JobState,
+    JobTransferItem,
+    TransferDirection,
+    TransferItemState,
+    TransferSlot,
+)
+from .session import Session
+from .siteconfig import SiteConfig, load_site_config
 from .sync.pull import PullReport
+
+_UNSET = object()
+_site_config: Any = _UNSET
 
 
 def pull(*, full: bool = False) -> PullReport:
@@ -18,17 +37,36 @@ def pull(*, full: bool = False) -> PullReport:
     return default_client().pull(full=full)
 
 
+def __getattr__(name: str) -> Any:
+    """``site_config``: found on first use, so importing this module reads no file."""
+    global _site_config
+    if name == "site_config":
+        if _site_config is _UNSET:
+            _site_config = load_site_config()
+        return _site_config
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "App",
+    "AppParameter",
+    "ApplicationDefinition",
     "BatchJob",
+    "BatchJobPartition",
     "BatchJobState",
     "EventLog",
     "Job",
     "JobMode",
     "JobState",
+    "JobTransferItem",
+    "Session",
     "Site",
+    "SiteConfig",
+    "TransferDirection",
     "TransferItem",
     "TransferItemState",
+    "TransferSlot",
     "default_client",
     "pull",
+    "site_config",
 ]

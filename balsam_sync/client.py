@@ -24,6 +24,7 @@ from .models import Model, set_manager_resolver
 from .objects import App, BatchJob, EventLog, Site, TransferItem
 from .remote import Remote
 from .retry import RetryPolicy
+from .session import Session
 from .sync.pull import Progress, Puller, PullReport
 from .sync.replay import PushReport
 from .sync.status import SyncStatus, sync_status
@@ -65,6 +66,9 @@ class Client:
         self.BatchJob = self._bind(BatchJob)
         self.TransferItem = self._bind(TransferItem)
         self.EventLog = self._bind(EventLog)
+        self.Session: type[Session] = type(
+            "Session", (Session,), {"_client": self, "__module__": Session.__module__}
+        )
 
     def __repr__(self) -> str:
         return f"<balsam_sync.Client {self.settings.api_root}>"
@@ -95,7 +99,7 @@ class Client:
             (model,),
             {"__slots__": (), "__module__": model.__module__, "__qualname__": model.__qualname__},
         )
-        bound._manager = Manager(bound, self.gateway)  # type: ignore[attr-defined]
+        bound._manager = model._manager_class(bound, self.gateway)  # type: ignore[attr-defined]
         return bound
 
     def manager(self, model: type[M]) -> Manager[M]:
@@ -103,7 +107,7 @@ class Client:
         with self._lock:
             found = self._managers.get(model)
             if found is None:
-                found = self._managers[model] = Manager(model, self.gateway)
+                found = self._managers[model] = model._manager_class(model, self.gateway)
             return found
 
     @property

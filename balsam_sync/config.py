@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import stat
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -97,17 +97,21 @@ def read_client_yml(path: Path) -> dict[str, Any]:
 
 
 def write_client_yml(path: Path, values: dict[str, Any]) -> None:
-    """Write settings with mode 0600 in a 0700 folder, keeping keys already there."""
+    """Write settings with mode 0600 in a 0700 folder, keeping keys already there.
+
+    The file is upstream's: datetimes are written as upstream's ``balsam login`` writes them,
+    YAML timestamps in naive UTC (upstream subtracts ``datetime.utcnow()`` from them).
+    """
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(path.parent, stat.S_IRWXU)
     merged = {**read_client_yml(path), **values}
     for key, value in list(merged.items()):
-        if isinstance(value, datetime):
-            merged[key] = value.isoformat()
+        if isinstance(value, datetime) and value.tzinfo is not None:
+            merged[key] = value.astimezone(timezone.utc).replace(tzinfo=None)
     tmp = path.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
-        yaml.safe_dump(merged, fh, default_flow_style=False)
+        yaml.safe_dump(merged, fh, default_flow_style=False, sort_keys=False)
     os.replace(tmp, path)
 
 

@@ -12,6 +12,7 @@ import typing
 from collections.abc import Callable
 from datetime import datetime, timezone
 from enum import Enum
+from pathlib import Path
 from types import NoneType, UnionType
 from typing import Annotated, Any
 from uuid import UUID
@@ -24,15 +25,22 @@ Converter = Callable[[Any], Any]
 
 
 def parse_datetime(raw: Any) -> datetime:
-    """Return an aware UTC datetime from the server's ISO text (naive text means UTC)."""
+    """Return a naive UTC datetime, as upstream's models give them, from ISO text.
+
+    The server sends naive UTC text, except ``Job.last_update`` (``+00:00``); upstream code
+    compares them with ``datetime.utcnow()``, so every model timestamp reads naive UTC. The
+    mirror keeps aware UTC text; only what users read is naive.
+    """
     value = raw if isinstance(raw, datetime) else datetime.fromisoformat(raw)
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value
+    if value.tzinfo is not None:
+        value = value.astimezone(timezone.utc).replace(tzinfo=None)
+    return value
 
 
 def wire_datetime(value: datetime) -> str:
-    """Return the ISO text of ``value`` in UTC with an explicit offset."""
+    """Return the mirror's text of ``value``: ISO in UTC, microseconds, ``+00:00`` (naive: UTC)."""
     aware = value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value
-    return aware.astimezone(timezone.utc).isoformat()
+    return aware.astimezone(timezone.utc).isoformat(timespec="microseconds")
 
 
 def _strip_optional(annotation: Any) -> Any:
@@ -51,6 +59,8 @@ def _converter_for(annotation: Any) -> Converter | None:
         return parse_datetime
     if ann is UUID:
         return UUID
+    if ann is Path:
+        return Path
     if ann is bool:
         return bool  # the mirror stores booleans as 0/1
     if isinstance(ann, type) and issubclass(ann, Enum):
@@ -115,9 +125,12 @@ def validate_field(schema: type[BaseModel], model: str, name: str, value: Any) -
     """
     adapter = _adapter(schema, name)
     try:
-        return adapter.dump_python(adapter.validate_python(value), mode="json")
+        checked = adapter.validate_python(value)
     except ValidationError as exc:
         raise UsageError(f"{model}.{name}: {_first_error(exc)}") from exc
+    if isinstance(checked, datetime):  # naive means UTC; stored and sent with its offset
+        return wire_datetime(checked)
+    return adapter.dump_python(checked, mode="json")
 
 
 def validate_payload(schema: type[BaseModel], model: str, data: dict[str, Any]) -> dict[str, Any]:

@@ -1,47 +1,62 @@
-"""The Job class: fields, plus parameters, App-name resolution and transfer short forms."""
+"""The Job class: fields, plus parameters, results, App resolution and transfer short forms."""
 
 from __future__ import annotations
 
-import base64
-import pickle
+import concurrent.futures
 import posixpath
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from pydantic import BaseModel
+
 from . import resources
 from .errors import UsageError, UsageTypeError
-from .models import Model
+from .job_manager import JobManager
+from .models import Model, _ManagerAccess
 from .objects import all_of, max_length
 from .schemas import JobState
 from .schemas.attrs import JobAttrs
+from .serializer import deserialize, register_upstream_names, serialize_plain
 
 if TYPE_CHECKING:
+    from .appdef import ApplicationDefinition
     from .query import Query
 
-DONE_STATES = frozenset({JobState.JOB_FINISHED, JobState.FAILED})
-RUNNABLE_STATES = frozenset({JobState.PREPROCESSED, JobState.RESTART_READY})
+DONE_STATES = frozenset({JobState.job_finished, JobState.failed})
+RUNNABLE_STATES = frozenset({JobState.preprocessed, JobState.restart_ready})
+_CLIENT_ARGS = ("site_name", "parameters")
+"""Constructor arguments that are not wire fields, placed where upstream's constructor has them:
+after the fields every Job has, before ``parent_ids`` and ``transfers``."""
 
 
 def _relative(value: Any) -> str | None:
     text = str(value)
     if posixpath.isabs(text):
         return f"must be relative to the site's data/ folder, got the absolute path {text!r}"
-    return None if text else "must not be empty"
+    return None if text and text != "." else "must not be empty"
 
 
 def encode_parameters(params: dict[str, Any]) -> str:
-    """Pickle a parameters dict the way upstream does (base64; dill reads plain pickles)."""
+    """Serialize a parameters dict the way upstream does (base64 of a dill pickle)."""
     if not isinstance(params, dict):
         raise UsageTypeError(f"Job parameters must be a dict, not {type(params).__name__}")
-    return base64.b64encode(pickle.dumps(params)).decode()
+    return serialize_plain(params)
+
+
+class _JobManagerAccess(_ManagerAccess):
+    def __get__(self, obj: Any, owner: Any) -> JobManager:
+        manager = super().__get__(obj, owner)
+        assert isinstance(manager, JobManager)
+        return manager
 
 
 class Job(Model, JobAttrs):
     """A unit of work: one run of an App in its own working directory."""
 
-    __slots__ = ()
+    __slots__ = ("_app_ref",)
     _resource = resources.JOB
-    _client_only = frozenset({"parameters", "site_name"})
+    _manager_class = JobManager
+    _client_only = frozenset(_CLIENT_ARGS)
     _hidden: ClassVar[dict[str, str]] = {"tags": resources.MARKER_KEY}
     _rules: ClassVar[dict[str, Any]] = {
         "workdir": all_of(_relative, max_length(256)),
@@ -49,31 +64,111 @@ class Job(Model, JobAttrs):
         "serialized_return_value": max_length(512000),
         "serialized_exception": max_length(512000),
     }
+    objects: ClassVar[_JobManagerAccess] = _JobManagerAccess()  # type: ignore[assignment]
+    _app_ref: tuple[str, str | None] | None
+
+    class NoResult(ValueError):
+        """The Job has reported neither a return value nor an exception yet."""
+
+    @classmethod
+    def _constructor_order(cls, schema: type[BaseModel]) -> tuple[str, ...]:
+        order = [n for n in super()._constructor_order(schema) if n != "serialized_parameters"]
+        at = order.index("parent_ids")
+        return (*order[:at], *_CLIENT_ARGS, *order[at:])
 
     def _prepare_create(self, fields: dict[str, Any]) -> dict[str, Any]:
         params = fields.pop("parameters", None)
         site_name = fields.pop("site_name", None)
         fields["serialized_parameters"] = encode_parameters(params if params is not None else {})
-        if isinstance(fields.get("app_id"), str):
-            fields["app_id"] = type(self).objects._resolve_app_id(fields["app_id"], site_name)
+        self._app_ref = None
+        app = fields.get("app_id")
+        if isinstance(app, str):
+            # Resolved when the job is saved (or app_id is read): no request in a constructor.
+            self._app_ref = (app, site_name)
+            fields["app_id"] = 0
+        elif isinstance(app, type):
+            fields["app_id"] = _registered_id(app)
         transfers = fields.get("transfers")
         if isinstance(transfers, dict):
             fields["transfers"] = {k: _transfer_item(k, v) for k, v in transfers.items()}
         return fields
+
+    def _before_create(self, names: dict[tuple[str, str | None], int]) -> None:
+        """Resolve an App given by name (once per name and site in ``names``)."""
+        ref = getattr(self, "_app_ref", None)
+        if ref is not None:
+            if ref not in names:
+                names[ref] = type(self).objects._resolve_app_id(*ref)
+            self._data["app_id"] = names[ref]
+            self._app_ref = None
+
+    @property
+    def app_id(self) -> int | None:  # type: ignore[override]
+        """App ID (an App given by name is looked up on first read or at save)."""
+        if getattr(self, "_app_ref", None) is not None:
+            self._before_create({})
+        value: int | None = self._read("app_id")
+        return value
+
+    @app_id.setter
+    def app_id(self, value: int) -> None:
+        self._write("app_id", value)
 
     def get_parameters(self) -> dict[str, Any]:
         """Return the job's parameters (unpickled: only for data you trust)."""
         raw = self._read("serialized_parameters")
         if not raw:
             return {}
-        value = pickle.loads(base64.b64decode(raw))
-        return value if isinstance(value, dict) else {}
+        value = deserialize(raw)
+        if not isinstance(value, dict):
+            raise ValueError(f"Deserialized Job parameters are of type {type(value)}; must be dict.")
+        return value
 
     def set_parameters(self, params: dict[str, Any]) -> None:
         """Replace the job's parameters (sent on the next save)."""
         self._write("serialized_parameters", encode_parameters(params))
 
     parameters = property(get_parameters, set_parameters, doc="The job's parameters dict.")
+
+    def result_nowait(self) -> Any:
+        """The value ``run()`` returned, or raise the exception it raised (``NoResult``: none)."""
+        ret = self._read("serialized_return_value")
+        exc = self._read("serialized_exception")
+        if ret:
+            return deserialize(ret)
+        if exc:
+            error, traceback = deserialize(exc)
+            raise error.with_traceback(traceback.as_traceback() if traceback else None)
+        raise Job.NoResult("No return value or exception has been reported")
+
+    def result(self, timeout: float | None = None) -> Any:
+        """Wait for the job to finish, then as ``result_nowait()``."""
+        done = type(self).objects.wait([self], timeout=timeout)
+        if not done.done:
+            raise concurrent.futures.TimeoutError(
+                f"Job is still {self.state} after {timeout} sec timeout"
+            )
+        return self.result_nowait()
+
+    @property
+    def app(self) -> type[ApplicationDefinition]:
+        """The ApplicationDefinition class of this job's App (unpickled)."""
+        from .appdef import ApplicationDefinition
+
+        return ApplicationDefinition.load_by_id(self._saved_app_id())
+
+    @property
+    def site_id(self) -> int:
+        """The id of the Site of this job's App."""
+        site_id: int | None = type(self).objects._app_site_id(self._saved_app_id())
+        assert site_id is not None
+        return site_id
+
+    def _saved_app_id(self) -> int:
+        app_id = self.app_id
+        if app_id is None:
+            raise ValueError("Cannot fetch by app ID; is None")
+        return int(app_id)
 
     def parent_query(self) -> Query[Job]:
         """Return a query over this job's parents."""
@@ -88,6 +183,23 @@ class Job(Model, JobAttrs):
         """Reload the job and say whether it finished or failed."""
         self.refresh_from_db()
         return self.state in DONE_STATES
+
+
+register_upstream_names("balsam._api.models", {"Job": Job})
+
+
+def _registered_id(app: type) -> int:
+    from .appdef import is_appdef
+
+    if not is_appdef(app):
+        raise UsageTypeError(f"app_id takes an App id, name or ApplicationDefinition, not {app}")
+    app_id: int | None = app.__app_id__  # type: ignore[attr-defined]
+    if app_id is None:
+        raise UsageError(
+            f"Cannot resolve ID from ApplicationDefinition {app}: __app_id__ is None. "
+            "You need to app.sync() prior to creating Jobs with this app."
+        )
+    return app_id
 
 
 def _transfer_item(slot: str, value: Any) -> Any:

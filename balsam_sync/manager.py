@@ -80,9 +80,18 @@ class Manager(Generic[M]):
 
     # -- creation ------------------------------------------------------------------------------
 
-    def create(self, **fields: Any) -> M:
-        """Create one object and return it with its id set."""
-        obj = self.model(**fields)
+    def _require_create(self, method: str) -> None:
+        if self._resource.create is None:
+            # Upstream's managers of server-made resources have no such method at all.
+            raise AttributeError(
+                f"'{self.model.__name__}Manager' object has no attribute '{method}': "
+                f"{self.model.__name__} objects are created by the server"
+            )
+
+    def create(self, *args: Any, **fields: Any) -> M:
+        """Create one object and return it with its id set (arguments as the constructor's)."""
+        self._require_create("create")
+        obj = self.model(*args, **fields)
         self._save(obj)
         return obj
 
@@ -91,16 +100,19 @@ class Manager(Generic[M]):
 
         Returns the same instances, in the order given.
         """
+        self._require_create("bulk_create")
         if not isinstance(objs, list):
             raise UsageTypeError(f"bulk_create takes a list, not {type(objs).__name__}")
         for obj in objs:
             if not isinstance(obj, self.model):
                 raise UsageTypeError(f"bulk_create takes {self.model.__name__} instances: {obj!r}")
-            if obj._state is not ModelState.NEW:
+            if obj._state is not ModelState.CREATING:
                 raise UsageError(f"bulk_create takes unsaved instances; {obj!r} is already saved")
         if not objs:
             return objs
-        result = self._gateway.create(self._resource, [self._creation_payload(o) for o in objs])
+        names: dict[Any, int] = {}
+        payloads = [self._creation_payload(o, names) for o in objs]
+        result = self._gateway.create(self._resource, payloads)
         self._load_all(objs, result)
         return objs
 
@@ -112,7 +124,10 @@ class Manager(Generic[M]):
                 obj._load(row)
         result.raise_first()
 
-    def _creation_payload(self, obj: M) -> Row:
+    @staticmethod
+    def _creation_payload(obj: Model, names: dict[Any, int] | None = None) -> Row:
+        """The wire fields of an unsaved object (references given by name resolved now)."""
+        obj._before_create({} if names is None else names)
         return dict(obj._data)
 
     def _resolve_app_id(self, name: str, site_name: str | None) -> int:
@@ -140,7 +155,7 @@ class Manager(Generic[M]):
         for obj in objs:
             if not isinstance(obj, self.model):
                 raise UsageTypeError(f"bulk_update takes {self.model.__name__} instances: {obj!r}")
-            if obj._state in (ModelState.NEW, ModelState.DELETED):
+            if obj._state in (ModelState.CREATING, ModelState.DELETED):
                 raise ObjectStateError(f"bulk_update takes saved instances: {obj!r}")
             changes = obj._pending_changes()
             if changes:
@@ -176,7 +191,7 @@ class Manager(Generic[M]):
     # -- instance lifecycle (called by Model) --------------------------------------------------
 
     def _save(self, obj: M) -> None:
-        if obj._state is ModelState.NEW:
+        if obj._state is ModelState.CREATING:
             self._load_all(
                 [obj], self._gateway.create(self._resource, [self._creation_payload(obj)])
             )
@@ -229,3 +244,6 @@ class Manager(Generic[M]):
         result = self._gateway.query_delete(self._resource, spec)
         result.raise_first()
         return result.count
+
+
+Model._manager_class = Manager

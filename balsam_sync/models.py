@@ -14,12 +14,15 @@ from collections.abc import Callable
 from enum import Enum
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
+from pydantic import BaseModel
+
 from .errors import (
     FieldNotWritable,
     MultipleObjectsReturned,
     ObjectDoesNotExist,
     ObjectStateError,
     UsageError,
+    UsageTypeError,
 )
 from .fields import Converter, converters, json_fields, validate_field, validate_payload
 from .freshness import RowLayout
@@ -41,10 +44,14 @@ def _snapshot(value: Any) -> Any:
     return copy.deepcopy(value)
 
 
-class ModelState(Enum):
-    """Where an instance stands relative to the server."""
+class ModelState(str, Enum):
+    """Where an instance stands relative to the server.
 
-    NEW = "new"  # built locally and never saved: holds the creation payload
+    The values are upstream's ``obj._state`` strings, so ``obj._state == "clean"`` holds.
+    """
+
+    CREATING = "creating"  # built locally and never saved: holds the creation payload
+    NEW = "creating"  # an alias of CREATING
     CLEAN = "clean"  # equal to what the server (or the mirror) last said
     DIRTY = "dirty"  # clean data plus assigned changes that are not saved yet
     DELETED = "deleted"  # deleted through this instance; its id reads None
@@ -109,11 +116,15 @@ class Model:
     _create_fields: ClassVar[frozenset[str]] = frozenset()
     _update_fields: ClassVar[frozenset[str]] = frozenset()
     _client_only: ClassVar[frozenset[str]] = frozenset()
+    _positional: ClassVar[tuple[str, ...]] = ()
+    """Constructor arguments that may be given by position, in upstream's order."""
     _rules: ClassVar[dict[str, Callable[[Any], str | None]]] = {}
     """Checks the server makes (and we make first): field -> returns an error text or None."""
     DoesNotExist: ClassVar[type[ObjectDoesNotExist]] = ObjectDoesNotExist
     MultipleObjectsReturned: ClassVar[type[MultipleObjectsReturned]] = MultipleObjectsReturned
     objects: ClassVar[_ManagerAccess] = _ManagerAccess()
+    _manager_class: ClassVar[Callable[..., Any]]
+    """The manager class of this model (set below, once manager.py is importable)."""
 
     id: int | None  # every resource has one; None before the first save and after delete
     _state: ModelState
@@ -159,14 +170,29 @@ class Model:
         cls._refs = frozenset({"id", "app_id", "site_id", "batch_job_id"}) & cls._fields
         cls._create_fields = frozenset(res.create.model_fields) if res.create else frozenset()
         cls._update_fields = frozenset(res.update.model_fields) if res.update else frozenset()
+        cls._positional = cls._constructor_order(res.create) if res.create else ()
+
+    @classmethod
+    def _constructor_order(cls, schema: type[BaseModel]) -> tuple[str, ...]:
+        """Upstream's generated constructor order: required fields first, each in schema order."""
+        fields = schema.model_fields
+        required = [n for n, info in fields.items() if info.is_required()]
+        return (*required, *(n for n in fields if n not in required))
 
     # -- construction --------------------------------------------------------------------------
 
-    def __init__(self, **fields: Any) -> None:
+    def __init__(self, *args: Any, **fields: Any) -> None:
+        """Build an unsaved object; arguments as upstream's constructor (positional or named).
+
+        A None argument means "not given", as upstream: the field takes its default.
+        """
         res = self._resource
         name = type(self).__name__
         if res.create is None:
             raise UsageError(f"{name} is read-only: the server creates them")
+        if args:
+            fields = self._named(args, fields)
+        fields = {k: v for k, v in fields.items() if v is not None}
         unknown = set(fields) - self._create_fields - self._client_only
         if unknown:
             raise UsageError(
@@ -177,13 +203,32 @@ class Model:
         self._data = validate_payload(res.create, name, payload)
         for field, value in self._data.items():
             self._check_rule(field, value)
-        self._state = ModelState.NEW
+        self._state = ModelState.CREATING
         self._changes = None
         self._seen = None
+
+    @classmethod
+    def _named(cls, args: tuple[Any, ...], fields: dict[str, Any]) -> dict[str, Any]:
+        """Name positional arguments by upstream's constructor order."""
+        order = cls._positional
+        if len(args) > len(order):
+            raise UsageTypeError(
+                f"{cls.__name__}() takes {len(order)} positional arguments "
+                f"({', '.join(order)}) but {len(args)} were given"
+            )
+        named = dict(fields)
+        for key, value in zip(order, args, strict=False):
+            if key in fields:
+                raise UsageTypeError(f"{cls.__name__}() got multiple values for argument {key!r}")
+            named[key] = value
+        return named
 
     def _prepare_create(self, fields: dict[str, Any]) -> dict[str, Any]:
         """Turn client-only creation arguments into wire fields (overridden by Job)."""
         return fields
+
+    def _before_create(self, names: dict[Any, int]) -> None:
+        """Resolve what was deferred from the constructor (Job: an App name), before sending."""
 
     @classmethod
     def _from_row(cls, row: Row) -> Model:
@@ -235,7 +280,7 @@ class Model:
             if name in self._hidden and type(raw) is dict and self._hidden[name] in raw:
                 raw = {k: v for k, v in raw.items() if k != self._hidden[name]}
                 self._data[name] = raw
-            if state is not ModelState.NEW and type(raw) in (dict, list):
+            if state is not ModelState.CREATING and type(raw) in (dict, list):
                 self._remember(name, raw)
         if raw is None:
             return None
@@ -282,7 +327,7 @@ class Model:
     def _write(self, name: str, value: Any) -> None:
         model = type(self).__name__
         res = self._resource
-        if self._state is ModelState.NEW:
+        if self._state is ModelState.CREATING:
             if name not in self._create_fields or res.create is None:
                 raise FieldNotWritable(f"{model}.{name} is set by the server, not at creation")
             wire = validate_field(res.create, model, name, value)
@@ -323,7 +368,7 @@ class Model:
 
     @property
     def state_of_instance(self) -> ModelState:
-        """Where this instance stands: NEW, CLEAN, DIRTY or DELETED."""
+        """Where this instance stands: CREATING, CLEAN, DIRTY or DELETED."""
         return self._state
 
     def _load(self, row: Row) -> None:
@@ -366,10 +411,10 @@ class Model:
         return obj_id
 
     def _require_saved(self, action: str) -> None:
-        if self._state in (ModelState.NEW, ModelState.DELETED):
+        if self._state in (ModelState.CREATING, ModelState.DELETED):
             raise ObjectStateError(
                 f"cannot {action} a {type(self).__name__} that is "
-                f"{'not saved yet' if self._state is ModelState.NEW else 'deleted'}"
+                f"{'not saved yet' if self._state is ModelState.CREATING else 'deleted'}"
             )
 
     # -- dunder --------------------------------------------------------------------------------

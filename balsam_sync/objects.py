@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 
 from . import resources
 from .models import Model
+from .serializer import register_upstream_names
 from .schemas.attrs import (
     AppAttrs,
     BatchJobAttrs,
@@ -89,3 +90,10 @@ class EventLog(Model, EventLogAttrs):
 
     __slots__ = ()
     _resource = resources.EVENT_LOG
+
+
+register_upstream_names(
+    "balsam._api.models",
+    {"Site": Site, "App": App, "BatchJob": BatchJob, "TransferItem": TransferItem},
+)
+register_upstream_names("balsam._api.models", {"EventLog": EventLog})

@@ -11,7 +11,7 @@ Port rules (pydantic v1 server schemas -> v2 client models, ref balsam-api.md §
 
 - a property that is not ``required`` and has no ``default`` becomes ``X | None = None``;
 - a ``default`` is kept; mutable defaults use ``Field(default_factory=...)``;
-- ``date-time`` -> ``datetime``, ``uuid`` -> ``UUID``, ``path`` and ``uri`` -> ``str``,
+- ``date-time`` -> ``datetime``, ``uuid`` -> ``UUID``, ``path`` -> ``Path``, ``uri`` -> ``str``,
   ``uniqueItems`` arrays -> ``set``, ``additionalProperties`` -> ``dict[str, X]`` (``int`` keys
   where ``DICT_KEY_TYPES`` says so), ``$ref`` / ``allOf: [$ref]`` -> the generated class;
 - ``NULLABLE_REQUIRED`` lists v1 ``Optional[X] = Field(...)`` fields: OpenAPI 3.0 as emitted by
@@ -19,11 +19,11 @@ Port rules (pydantic v1 server schemas -> v2 client models, ref balsam-api.md §
   ``X | None`` with no default;
 - every model ignores extra keys; ``title``, ``example`` and vendor keys are dropped.
 
-Enum member naming rule: the member name is the value with a leading ``-`` spelled ``minus_``
-and every other character outside ``[A-Za-z0-9_]`` replaced by ``_``; the case is kept. A name
-that starts with a digit gets a ``v_`` prefix; a Python keyword, ``name``, ``value`` or an
-attribute of ``str``/``Enum`` gets a trailing ``_``. Examples: ``JobState.RUN_DONE =
-"RUN_DONE"``, ``JobOrdering.minus_last_update = "-last_update"``, ``TransferDirection.in_ = "in"``.
+Enum member naming rule (upstream's own names, so ``JobState.job_finished`` works): the member
+name is the value in lower case, with a leading ``-`` spelled as a ``_desc`` suffix and every
+other character outside ``[A-Za-z0-9_]`` replaced by ``_``; ``MEMBER_NAMES`` lists upstream's
+exceptions. Examples: ``JobState.run_done = "RUN_DONE"``, ``JobOrdering.last_update_desc =
+"-last_update"``, ``TransferDirection.stage_in = "in"``.
 """
 
 from __future__ import annotations
@@ -72,6 +72,8 @@ ENUMS = {
     "BatchJobOrdering": "Allowed ``ordering`` values of ``GET /batch-jobs/``.",
     "EventOrdering": "Allowed ``ordering`` values of ``GET /events/``.",
 }
+# Upstream's member names that the naming rule does not give ("in" is a Python keyword).
+MEMBER_NAMES = {("TransferDirection", "in"): "stage_in", ("TransferDirection", "out"): "stage_out"}
 # The server defines TransferDirection twice (apps and transfer); both must have equal values.
 ENUM_SOURCES = {
     "TransferDirection": (
@@ -253,12 +255,18 @@ class Module:
         return cls
 
 
-def member_name(value: str) -> str:
+def member_name(cls: str, value: str) -> str:
     """Return the enum member name for ``value`` (rule in the module docstring)."""
-    name = re.sub(r"\W", "_", re.sub(r"^-", "minus_", value), flags=re.ASCII)
+    if (cls, value) in MEMBER_NAMES:
+        return MEMBER_NAMES[cls, value]
+    name = value.lower()
+    name = name[1:] + "_desc" if name.startswith("-") else name
+    name = re.sub(r"\W", "_", name, flags=re.ASCII)
     name = "v_" + name if name[:1].isdigit() else name
     reserved = keyword.iskeyword(name) or hasattr(str, name) or hasattr(Enum, name)
-    return name + "_" if reserved or name in {"name", "value"} else name
+    if reserved or name in {"name", "value"}:
+        raise GenError(f"{cls}: member name {name!r} for {value!r} needs a MEMBER_NAMES entry")
+    return name
 
 
 def class_of(schema_name: str) -> str:
@@ -297,12 +305,14 @@ def py_type(prop: dict[str, Any], mod: Module, key: str = "str") -> str:
     if kind == "object":
         mod.imports.add(("typing", "Any"))
         return "dict[str, Any]"
-    if kind == "string" and fmt in {"date-time", "uuid"}:
-        name = "datetime" if fmt == "date-time" else "UUID"
-        mod.imports.add((name.lower(), name))
+    if kind == "string" and fmt in {"date-time", "uuid", "path"}:
+        name, module = {"date-time": ("datetime", "datetime"), "uuid": ("UUID", "uuid")}.get(
+            fmt, ("Path", "pathlib")
+        )
+        mod.imports.add((module, name))
         return name
     scalars = {"integer": "int", "number": "float", "boolean": "bool", "string": "str"}
-    if kind not in scalars or fmt not in {None, "path", "uri"}:
+    if kind not in scalars or fmt not in {None, "uri"}:
         raise GenError(f"{mod.name}: unsupported type {kind!r} with format {fmt!r}")
     return scalars[kind]
 
@@ -311,7 +321,8 @@ def py_value(value: Any, prop: dict[str, Any], mod: Module) -> str:
     """Return a Python expression for a JSON ``default`` of a property."""
     ref = ref_of(prop)
     if ref is not None:
-        return f"{mod.use(class_of(ref))}.{member_name(value)}"
+        cls = mod.use(class_of(ref))
+        return f"{cls}.{member_name(cls, value)}"
     if isinstance(value, list):
         items = ", ".join(py_value(v, prop["items"], mod) for v in value)
         return f"{{{items}}}" if prop.get("uniqueItems") else f"[{items}]"
@@ -393,7 +404,7 @@ def enum_block(cls: str, schemas: dict[str, Any], mod: Module) -> list[str]:
     if len(values) != 1:
         raise GenError(f"{cls}: the schemas {sources} disagree on their values")
     (members,) = values
-    names = [member_name(v) for v in members]
+    names = [member_name(cls, v) for v in members]
     if len(set(names)) != len(names):
         raise GenError(f"{cls}: member names collide: {names}")
     mod.imports.add(("enum", "Enum"))

@@ -763,7 +763,7 @@ def test_event_scheduler_id(world: World) -> None:
 
 def test_state_ne_combined_with_state(world: World) -> None:
     check(world, "Job", {"state__ne": "FAILED"})
-    check(world, "Job", {"state__ne": JobState.JOB_FINISHED, "state": ["JOB_FINISHED", "FAILED"]})
+    check(world, "Job", {"state__ne": JobState.job_finished, "state": ["JOB_FINISHED", "FAILED"]})
     check(world, "Job", {"state__ne": "FAILED", "state": ["FAILED"]})
     check(world, "Job", {"state__ne": "RUNNING", "state": {"RUNNING", "RESTART_READY"}}, "state")
     check(world, "Job", {"state": "STAGED_OUT"})  # never stored: the server rewrote it
@@ -775,16 +775,16 @@ def test_state_ne_combined_with_state(world: World) -> None:
         ("BatchJob", {"state": BatchJobState.pending_submission}),
         ("BatchJob", {"state": [BatchJobState.running, BatchJobState.finished]}),
         ("BatchJob", {"state": ["running", "finished"]}),
-        ("TransferItem", {"job_state": JobState.JOB_FINISHED}),
-        ("TransferItem", {"state": TransferItemState.done, "direction": TransferDirection.in_}),
-        ("EventLog", {"to_state": JobState.RUNNING}),
-        ("EventLog", {"from_state": JobState.CREATED}),
-        ("Job", {"state": JobState.FAILED, "state__ne": JobState.RUNNING}),
+        ("TransferItem", {"job_state": JobState.job_finished}),
+        ("TransferItem", {"state": TransferItemState.done, "direction": TransferDirection.stage_in}),
+        ("EventLog", {"to_state": JobState.running}),
+        ("EventLog", {"from_state": JobState.created}),
+        ("Job", {"state": JobState.failed, "state__ne": JobState.running}),
     ],
     ids=repr,
 )
 def test_enum_members_as_filter_values(world: World, resource: str, filters: Row) -> None:
-    """Users pass the exported enums (``JobState.RUNNING``, ``BatchJobState.running``)."""
+    """Users pass the exported enums (``JobState.running``, ``BatchJobState.running``)."""
     assert check(world, resource, filters)
 
 

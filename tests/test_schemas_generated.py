@@ -121,7 +121,7 @@ def test_header_names_the_spec_hash() -> None:
 
 def test_job_out_validates_a_server_row_and_ignores_extra_keys() -> None:
     job = JobOut.model_validate(JOB_ROW)
-    assert job.state is JobState.STAGED_IN
+    assert job.state is JobState.staged_in
     assert job.last_update == datetime(2026, 11, 26, 23, 20, 32, 553621, tzinfo=timezone.utc)
     assert job.parent_ids == set() and isinstance(job.parent_ids, set)
     assert job.batch_job_id is None and job.return_code is None
@@ -145,8 +145,8 @@ def test_job_create_requires_workdir_and_app_id() -> None:
 
 def test_update_dumps_only_the_fields_that_were_set() -> None:
     assert JobUpdate().model_dump(exclude_unset=True) == {}
-    update = JobUpdate(state=JobState.FAILED, tags={})
-    assert update.model_dump(exclude_unset=True) == {"state": JobState.FAILED, "tags": {}}
+    update = JobUpdate(state=JobState.failed, tags={})
+    assert update.model_dump(exclude_unset=True) == {"state": JobState.failed, "tags": {}}
 
 
 def test_site_out_queued_jobs_keys_become_ints() -> None:
@@ -202,7 +202,7 @@ def test_batch_job_out_accepts_null_scheduler_fields_but_requires_them() -> None
 
 def test_session_acquire_defaults() -> None:
     acquire = SessionAcquire(max_num_jobs=1, filter_tags={})
-    assert acquire.states == {JobState.RESTART_READY, JobState.PREPROCESSED}
+    assert acquire.states == {JobState.restart_ready, JobState.preprocessed}
     assert acquire.max_wall_time_min is None and acquire.app_ids == set()
 
 
@@ -210,10 +210,10 @@ def test_session_acquire_defaults() -> None:
 
 
 def test_enum_member_names_follow_the_values() -> None:
-    assert JobOrdering.minus_last_update.value == "-last_update"
-    assert EventOrdering("-timestamp") is EventOrdering.minus_timestamp
-    assert TransferDirection.in_.value == "in" and TransferDirection.out.value == "out"
-    assert JobState.RUN_DONE == "RUN_DONE"
+    assert JobOrdering.last_update_desc.value == "-last_update"
+    assert EventOrdering("-timestamp") is EventOrdering.timestamp_desc
+    assert TransferDirection.stage_in.value == "in" and TransferDirection.stage_out.value == "out"
+    assert JobState.run_done == "RUN_DONE"
 
 
 def test_filters_table() -> None:
@@ -239,9 +239,18 @@ def test_orderings_and_collections() -> None:
 
 
 def test_enum_member_name_rule() -> None:
-    member_name = _generator().member_name
-    assert member_name("-last_update") == "minus_last_update"
-    assert member_name("in") == "in_"
-    assert member_name("a-b.c") == "a_b_c"
-    assert member_name("3d") == "v_3d"
-    assert member_name("name") == "name_"
+    """Upstream's names: lower case, ``-x`` is ``x_desc``, and its named exceptions."""
+    gen = _generator()
+    assert gen.member_name("JobState", "JOB_FINISHED") == "job_finished"
+    assert gen.member_name("JobOrdering", "-last_update") == "last_update_desc"
+    assert gen.member_name("TransferDirection", "in") == "stage_in"
+    assert gen.member_name("X", "a-b.c") == "a_b_c"
+    assert gen.member_name("X", "3d") == "v_3d"
+    with pytest.raises(gen.GenError, match="MEMBER_NAMES"):
+        gen.member_name("X", "name")
+
+
+def test_path_fields_are_paths() -> None:
+    job = JobOut.model_validate(JOB_ROW)
+    assert isinstance(job.workdir, Path)
+    assert JobCreate(workdir=Path("a") / "b", app_id=1).model_dump(mode="json")["workdir"] == "a/b"

@@ -11,6 +11,7 @@ import typing
 from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
+from pathlib import Path
 from types import NoneType, UnionType
 from typing import Any
 from uuid import UUID
@@ -63,7 +64,7 @@ def _column_type(annotation: Any) -> tuple[type, bool]:
         return int, False
     if annotation in (int, float):
         return annotation, False
-    if annotation in (str, datetime, UUID) or (
+    if annotation in (str, datetime, UUID, Path) or (
         isinstance(annotation, type) and issubclass(annotation, Enum)
     ):
         return str, False

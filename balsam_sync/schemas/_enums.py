@@ -7,20 +7,20 @@ from enum import Enum
 class JobState(str, Enum):
     """Lifecycle state of a Job."""
 
-    CREATED = "CREATED"
-    AWAITING_PARENTS = "AWAITING_PARENTS"
-    READY = "READY"
-    STAGED_IN = "STAGED_IN"
-    PREPROCESSED = "PREPROCESSED"
-    RUNNING = "RUNNING"
-    RUN_DONE = "RUN_DONE"
-    RUN_ERROR = "RUN_ERROR"
-    RUN_TIMEOUT = "RUN_TIMEOUT"
-    RESTART_READY = "RESTART_READY"
-    POSTPROCESSED = "POSTPROCESSED"
-    STAGED_OUT = "STAGED_OUT"
-    JOB_FINISHED = "JOB_FINISHED"
-    FAILED = "FAILED"
+    created = "CREATED"
+    awaiting_parents = "AWAITING_PARENTS"
+    ready = "READY"
+    staged_in = "STAGED_IN"
+    preprocessed = "PREPROCESSED"
+    running = "RUNNING"
+    run_done = "RUN_DONE"
+    run_error = "RUN_ERROR"
+    run_timeout = "RUN_TIMEOUT"
+    restart_ready = "RESTART_READY"
+    postprocessed = "POSTPROCESSED"
+    staged_out = "STAGED_OUT"
+    job_finished = "JOB_FINISHED"
+    failed = "FAILED"
 
 
 class BatchJobState(str, Enum):
@@ -55,32 +55,32 @@ class TransferItemState(str, Enum):
 class TransferDirection(str, Enum):
     """Direction of a transfer: stage in or stage out."""
 
-    in_ = "in"
-    out = "out"
+    stage_in = "in"
+    stage_out = "out"
 
 
 class JobOrdering(str, Enum):
     """Allowed ``ordering`` values of ``GET /jobs/``."""
 
     last_update = "last_update"
-    minus_last_update = "-last_update"
+    last_update_desc = "-last_update"
     id = "id"
-    minus_id = "-id"
+    id_desc = "-id"
     state = "state"
-    minus_state = "-state"
+    state_desc = "-state"
     workdir = "workdir"
-    minus_workdir = "-workdir"
+    workdir_desc = "-workdir"
 
 
 class BatchJobOrdering(str, Enum):
     """Allowed ``ordering`` values of ``GET /batch-jobs/``."""
 
     start_time = "start_time"
-    minus_start_time = "-start_time"
+    start_time_desc = "-start_time"
 
 
 class EventOrdering(str, Enum):
     """Allowed ``ordering`` values of ``GET /events/``."""
 
     timestamp = "timestamp"
-    minus_timestamp = "-timestamp"
+    timestamp_desc = "-timestamp"

@@ -2,6 +2,7 @@
 """Typed field lists of the user-facing model classes (annotations only)."""
 
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -16,7 +17,7 @@ class SiteAttrs:
     """Typed fields of Site instances (the model installs their descriptors)."""
 
     name: str
-    path: str
+    path: Path
     globus_endpoint_id: UUID | None
     backfill_windows: dict[str, list[SchedulerBackfillWindow]]
     queued_jobs: dict[int, SchedulerJobStatus]
@@ -46,7 +47,7 @@ class JobAttrs:
     """Typed fields of Job instances (the model installs their descriptors)."""
 
     id: int | None
-    workdir: str
+    workdir: Path
     tags: dict[str, str]
     serialized_parameters: str
     data: dict[str, Any]
@@ -101,8 +102,8 @@ class TransferItemAttrs:
     id: int | None
     job_id: int
     direction: TransferDirection | str
-    local_path: str
-    remote_path: str
+    local_path: Path
+    remote_path: Path
     location_alias: str
     recursive: bool
 

@@ -2,6 +2,7 @@
 """Wire models of the Job resource (``/jobs/``)."""
 
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -15,7 +16,7 @@ class JobTransferItem(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     location_alias: str
-    path: str
+    path: Path
 
 
 class JobCreate(BaseModel):
@@ -23,7 +24,7 @@ class JobCreate(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    workdir: str = Field(description="Job path relative to site data/ folder.")
+    workdir: Path = Field(description="Job path relative to site data/ folder.")
     tags: dict[str, str] = Field(default_factory=dict, description="Custom key:value string tags.")
     serialized_parameters: str = Field("", description="Encoded parameters dict")
     data: dict[str, Any] = Field(
@@ -66,7 +67,7 @@ class JobUpdate(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    workdir: str | None = Field(None, description="Job path relative to the site data/ folder")
+    workdir: Path | None = Field(None, description="Job path relative to the site data/ folder")
     tags: dict[str, str] = Field(default_factory=dict, description="Custom key:value string tags.")
     serialized_parameters: str | None = Field(None, description="Encoded parameters dict")
     data: dict[str, Any] = Field(
@@ -113,7 +114,7 @@ class JobBulkUpdate(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    workdir: str | None = Field(None, description="Job path relative to the site data/ folder")
+    workdir: Path | None = Field(None, description="Job path relative to the site data/ folder")
     tags: dict[str, str] = Field(default_factory=dict, description="Custom key:value string tags.")
     serialized_parameters: str | None = Field(None, description="Encoded parameters dict")
     data: dict[str, Any] = Field(
@@ -162,7 +163,7 @@ class JobOut(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     id: int = Field(description="Job id")
-    workdir: str = Field(description="Job path relative to site data/ folder.")
+    workdir: Path = Field(description="Job path relative to site data/ folder.")
     tags: dict[str, str] = Field(default_factory=dict, description="Custom key:value string tags.")
     serialized_parameters: str = Field("", description="Encoded parameters dict")
     data: dict[str, Any] = Field(

@@ -41,6 +41,6 @@ class SessionAcquire(BaseModel):
     sort_by: str | None = None
     filter_tags: dict[str, str]
     states: set[JobState] = Field(
-        default_factory=lambda: {JobState.RESTART_READY, JobState.PREPROCESSED}
+        default_factory=lambda: {JobState.restart_ready, JobState.preprocessed}
     )
     app_ids: set[int] = Field(default_factory=set)

@@ -2,6 +2,7 @@
 """Wire models of the Site resource (``/sites/``)."""
 
 from datetime import datetime
+from pathlib import Path
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -49,7 +50,7 @@ class SiteCreate(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     name: str = Field(description="Unique Site name")
-    path: str = Field(description="Absolute filesystem path of the Site")
+    path: Path = Field(description="Absolute filesystem path of the Site")
     globus_endpoint_id: UUID | None = Field(None, description="Associated Globus endpoint ID")
     backfill_windows: dict[str, list[SchedulerBackfillWindow]] = Field(
         default_factory=dict,
@@ -80,7 +81,7 @@ class SiteUpdate(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     name: str | None = Field(None, description="Unique Site name")
-    path: str | None = Field(None, description="Absolute filesystem path of the Site")
+    path: Path | None = Field(None, description="Absolute filesystem path of the Site")
     globus_endpoint_id: UUID | None = Field(None, description="Associated Globus endpoint ID")
     backfill_windows: dict[str, list[SchedulerBackfillWindow]] = Field(
         default_factory=dict,
@@ -111,7 +112,7 @@ class SiteOut(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     name: str = Field(description="Unique Site name")
-    path: str = Field(description="Absolute filesystem path of the Site")
+    path: Path = Field(description="Absolute filesystem path of the Site")
     globus_endpoint_id: UUID | None = Field(None, description="Associated Globus endpoint ID")
     backfill_windows: dict[str, list[SchedulerBackfillWindow]] = Field(
         default_factory=dict,

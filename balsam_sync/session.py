@@ -1,0 +1,208 @@
+"""``Session``: a launcher's lease on jobs (create, acquire_jobs, tick, delete), online only.
+
+A session locks jobs on the server for one launcher, and its heartbeat must reach the server:
+there is nothing a mirror or an outbox could do for it. So sessions are never mirrored or
+queued, and every Session call refuses at once, with ``OfflineError``, in offline mode. The
+jobs a session acquires are written through to the mirror, like any other server answer.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import ValidationError
+
+from .errors import OfflineError, UsageError
+from .fields import parse_datetime
+from .remote import normalize_row
+from .resources import EVENT_LOG, JOB
+from .schemas import SessionAcquire, SessionCreate, SessionOut
+from .schemas._enums import JobState
+from .serializer import register_upstream_names
+
+if TYPE_CHECKING:
+    from .client import Client
+    from .job import Job
+
+RUNNABLE = frozenset({JobState.preprocessed, JobState.restart_ready})
+PATH = "/sessions/"
+
+
+class SessionManager:
+    """``Session.objects``: sessions of one client, straight from the server."""
+
+    def __init__(self, model: type[Session], client: Client) -> None:
+        self.model = model
+        self.client = client
+
+    def _request(self, method: str, path: str, **kw: Any) -> Any:
+        if self.client.gateway.offline:
+            raise OfflineError(
+                "Sessions lock jobs on the server and need it: they are not available offline "
+                "(BALSAM_SYNC_OFFLINE=1)"
+            )
+        return self.client.transport.request(method, path, **kw)
+
+    def create(self, site_id: int, batch_job_id: int | None = None) -> Session:
+        """Open a session at a site (optionally for a batch job) and return it."""
+        session = self.model(site_id, batch_job_id)
+        session.save()
+        return session
+
+    def all(self) -> list[Session]:
+        """Every session of this user (the server ignores limits and orderings here)."""
+        return self.filter()
+
+    def filter(self, id: int | list[int] | None = None) -> list[Session]:
+        """Sessions by id (a list of ids, or one)."""
+        ids = [id] if isinstance(id, int) else list(id or [])
+        params = [("id", str(i)) for i in ids]
+        if id is not None and not ids:
+            return []
+        body = self._request("GET", PATH, params=params)
+        return [self.model._from_api(row) for row in body["results"]]
+
+    def get(self, id: int) -> Session:
+        found = self.filter(id=id)
+        if not found:
+            raise self.model.DoesNotExist(f"No Session with id {id}")
+        return found[0]
+
+    def count(self) -> int:
+        return len(self.all())
+
+    def first(self) -> Session:
+        return self.all()[0]
+
+    def _save(self, session: Session) -> None:
+        body = self._request("POST", PATH, json_body=session._payload)
+        session._set(body)
+
+    def _acquire(self, session: Session, acquire: dict[str, Any]) -> list[Job]:
+        rows = self._request("POST", f"{PATH}{session._saved_id()}", json_body=acquire)
+        rows = [normalize_row(JOB, row) for row in rows or []]
+        mirror = self.client.mirror
+        with mirror.store.write():
+            mirror.store.upsert(JOB.name, rows)
+            mirror.outbox.overlay(JOB.name, [row["id"] for row in rows])
+            mirror.coverage.forget_windows()
+        return [self.client.Job._from_row(row) for row in rows]  # type: ignore[misc]
+
+    def _tick(self, session: Session) -> None:
+        self._request("PUT", f"{PATH}{session._saved_id()}")
+
+    def _delete(self, session: Session) -> None:
+        self._request("DELETE", f"{PATH}{session._saved_id()}")
+        # The server timed out the session's running jobs (and logged it): unseen changes.
+        for res in (JOB, EVENT_LOG):
+            self.client.mirror.coverage.invalidate(res.name)
+
+
+class _Access:
+    def __get__(self, obj: Session | None, owner: type[Session]) -> SessionManager:
+        client = owner._client
+        if client is None:
+            from .client import default_client
+
+            client = default_client()
+        return SessionManager(owner, client)
+
+
+class Session:
+    """A launcher session at a Site: acquires runnable jobs and keeps them locked."""
+
+    objects: ClassVar[_Access] = _Access()
+    _client: ClassVar[Client | None] = None
+
+    class DoesNotExist(UsageError):
+        """No session has that id."""
+
+    id: int | None
+    site_id: int
+    batch_job_id: int | None
+    heartbeat: datetime | None
+
+    def __init__(self, site_id: int, batch_job_id: int | None = None, **kwargs: Any) -> None:
+        try:
+            checked = SessionCreate(site_id=site_id, batch_job_id=batch_job_id, **kwargs)
+        except ValidationError as exc:
+            raise UsageError(f"invalid Session: {exc.errors()[0]['msg']}") from exc
+        self._payload = checked.model_dump(mode="json")
+        self._state = "creating"
+        self.id = None
+        self.site_id = checked.site_id
+        self.batch_job_id = checked.batch_job_id
+        self.heartbeat = None
+
+    @classmethod
+    def _from_api(cls, row: dict[str, Any]) -> Session:
+        session = cls.__new__(cls)
+        session._payload = {}
+        session._set(row)
+        return session
+
+    def _set(self, row: dict[str, Any]) -> None:
+        out = SessionOut.model_validate(row)
+        self.id, self.site_id, self.batch_job_id = out.id, out.site_id, out.batch_job_id
+        self.heartbeat = parse_datetime(out.heartbeat)
+        self._state = "clean"
+
+    def _saved_id(self) -> int:
+        if self.id is None:
+            raise AttributeError("Cannot use a Session before it is saved")
+        return self.id
+
+    def __repr__(self) -> str:
+        return (
+            f"Session(id={self.id}, site_id={self.site_id}, batch_job_id={self.batch_job_id}, "
+            f"heartbeat={self.heartbeat})"
+        )
+
+    def save(self) -> None:
+        """Create the session on the server (sessions have no updatable fields)."""
+        if self._state == "creating":
+            type(self).objects._save(self)
+
+    def acquire_jobs(
+        self,
+        max_num_jobs: int,
+        max_wall_time_min: int | None = None,
+        max_nodes_per_job: int | None = None,
+        max_aggregate_nodes: float | None = None,
+        serial_only: bool = False,
+        sort_by: str | None = None,
+        filter_tags: dict[str, str] | None = None,
+        states: set[JobState] | set[str] = RUNNABLE,  # type: ignore[assignment]
+        app_ids: set[int] | None = None,
+    ) -> list[Job]:
+        """Lock up to ``max_num_jobs`` runnable jobs to this session and return them."""
+        fields = {k: v for k, v in locals().items() if k != "self"}
+        fields["filter_tags"] = filter_tags or {}
+        fields["app_ids"] = app_ids or set()
+        try:
+            body = SessionAcquire.model_validate(fields).model_dump(mode="json")
+        except ValidationError as exc:
+            raise UsageError(f"acquire_jobs: {exc.errors()[0]['msg']}") from exc
+        return type(self).objects._acquire(self, body)
+
+    def tick(self) -> None:
+        """Send the heartbeat (a session without one for 5 minutes is swept by the server)."""
+        type(self).objects._tick(self)
+
+    def delete(self) -> None:
+        """End the session: its jobs are unlocked (running ones become RUN_TIMEOUT)."""
+        type(self).objects._delete(self)
+        self.id = None
+
+    def refresh_from_db(self) -> None:
+        """Reload the session (its heartbeat) from the server."""
+        fresh = type(self).objects.get(self._saved_id())
+        self.site_id, self.batch_job_id, self.heartbeat = (
+            fresh.site_id,
+            fresh.batch_job_id,
+            fresh.heartbeat,
+        )
+
+
+register_upstream_names("balsam._api.models", {"Session": Session})
