@@ -30,6 +30,7 @@ from .sync.pull import PullReport
 
 _UNSET = object()
 _site_config: Any = _UNSET
+site_config: SiteConfig | None  # set on first access, by __getattr__ below
 
 
 def pull(*, full: bool = False) -> PullReport:

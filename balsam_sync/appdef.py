@@ -24,6 +24,7 @@ import jinja2
 import jinja2.meta
 
 from . import appruntime
+from .schemas import JobState
 from .serializer import deserialize, get_source, register_upstream_names, serialize
 
 if TYPE_CHECKING:
@@ -216,22 +217,23 @@ class ApplicationDefinition(metaclass=ApplicationDefinitionMeta):
         if missing:
             raise ValueError(f"Missing required args: {missing} (only got: {arg_dict})")
         args = {key: shlex.quote(str(arg_dict[key])) for key in self.parameters}
-        return jinja2.Template(self.command_template).render(args)
+        rendered: str = jinja2.Template(self.command_template).render(args)
+        return rendered
 
     def preprocess(self) -> None:
-        self.job.state = "PREPROCESSED"
+        self.job.state = JobState.preprocessed
 
     def postprocess(self) -> None:
-        self.job.state = "POSTPROCESSED"
+        self.job.state = JobState.postprocessed
 
     def shell_preamble(self) -> str | list[str]:
         return []
 
     def handle_timeout(self) -> None:
-        self.job.state = "RESTART_READY"
+        self.job.state = JobState.restart_ready
 
     def handle_error(self) -> None:
-        self.job.state = "FAILED"
+        self.job.state = JobState.failed
 
     # -- registration and lookup ---------------------------------------------------------------
 

@@ -8,27 +8,27 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
+from .job import Job
+from .objects import App, Site
 from .serializer import SerializeError
 
 if TYPE_CHECKING:
     from .appdef import ApplicationDefinition
-    from .job import Job
-    from .objects import App, Site
 
     AppDef = type[ApplicationDefinition]
 
 log = logging.getLogger(__name__)
+_UNBOUND = SimpleNamespace(Site=Site, App=App, Job=Job)
+"""The model classes of the default client (``balsam_sync.api``'s)."""
 
 
 def _models(cls: Any) -> Any:
     """The object whose ``Site``, ``App`` and ``Job`` this ApplicationDefinition uses."""
-    if cls._client is not None:
-        return cls._client
-    from . import api
-
-    return api
+    return cls._client if cls._client is not None else _UNBOUND
 
 
 def _site_type(cls: Any) -> type[Site]:
@@ -43,8 +43,6 @@ def _app_type(cls: Any) -> type[App]:
 
 def resolve_site_id(cls: AppDef) -> int:
     """The id of ``cls.site`` (name, id or Site), remembered on the class."""
-    from .objects import Site
-
     if cls._site_id is not None and cls._site_id > 0:
         return cls._site_id
     site = cls.site
@@ -66,8 +64,6 @@ def resolve_site_id(cls: AppDef) -> int:
 
 
 def load_by_site(base: AppDef, site: Any) -> dict[str, AppDef]:
-    from .objects import Site
-
     if isinstance(site, bool) or not isinstance(site, int | str | Site):
         raise ValueError("site must be an int, str, or Site object.")
     if isinstance(site, Site):
@@ -175,8 +171,6 @@ def wire_parameters(parameters: dict[str, Any]) -> dict[str, Any]:
 
 def pyrunner_command(app: ApplicationDefinition) -> str:
     """The command that runs a Python App's ``run()`` through upstream's runner on the site."""
-    import shlex
-
     app_id = app.__app_id__
     payload = app._serialized_class
     if app_id is None or payload is None:

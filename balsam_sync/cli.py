@@ -113,6 +113,7 @@ def duration(seconds: float) -> str:
 
 
 def _stamp(when: datetime | None) -> str:
+    when = when and (when if when.tzinfo else when.replace(tzinfo=timezone.utc))  # naive: UTC
     return when.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC") if when else "-"
 
 

@@ -12,6 +12,7 @@ import os
 import threading
 from typing import Any, TypeVar
 
+from .access import set_manager_resolver
 from .cache.mirror import Identity, Mirror, open_mirror
 from .cache.outbox import Entry, EntryState, now_text
 from .config import ENV_HOME, Settings, load_settings
@@ -20,11 +21,11 @@ from .freshness import AUTO, OFFLINE, ReadPolicy
 from .gateway import Gateway
 from .job import Job
 from .manager import Manager
-from .models import Model, set_manager_resolver
+from .models import Model
 from .objects import App, BatchJob, EventLog, Site, TransferItem
 from .remote import Remote
 from .retry import RetryPolicy
-from .session import Session
+from .session import Session, set_default_client_factory
 from .sync.pull import Progress, Puller, PullReport
 from .sync.replay import PushReport
 from .sync.status import SyncStatus, sync_status
@@ -189,3 +190,4 @@ def set_default_client(client: Client | None) -> None:
 
 
 set_manager_resolver(lambda model: default_client().manager(model))
+set_default_client_factory(default_client)

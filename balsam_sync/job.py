@@ -10,9 +10,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from pydantic import BaseModel
 
 from . import resources
+from .access import _ManagerAccess
 from .errors import UsageError, UsageTypeError
 from .job_manager import JobManager
-from .models import Model, _ManagerAccess
+from .models import Model
 from .objects import all_of, max_length
 from .schemas import JobState
 from .schemas.attrs import JobAttrs
@@ -44,7 +45,7 @@ def encode_parameters(params: dict[str, Any]) -> str:
 
 
 class _JobManagerAccess(_ManagerAccess):
-    def __get__(self, obj: Any, owner: Any) -> JobManager:
+    def __get__(self, obj: Any, owner: Any) -> JobManager:  # type: ignore[override]
         manager = super().__get__(obj, owner)
         assert isinstance(manager, JobManager)
         return manager
@@ -64,7 +65,7 @@ class Job(Model, JobAttrs):
         "serialized_return_value": max_length(512000),
         "serialized_exception": max_length(512000),
     }
-    objects: ClassVar[_JobManagerAccess] = _JobManagerAccess()  # type: ignore[assignment]
+    objects: ClassVar[_JobManagerAccess] = _JobManagerAccess()
     _app_ref: tuple[str, str | None] | None
 
     class NoResult(ValueError):
@@ -103,11 +104,11 @@ class Job(Model, JobAttrs):
             self._app_ref = None
 
     @property
-    def app_id(self) -> int | None:  # type: ignore[override]
+    def app_id(self) -> int:
         """App ID (an App given by name is looked up on first read or at save)."""
         if getattr(self, "_app_ref", None) is not None:
             self._before_create({})
-        value: int | None = self._read("app_id")
+        value: int = self._read("app_id")
         return value
 
     @app_id.setter
@@ -121,7 +122,9 @@ class Job(Model, JobAttrs):
             return {}
         value = deserialize(raw)
         if not isinstance(value, dict):
-            raise ValueError(f"Deserialized Job parameters are of type {type(value)}; must be dict.")
+            raise ValueError(
+                f"Deserialized Job parameters are of type {type(value)}; must be dict."
+            )
         return value
 
     def set_parameters(self, params: dict[str, Any]) -> None:
@@ -153,7 +156,8 @@ class Job(Model, JobAttrs):
     @property
     def app(self) -> type[ApplicationDefinition]:
         """The ApplicationDefinition class of this job's App (unpickled)."""
-        from .appdef import ApplicationDefinition
+        # appdef builds Jobs (submit), so it imports this module: it is imported here, late.
+        from .appdef import ApplicationDefinition  # noqa: PLC0415
 
         return ApplicationDefinition.load_by_id(self._saved_app_id())
 
@@ -189,11 +193,10 @@ register_upstream_names("balsam._api.models", {"Job": Job})
 
 
 def _registered_id(app: type) -> int:
-    from .appdef import is_appdef
-
-    if not is_appdef(app):
+    """The id of an ApplicationDefinition class (``app_id=MyApp``)."""
+    if "_app_type" not in dir(app):
         raise UsageTypeError(f"app_id takes an App id, name or ApplicationDefinition, not {app}")
-    app_id: int | None = app.__app_id__  # type: ignore[attr-defined]
+    app_id: int | None = getattr(app, "__app_id__", None)
     if app_id is None:
         raise UsageError(
             f"Cannot resolve ID from ApplicationDefinition {app}: __app_id__ is None. "

@@ -32,6 +32,7 @@ class JobManager(Manager["Job"]):
         if not by_id:
             return
         for fetched in self.filter(id=list(by_id)).fresh(0):
+            assert fetched.id is not None
             by_id[fetched.id]._load(dict(fetched._decoded()))
 
     def wait(

@@ -11,10 +11,11 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from pydantic import BaseModel
 
+from .access import ModelState
 from .errors import ObjectStateError, UsageError, UsageTypeError
 from .fields import validate_field
 from .freshness import USE_CLIENT_DEFAULT, Answer, PolicyArg
-from .models import Model, ModelState
+from .models import Model
 from .query import Query
 from .resources import APP
 from .spec import QuerySpec

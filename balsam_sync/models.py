@@ -11,11 +11,11 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Callable
-from enum import Enum
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 from pydantic import BaseModel
 
+from .access import ModelState, _Field, _ManagerAccess, _snapshot
 from .errors import (
     FieldNotWritable,
     MultipleObjectsReturned,
@@ -28,73 +28,9 @@ from .fields import Converter, converters, json_fields, validate_field, validate
 from .freshness import RowLayout
 from .resources import Resource
 
-if TYPE_CHECKING:
-    from .manager import Manager
+__all__ = ["Model", "ModelState"]
 
 Row = dict[str, Any]
-_M = TypeVar("_M", bound="Model")
-_SCALARS = frozenset({str, int, float, bool, type(None)})
-
-
-def _snapshot(value: Any) -> Any:
-    """A copy to compare with at save: shallow when nothing inside can change in place."""
-    items = value.values() if type(value) is dict else value
-    if all(type(v) in _SCALARS for v in items):
-        return value.copy()
-    return copy.deepcopy(value)
-
-
-class ModelState(str, Enum):
-    """Where an instance stands relative to the server.
-
-    The values are upstream's ``obj._state`` strings, so ``obj._state == "clean"`` holds.
-    """
-
-    CREATING = "creating"  # built locally and never saved: holds the creation payload
-    NEW = "creating"  # an alias of CREATING
-    CLEAN = "clean"  # equal to what the server (or the mirror) last said
-    DIRTY = "dirty"  # clean data plus assigned changes that are not saved yet
-    DELETED = "deleted"  # deleted through this instance; its id reads None
-
-
-ManagerResolver = Callable[[type["Model"]], "Manager[Any]"]
-_resolve_manager: ManagerResolver | None = None
-
-
-def set_manager_resolver(resolver: ManagerResolver) -> None:
-    """Tell unbound model classes how to find the default client's manager (done by client)."""
-    global _resolve_manager
-    _resolve_manager = resolver
-
-
-class _Field:
-    """Descriptor for one model field: reads convert, writes validate."""
-
-    def __init__(self, name: str, doc: str | None) -> None:
-        self.name = name
-        self.__doc__ = doc
-
-    def __get__(self, obj: Model | None, owner: type[Model]) -> Any:
-        if obj is None:
-            return self
-        return obj._read(self.name)
-
-    def __set__(self, obj: Model, value: Any) -> None:
-        obj._write(self.name, value)
-
-
-class _ManagerAccess:
-    """``Model.objects``: the manager of the client this model class is bound to."""
-
-    def __get__(self, obj: Model | None, owner: type[_M]) -> Manager[_M]:
-        if obj is not None:
-            raise AttributeError("the manager is reached through the class: use Model.objects")
-        bound = owner.__dict__.get("_manager")
-        if bound is not None:
-            return bound  # type: ignore[no-any-return]
-        if _resolve_manager is None:
-            raise RuntimeError("balsam_sync.client was not imported")
-        return _resolve_manager(owner)
 
 
 class Model:
@@ -164,7 +100,8 @@ class Model:
             if name not in cls.__dict__:
                 setattr(cls, name, _Field(name, doc))
         cls._fields = frozenset(names)
-        cls._conv = converters(res.out)
+        # A field the server never returns (Job.transfers, state_timestamp) still reads typed.
+        cls._conv = {k: v for sch in reversed(schemas) for k, v in converters(sch).items()}
         cls._json = json_fields(res.out)
         cls._bools = frozenset(n for n, conv in cls._conv.items() if conv is bool)
         cls._refs = frozenset({"id", "app_id", "site_id", "batch_job_id"}) & cls._fields

@@ -12,7 +12,6 @@ from typing import Any, ClassVar
 
 from . import resources
 from .models import Model
-from .serializer import register_upstream_names
 from .schemas.attrs import (
     AppAttrs,
     BatchJobAttrs,
@@ -20,6 +19,7 @@ from .schemas.attrs import (
     SiteAttrs,
     TransferItemAttrs,
 )
+from .serializer import register_upstream_names
 
 
 def max_length(limit: int) -> Callable[[Any], str | None]:

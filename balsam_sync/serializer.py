@@ -12,6 +12,7 @@ Unpickling runs code: only deserialize payloads from your own server account.
 from __future__ import annotations
 
 import base64
+import importlib
 import io
 import pickle
 from collections.abc import Callable
@@ -101,8 +102,6 @@ class _Unpickler(dill.Unpickler):  # type: ignore[misc]
 
 def _import(name: str) -> ModuleType:
     """``importlib.import_module``, with upstream's API modules read as ours."""
-    import importlib
-
     ours = {v: k for k, v in _MODULES.items()}.get(name, name)
     try:
         return importlib.import_module(ours)

@@ -8,6 +8,7 @@ jobs a session acquires are written through to the mirror, like any other server
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -99,13 +100,22 @@ class SessionManager:
             self.client.mirror.coverage.invalidate(res.name)
 
 
+_default_client: Callable[[], Client] | None = None
+
+
+def set_default_client_factory(factory: Callable[[], Client]) -> None:
+    """Tell the unbound Session class how to find the default client (done by client.py)."""
+    global _default_client
+    _default_client = factory
+
+
 class _Access:
     def __get__(self, obj: Session | None, owner: type[Session]) -> SessionManager:
         client = owner._client
         if client is None:
-            from .client import default_client
-
-            client = default_client()
+            if _default_client is None:
+                raise RuntimeError("balsam_sync.client was not imported")
+            client = _default_client()
         return SessionManager(owner, client)
 
 

@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from .client import Client, default_client
 from .config import read_client_yml
 from .errors import ConfigError
-
-if TYPE_CHECKING:
-    from .client import Client
 
 ENV_SITE_PATH = "BALSAM_SITE_PATH"
 
@@ -67,8 +65,6 @@ class SiteConfig:
     @property
     def client(self) -> Client:
         """The default client (the site's user, from client.yml or the environment)."""
-        from .client import default_client
-
         return default_client()
 
     @property

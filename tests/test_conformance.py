@@ -776,7 +776,10 @@ def test_state_ne_combined_with_state(world: World) -> None:
         ("BatchJob", {"state": [BatchJobState.running, BatchJobState.finished]}),
         ("BatchJob", {"state": ["running", "finished"]}),
         ("TransferItem", {"job_state": JobState.job_finished}),
-        ("TransferItem", {"state": TransferItemState.done, "direction": TransferDirection.stage_in}),
+        (
+            "TransferItem",
+            {"state": TransferItemState.done, "direction": TransferDirection.stage_in},
+        ),
         ("EventLog", {"to_state": JobState.running}),
         ("EventLog", {"from_state": JobState.created}),
         ("Job", {"state": JobState.failed, "state__ne": JobState.running}),

@@ -153,7 +153,7 @@ def test_r3_writers_and_a_daemon_share_one_mirror_without_lock_errors(
     expected = {f"r3/w{k}/{i}" for k in range(R3_WRITERS) for i in range(R3_JOBS)}
     print(f"\nR3: {R3_WRITERS} writers x {R3_JOBS} jobs + daemon: {sum(seen.values())} on server")
     assert set(seen) == expected and max(seen.values()) == 1
-    nodes = {j.workdir: j.num_nodes for j in client.Job.objects.online()}
+    nodes = {str(j.workdir): j.num_nodes for j in client.Job.objects.online()}
     assert all(nodes[f"r3/w{k}/{i}"] == 2 for k in range(R3_WRITERS) for i in range(0, R3_JOBS, 3))
     client.close()
 

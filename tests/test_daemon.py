@@ -157,7 +157,7 @@ def test_sigterm_mid_batch_exits_0_and_loses_nothing(
     assert 0 < left < 3000 and left % 100 == 0  # whole batches only: none was cut in half
 
     assert invoke("push").exit_code == 0
-    on_server = [j.workdir for j in server.Job.objects.online()]
+    on_server = [str(j.workdir) for j in server.Job.objects.online()]
     assert len(on_server) == 3000
     assert sorted(on_server) == workdirs
 

@@ -91,14 +91,18 @@ def test_r1_mixed_mutations_on_a_flaky_link_end_as_intended(
             ]
             Job.objects.bulk_create(batch)
             for job in batch:
-                intent[job.workdir] = {"num_nodes": 1, "grp": job.tags["grp"], "parents": parents}
+                intent[str(job.workdir)] = {
+                    "num_nodes": 1,
+                    "grp": job.tags["grp"],
+                    "parents": parents,
+                }
             live += batch
             done["create"] += len(batch)
         elif kind == "update":
             job = rng.choice(live)
             job.num_nodes = rng.randint(2, 64)
             job.save()
-            intent[job.workdir]["num_nodes"] = job.num_nodes
+            intent[str(job.workdir)]["num_nodes"] = job.num_nodes
             done["update"] += 1
         elif kind == "query":
             grp = str(rng.randrange(10))
@@ -109,7 +113,7 @@ def test_r1_mixed_mutations_on_a_flaky_link_end_as_intended(
             done["query_update"] += n
         else:
             job = live.pop(rng.randrange(len(live)))
-            intent.pop(job.workdir)
+            intent.pop(str(job.workdir))
             job.delete()
             done["delete"] += 1
 
@@ -139,7 +143,9 @@ def test_r1_mixed_mutations_on_a_flaky_link_end_as_intended(
                 [j.to_dict() for j in local],
                 fields,
             )
-        parent_ids = {server[p.workdir]["id"] for p in fields["parents"] if p.workdir in server}
+        parent_ids = {
+            server[str(p.workdir)]["id"] for p in fields["parents"] if str(p.workdir) in server
+        }
         assert parent_ids <= set(row["parent_ids"]), workdir
     assert client.status(check_server=False).dead == 0
     client.close()

@@ -605,7 +605,7 @@ def test_site_and_app_save_and_refresh(api: Client, user: Any, other: Client) ->
     site = Site.objects.create(name=f"polaris-{_uid()}", path="/projects/polaris")
     app = App.objects.create(site_id=site.id, name="Sim", serialized_class="t", source_code="x")
 
-    site.path = "/projects/polaris2"
+    site.path = Path("/projects/polaris2")  # a str works too
     site.allowed_projects = ["datascience"]
     site.save()
     app.description = "a simulation"

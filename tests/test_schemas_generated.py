@@ -213,7 +213,8 @@ def test_enum_member_names_follow_the_values() -> None:
     assert JobOrdering.last_update_desc.value == "-last_update"
     assert EventOrdering("-timestamp") is EventOrdering.timestamp_desc
     assert TransferDirection.stage_in.value == "in" and TransferDirection.stage_out.value == "out"
-    assert JobState.run_done == "RUN_DONE"
+    run_done: str = "RUN_DONE"
+    assert JobState.run_done == run_done
 
 
 def test_filters_table() -> None:
