@@ -136,6 +136,34 @@ def test_upstream_loads_the_client_yml_of_balsam_sync_login_and_lists_our_jobs(
         assert f"test/run{i}" in listing.stdout
 
 
+def test_one_client_yml_serves_both_logins(user: User, client_yml: Path, tmp_path: Path) -> None:
+    """Upstream's ``balsam login`` file works for balsam_sync, and ours rewrites it for both."""
+    login = upstream_cli(
+        client_yml,
+        tmp_path,
+        "login",
+        "--url",
+        user.api_root,
+        stdin=f"{user.username}\n{PASSWORD}\n",
+    )
+    assert login.returncode == 0, login.stderr
+    written_by_upstream = yaml.safe_load(client_yml.read_text())
+    c = balsam_sync.connect(home=str(tmp_path / "home"), retry=FAST_RETRY)
+    try:
+        site = c.Site.objects.create(f"shared-{uuid.uuid4().hex[:6]}", "/projects/shared")
+        app = c.App.objects.create(site.id, "Shared", "payload", "pass")
+        c.Job.objects.create("shared/1", app.id)
+    finally:
+        c.close()
+    sync_login(user, client_yml)
+    rewritten = yaml.safe_load(client_yml.read_text())
+    assert rewritten["client_class"] == written_by_upstream["client_class"]
+    assert isinstance(rewritten["token_expiry"], datetime)
+    listing = upstream_cli(client_yml, tmp_path, "job", "ls")
+    assert listing.returncode == 0, listing.stderr
+    assert "shared/1" in listing.stdout
+
+
 def _define_apps(site_name: str) -> tuple[type[ApplicationDefinition], type[ApplicationDefinition]]:
     class Sleeper(ApplicationDefinition):
         """Sleeps, then says goodbye."""

@@ -49,7 +49,9 @@ def run_upstream(script: str, client_yml: Path, cwd: Path, *args: str, timeout: 
     return json.loads(lines[-1])
 
 
-def upstream_cli(client_yml: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def upstream_cli(
+    client_yml: Path, cwd: Path, *args: str, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run upstream's ``balsam`` command line with ``client_yml``."""
     balsam = upstream_python().parent / "balsam"
     env = {
@@ -58,5 +60,12 @@ def upstream_cli(client_yml: Path, cwd: Path, *args: str) -> subprocess.Complete
         "BALSAM_CLIENT_PATH": str(client_yml),
     }
     return subprocess.run(
-        [str(balsam), *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=180
+        [str(balsam), *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=180,
+        check=False,
     )
