@@ -31,6 +31,8 @@ def parse_datetime(raw: Any) -> datetime:
     compares them with ``datetime.utcnow()``, so every model timestamp reads naive UTC. The
     mirror keeps aware UTC text; only what users read is naive.
     """
+    if type(raw) is str and raw.endswith("+00:00"):  # the mirror's (and last_update's) form
+        return datetime.fromisoformat(raw[:-6])
     value = raw if isinstance(raw, datetime) else datetime.fromisoformat(raw)
     if value.tzinfo is not None:
         value = value.astimezone(timezone.utc).replace(tzinfo=None)

@@ -349,3 +349,65 @@ def test_everything_upstream_exports_is_exported() -> None:
     missing = [name for name in upstream if not hasattr(api_module, name)]
     assert missing == []
     assert issubclass(api_module.Job.DoesNotExist, Exception)
+
+
+def test_bad_application_definitions_raise_upstreams_errors(sent: Any) -> None:
+    """Defining a broken App fails at the class statement, as upstream's, with no request."""
+    with pytest.raises(AttributeError, match="must contain the `site` attribute"):
+
+        class NoSite(ApplicationDefinition):
+            command_template = "echo"
+
+    with pytest.raises(AttributeError, match="must not define both"):
+
+        class Both(ApplicationDefinition):
+            site = 1
+            command_template = "echo {{ x }}"
+
+            def run(self) -> None:
+                pass
+
+    with pytest.raises(AttributeError, match="valid Python identifiers"):
+
+        class BadName(ApplicationDefinition):
+            site = 1
+            command_template = "echo {{ not-valid }}"
+
+    with pytest.raises(AttributeError, match="must set a 'default'"):
+
+        class NoDefault(ApplicationDefinition):
+            site = 1
+            command_template = "echo {{ x }}"
+            parameters = {"x": {"required": False}}  # noqa: RUF012
+
+    with pytest.raises(AttributeError, match="extraneous keys"):
+
+        class Extra(ApplicationDefinition):
+            site = 1
+            command_template = "echo {{ x }}"
+            parameters = {"y": {"required": True}}  # noqa: RUF012
+
+    with pytest.raises(TypeError, match="missing the `self` argument"):
+
+        class NoSelf(ApplicationDefinition):
+            site = 1
+
+            @staticmethod
+            def run(x: int) -> int:
+                return x
+
+    assert len(sent) == 0
+
+
+def test_submit_of_an_unsynced_app_needs_its_site(api: Client, sent: Any) -> None:
+    class Lost(ApplicationDefinition):
+        site = "no-such-site"
+        command_template = "true"
+
+    sent.clear()
+    with pytest.raises(Site.DoesNotExist):
+        Lost.submit("lost/1")
+    assert Lost.__app_id__ is None
+    assert [m for m, _ in sent.calls] == ["GET"]  # only the site lookup
+    with pytest.raises(ValueError, match="sync"):
+        Job("lost/2", app_id=Lost)
