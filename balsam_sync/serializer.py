@@ -93,11 +93,23 @@ class _Unpickler(dill.Unpickler):  # type: ignore[misc]
             return found
         if (module, name) == ("importlib", "import_module"):
             return _import
+        if module == "tblib" or module.startswith("tblib."):
+            return RemoteTraceback
         if module == "balsam" or module.startswith("balsam."):
             raise DeserializeError(
                 f"the payload needs upstream's {module}.{name}, which balsam_sync does not have"
             )
         return super().find_class(module, name)
+
+
+class RemoteTraceback:
+    """Stands for the traceback (``tblib``) that upstream pickles beside a job's exception.
+
+    The exception itself is re-raised; the remote frames are not rebuilt here.
+    """
+
+    def as_traceback(self) -> None:
+        return None
 
 
 def _import(name: str) -> ModuleType:

@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -277,3 +278,32 @@ print(json.dumps({
     for name, members in found["enums"].items():
         enum = getattr(_enums, name)
         assert [[m.name, m.value] for m in enum] == members, name
+
+
+def test_results_and_exceptions_upstream_reported_are_read(
+    logged_in: Client, client_yml: Path, tmp_path: Path, app: Any
+) -> None:
+    """What upstream's Python runner stores on a job: a return value, or a raised exception."""
+    script = r"""
+import json
+from balsam.schemas import serialize, serialize_exception
+def fail():
+    raise KeyError("missing input")
+try:
+    fail()
+except KeyError as exc:
+    error = serialize_exception(exc)
+print(json.dumps({"value": serialize({"energy": -1.5, "steps": [1, 2]}), "error": error}))
+"""
+    payloads = run_upstream(script, client_yml, tmp_path)
+    done = api.Job.objects.create("results/ok", app.id)
+    done.serialized_return_value = payloads["value"]
+    done.save()
+    assert api.Job.objects.get(id=done.id).result_nowait() == {"energy": -1.5, "steps": [1, 2]}
+    failed = api.Job.objects.create("results/failed", app.id)
+    with pytest.raises(api.Job.NoResult):
+        failed.result_nowait()
+    failed.serialized_exception = payloads["error"]
+    failed.save()
+    with pytest.raises(KeyError, match="missing input"):
+        failed.result_nowait()
