@@ -411,3 +411,23 @@ def test_submit_of_an_unsynced_app_needs_its_site(api: Client, sent: Any) -> Non
     assert [m for m, _ in sent.calls] == ["GET"]  # only the site lookup
     with pytest.raises(ValueError, match="sync"):
         Job("lost/2", app_id=Lost)
+
+
+def test_the_mirror_keeps_aware_utc_text_while_models_read_naive(
+    api: Client, site: Any, app: Any, offline: Client
+) -> None:
+    """Only what users read is naive: rows from the server and local writes stay ``+00:00``."""
+    job = Job.objects.create("stored/1", app.id)  # queued offline
+    bj = BatchJob(1, 10, "mpi", site.id, "p", "q")
+    bj.save()
+    bj.start_time = datetime(2024, 5, 1, 12, 0)  # naive: UTC
+    bj.save()
+    assert bj.start_time == datetime(2024, 5, 1, 12, 0)
+    conn = offline.mirror.store.conn
+    (text,) = conn.execute("SELECT start_time FROM batch_jobs WHERE id = ?", [bj.id]).fetchone()
+    assert text == "2024-05-01T12:00:00.000000+00:00"
+    assert api.push().remaining == 0
+    api.Job.objects.online().get(id=job.id)  # the server's row, written through
+    (stamp,) = conn.execute("SELECT last_update FROM jobs WHERE id = ?", [job.id]).fetchone()
+    assert stamp.endswith("+00:00") and len(stamp) == 32
+    assert Job.objects.offline().get(id=job.id).last_update == datetime.fromisoformat(stamp[:-6])
