@@ -113,7 +113,7 @@ def test_login_writes_private_settings(user: User, run: Run, tmp_path: Path) -> 
 def test_login_with_a_wrong_password_exits_4(user: User, run: Run, tmp_path: Path) -> None:
     out = run("login", "--username", user.username, "--password-stdin", input="nope\n", code=4)
     assert out.stderr.strip() == (
-        f"error: login as {user.username!r} refused: wrong username or password"
+        f"error: login as {user.username!r} refused: wrong username or password."
     )
     assert not (tmp_path / "etc" / "client.yml").exists()
     run("login", "--password-stdin", input="x\n", code=2)  # stdin is for the password only
