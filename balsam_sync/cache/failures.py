@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import functools
 import inspect
+import shutil
 import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -47,10 +48,22 @@ def is_damage(exc: BaseException) -> bool:
     return _name(exc).startswith(_DAMAGED) or any(t in text for t in _DAMAGED_TEXT)
 
 
-def _is_full(exc: BaseException) -> bool:
+def _is_full(exc: BaseException, path: Path | None) -> bool:
     if isinstance(exc, OSError):
         return exc.errno in (errno.ENOSPC, errno.EDQUOT)
-    return _name(exc).startswith("SQLITE_FULL") or any(t in str(exc).lower() for t in _FULL_TEXT)
+    if _name(exc).startswith("SQLITE_FULL") or any(t in str(exc).lower() for t in _FULL_TEXT):
+        return True
+    # An I/O error (e.g. growing the shared-memory file) on a disk with no room left.
+    io_error = _name(exc).startswith("SQLITE_IOERR") or "disk i/o error" in str(exc).lower()
+    return io_error and path is not None and _no_room(path)
+
+
+def _no_room(path: Path) -> bool:
+    folder = path if path.is_dir() else path.parent
+    try:
+        return shutil.disk_usage(folder).free < 65536
+    except OSError:
+        return False
 
 
 def _is_busy(exc: BaseException) -> bool:
@@ -64,7 +77,7 @@ def mirror_error(path: Path | None, exc: BaseException) -> MirrorError:
     """Return the ``MirrorError`` that explains ``exc`` (from SQLite or the OS) for ``path``."""
     where = str(path) if path is not None else "the mirror"
     reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-    if _is_full(exc):
+    if _is_full(exc, path):
         return MirrorFull(
             f"the disk holding {where} is full ({reason}): nothing was written. Free some "
             "space (or point BALSAM_SYNC_HOME at another disk) and try again"
