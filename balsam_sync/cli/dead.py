@@ -30,24 +30,6 @@ def _dead_row(e: Entry) -> list[str]:
     return [str(c) for c in cells]
 
 
-@dead.command("list")
-@pass_state
-def dead_list(state: State) -> None:
-    """List refused changes and their reasons (`dead show SEQ` prints one in full)."""
-    entries = state.client().dead_letters()
-    headers = ["seq", "resource", "op", "object id", "status", "error", "queued at"]
-    if entries:
-        table(headers, [_dead_row(e) for e in entries], widest=80)
-    click.echo(f"{len(entries)} dead letter(s)" if entries else "no dead letters")
-
-
-def _letter(client: Client, seq: int) -> Entry:
-    entry = client.mirror.outbox.get(seq)
-    if entry is None or entry.state is not EntryState.DEAD:
-        raise BalsamSyncError(f"no dead letter with seq {seq} (see `balsam-sync dead list`)")
-    return entry
-
-
 def _as_dict(e: Entry) -> dict[str, Any]:
     return {
         "seq": e.seq,
@@ -60,6 +42,28 @@ def _as_dict(e: Entry) -> dict[str, Any]:
         "queued_at": e.created_at,
         "payload": e.payload,
     }
+
+
+@dead.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print them in full, as JSON.")
+@pass_state
+def dead_list(state: State, as_json: bool) -> None:
+    """List refused changes and their reasons (`dead show SEQ` prints one in full)."""
+    entries = state.client().dead_letters()
+    if as_json:
+        echo_json({"dead": [_as_dict(e) for e in entries]})
+        return
+    headers = ["seq", "resource", "op", "object id", "status", "error", "queued at"]
+    if entries:
+        table(headers, [_dead_row(e) for e in entries], widest=80)
+    click.echo(f"{len(entries)} dead letter(s)" if entries else "no dead letters")
+
+
+def _letter(client: Client, seq: int) -> Entry:
+    entry = client.mirror.outbox.get(seq)
+    if entry is None or entry.state is not EntryState.DEAD:
+        raise BalsamSyncError(f"no dead letter with seq {seq} (see `balsam-sync dead list`)")
+    return entry
 
 
 @dead.command("show")

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from types import TracebackType
 from typing import Any
 
 from tqdm import tqdm
+
+
+def _size() -> tuple[int, int]:
+    """The terminal's (columns, lines); 80 x 24 where it does not say (a bare pseudo-terminal)."""
+    try:
+        size = os.get_terminal_size(sys.stderr.fileno())
+    except (OSError, ValueError):
+        return 80, 24
+    return size.columns or 80, size.lines or 24
 
 
 class Bars:
@@ -37,7 +47,10 @@ class Bars:
     def _new(self, resource: str) -> tqdm[Any]:
         for other in self._bars.values():  # the previous resource is done
             other.close()
-        bar: tqdm[Any] = tqdm(desc=f"pulling {resource}", unit=" rows", file=sys.stderr)
+        columns, lines = _size()
+        bar: tqdm[Any] = tqdm(
+            desc=f"pulling {resource}", unit=" rows", file=sys.stderr, ncols=columns, nrows=lines
+        )
         self._bars[resource] = bar
         return bar
 
