@@ -88,7 +88,10 @@ class Main(click.Group):
         except BrokenPipeError:
             raise  # click's standalone mode ends quietly on a closed pipe
         except (BalsamSyncError, OSError) as exc:
-            fail(ctx, exc, str(exc) or type(exc).__name__)
+            text = str(exc) or type(exc).__name__
+            if isinstance(exc, NotAuthenticated) and "login" not in text:
+                text += ": log in again (`balsam-sync login`)"
+            fail(ctx, exc, text)
         except Exception as exc:  # a bug: still one line, the traceback goes to the debug log
             log.debug("unexpected error", exc_info=True)
             text = f"unexpected {type(exc).__name__}: {exc} (a bug in balsam-sync; -vv shows more)"
