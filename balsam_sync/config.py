@@ -103,7 +103,7 @@ class Settings:
     """Everything needed to build a client.
 
     Attributes:
-        api_root: the server's base URL.
+        api_root: the server's base URL, normalised (``normalize_url``).
         token: bearer token, or None (only the auth routes work then).
         home: folder holding the mirror files.
         connect_timeout / read_timeout: seconds, as in upstream client.yml.

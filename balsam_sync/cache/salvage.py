@@ -138,6 +138,17 @@ def _page_size(path: Path, size: int) -> int | None:
     return None
 
 
+def _header(page: int, pages: int, mode: int) -> bytes:
+    """A plain database header (SQLite's file format, section 1.3): no freelist, UTF-8."""
+    fields = (
+        *(1 if page == 65536 else page, mode, mode, 0, 64, 32, 32),  # page size .. fractions
+        *(1, pages, 0, 0),  # change counter, page count, freelist trunk and count (none)
+        *(1, 4, 0, 0, 1, 0, 0, 0),  # schema cookie, format 4, cache, vacuum, UTF-8, ...
+        *(1, 3040001),  # version-valid-for (= change counter: the page count holds), version
+    )
+    return _MAGIC + struct.pack(">HBBBBBBIIIIIIIIIIII20xII", *fields)
+
+
 def _with_new_header(path: Path) -> Path | None:
     """Copy ``path`` with a rebuilt 100-byte header (and its WAL); None if it cannot be done."""
     size = path.stat().st_size
@@ -146,30 +157,7 @@ def _with_new_header(path: Path) -> Path | None:
         return None
     wal = Path(f"{path}-wal")
     mode = 2 if wal.exists() and wal.stat().st_size > 0 else 1
-    header = _MAGIC + struct.pack(
-        ">HBBBBBBIIIIIIIIIIII20xII",
-        1 if page == 65536 else page,
-        mode,
-        mode,
-        0,
-        64,
-        32,
-        32,
-        1,  # change counter (equal to version-valid-for: the page count below is trusted)
-        size // page,
-        0,  # no freelist (its pages are left unused)
-        0,
-        1,  # schema cookie
-        4,  # schema format
-        0,
-        0,
-        1,  # UTF-8
-        0,
-        0,
-        0,
-        1,
-        3040001,
-    )
+    header = _header(page, size // page, mode)
     copy = path.with_name(path.name + ".repaired")
     shutil.copyfile(path, copy)
     os.chmod(copy, 0o600)

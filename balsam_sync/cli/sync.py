@@ -19,7 +19,15 @@ from ..errors import BalsamSyncError, OfflineError
 from ..sync.daemon import SyncDaemon
 from ..sync.status import SyncStatus
 from ..token import claims
-from .app import EXIT_ERROR, EXIT_NOT_AUTHENTICATED, State, logging_to, main, pass_state
+from .app import (
+    EXIT_ERROR,
+    EXIT_NOT_AUTHENTICATED,
+    State,
+    logging_to,
+    main,
+    pass_state,
+    sentence,
+)
 from .progress import Bars
 from .show import ago, duration, echo_json, expiry, table
 
@@ -199,6 +207,8 @@ def daemon(ctx: click.Context, state: State, /, log_file: str | None, **opts: An
         click.echo(f"one round done: {st.pending} pending, {st.dead} dead letters")
         failed = runner.last_round is not None and runner.last_round.error
         if failed:
-            click.echo(f"error: the round failed: {state.redact(str(failed))}", err=True)
+            click.echo(
+                f"error: {sentence(f'the round failed: {state.redact(str(failed))}')}", err=True
+            )
             code = code or EXIT_ERROR
     ctx.exit(code)
