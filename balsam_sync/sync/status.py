@@ -8,7 +8,7 @@ that does not exist yet, and a mirror that cannot be used is reported, not raise
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
 from ..cache.neighbours import Neighbour
@@ -94,7 +94,7 @@ def sync_status(client: Client, *, check_server: bool = True) -> SyncStatus:
     except MirrorError as exc:
         problem = str(exc)
     skew = client.transport.clock_offset
-    now = client.transport.server_now()
+    now = datetime.now(timezone.utc)  # the clock that stamped the entries (outbox.now_text)
     return SyncStatus(
         pending=counts.get("pending", 0) + counts.get("in_flight", 0),
         oldest_pending_age=max((now - oldest).total_seconds(), 0.0) if oldest else None,
