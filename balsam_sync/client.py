@@ -174,7 +174,11 @@ class Client:
             OfflineError: the client is offline (``BALSAM_SYNC_OFFLINE=1``).
         """
         self._refuse_offline("push()")
-        report = self.gateway.replayer().push(lock_wait=lock_wait)
+        try:
+            report = self.gateway.replayer().push(lock_wait=lock_wait)
+        except BalsamSyncError as exc:
+            self._note_error(f"push failed: {exc}")
+            raise
         if not report.skipped:
             self._note_error(report.error)
         return report

@@ -40,8 +40,10 @@ RequestHook = Callable[[str, str], None]
 """Called with (method, url) just before each attempt is sent; used by tests and tracing."""
 Clock = Callable[[], datetime]
 """Returns the current time as an aware UTC datetime (injectable, for tests of skewed clocks)."""
-SKEW_TOLERANCE = 2.0
-"""Seconds of difference from the server's clock ignored (its Date header has 1 s resolution)."""
+SKEW_TOLERANCE = 60.0
+"""Seconds of difference from the server's clock taken for no skew: a Date header has 1 s
+resolution, and a busy server stamps it late (uvicorn refreshes it once per loop tick), so
+only a clock that is clearly off, by minutes or days, is corrected."""
 
 
 def utcnow() -> datetime:
@@ -148,9 +150,17 @@ class Transport:
             server = parsedate_to_datetime(raw) if raw else None
         except (TypeError, ValueError):
             server = None
-        if server is not None and server.tzinfo is not None:
-            # The header drops the fraction of a second: its middle is the better guess.
-            self._offset = (server - self.clock()).total_seconds() + 0.5
+        if server is None or server.tzinfo is None:
+            return
+        # The server's clock read ``server`` (less than 1 s before, as the header drops the
+        # fraction) somewhere between our sending and our receiving: that bounds the skew. A
+        # slow reply is no skew; a clear one is taken at its lower bound, so the estimate of
+        # the server's clock never runs ahead of it.
+        received = self.clock()
+        low = (server - received).total_seconds()
+        high = (server - (received - response.elapsed)).total_seconds() + 1.0
+        clear = high < -SKEW_TOLERANCE or low > SKEW_TOLERANCE
+        self._offset = low if clear else 0.0
 
     # -- requests ------------------------------------------------------------------------------
 
