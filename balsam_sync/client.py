@@ -7,16 +7,20 @@ client that is built on first use, never at import.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import os
 import threading
+from pathlib import Path
 from typing import Any, TypeVar
 
 from .access import set_manager_resolver
-from .cache.mirror import Identity, Mirror, open_mirror
+from .cache.mirror import Identity, Mirror, locate, open_mirror
+from .cache.neighbours import Neighbour, neighbours
 from .cache.outbox import Entry, EntryState, now_text
 from .config import ENV_HOME, Settings, load_settings
-from .errors import ConfigError
+from .errors import BalsamSyncError, ConfigError, OfflineError, UsageError
 from .freshness import AUTO, OFFLINE, ReadPolicy
 from .gateway import Gateway
 from .job import Job
@@ -26,11 +30,12 @@ from .objects import App, BatchJob, EventLog, Site, TransferItem
 from .remote import Remote
 from .retry import RetryPolicy
 from .session import Session, set_default_client_factory
+from .sync.dead import edited_payload
 from .sync.pull import Progress, Puller, PullReport
 from .sync.replay import PushReport
 from .sync.status import SyncStatus, sync_status
 from .token import user_of
-from .transport import Transport
+from .transport import Clock, Transport
 
 M = TypeVar("M", bound=Model)
 
@@ -42,7 +47,9 @@ class Client:
         Site, App, Job, BatchJob, TransferItem, EventLog: model classes bound to this client.
     """
 
-    def __init__(self, settings: Settings, *, retry: RetryPolicy | None = None) -> None:
+    def __init__(
+        self, settings: Settings, *, retry: RetryPolicy | None = None, clock: Clock | None = None
+    ) -> None:
         self.settings = settings
         self.transport = Transport(
             settings.api_root,
@@ -51,6 +58,7 @@ class Client:
             connect_timeout=settings.connect_timeout,
             read_timeout=settings.read_timeout,
             verify=settings.verify_tls,
+            clock=clock,
         )
         self.remote = Remote(self.transport)
         self.gateway = Gateway(
@@ -74,7 +82,7 @@ class Client:
     def __repr__(self) -> str:
         return f"<balsam_sync.Client {self.settings.api_root}>"
 
-    def _open_mirror(self) -> Mirror:
+    def _identity(self) -> Identity:
         token = self.settings.token
         user = user_of(token) if token else None
         if user is None and token:
@@ -85,9 +93,27 @@ class Client:
                 "cannot tell whose mirror to open: no readable token "
                 "(log in with `balsam-sync login` or set BALSAM_SYNC_TOKEN)"
             )
-        explicit = self.settings.home is not None or bool(os.environ.get(ENV_HOME))
-        identity = Identity(self.settings.api_root, user)
-        return open_mirror(self.settings.mirror_home, identity, explicit_home=explicit)
+        return Identity(self.settings.api_root, user)
+
+    @property
+    def _explicit_home(self) -> bool:
+        return self.settings.home is not None or bool(os.environ.get(ENV_HOME))
+
+    def _open_mirror(self) -> Mirror:
+        home, explicit = self.settings.mirror_home, self._explicit_home
+        mirror = open_mirror(home, self._identity(), explicit_home=explicit)
+        mirror.coverage.clock = self.transport.server_now
+        return mirror
+
+    @property
+    def mirror_file(self) -> Path:
+        """Where this client's mirror is (or will be) kept; nothing is opened or created."""
+        return locate(self.settings.mirror_home, self._identity(), self._explicit_home)
+
+    def other_mirrors(self) -> list[Neighbour]:
+        """Other mirrors of this user in the same folder that hold queued changes."""
+        path = self.mirror_file
+        return neighbours(path.parent, path, self._identity().user)
 
     @property
     def mirror(self) -> Mirror:
@@ -120,15 +146,52 @@ class Client:
     def default_policy(self, policy: ReadPolicy) -> None:
         self.gateway.default_policy = policy
 
+    def _refuse_offline(self, what: str) -> None:
+        if self.settings.offline:
+            raise OfflineError(
+                f"{what} needs the server, but the client is offline "
+                "(BALSAM_SYNC_OFFLINE=1): nothing was sent"
+            )
+
     def pull(self, *, full: bool = False, progress: Progress | None = None) -> PullReport:
-        """Bring the mirror up to the server's state (see ``balsam_sync.sync.pull``)."""
-        report = Puller(self.remote, self.mirror, progress).pull(full=full)
-        self.mirror.outbox.log("last_pull", now_text())
+        """Bring the mirror up to the server's state (see ``balsam_sync.sync.pull``).
+
+        Raises:
+            OfflineError: the client is offline (``BALSAM_SYNC_OFFLINE=1``).
+        """
+        self._refuse_offline("pull()")
+        mirror = self.mirror
+        try:
+            report = Puller(self.remote, mirror, progress, clock=self.transport.clock).pull(
+                full=full
+            )
+        except BalsamSyncError as exc:
+            self._note_error(f"pull failed: {exc}")
+            raise
+        mirror.outbox.log("last_pull", now_text())
+        self._note_error(None)
         return report
 
     def push(self, *, lock_wait: float = 30.0) -> PushReport:
-        """Send what is queued now; returns what was sent, what failed and what died."""
-        return self.gateway.replayer().push(lock_wait=lock_wait)
+        """Send what is queued now; returns what was sent, what failed and what died.
+
+        Raises:
+            OfflineError: the client is offline (``BALSAM_SYNC_OFFLINE=1``).
+        """
+        self._refuse_offline("push()")
+        try:
+            report = self.gateway.replayer().push(lock_wait=lock_wait)
+        except BalsamSyncError as exc:
+            self._note_error(f"push failed: {exc}")
+            raise
+        if not report.skipped:
+            self._note_error(report.error)
+        return report
+
+    def _note_error(self, error: str | None) -> None:
+        """Record the last sync error for ``status()``; a sync that succeeds clears it."""
+        with contextlib.suppress(BalsamSyncError):  # a failing mirror: its error is raised
+            self.mirror.outbox.log("last_error", error or "")
 
     def status(self, *, check_server: bool = True) -> SyncStatus:
         """A snapshot of the outbox, the last push/pull, the token and the server's reachability."""
@@ -142,6 +205,20 @@ class Client:
         """Queue a dead letter again (its local change is re-applied); False if unknown."""
         return self.gateway.revive(seq)
 
+    def edit_dead(self, seq: int, changes: dict[str, Any], unset: list[str]) -> Entry:
+        """Correct a dead letter's payload (validated like any write); it stays dead until
+        ``retry_dead``.
+
+        Raises:
+            UsageError: no such dead letter, a delete (no payload), or an invalid payload.
+        """
+        entry = self.mirror.outbox.get(seq)
+        if entry is None or entry.state is not EntryState.DEAD:
+            raise UsageError(f"no dead letter with seq {seq} (see `balsam-sync dead list`)")
+        payload = edited_payload(entry, getattr(self, entry.resource), changes, unset)
+        self.mirror.outbox.set_payload(seq, payload)
+        return dataclasses.replace(entry, payload=payload)
+
     def discard_dead(self, seq: int) -> bool:
         """Drop a dead letter for good (the mirror already holds the server's truth)."""
         entry = self.mirror.outbox.get(seq)
@@ -149,12 +226,17 @@ class Client:
             return False
         return self.mirror.outbox.forget(seq)
 
-    def close(self) -> None:
-        """Release connections and close the mirror."""
-        self.transport.close()
+    def drop_mirror(self) -> None:
+        """Close the mirror; the next use opens (or creates) the file again."""
         if self.gateway._mirror is not None:
             self.gateway._mirror.close()
             self.gateway._mirror = None
+        self.gateway._replayer = None
+
+    def close(self) -> None:
+        """Release connections and close the mirror."""
+        self.transport.close()
+        self.drop_mirror()
 
 
 def connect(
@@ -163,10 +245,14 @@ def connect(
     *,
     home: str | os.PathLike[str] | None = None,
     retry: RetryPolicy | None = None,
+    clock: Clock | None = None,
     **settings: Any,
 ) -> Client:
-    """Return a client for one server; arguments override the environment and client.yml."""
-    return Client(load_settings(api_root, token, home, **settings), retry=retry)
+    """Return a client for one server; arguments override the environment and client.yml.
+
+    ``clock`` replaces this machine's clock (tests of a skewed clock).
+    """
+    return Client(load_settings(api_root, token, home, **settings), retry=retry, clock=clock)
 
 
 _default: Client | None = None

@@ -2,16 +2,25 @@
 
 ``BALSAM_SYNC_API_ROOT`` and ``BALSAM_SYNC_TOKEN`` win over the upstream settings file
 (``~/.balsam/client.yml`` or ``BALSAM_CLIENT_PATH``), whose layout and 0600 mode we keep.
+
+The server URL is normalised before anything uses it (``normalize_url``): scheme and host in
+lower case, the default port dropped, no trailing slash. A URL holding a user name or password
+is refused, so credentials never reach a file name, a log, a repr or a request. The mirror is
+chosen by ``server_key``, which also treats every loopback spelling (``localhost``,
+``127.0.0.1``, ``[::1]``) of one port as one server.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 import stat
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import platformdirs
 import yaml
@@ -23,6 +32,70 @@ ENV_TOKEN = "BALSAM_SYNC_TOKEN"
 ENV_HOME = "BALSAM_SYNC_HOME"
 ENV_OFFLINE = "BALSAM_SYNC_OFFLINE"
 ENV_CLIENT_PATH = "BALSAM_CLIENT_PATH"
+DEFAULT_PORTS = {"http": 80, "https": 443}
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/@\s]*@")
+
+
+def redact_url(text: str) -> str:
+    """``text`` with any user name and password inside a URL replaced by ``***``."""
+    return _USERINFO.sub(r"\1***@", text)
+
+
+def normalize_url(url: str) -> str:
+    """Return the canonical form of a server URL: ``scheme://host[:port][/path]``.
+
+    Raises:
+        ConfigError: no http(s) scheme, no host, a bad port, a query or fragment, or a user
+            name or password in the URL (the message never repeats them).
+    """
+    text = url.strip()
+    shown = redact_url(text)
+    parts = urlsplit(text)
+    scheme = parts.scheme.lower()
+    if scheme not in DEFAULT_PORTS or not text.lower().startswith(scheme + "://"):
+        raise ConfigError(
+            f"the server URL {shown!r} must start with http:// or https:// "
+            "(e.g. https://balsam.example.org or http://127.0.0.1:8765)"
+        )
+    if "@" in parts.netloc:
+        raise ConfigError(
+            f"the server URL {shown} holds a user name or password: remove it from the URL "
+            "(log in with `balsam-sync login`; the token is what authenticates you)"
+        )
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise ConfigError(f"the server URL {shown!r} has a bad port") from exc
+    host = (parts.hostname or "").rstrip(".")
+    if not host or parts.query or parts.fragment:
+        raise ConfigError(f"the server URL {shown!r} needs a host and no '?' or '#' part")
+    host = f"[{host}]" if ":" in host else host
+    netloc = host if port in (None, DEFAULT_PORTS[scheme]) else f"{host}:{port}"
+    return f"{scheme}://{netloc}{re.sub('/+', '/', parts.path).rstrip('/')}"
+
+
+def server_key(url: str) -> str:
+    """Return the server's identity for the mirror: the normalised URL, loopback as localhost.
+
+    ``http://localhost:8765`` and ``http://127.0.0.1:8765`` are one server (one port on this
+    machine), so they share one mirror; requests still go to the URL as written.
+    """
+    normal = normalize_url(url)
+    parts = urlsplit(normal)
+    host = (parts.hostname or "").strip("[]")
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        return normal
+    netloc = "localhost" + (f":{parts.port}" if parts.port is not None else "")
+    return f"{parts.scheme}://{netloc}{parts.path}"
+
+
+def offline_from_env() -> bool:
+    """Whether ``BALSAM_SYNC_OFFLINE`` asks for offline mode (1, true or yes)."""
+    return os.environ.get(ENV_OFFLINE, "").strip().lower() in ("1", "true", "yes")
 
 
 @dataclass(frozen=True)
@@ -30,7 +103,7 @@ class Settings:
     """Everything needed to build a client.
 
     Attributes:
-        api_root: the server's base URL.
+        api_root: the server's base URL, normalised (``normalize_url``).
         token: bearer token, or None (only the auth routes work then).
         home: folder holding the mirror files.
         connect_timeout / read_timeout: seconds, as in upstream client.yml.
@@ -138,15 +211,12 @@ def load_settings(
             f"no Balsam server configured: set {ENV_API_ROOT} (and {ENV_TOKEN}), "
             f"pass api_root to balsam_sync.connect(), or run `balsam-sync login` to write {path}"
         )
-    root = str(root)
-    if not root.startswith(("http://", "https://")):
-        raise ConfigError(f"api_root must start with http:// or https://, got {root!r}")
-    same_server = str(stored.get("api_root", "")).rstrip("/") == root.rstrip("/")
+    root = normalize_url(str(root))
     values: dict[str, Any] = {
-        "api_root": root.rstrip("/"),
-        "token": token or env_token or (stored.get("token") if same_server else None),
+        "api_root": root,
+        "token": token or env_token or (stored.get("token") if _same(stored, root) else None),
         "home": Path(home) if home is not None else None,
-        "offline": os.environ.get(ENV_OFFLINE, "").lower() in ("1", "true", "yes"),
+        "offline": offline_from_env(),
         "settings_path": path if stored else None,
     }
     for key in ("connect_timeout", "read_timeout", "retry_count"):
@@ -157,3 +227,11 @@ def load_settings(
         return Settings(**values)
     except TypeError as exc:
         raise ConfigError(f"unknown setting: {exc}") from exc
+
+
+def _same(stored: dict[str, Any], root: str) -> bool:
+    """Whether client.yml's server is ``root`` (under any spelling), so its token applies."""
+    try:
+        return server_key(str(stored.get("api_root", ""))) == server_key(root)
+    except ConfigError:
+        return False

@@ -9,7 +9,10 @@
     │   └── SlicedQueryError (AttributeError, TypeError)  filter/order/delete after a slice
     ├── ObjectDoesNotExist          Model.DoesNotExist is a per-model subclass
     ├── MultipleObjectsReturned     Model.MultipleObjectsReturned is a per-model subclass
-    ├── MirrorError                 the local mirror file is corrupt, foreign or unusable
+    ├── MirrorError                 the local mirror file is foreign or unusable (names the file)
+    │   ├── MirrorDamaged           its content is damaged: `balsam-sync salvage`
+    │   ├── MirrorFull              its disk is full: nothing was written
+    │   └── MirrorBusy              another process kept it locked past the busy timeout
     ├── OfflineError                the answer needs the server, but the client is offline
     └── TransportError              the server could not be asked or answered badly
         ├── ServerUnreachable       no answer after the bounded retries
@@ -69,6 +72,18 @@ class MultipleObjectsReturned(BalsamSyncError):
 
 class MirrorError(BalsamSyncError):
     """The local mirror cannot be used (corrupt, foreign, or on an unsafe file system)."""
+
+
+class MirrorDamaged(MirrorError):
+    """The mirror file is damaged; ``balsam-sync salvage`` recovers its queued changes."""
+
+
+class MirrorFull(MirrorError):
+    """The disk holding the mirror is full; the write was rolled back whole."""
+
+
+class MirrorBusy(MirrorError):
+    """Another process kept the mirror locked for longer than the busy timeout."""
 
 
 class OfflineError(BalsamSyncError):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 from .cache.mirror import Mirror
@@ -25,16 +25,13 @@ from .resources import RESOURCES, Resource
 from .spec import QuerySpec
 from .sync.lock import FileLock
 from .sync.replay import Replayer
+from .unmirrored import server_if_unmirrored
 
 log = logging.getLogger(__name__)
 
 Row = dict[str, Any]
 DEFAULT_MAX_AGE = 300.0
 """Seconds a full sync stays fresh enough to answer queries under the AUTO policy."""
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 class Gateway:
@@ -45,6 +42,7 @@ class Gateway:
         mirror: returns the open mirror (opened lazily, on first use).
         default_policy: the policy of queries that do not choose one.
         max_age: seconds a full sync stays fresh under AUTO.
+        clock: the time now (default: the server's clock, as the transport estimates it).
     """
 
     def __init__(
@@ -54,8 +52,10 @@ class Gateway:
         default_policy: ReadPolicy,
         max_age: float = DEFAULT_MAX_AGE,
         offline: bool = False,
+        clock: Callable[[], datetime] | None = None,
     ) -> None:
         self.remote = remote
+        self.clock = clock or remote.transport.server_now
         self.offline = offline
         self._replayer: Replayer | None = None
         self._mirror_factory = mirror
@@ -102,15 +102,18 @@ class Gateway:
             cov = book.for_count(spec) if count else book.for_rows(spec)
             when = cov.as_of if cov else None
         max_age = pol.max_age if pol.max_age is not None else self.max_age
-        if when is not None and (utcnow() - when).total_seconds() <= max_age:
+        # A stamp ahead of the clock (it was set back since) is never fresh.
+        if when is not None and 0 <= (self.clock() - when).total_seconds() <= max_age:
             return when
         return None
 
     def _offline_as_of(self, spec: QuerySpec, count: bool) -> datetime | None:
         book = self.mirror.coverage
         cov = book.for_count(spec) if count else book.for_rows(spec)
-        return cov.as_of if cov else book.full_sync_at(spec.resource)
+        when = cov.as_of if cov else book.full_sync_at(spec.resource)
+        return min(when, self.clock()) if when else None  # never ahead of the clock
 
+    @server_if_unmirrored()
     def fetch(self, res: Resource, spec: QuerySpec, policy: PolicyArg) -> Answer:
         """Return the rows of ``spec`` from wherever the policy allows."""
         pol = self._policy(policy)
@@ -120,8 +123,9 @@ class Gateway:
         if cached is not None:
             return self._mirror_rows(spec, cached, stale=False)
         try:
-            now = utcnow()
+            now = self.clock()
             rows, count = self.remote.select(res, spec)
+            now = min(now, self.clock())  # the reply may show that our clock runs ahead
         except ServerUnreachable as exc:
             return self._fallback(
                 spec, pol, exc, False, lambda at: self._mirror_rows(spec, at, True)
@@ -136,6 +140,7 @@ class Gateway:
         layout, rows = self.mirror.store.query_packed(spec)
         return Answer(rows, None, "cache", as_of, stale, layout)
 
+    @server_if_unmirrored(count=True)
     def count(self, res: Resource, spec: QuerySpec, policy: PolicyArg) -> Answer:
         """Return how many objects match ``spec`` (rows are not fetched)."""
         pol = self._policy(policy)
@@ -145,8 +150,9 @@ class Gateway:
         if cached is not None:
             return self._mirror_count(spec, cached, stale=False)
         try:
-            now = utcnow()
+            now = self.clock()
             n = self.remote.count(res, spec)
+            now = min(now, self.clock())
         except ServerUnreachable as exc:
             return self._fallback(
                 spec, pol, exc, True, lambda at: self._mirror_count(spec, at, True)
@@ -157,7 +163,7 @@ class Gateway:
     def _mirror_count(self, spec: QuerySpec, as_of: datetime | None, stale: bool) -> Answer:
         cov = self.mirror.coverage.for_count(spec)
         if cov is not None and cov.count is not None and not stale:
-            return Answer([], cov.count, "cache", cov.as_of)
+            return Answer([], cov.count, "cache", min(cov.as_of, self.clock()))
         return Answer([], self.mirror.store.count(spec), "cache", as_of, stale)
 
     def _fallback(
@@ -177,6 +183,7 @@ class Gateway:
             self._warned_offline = True
         return answer(self._offline_as_of(spec, count))
 
+    @server_if_unmirrored()
     def stream(
         self, res: Resource, spec: QuerySpec, policy: PolicyArg, chunk_size: int
     ) -> Iterator[Row]:

@@ -12,8 +12,10 @@ import logging
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
+from email.utils import parsedate_to_datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 import urllib3.exceptions
@@ -36,6 +38,21 @@ log = logging.getLogger(__name__)
 Params = Sequence[tuple[str, str]]
 RequestHook = Callable[[str, str], None]
 """Called with (method, url) just before each attempt is sent; used by tests and tracing."""
+Clock = Callable[[], datetime]
+"""Returns the current time as an aware UTC datetime (injectable, for tests of skewed clocks)."""
+SKEW_TOLERANCE = 60.0
+"""Seconds of difference from the server's clock taken for no skew: a Date header has 1 s
+resolution, and a busy server stamps it late (uvicorn refreshes it once per loop tick), so
+only a clock that is clearly off, by minutes or days, is corrected."""
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _no_ambient_auth(request: requests.PreparedRequest) -> requests.PreparedRequest:
+    """Keep our headers: no Basic auth from a URL's user info or from ~/.netrc replaces them."""
+    return request
 
 
 class Transport:
@@ -48,6 +65,7 @@ class Transport:
         connect_timeout: seconds to establish a connection.
         read_timeout: seconds to wait for a reply.
         verify: TLS certificate verification (on unless explicitly turned off).
+        clock: this machine's clock (``Transport.server_now`` corrects it by the server's).
     """
 
     def __init__(
@@ -59,9 +77,15 @@ class Transport:
         connect_timeout: float = 6.2,
         read_timeout: float = 120.0,
         verify: bool | str = True,
+        clock: Clock | None = None,
     ) -> None:
         if not api_root.startswith(("http://", "https://")):
             raise ConfigError(f"api_root must start with http:// or https://, got {api_root!r}")
+        if "@" in urlsplit(api_root).netloc:
+            raise ConfigError("the server URL holds a user name or password: remove it")
+        self.clock = clock or utcnow
+        self._offset: float | None = None
+        self._warned_expiry = False
         self.api_root = api_root.rstrip("/")
         self.retry = retry or RetryPolicy()
         self.timeout = (connect_timeout, read_timeout)
@@ -93,15 +117,50 @@ class Transport:
                 body=None,
             )
         expiry = self.token_expiry
-        if expiry is not None and expiry <= datetime.now(timezone.utc):
-            raise NotAuthenticated(
-                f"the token expired at {expiry.isoformat()}: log in again with `balsam-sync login`",
-                method="",
-                url=self.api_root,
-                status=401,
-                body=None,
+        if expiry is not None and expiry <= self.server_now() and not self._warned_expiry:
+            # Only the server can tell: this machine's clock may be wrong. A refused token
+            # comes back as a 401 (NotAuthenticated) from the server itself.
+            self._warned_expiry = True
+            log.warning(
+                "the token seems to have expired at %s by this machine's clock; sending it "
+                "anyway (the server decides; `balsam-sync login` renews it)",
+                expiry.isoformat(),
             )
         return {"Authorization": f"Bearer {self._token}"}
+
+    # -- clocks --------------------------------------------------------------------------------
+
+    @property
+    def clock_offset(self) -> float | None:
+        """Seconds the server's clock is ahead of ours, from the last reply (None: unknown)."""
+        return self._offset
+
+    def server_now(self) -> datetime:
+        """Our best guess of the server's clock: ours, corrected by the skew its replies show."""
+        now = self.clock()
+        offset = self._offset
+        if offset is None or abs(offset) <= SKEW_TOLERANCE:
+            return now
+        return now + timedelta(seconds=offset)
+
+    def _note_date(self, response: requests.Response, *args: Any, **kwargs: Any) -> None:
+        """Measure the skew between the server's clock (its Date header) and ours."""
+        raw = response.headers.get("Date")
+        try:
+            server = parsedate_to_datetime(raw) if raw else None
+        except (TypeError, ValueError):
+            server = None
+        if server is None or server.tzinfo is None:
+            return
+        # The server's clock read ``server`` (less than 1 s before, as the header drops the
+        # fraction) somewhere between our sending and our receiving: that bounds the skew. A
+        # slow reply is no skew; a clear one is taken at its lower bound, so the estimate of
+        # the server's clock never runs ahead of it.
+        received = self.clock()
+        low = (server - received).total_seconds()
+        high = (server - (received - response.elapsed)).total_seconds() + 1.0
+        clear = high < -SKEW_TOLERANCE or low > SKEW_TOLERANCE
+        self._offset = low if clear else 0.0
 
     # -- requests ------------------------------------------------------------------------------
 
@@ -112,6 +171,8 @@ class Transport:
         if session is None:
             session = requests.Session()
             session.verify = self._verify
+            session.auth = _no_ambient_auth
+            session.hooks["response"].append(self._note_date)
             self._local.session = session
         return session
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import re
 import stat
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,11 +16,11 @@ from typing import Any
 import click
 import pytest
 import yaml
-from click.testing import CliRunner, Result
 
 import balsam_sync
 from balsam_sync.cli import duration, main
 from balsam_sync.client import Client
+from tests.clienv import Run, make_app, queue_offline, use_env
 from tests.conftest import PASSWORD, User, register_user
 
 
@@ -29,30 +28,8 @@ from tests.conftest import PASSWORD, User, register_user
 def user(balsam_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> User:
     """A fresh user whose server, token, mirror folder and client.yml come from the env."""
     found = register_user(balsam_server, "cli")
-    monkeypatch.setenv("BALSAM_SYNC_API_ROOT", found.api_root)
-    monkeypatch.setenv("BALSAM_SYNC_TOKEN", found.token)
-    monkeypatch.setenv("BALSAM_SYNC_HOME", str(tmp_path))
-    monkeypatch.setenv("BALSAM_CLIENT_PATH", str(tmp_path / "etc" / "client.yml"))
-    monkeypatch.delenv("BALSAM_SYNC_OFFLINE", raising=False)
+    use_env(monkeypatch, found, tmp_path)
     return found
-
-
-class Run:
-    """Invokes the command and checks it never prints a token or a traceback."""
-
-    def __init__(self, token: str) -> None:
-        self.secrets = [token]
-
-    def __call__(self, *args: str, input: str | None = None, code: int = 0) -> Result:
-        result = CliRunner().invoke(main, list(args), input=input)
-        text = result.output + result.stderr
-        assert "Traceback" not in text
-        for secret in self.secrets:
-            assert secret not in text
-        assert result.exit_code == code, (args, result.output, result.exception)
-        if result.exception is not None:
-            assert isinstance(result.exception, SystemExit), result.exception
-        return result
 
 
 @pytest.fixture
@@ -70,23 +47,7 @@ def online(user: User, tmp_path: Path) -> Iterator[Client]:
 
 @pytest.fixture
 def app(online: Client) -> Any:
-    site = online.Site.objects.create(name=f"cli-{uuid.uuid4().hex[:6]}", path="/projects/x")
-    return online.App.objects.create(
-        site_id=site.id, name="Hello", serialized_class="txt", source_code="print('hi')"
-    )
-
-
-def queue_offline(monkeypatch: pytest.MonkeyPatch, app: Any, n: int, **fields: Any) -> Client:
-    """Queue ``n`` job creates in the env's mirror without sending them; return that client."""
-    monkeypatch.setenv("BALSAM_SYNC_OFFLINE", "1")
-    c = balsam_sync.connect()
-    monkeypatch.delenv("BALSAM_SYNC_OFFLINE")
-    calls: list[str] = []
-    c.transport.on_request.append(lambda method, url: calls.append(url))
-    for i in range(n):
-        c.Job.objects.create(workdir=f"q/{uuid.uuid4().hex[:6]}-{i}", app_id=app.id, **fields)
-    assert calls == []
-    return c
+    return make_app(online)
 
 
 def status_json(run: Run, *args: str) -> dict[str, Any]:
@@ -113,7 +74,7 @@ def test_login_writes_private_settings(user: User, run: Run, tmp_path: Path) -> 
 def test_login_with_a_wrong_password_exits_4(user: User, run: Run, tmp_path: Path) -> None:
     out = run("login", "--username", user.username, "--password-stdin", input="nope\n", code=4)
     assert out.stderr.strip() == (
-        f"error: login as {user.username!r} refused: wrong username or password"
+        f"error: login as {user.username!r} refused: wrong username or password."
     )
     assert not (tmp_path / "etc" / "client.yml").exists()
     run("login", "--password-stdin", input="x\n", code=2)  # stdin is for the password only

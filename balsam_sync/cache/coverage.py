@@ -13,16 +13,22 @@ Our own writes go through to the mirror rows, so unsliced records stay true afte
 and count records of a resource are dropped whenever we write to it (a changed row may move in
 or out of a window, or change a count). A mirror that only holds the rows of a narrow query
 therefore never answers a broader one.
+
+Stamps never lie ahead of the server: each is capped, when written, by ``clock`` (the client
+sets it to its best guess of the server's clock), and a stamp that is still in the future when
+read (this machine's clock was set back since) is never fresh (``Gateway``).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from ..spec import QuerySpec
+from .failures import guarded
 from .store import Store
 
 NO_HIGH = -1
@@ -44,12 +50,18 @@ def _at(text: str) -> datetime:
     return datetime.fromisoformat(text)
 
 
+@guarded
 class CoverageBook:
     """Reads and writes the ``sync_state`` and ``fetches`` tables of a mirror."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, clock: Callable[[], datetime] | None = None) -> None:
         self.store = store
         self.conn = store.conn
+        self.clock = clock or (lambda: datetime.now(timezone.utc))
+
+    def _capped(self, at: datetime) -> str:
+        """``at`` as stored: never later than the clock (the server's, when the client knows)."""
+        return min(at, self.clock()).isoformat()
 
     # -- full syncs ----------------------------------------------------------------------------
 
@@ -64,7 +76,7 @@ class CoverageBook:
                 "VALUES (?, ?, ?, ?) ON CONFLICT(resource) DO UPDATE SET "
                 "full_at = excluded.full_at, pulled_at = excluded.pulled_at, "
                 "watermark = coalesce(excluded.watermark, watermark)",
-                [resource, at.isoformat(), watermark, at.isoformat()],
+                [resource, self._capped(at), watermark, self._capped(at)],
             )
 
     def watermark(self, resource: str) -> str | None:
@@ -86,7 +98,7 @@ class CoverageBook:
                 "INSERT OR REPLACE INTO fetches "
                 "(resource, filters, ordering, low, high, count, fetched_at) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [spec.resource, _filters_key(spec), ordering, low, high, count, at.isoformat()],
+                [spec.resource, _filters_key(spec), ordering, low, high, count, self._capped(at)],
             )
 
     def for_rows(self, spec: QuerySpec) -> Coverage | None:

@@ -1,4 +1,9 @@
-"""Is a folder on a network file system? SQLite's WAL needs node-local storage.
+"""Where the mirror may live: private folders and files, and node-local storage for SQLite.
+
+Everything balsam_sync writes is private: files 0600 (``private_file``) in folders 0700
+(``private_dir``). A folder that already existed keeps its mode unless it is one of ours.
+
+Is a folder on a network file system? SQLite's WAL needs node-local storage.
 
 HPC home folders are often NFS, Lustre or GPFS, shared by every login node. SQLite's WAL mode
 relies on shared memory between the processes using a file, which only works on one machine;
@@ -10,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 from pathlib import Path
 
 from ..errors import MirrorError
@@ -84,3 +90,25 @@ def choose_home(home: Path, explicit: bool) -> tuple[Path, bool]:
     local = Path("/var/tmp") / f"balsam-sync-{os.getuid()}"
     log.warning("%s is on a network file system: keeping the mirror in %s", home, local)
     return local, True
+
+
+def private_dir(folder: Path) -> None:
+    """Create ``folder`` (and missing parents) with mode 0700; make an existing one 0700.
+
+    Raises:
+        OSError: the folder cannot be made or used (mapped to ``MirrorError`` by callers).
+    """
+    missing = [p for p in [folder, *folder.parents] if not p.exists()]
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for made in [folder, *missing]:
+        if made.stat().st_uid == os.getuid() and stat.S_IMODE(made.stat().st_mode) != 0o700:
+            os.chmod(made, stat.S_IRWXU)
+
+
+def private_file(path: Path) -> None:
+    """Make sure ``path`` exists with mode 0600 (in a 0700 folder when balsam_sync makes it)."""
+    if not path.parent.exists():
+        private_dir(path.parent)
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
+    if path.stat().st_uid == os.getuid():
+        os.chmod(path, stat.S_IRUSR | stat.S_IWUSR)

@@ -1,9 +1,14 @@
 """Open (or create) the mirror file of one user on one server, safely.
 
-One SQLite file per (api_root, user) under the home folder: folder 0700, file 0600, WAL
-journal, a busy timeout so concurrent processes wait instead of failing. The file records whose
-it is; opening it for another server or user, or opening a corrupt file, raises ``MirrorError``
-with the way out. A schema older than this code is migrated on open.
+One SQLite file per (server, user) under the home folder: folder 0700, file 0600 (its WAL and
+shared-memory files inherit that mode), WAL journal, a busy timeout so concurrent processes
+wait instead of failing. The file records whose it is; opening it for another server or user
+raises ``MirrorError``. A schema older than this code is migrated on open.
+
+A new mirror is built whole under a temporary name and then moved into place, so a complete
+mirror is never empty: a zero-length file at the mirror's path was cut short or truncated (and
+whatever it held is gone), and opening it raises ``MirrorDamaged`` instead of silently starting
+over. Every SQLite or file-system error is mapped by ``cache/failures.py``.
 """
 
 from __future__ import annotations
@@ -21,10 +26,12 @@ from urllib.parse import urlsplit
 
 from sqlite_utils import Database
 
-from ..errors import MirrorError
+from ..config import server_key
+from ..errors import MirrorBusy, MirrorDamaged, MirrorError
 from ..sync.lock import FileLock
 from .coverage import CoverageBook
-from .filesystem import choose_home
+from .failures import SALVAGE, MirrorConnection, guard
+from .filesystem import choose_home, private_dir
 from .outbox import Outbox
 from .schema import SCHEMA_VERSION, clear_packed, migrations
 from .store import Store
@@ -42,6 +49,10 @@ class Identity:
 
     api_root: str
     user: str
+
+    def __post_init__(self) -> None:
+        # One server under any spelling of its URL (see config.server_key).
+        object.__setattr__(self, "api_root", server_key(self.api_root))
 
     @property
     def file_name(self) -> str:
@@ -74,68 +85,101 @@ def mirror_path(home: Path, identity: Identity) -> Path:
     return home / "mirrors" / identity.file_name
 
 
-def open_mirror(home: Path, identity: Identity, explicit_home: bool = True) -> Mirror:
+def locate(home: Path, identity: Identity, explicit_home: bool = True) -> Path:
+    """Where the mirror of ``identity`` is (or would be) kept; nothing is created."""
+    return mirror_path(choose_home(home, explicit_home)[0], identity)
+
+
+class MirrorMissing(MirrorError):
+    """``open_mirror(create=False)`` found no mirror file."""
+
+
+def open_mirror(
+    home: Path, identity: Identity, explicit_home: bool = True, create: bool = True
+) -> Mirror:
     """Open the mirror of ``identity`` under ``home``, creating and migrating it as needed.
 
     Raises:
-        MirrorError: the file is corrupt, belongs to another server or user, or was written
-            by a newer balsam_sync.
+        MirrorError: the folder cannot be used, the file belongs to another server or user,
+            or was written by a newer balsam_sync (``MirrorDamaged``: the file is damaged;
+            ``MirrorFull``: the disk is full; ``MirrorMissing``: none, and ``create`` is off).
     """
     home, wal = choose_home(home, explicit_home)
     path = mirror_path(home, identity)
-    _private_dir(path.parent)
-    if not path.exists():
-        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
-    os.chmod(path, stat.S_IRUSR | stat.S_IWUSR)
-    # Processes opening one new mirror together would race on the journal mode and the
-    # migrations (SQLite answers "locked" at once there): one opens it at a time.
-    opening = FileLock(path.with_suffix(".open.lock"))
-    if not opening.acquire(BUSY_TIMEOUT_MS / 1000):
-        raise MirrorError(f"another process keeps {path} busy: try again")
+    with guard(home):
+        private_dir(path.parent)
+    with guard(path):
+        # Processes opening one new mirror together would race on its creation and the
+        # migrations (SQLite answers "locked" at once there): one opens it at a time.
+        opening = FileLock(path.with_suffix(".open.lock"))
+        if not opening.acquire(BUSY_TIMEOUT_MS / 1000):
+            raise MirrorBusy(f"another process keeps {path} busy: try again")
+        try:
+            if not path.exists():
+                if not create:
+                    raise MirrorMissing(f"there is no mirror at {path} yet")
+                _create(path, identity, wal)
+            return _open(path, identity, wal)
+        finally:
+            opening.release()
+
+
+def _connect(path: Path, wal: bool) -> sqlite3.Connection:
+    conn = sqlite3.connect(
+        str(path),
+        timeout=BUSY_TIMEOUT_MS / 1000,
+        isolation_level=None,
+        check_same_thread=False,
+        factory=MirrorConnection,
+    )
+    conn.path = path
     try:
-        conn = sqlite3.connect(
-            str(path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
-        )
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         conn.execute(f"PRAGMA journal_mode = {'WAL' if wal else 'DELETE'}")
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
-        db = Database(conn)
-        store = Store(db)
-        meta = _check_identity(db, path, identity)
-        if migrations.pending(db) or meta != _stamp_of(identity):
-            _migrate_and_stamp(store, identity, meta)
-    except sqlite3.OperationalError as exc:
-        if not _is_busy(exc):
-            raise _unusable(path, exc) from exc
-        raise MirrorError(
-            f"the mirror {path} stayed locked by another process for {BUSY_TIMEOUT_MS // 1000} s; "
-            "try again (`balsam-sync status` shows whether a push is running)"
-        ) from exc
-    except sqlite3.DatabaseError as exc:
-        raise _unusable(path, exc) from exc
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _create(path: Path, identity: Identity, wal: bool) -> None:
+    """Build a new mirror under a temporary name, then move it into place whole."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.new")
+    parts = [Path(f"{tmp}{suffix}") for suffix in ("", "-wal", "-shm", "-journal")]
+    try:
+        for part in parts:
+            part.unlink(missing_ok=True)
+        os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        conn = _connect(tmp, wal)
+        try:
+            _migrate_and_stamp(Store(Database(conn)), identity, {})
+        finally:
+            conn.close()  # the last close checkpoints the WAL into the file
+        os.replace(tmp, path)
     finally:
-        opening.release()
+        for part in parts:
+            part.unlink(missing_ok=True)
+
+
+def _open(path: Path, identity: Identity, wal: bool) -> Mirror:
+    if path.stat().st_size == 0:
+        raise MirrorDamaged(
+            f"the mirror {path} is empty (0 bytes): it was cut short or truncated, and whatever "
+            f"it held is gone (a mirror is never created empty). {SALVAGE}"
+        )
+    os.chmod(path, stat.S_IRUSR | stat.S_IWUSR)
+    conn = _connect(path, wal)
+    try:
+        store = Store(Database(conn))
+        meta = _check_identity(store.db, path, identity)
+        if migrations.pending(store.db) or meta != _stamp_of(identity):
+            _migrate_and_stamp(store, identity, meta)
+    except BaseException:
+        conn.close()
+        raise
     return Mirror(path, store, CoverageBook(store), Outbox(store))
-
-
-def _private_dir(folder: Path) -> None:
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    for part in (folder, folder.parent):
-        if part.stat().st_uid == os.getuid():
-            os.chmod(part, stat.S_IRWXU)
-
-
-def _unusable(path: Path, exc: Exception) -> MirrorError:
-    return MirrorError(
-        f"the mirror {path} cannot be used ({exc}). Rebuild it with "
-        f"`balsam-sync rebuild` (or delete the file; pending offline changes in it are lost)"
-    )
-
-
-def _is_busy(exc: sqlite3.OperationalError) -> bool:
-    text = str(exc)
-    return "locked" in text or "busy" in text
 
 
 def _check_identity(db: Database, path: Path, identity: Identity) -> dict[str, str]:

@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from enum import Enum
 from typing import Any
 
+from .failures import guarded
 from .schema import PARENTS_TABLE, REFERENCES, TABLES
 from .store import Store
 
@@ -79,6 +80,7 @@ def _entry(rec: tuple[Any, ...]) -> Entry:
     )
 
 
+@guarded
 class Outbox:
     """Queued mutations of one mirror (shares the store's connection and transactions)."""
 

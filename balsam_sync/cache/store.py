@@ -18,6 +18,7 @@ from sqlite_utils import Database
 
 from ..freshness import RowLayout
 from ..spec import QuerySpec
+from .failures import guarded
 from .schema import PACKED, PARENTS_TABLE, TABLES, TableDef
 from .sql import compile_spec, count_sql
 
@@ -72,6 +73,7 @@ def _packer(column_types: Iterable[type]) -> Callable[[tuple[Any, ...]], bytes |
     return pack
 
 
+@guarded
 class Store:
     """Rows of every resource in one SQLite database (thread-safe within a process)."""
 
@@ -107,8 +109,9 @@ class Store:
                 try:
                     yield
                 except BaseException:
-                    self.conn.execute("ROLLBACK TO SAVEPOINT nested")
-                    self.conn.execute("RELEASE SAVEPOINT nested")
+                    if self.conn.in_transaction:  # SQLite rolls back by itself on a full disk
+                        self.conn.execute("ROLLBACK TO SAVEPOINT nested")
+                        self.conn.execute("RELEASE SAVEPOINT nested")
                     raise
                 self.conn.execute("RELEASE SAVEPOINT nested")
                 return
@@ -116,7 +119,8 @@ class Store:
             try:
                 yield
             except BaseException:
-                self.conn.execute("ROLLBACK")
+                if self.conn.in_transaction:  # SQLite rolls back by itself on a full disk
+                    self.conn.execute("ROLLBACK")
                 raise
             self.conn.execute("COMMIT")
 

@@ -69,6 +69,7 @@ class SyncDaemon:
         self.replayer.batch_size = max(1, min(batch_size, 5000))
         self.stop = self.replayer.stop
         self.rounds = 0
+        self.last_round: RoundReport | None = None
 
     @property
     def lock_path(self) -> Path:
@@ -95,7 +96,7 @@ class SyncDaemon:
         try:
             log.info("daemon started for %s", self.client.mirror.path)
             while not self.stop.is_set():
-                report = self.round()
+                report = self.last_round = self.round()
                 self.rounds += 1
                 if max_rounds is not None and self.rounds >= max_rounds:
                     break

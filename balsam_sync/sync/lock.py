@@ -6,6 +6,7 @@ processes do. The lock dies with its holder: a killed replayer never leaves it s
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import time
@@ -34,8 +35,9 @@ class FileLock:
                     return False
                 time.sleep(0.02)
                 continue
-            os.ftruncate(fd, 0)
-            os.write(fd, str(os.getpid()).encode())
+            with contextlib.suppress(OSError):  # the pid is a hint; a full disk must not matter
+                os.ftruncate(fd, 0)
+                os.write(fd, str(os.getpid()).encode())
             self._fd = fd
             return True
 

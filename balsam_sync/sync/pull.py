@@ -62,14 +62,22 @@ def _spec(resource: str, **filters: Any) -> QuerySpec:
 class Puller:
     """Pulls from one server into one mirror."""
 
-    def __init__(self, remote: Remote, mirror: Mirror, progress: Progress | None = None) -> None:
+    def __init__(
+        self,
+        remote: Remote,
+        mirror: Mirror,
+        progress: Progress | None = None,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
         self.remote = remote
         self.mirror = mirror
         self.progress = progress or (lambda _r, _n, _t: None)
+        self.clock = clock or (lambda: datetime.now(timezone.utc))
+        self._jobs_total: int | None = None
 
     def pull(self, full: bool = False) -> PullReport:
         """Pull every resource; ``full`` re-reads all jobs and events instead of the changes."""
-        started = datetime.now(timezone.utc)
+        started = self.clock()
         report = PullReport(started_at=started)
         for name in SMALL_RESOURCES:
             self._replace_all(RESOURCES[name], report)
@@ -117,31 +125,35 @@ class Puller:
             self.mirror.store.upsert(res.name, rows)
             self.mirror.outbox.overlay(res.name, [r["id"] for r in rows])
 
-    def _all_rows(self, res: Resource, spec: QuerySpec, report: PullReport) -> list[Row]:
+    def _all_rows(
+        self, res: Resource, spec: QuerySpec, report: PullReport, total: int | None = None
+    ) -> list[Row]:
         rows: list[Row] = []
+        before = report.fetched.get(res.name, 0)  # progress counts on across listings
         for page in prefetched(self.remote.pages(res, spec, PAGE_SIZE)):
             report.requests += 1
             self._store(res, page)
             rows.extend(page)
-            self.progress(res.name, len(rows), None)
+            self.progress(res.name, before + len(rows), None if total is None else before + total)
         report.fetched[res.name] = report.fetched.get(res.name, 0) + len(rows)
         return rows
 
     # -- jobs ----------------------------------------------------------------------------------
 
     def _newest_job_update(self) -> str | None:
-        rows, _ = self.remote.select(
+        rows, self._jobs_total = self.remote.select(
             RESOURCES["Job"], QuerySpec("Job", ordering="-last_update", high=1)
         )
         return rows[0]["last_update"] if rows else None
 
     def _pull_jobs(self, watermark: str | None, report: PullReport) -> list[int]:
         res = RESOURCES["Job"]
+        total = None
         if watermark is None:
-            spec = QuerySpec("Job")
+            spec, total = QuerySpec("Job"), self._jobs_total  # known: shown as a total
         else:
             spec = _spec("Job", last_update_after=datetime.fromisoformat(watermark))
-        return [row["id"] for row in self._all_rows(res, spec, report)]
+        return [row["id"] for row in self._all_rows(res, spec, report, total)]
 
     def _find_deleted_jobs(self, top: str | None, report: PullReport) -> None:
         """Delete mirror jobs the server no longer has (see the module docstring)."""

@@ -1,13 +1,20 @@
-"""``client.status()``: what is queued, what died, when we last synced, and can we reach it."""
+"""``client.status()``: what is queued, what died, when we last synced, and can we reach it.
+
+Whether the token is good is the server's call: ``status`` asks it (unless told not to, or
+offline) and never judges by this machine's clock. A token the server refuses opens no mirror
+that does not exist yet, and a mirror that cannot be used is reported, not raised.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
-from ..errors import BalsamSyncError, NotAuthenticated
+from ..cache.neighbours import Neighbour
+from ..errors import BalsamSyncError, MirrorError, NotAuthenticated
 from ..spec import QuerySpec
+from ..transport import SKEW_TOLERANCE
 
 if TYPE_CHECKING:
     from ..client import Client
@@ -22,11 +29,16 @@ class SyncStatus:
         oldest_pending_age: seconds since the oldest of them was queued (None when empty).
         dead: mutations the server refused for good (see ``balsam-sync dead``).
         last_push / last_pull: when they last succeeded (None: never).
-        last_error: the last sync error, as text.
-        token_expiry: when the token stops working (None: unknown).
+        last_error: the error of the last sync that failed (None once one succeeds).
+        token_expiry: when the token says it stops working (None: unknown).
         server_reachable: whether the server just answered (None: not checked).
-        token_accepted: whether it accepted the token (None: not checked or unreachable).
         mirror_path: where the mirror file is.
+        token_accepted: whether the server accepted the token (None: not asked).
+        offline: the client is offline (``BALSAM_SYNC_OFFLINE=1``): the server is not asked.
+        mirror_error: why the mirror cannot be used, if it cannot.
+        clock_skew: seconds this machine's clock is ahead of the server's (None: in step or
+            unknown).
+        elsewhere: other mirrors of this user in the same folder that hold queued changes.
     """
 
     pending: int
@@ -39,39 +51,63 @@ class SyncStatus:
     server_reachable: bool | None
     mirror_path: str
     token_accepted: bool | None = None
+    offline: bool = False
+    mirror_error: str | None = None
+    clock_skew: float | None = None
+    elsewhere: tuple[Neighbour, ...] = field(default_factory=tuple)
 
 
 def _when(text: str | None) -> datetime | None:
     return datetime.fromisoformat(text) if text else None
 
 
+def _ask_server(client: Client) -> tuple[bool | None, bool | None]:
+    """(reachable, token accepted), from one cheap request."""
+    if not client.settings.token:
+        return None, None
+    try:
+        client.remote.count(client.Site._resource, QuerySpec("Site"))
+        return True, True
+    except NotAuthenticated:
+        return True, False
+    except BalsamSyncError:
+        return False, None
+
+
 def sync_status(client: Client, *, check_server: bool = True) -> SyncStatus:
     """Read the status of ``client`` from its mirror (and ask the server when told to)."""
-    mirror = client.mirror
-    stats = mirror.outbox.stats()
-    logged = mirror.outbox.read_log()
-    counts = stats["counts"]
-    oldest = _when(stats["oldest"])
-    now = datetime.now(timezone.utc)
-    reachable: bool | None = None
-    accepted: bool | None = None
-    if check_server and not client.settings.offline:
-        try:
-            client.remote.count(client.Site._resource, QuerySpec("Site"))
-            reachable = accepted = True
-        except NotAuthenticated:
-            reachable, accepted = True, False
-        except BalsamSyncError:
-            reachable = False
+    offline = client.settings.offline
+    reachable, accepted = _ask_server(client) if check_server and not offline else (None, None)
+    counts: dict[str, int] = {}
+    oldest, logged, problem = None, {}, None
+    path = ""
+    try:
+        path = str(client.mirror_file)
+        if accepted is not False or client.mirror_file.exists():
+            mirror = client.mirror
+            stats = mirror.outbox.stats()
+            counts, oldest, logged = (
+                stats["counts"],
+                _when(stats["oldest"]),
+                mirror.outbox.read_log(),
+            )
+    except MirrorError as exc:
+        problem = str(exc)
+    skew = client.transport.clock_offset
+    now = datetime.now(timezone.utc)  # the clock that stamped the entries (outbox.now_text)
     return SyncStatus(
         pending=counts.get("pending", 0) + counts.get("in_flight", 0),
-        oldest_pending_age=(now - oldest).total_seconds() if oldest else None,
+        oldest_pending_age=max((now - oldest).total_seconds(), 0.0) if oldest else None,
         dead=counts.get("dead", 0),
         last_push=_when(logged.get("last_push")),
         last_pull=_when(logged.get("last_pull")),
-        last_error=logged.get("last_error"),
+        last_error=logged.get("last_error") or None,
         token_expiry=client.transport.token_expiry,
         server_reachable=reachable,
-        mirror_path=str(mirror.path),
+        mirror_path=path,
         token_accepted=accepted,
+        offline=offline,
+        mirror_error=problem,
+        clock_skew=-skew if skew is not None and abs(skew) > SKEW_TOLERANCE else None,
+        elsewhere=tuple(client.other_mirrors()) if path else (),
     )

@@ -1,0 +1,214 @@
+"""``balsam-sync status / push / pull / daemon``: see and drive the sync of the mirror."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..cache.filesystem import private_file
+from ..client import Client
+from ..errors import BalsamSyncError, OfflineError
+from ..sync.daemon import SyncDaemon
+from ..sync.status import SyncStatus
+from ..token import claims
+from .app import (
+    EXIT_ERROR,
+    EXIT_NOT_AUTHENTICATED,
+    State,
+    logging_to,
+    main,
+    pass_state,
+    sentence,
+)
+from .progress import Bars
+from .show import ago, duration, echo_json, expiry, table
+
+OFFLINE = "BALSAM_SYNC_OFFLINE is set"
+
+
+def _token_text(accepted: bool | None, offline: bool) -> str:
+    if accepted is None:
+        return f"not checked{' (offline)' if offline else ''}"
+    return "accepted by the server" if accepted else "refused by the server: `balsam-sync login`"
+
+
+def _reachable_text(st: SyncStatus) -> str:
+    if st.offline:
+        return f"not checked ({OFFLINE})"
+    return {True: "yes", False: "no", None: "not checked"}[st.server_reachable]
+
+
+def _skew_text(skew: float | None) -> str | None:
+    if skew is None:
+        return None
+    side = "ahead of" if skew > 0 else "behind"
+    return f"this machine's clock is {duration(abs(skew))} {side} the server's"
+
+
+def _status(client: Client, st: SyncStatus) -> list[tuple[str, Any, str | None]]:
+    """(JSON key, JSON value, text or None) of each field `status` shows."""
+    root, user = client.settings.api_root, claims(client.settings.token or "").get("username")
+    age, exp = st.oldest_pending_age, st.token_expiry
+    oldest = f" (oldest {duration(age)})" if age is not None else ""
+    mirror = st.mirror_path + (f" (UNUSABLE: {st.mirror_error})" if st.mirror_error else "")
+    expired = None if st.token_accepted is None else not st.token_accepted
+    return [
+        ("server", root, f"{root} as {user or '?'}"),
+        ("user", user, None),
+        ("mirror", st.mirror_path, mirror),
+        ("mirror_error", st.mirror_error, None),
+        ("pending", st.pending, f"{st.pending}{oldest}"),
+        ("oldest_pending_age", age, None),
+        ("dead letters", st.dead, f"{st.dead}" + (" (`balsam-sync dead list`)" if st.dead else "")),
+        ("last_push", st.last_push, ago(st.last_push)),
+        ("last_pull", st.last_pull, ago(st.last_pull)),
+        ("last_error", st.last_error, st.last_error or "-"),
+        ("token_expiry", exp, expiry(exp)),
+        ("token", st.token_accepted, _token_text(st.token_accepted, st.offline)),
+        ("token_expired", expired, None),
+        ("server_reachable", st.server_reachable, _reachable_text(st)),
+        ("clock_skew", st.clock_skew, _skew_text(st.clock_skew)),
+        ("offline", st.offline, None),
+        ("elsewhere", [vars(n) for n in st.elsewhere], None),
+    ]
+
+
+def _warn_elsewhere(st: SyncStatus) -> None:
+    for other in st.elsewhere:
+        click.echo(
+            f"note: {other.pending} change(s) of yours wait in another mirror, for "
+            f"{other.api_root}: {other.path} (send them with "
+            f"`balsam-sync --api-root {other.api_root} push`)",
+            err=True,
+        )
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+@click.option("--offline", is_flag=True, help="Do not ask the server (token, reachability).")
+@pass_state
+@click.pass_context
+def status(ctx: click.Context, state: State, as_json: bool, offline: bool) -> None:
+    """Show the sync state of this mirror, and whether the server takes the token.
+
+    Exits 4 when the server refuses the token, 1 when the mirror cannot be used.
+    """
+    client = state.client()
+    st = client.status(check_server=not offline)
+    fields = _status(client, st)
+    if as_json:
+        echo_json({key.split()[0]: value for key, value, _ in fields})
+    else:
+        for key, _, text in fields:
+            if text is not None:
+                click.echo(f"{key.replace('_', ' ') + ':':<18}{text}")
+        _warn_elsewhere(st)
+    if st.token_accepted is False:
+        click.echo(
+            "error: token refused by the server: log in again (`balsam-sync login`).", err=True
+        )
+        ctx.exit(EXIT_NOT_AUTHENTICATED)
+    if st.mirror_error:
+        click.echo("error: the mirror cannot be used: `balsam-sync check` tells why.", err=True)
+        ctx.exit(EXIT_ERROR)
+
+
+@main.command()
+@pass_state
+@click.pass_context
+def push(ctx: click.Context, state: State) -> None:
+    """Send the queued changes now.
+
+    Exits 1 when a change failed or was refused, or the token must be renewed.
+    """
+    client = state.client()
+    if client.settings.offline:
+        pending = client.status(check_server=False).pending
+        raise OfflineError(f"{OFFLINE}: nothing sent; {pending} change(s) stay queued")
+    r = client.push()
+    if r.skipped:
+        raise BalsamSyncError("another process is sending this queue (a daemon?); try later")
+    click.echo(f"sent {r.sent}, failed {r.failed}, dead {r.dead}, remaining {r.remaining}")
+    if r.error:
+        click.echo(f"last error: {state.redact(r.error)}", err=True)
+    if r.dead:
+        click.echo("refused changes: see `balsam-sync dead list`", err=True)
+    if r.paused_for_auth:
+        click.echo("the server refused the token: log in again (`balsam-sync login`)", err=True)
+    _warn_elsewhere(client.status(check_server=False))
+    if r.failed or r.dead or r.paused_for_auth:
+        ctx.exit(EXIT_ERROR)
+
+
+@main.command()
+@click.option("--full", is_flag=True, help="Re-read every job and event, not only changes.")
+@pass_state
+def pull(state: State, full: bool) -> None:
+    """Bring the mirror up to date (a progress bar per resource on a terminal)."""
+    client = state.client()
+    if client.settings.offline:
+        raise OfflineError(f"{OFFLINE}: pulling needs the server; unset it to pull")
+    started = time.monotonic()
+    with Bars(sys.stderr.isatty()) as bars:
+        report = client.pull(full=full, progress=bars)
+    kind = "full" if report.full else "incremental"
+    click.echo(f"{kind} pull done in {time.monotonic() - started:.1f}s")
+    rows = [[res, str(n), str(report.deleted.get(res, 0))] for res, n in report.fetched.items()]
+    table(["resource", "fetched", "deleted"], rows)
+
+
+@contextmanager
+def _own_signals() -> Iterator[None]:
+    """Give the previous SIGTERM/SIGINT handlers back afterwards (for in-process callers)."""
+    saved = [(s, signal.getsignal(s)) for s in (signal.SIGTERM, signal.SIGINT)]
+    try:
+        yield
+    finally:
+        for signum, handler in saved:
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+
+
+@main.command()
+@click.option("--interval", type=click.FloatRange(min=0.1), default=30.0, help="Seconds [30].")
+@click.option("--batch-size", type=click.IntRange(1, 5000), default=5000, help="Most per request.")
+@click.option("--max-backoff", type=click.FloatRange(min=0), default=600.0, help="Max pause [600].")
+@click.option("--log-file", type=click.Path(dir_okay=False), help="Default: next to the mirror.")
+@click.option("--once", is_flag=True, help="Run one round (push, then pull) and exit.")
+@pass_state
+@click.pass_context
+def daemon(ctx: click.Context, state: State, /, log_file: str | None, **opts: Any) -> None:
+    """Push and pull repeatedly, one daemon per mirror, logging to a file (mode 0600).
+
+    SIGTERM lets the batch in flight finish, then exits 0. With --once, exits 1 when the
+    round failed.
+    """
+    client = state.client()
+    if client.settings.offline:
+        raise OfflineError(f"{OFFLINE}: the daemon has nothing to do offline; unset it to sync")
+    path = Path(log_file) if log_file else client.mirror.path.with_suffix(".daemon.log")
+    once = opts.pop("once")
+    runner = SyncDaemon(client, **opts)
+    level = logging.DEBUG if ctx.find_root().params.get("verbose", 0) > 1 else logging.INFO
+    private_file(path)
+    click.echo(f"syncing {client.mirror.path}; log: {path}", err=True)
+    fmt = "%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"
+    with logging_to(logging.FileHandler(path), level, fmt), _own_signals():
+        code = runner.run(max_rounds=1 if once else None)
+    if once:
+        st = client.status(check_server=False)
+        click.echo(f"one round done: {st.pending} pending, {st.dead} dead letters")
+        failed = runner.last_round is not None and runner.last_round.error
+        if failed:
+            click.echo(
+                f"error: {sentence(f'the round failed: {state.redact(str(failed))}')}", err=True
+            )
+            code = code or EXIT_ERROR
+    ctx.exit(code)

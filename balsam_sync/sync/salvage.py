@@ -1,0 +1,127 @@
+"""``balsam-sync salvage`` and ``rebuild``: replace a mirror, keeping (or not) its queue.
+
+Salvage moves the damaged file aside (kept, mode 0600, for inspection), recovers every
+readable queued change, dead letter and provisional id into a fresh mirror, lays the local
+view back (objects created offline reappear with their provisional ids), and pulls again.
+The report says exactly what could not be recovered. Both hold the daemon and replay locks,
+so no other process of this machine uses the mirror meanwhile.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..cache.failures import guard
+from ..cache.mirror import Mirror
+from ..cache.outbox import EntryState, Op
+from ..cache.salvage import Recovered, move_aside, recover, restore
+from ..errors import BalsamSyncError, MirrorError
+from ..gateway import provisional_row
+from ..resources import RESOURCES
+from .daemon import DaemonAlreadyRunning
+from .lock import FileLock
+from .pull import PullReport
+
+if TYPE_CHECKING:
+    from ..client import Client
+
+
+@dataclass
+class SalvageReport:
+    """What a salvage did.
+
+    Attributes:
+        damaged: where the damaged file was moved.
+        pending / in_flight / dead: recovered entries by state.
+        lost: what could not be recovered, one line each (empty: nothing was lost).
+        notes: other things worth knowing (a rebuilt header, skipped bookkeeping rows).
+        pulled: the pull that refilled the mirror (None: offline, or it failed).
+        pull_error: why the pull failed, if it did.
+    """
+
+    damaged: Path
+    pending: int = 0
+    in_flight: int = 0
+    dead: int = 0
+    lost: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    pulled: PullReport | None = None
+    pull_error: str | None = None
+
+
+@contextmanager
+def exclusive(path: Path) -> Iterator[None]:
+    """Hold the daemon and replay locks of the mirror at ``path``.
+
+    Raises:
+        DaemonAlreadyRunning: a daemon or a push is using the mirror.
+    """
+    locks = [FileLock(path.with_suffix(".daemon.lock")), FileLock(path.with_suffix(".replay.lock"))]
+    try:
+        with guard(path):
+            taken = all(lock.acquire(0) for lock in locks)
+        if not taken:
+            raise DaemonAlreadyRunning(f"a daemon or a push is using {path}: stop it first")
+        yield
+    finally:
+        for lock in locks:
+            lock.release()
+
+
+def _lay_local_view(mirror: Mirror, found: Recovered) -> None:
+    """Show queued creates as provisional rows again, with their queued updates on top."""
+    store = mirror.store
+    creates: dict[str, list[int]] = {}
+    with store.write():
+        for row in found.entries:
+            resource, op, obj_id, payload, state = row[1], row[2], row[3], row[4], row[6]
+            if op == Op.CREATE.value and state != EntryState.DEAD.value:
+                res = RESOURCES[resource]
+                store.upsert(res.name, [provisional_row(res, obj_id, json.loads(payload))])
+                creates.setdefault(resource, []).append(obj_id)
+        for resource, ids in creates.items():
+            mirror.outbox.overlay(resource, ids)
+
+
+def salvage(client: Client, *, pull: bool = True) -> SalvageReport:
+    """Move the mirror aside, rebuild it with every readable queued change, and pull again.
+
+    Raises:
+        MirrorError: there is no mirror file, or the fresh mirror cannot be written.
+        DaemonAlreadyRunning: a daemon or a push is using the mirror.
+    """
+    path = client.mirror_file
+    if not path.exists():
+        raise MirrorError(f"there is no mirror at {path}: nothing to salvage")
+    with exclusive(path):
+        client.drop_mirror()
+        damaged = move_aside(path)
+        found = recover(damaged)
+        mirror = client.mirror
+        restore(mirror, found)
+        _lay_local_view(mirror, found)
+    report = SalvageReport(damaged, lost=found.lost, notes=found.notes)
+    report.pending, report.in_flight = found.count("pending"), found.count("in_flight")
+    report.dead = found.count("dead")
+    if pull and not client.settings.offline:
+        try:
+            report.pulled = client.pull()
+        except BalsamSyncError as exc:
+            report.pull_error = str(exc)
+    return report
+
+
+def delete_mirror(client: Client) -> Path:
+    """Delete the mirror file (and its WAL) for good; return where it was."""
+    path = client.mirror_file
+    with exclusive(path):
+        client.drop_mirror()
+        with guard(path):
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{path}{suffix}").unlink(missing_ok=True)
+    return path

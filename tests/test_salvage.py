@@ -1,0 +1,180 @@
+"""A damaged mirror: clear errors, online reads that keep working, and a salvage that keeps
+the queue (R1: nothing queued is lost short of the outbox's own pages).
+
+Pages are damaged for real in the SQLite file of a closed mirror; whether the queued changes
+arrived is checked on the real server with plain HTTP, not with the client under test.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import balsam_sync
+from balsam_sync.cache.outbox import EntryState
+from balsam_sync.client import Client
+from balsam_sync.errors import MirrorDamaged
+from tests.clienv import Run, leaf_pages, make_app, queue_offline, smash, smash_header, use_env
+from tests.conftest import FAST_RETRY, User, register_user, server_jobs
+
+
+@pytest.fixture
+def user(balsam_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> User:
+    found = register_user(balsam_server, "salv")
+    use_env(monkeypatch, found, tmp_path / "home")
+    return found
+
+
+@pytest.fixture
+def run(user: User) -> Run:
+    return Run(user.token)
+
+
+@pytest.fixture
+def app(user: User, tmp_path: Path) -> Iterator[Any]:
+    other = balsam_sync.connect(user.api_root, user.token, home=str(tmp_path / "other"))
+    yield make_app(other)
+    other.close()
+
+
+def queued(monkeypatch: pytest.MonkeyPatch, app: Any, n: int) -> tuple[Path, dict[int, str]]:
+    """Queue ``n`` creates offline; return the mirror path and seq -> workdir of each."""
+    c = queue_offline(monkeypatch, app, n, prefix="salvage")
+    seqs = {e.seq: e.payload["workdir"] for e in c.mirror.outbox.entries([EntryState.PENDING])}
+    path = c.mirror.path
+    c.close()
+    assert len(seqs) == n
+    return path, seqs
+
+
+def lost_seqs(text: str) -> set[int]:
+    return {int(m) for m in re.findall(r"outbox entry (\d+)", text)}
+
+
+def test_a_damaged_outbox_page_loses_only_its_entries_and_says_which(
+    user: User, run: Run, app: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path, seqs = queued(monkeypatch, app, 60)
+    pages = leaf_pages(path, "outbox")
+    assert len(pages) >= 3, pages
+    smash(path, pages[1])
+
+    client = balsam_sync.connect()
+    with pytest.raises(MirrorDamaged, match=re.escape(str(path))):
+        client.push()
+    client.close()
+    assert "balsam-sync salvage" in run("push", code=1).stderr
+    out = run("check", code=1)
+    assert "damaged" in out.stdout and "balsam-sync salvage" in out.stderr
+
+    out = run("salvage", code=1)  # exits 1: something could not be recovered
+    lost = lost_seqs(out.stdout)
+    assert "could NOT be recovered" in out.stdout and 0 < len(lost) < 20
+    assert lost <= set(seqs)
+    assert f"recovered: {60 - len(lost)} pending" in out.stdout
+    kept_aside = list(path.parent.glob(f"{path.name}.damaged-*"))
+    assert len(kept_aside) == 1
+
+    assert run("push").stdout.strip() == f"sent {60 - len(lost)}, failed 0, dead 0, remaining 0"
+    delivered = sorted(j["workdir"] for j in server_jobs(user))
+    assert delivered == sorted(w for s, w in seqs.items() if s not in lost)
+    assert run("check").stdout.strip().endswith(": ok")
+
+
+@pytest.mark.parametrize("damage", ["jobs table", "file header"])
+def test_salvage_keeps_every_change_when_the_outbox_is_intact(
+    user: User, run: Run, app: Any, monkeypatch: pytest.MonkeyPatch, damage: str
+) -> None:
+    path, seqs = queued(monkeypatch, app, 30)
+    if damage == "jobs table":
+        smash(path, leaf_pages(path, "jobs")[0])
+    else:
+        smash_header(path)
+
+    out = run("salvage")
+    assert "recovered: 30 pending, 0 in flight, 0 dead letter(s)" in out.stdout
+    assert "nothing was lost" in out.stdout and "pulled again" in out.stdout
+    offline_view = run("jobs", "--count").stdout.strip()
+    assert offline_view == "30"  # the queued creates show again, with provisional ids
+    assert run("push").stdout.strip() == "sent 30, failed 0, dead 0, remaining 0"
+    assert sorted(j["workdir"] for j in server_jobs(user)) == sorted(seqs.values())
+
+
+def test_a_damaged_mirror_names_itself_and_online_reads_still_work(
+    user: User, app: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    path, _ = queued(monkeypatch, app, 2)
+    smash_header(path)
+    client = balsam_sync.connect(retry=FAST_RETRY)
+    try:
+        with pytest.raises(MirrorDamaged) as caught:
+            client.Job.objects.offline().count()
+        assert str(path) in str(caught.value) and "balsam-sync salvage" in str(caught.value)
+        with pytest.raises(MirrorDamaged):
+            client.Job.objects.create(workdir="nope", app_id=app.id)
+        caplog.set_level(logging.WARNING)
+        assert client.App.objects.count() == 1  # asked the server, not the broken file
+        assert [a.id for a in client.App.objects.all()] == [app.id]
+        assert [a.name for a in client.App.objects.all().iterator()] == ["Hello"]
+        warnings = [r for r in caplog.records if "answering from the server" in r.getMessage()]
+        assert len(warnings) == 1
+        st = client.status()
+        assert st.mirror_error is not None and str(path) in st.mirror_error
+        assert st.server_reachable is True and st.token_accepted is True
+    finally:
+        client.close()
+
+
+def test_rebuild_deletes_a_damaged_mirror_only_when_forced(
+    run: Run, app: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path, _ = queued(monkeypatch, app, 2)
+    smash_header(path)
+    out = run("rebuild", "--yes", code=1)
+    assert "salvage" in out.stderr and path.exists()
+    run("rebuild", "--yes", "--force")
+    assert not path.exists()
+    assert run("jobs", "--count").stdout == "0\n"
+
+
+def test_an_empty_mirror_file_is_damage_not_a_fresh_start(
+    user: User, run: Run, app: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path, _ = queued(monkeypatch, app, 1)
+    path.write_bytes(b"")  # truncated
+    out = run("jobs", code=1)
+    assert "empty (0 bytes)" in out.stderr and str(path) in out.stderr
+    assert path.stat().st_size == 0  # not silently re-created as an empty mirror
+    assert "empty" in run("check", code=1).stdout
+    out = run("salvage", code=1)
+    assert "could NOT be recovered" in out.stdout
+    assert run("jobs", "--count").stdout == "0\n"
+
+
+def test_salvage_of_a_sound_mirror_needs_force_and_keeps_dead_letters(
+    user: User, run: Run, app: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    queued(monkeypatch, app, 1)
+    other = balsam_sync.connect(user.api_root, user.token, home=str(tmp_path / "other"))
+    other.App.objects.get(id=app.id).delete()
+    other.close()
+    run("push", code=1)  # refused: a dead letter
+    queue_offline(monkeypatch, make_app_again(user, tmp_path), 2).close()
+    assert "is sound" in run("salvage").stdout
+    out = run("salvage", "--force")
+    assert "recovered: 2 pending, 0 in flight, 1 dead letter(s)" in out.stdout
+    assert "1 dead letter(s)" in run("dead", "list").stdout
+    assert run("push").stdout.startswith("sent 2,")
+
+
+def make_app_again(user: User, tmp_path: Path) -> Any:
+    c: Client = balsam_sync.connect(user.api_root, user.token, home=str(tmp_path / "third"))
+    try:
+        return make_app(c)
+    finally:
+        c.close()
