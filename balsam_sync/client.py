@@ -7,6 +7,7 @@ client that is built on first use, never at import.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import threading
@@ -15,13 +16,15 @@ from typing import Any, TypeVar
 from .cache.mirror import Identity, Mirror, open_mirror
 from .cache.outbox import Entry, EntryState, now_text
 from .config import ENV_HOME, Settings, load_settings
-from .errors import ConfigError
+from .errors import BalsamSyncError, ConfigError
 from .freshness import AUTO, OFFLINE, ReadPolicy
 from .gateway import Gateway
 from .job import Job
+from .link import Link
 from .manager import Manager
 from .models import Model, set_manager_resolver
 from .objects import App, BatchJob, EventLog, Site, TransferItem
+from .outcomes import Backoff
 from .remote import Remote
 from .retry import RetryPolicy
 from .sync.pull import Progress, Puller, PullReport
@@ -49,6 +52,7 @@ class Client:
             connect_timeout=settings.connect_timeout,
             read_timeout=settings.read_timeout,
             verify=settings.verify_tls,
+            link=Link(Backoff(initial=settings.link_backoff)),
         )
         self.remote = Remote(self.transport)
         self.gateway = Gateway(
@@ -56,6 +60,7 @@ class Client:
             self._open_mirror,
             OFFLINE if settings.offline else AUTO,
             offline=settings.offline,
+            max_request_seconds=settings.max_request_seconds,
         )
         self._managers: dict[type[Model], Manager[Any]] = {}
         self._lock = threading.Lock()
@@ -82,7 +87,10 @@ class Client:
             )
         explicit = self.settings.home is not None or bool(os.environ.get(ENV_HOME))
         identity = Identity(self.settings.api_root, user)
-        return open_mirror(self.settings.mirror_home, identity, explicit_home=explicit)
+        mirror = open_mirror(self.settings.mirror_home, identity, explicit_home=explicit)
+        # Processes sharing the mirror share what they know of the link (see link.py).
+        self.transport.link.share(mirror.path.with_suffix(".link.json"))
+        return mirror
 
     @property
     def mirror(self) -> Mirror:
@@ -117,6 +125,7 @@ class Client:
 
     def pull(self, *, full: bool = False, progress: Progress | None = None) -> PullReport:
         """Bring the mirror up to the server's state (see ``balsam_sync.sync.pull``)."""
+        self.transport.ensure_reachable()  # tried now, even while the link backs off
         report = Puller(self.remote, self.mirror, progress).pull(full=full)
         self.mirror.outbox.log("last_pull", now_text())
         return report
@@ -127,6 +136,9 @@ class Client:
 
     def status(self, *, check_server: bool = True) -> SyncStatus:
         """A snapshot of the outbox, the last push/pull, the token and the server's reachability."""
+        if check_server and not self.settings.offline:
+            with contextlib.suppress(BalsamSyncError):  # a failed probe: shown as unreachable
+                self.transport.ensure_reachable()
         return sync_status(self, check_server=check_server)
 
     def dead_letters(self) -> list[Entry]:

@@ -1,53 +1,70 @@
 """HTTP to the Balsam server: the only module that imports ``requests``.
 
-It adds the bearer token, applies timeouts and the retry policy, and maps every ``requests``
-exception and error status onto ``balsam_sync.errors`` at one boundary (``_mapped``). Nothing
-above this module sees a ``requests`` type.
+It adds the bearer token, applies timeouts, the retry policy and the circuit breaker
+(``link.py``), and maps every ``requests`` exception and error status onto
+``balsam_sync.errors`` at one boundary (``_mapped``). Nothing above this module sees a
+``requests`` type.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
+from functools import partial
 from typing import Any
 
 import requests
 import urllib3.exceptions
 
 from .errors import (
+    UNAVAILABLE_STATUSES,
     ConfigError,
     ConnectFailed,
     HTTPStatusError,
+    Interrupted,
     NotAuthenticated,
     ReplyLost,
     TransportError,
     describe_body,
     status_error_class,
 )
+from .inflight import Job, Pool
+from .link import Link
+from .outcomes import link_failed
 from .retry import RetryPolicy
 from .token import expiry
 
-log = logging.getLogger(__name__)
-
 Params = Sequence[tuple[str, str]]
 RequestHook = Callable[[str, str], None]
-"""Called with (method, url) just before each attempt is sent; used by tests and tracing."""
+"""Called with (method, url) in the caller's thread just before each attempt (and probe) is
+sent; used by tests and tracing."""
 
 
 class Transport:
     """A session with one Balsam server for one user.
 
+    Every request runs in a worker thread while the caller waits, so that waiting can end
+    early: when no reply came within ``probe_after`` seconds the server is probed with a short
+    request, and a server that does not answer that either (a silent link) costs a few seconds,
+    not the read timeout; a stop requested through ``stopping()`` ends the wait after
+    ``stop_grace`` seconds. ``link`` (see ``link.py``) keeps requests off a server that just
+    could not be reached.
+
     Args:
         api_root: base URL, e.g. ``http://127.0.0.1:8765``.
         token: bearer token (JWT); ``None`` for the auth routes only.
-        retry: bounds for retrying transient failures.
+        retry: bounds for retrying transient failures within one call.
         connect_timeout: seconds to establish a connection.
-        read_timeout: seconds to wait for a reply.
+        read_timeout: seconds to wait for a reply from a server that is alive.
         verify: TLS certificate verification (on unless explicitly turned off).
+        link: the circuit breaker (a private one when not given).
+        probe_after: seconds without a reply before the server is probed.
+        probe_timeout: seconds a probe may take.
+        stop_grace: seconds a request in flight may still finish after a stop was requested.
     """
 
     def __init__(
@@ -59,16 +76,25 @@ class Transport:
         connect_timeout: float = 6.2,
         read_timeout: float = 120.0,
         verify: bool | str = True,
+        link: Link | None = None,
+        probe_after: float = 1.0,
+        probe_timeout: float = 1.5,
+        stop_grace: float = 3.0,
     ) -> None:
         if not api_root.startswith(("http://", "https://")):
             raise ConfigError(f"api_root must start with http:// or https://, got {api_root!r}")
         self.api_root = api_root.rstrip("/")
         self.retry = retry or RetryPolicy()
         self.timeout = (connect_timeout, read_timeout)
+        self.link = link or Link()
+        self.probe_after = probe_after
+        self.probe_timeout = probe_timeout
+        self.stop_grace = stop_grace
         self.on_request: list[RequestHook] = []
         self._token = token
         self._verify = verify
-        self._local = threading.local()
+        self._sessions: Pool[requests.Session] = Pool(partial(_session, verify), _close)
+        self._stops: list[threading.Event] = []
 
     # -- token ---------------------------------------------------------------------------------
 
@@ -103,17 +129,71 @@ class Transport:
             )
         return {"Authorization": f"Bearer {self._token}"}
 
-    # -- requests ------------------------------------------------------------------------------
+    # -- stopping ------------------------------------------------------------------------------
 
-    @property
-    def _session(self) -> requests.Session:
-        # One pooled session per thread: requests.Session is not documented as thread-safe.
-        session: requests.Session | None = getattr(self._local, "session", None)
-        if session is None:
-            session = requests.Session()
-            session.verify = self._verify
-            self._local.session = session
-        return session
+    @contextmanager
+    def stopping(self, event: threading.Event) -> Iterator[None]:
+        """While inside, setting ``event`` ends waits and retries (in every thread) promptly.
+
+        A request not yet sent is not sent; one in flight gets ``stop_grace`` seconds to finish
+        and is then abandoned (``Interrupted``: it may have been applied). Leaving the block
+        leaves the transport as it was.
+        """
+        self._stops.append(event)
+        try:
+            yield
+        finally:
+            self._stops.remove(event)
+
+    def stop_requested(self) -> bool:
+        return any(event.is_set() for event in list(self._stops))
+
+    # -- reachability --------------------------------------------------------------------------
+
+    def ensure_reachable(self) -> None:
+        """Probe the server now if the last attempt failed (even inside the back-off period).
+
+        Explicit operations (push, pull, status, ``.online()`` reads) call this.
+
+        Raises:
+            ConnectFailed: the server does not answer the probe.
+        """
+        if self.link.state.doubtful:
+            self._probe_or_raise()
+
+    def _admit(self, method: str, url: str) -> None:
+        """Refuse at once what would not be answered; probe first after a failure."""
+        where = f"{method} {_path_of(url)}"
+        if self.stop_requested():
+            raise ConnectFailed(f"{where}: not sent, a stop was requested", method=method, url=url)
+        state = self.link.state
+        if state.down():
+            raise ConnectFailed(f"{where}: not sent, {state.describe()}", method=method, url=url)
+        if state.doubtful:
+            self._probe_or_raise()
+
+    def _probe_or_raise(self) -> None:
+        url = self.api_root + PROBE_PATH
+        for hook in (*REQUEST_HOOKS, *self.on_request):
+            hook("GET", url)
+        if self._probe_answers(Job(self._sessions, self._probe_send), time.monotonic()):
+            self.link.mark_up()
+            return
+        state = self.link.mark_down("no answer to a probe")
+        raise ConnectFailed(f"GET {PROBE_PATH}: {state.describe()}", method="GET", url=url)
+
+    def _probe_send(self, session: requests.Session) -> requests.Response:
+        timeout = (self.probe_timeout, self.probe_timeout)
+        return session.get(self.api_root + PROBE_PATH, timeout=timeout, allow_redirects=False)
+
+    def _probe_answers(self, probe: _Exchange, started: float) -> bool:
+        """Wait for a probe (at most ``probe_timeout``); True if the server answered it."""
+        while not probe.wait(TICK):
+            if time.monotonic() - started > self.probe_timeout + TICK:
+                return False
+        return probe.error is None and probe.result().status_code not in UNAVAILABLE_STATUSES
+
+    # -- requests ------------------------------------------------------------------------------
 
     def request(
         self,
@@ -130,7 +210,8 @@ class Transport:
         """Send one request (retrying transient failures) and return the decoded JSON body.
 
         ``idempotent`` defaults to True for every method but POST. A 204 or empty body returns
-        ``None``. Error statuses raise the matching ``HTTPStatusError`` subclass at once.
+        ``None``. Error statuses raise the matching ``HTTPStatusError`` subclass at once;
+        ``outcomes.py`` says what each failure means.
         """
         if idempotent is None:
             idempotent = method != "POST"
@@ -141,31 +222,89 @@ class Transport:
             # The server closes the connection after every 204 DELETE; closing it on our side
             # too keeps a dead connection out of the pool (balsam-api.md, real-server pitfalls).
             headers["Connection"] = "close"
+        options = {"params": params, "json": json_body, "data": form, "headers": headers}
+
+        def send(session: requests.Session) -> requests.Response:
+            return session.request(
+                method, url, timeout=self.timeout, allow_redirects=False, **options
+            )
+
+        sent = False  # a request refused before sending says nothing new about the link
 
         def attempt() -> Any:
-            for hook in self.on_request:
+            nonlocal sent
+            self._admit(method, url)
+            for hook in (*REQUEST_HOOKS, *self.on_request):
                 hook(method, url)
+            sent = True
             with _mapped(method, url):
-                response = self._session.request(
-                    method,
-                    url,
-                    params=params,
-                    json=json_body,
-                    data=form,
-                    headers=headers,
-                    timeout=self.timeout,
-                    allow_redirects=False,
-                )
+                response = self._wait(method, url, Job(self._sessions, send))
             return _decode(method, url, response)
 
-        return policy.call(attempt, idempotent=idempotent)
+        try:
+            body = policy.call(
+                attempt, idempotent=idempotent, also=_retry_now, stopped=self.stop_requested
+            )
+        except TransportError as exc:
+            if sent and link_failed(exc) and not self.stop_requested():
+                self.link.mark_down(str(exc))
+            raise
+        self.link.mark_up()
+        return body
+
+    def _wait(self, method: str, url: str, job: _Exchange) -> requests.Response:
+        """Wait for ``job``; probe a server that keeps silent; honour a requested stop."""
+        where = f"{method} {_path_of(url)}"
+        next_probe = time.monotonic() + self.probe_after
+        probe: tuple[_Exchange, float] | None = None
+        stop_at: float | None = None
+        while not job.wait(TICK):
+            now = time.monotonic()
+            if stop_at is None and self.stop_requested():
+                stop_at = now + self.stop_grace
+            if stop_at is not None and now >= stop_at:
+                raise Interrupted(f"{where}: abandoned for a stop", method=method, url=url)
+            if probe is None and now >= next_probe:
+                probe = (Job(self._sessions, self._probe_send), now)
+            elif probe is not None and (probe[0].wait(0) or now - probe[1] > self.probe_timeout):
+                if not self._probe_answers(*probe):
+                    raise ReplyLost(
+                        f"{where}: no reply, and the server does not answer a probe either",
+                        method=method,
+                        url=url,
+                    )
+                probe, next_probe = None, now + REPROBE_SECONDS
+        return job.result()
 
     def close(self) -> None:
-        """Close this thread's pooled connections."""
-        session: requests.Session | None = getattr(self._local, "session", None)
-        if session is not None:
-            session.close()
-            self._local.session = None
+        """Close the pooled connections."""
+        self._sessions.close()
+
+
+PROBE_PATH = "/auth/how"  # needs no token; any answer but 429/502/503/504 means "up"
+TICK = 0.05  # seconds between checks of a request in flight (stop requested? probe due?)
+REPROBE_SECONDS = 10.0  # while a live server is slow to answer, probe it again this often
+
+REQUEST_HOOKS: list[RequestHook] = []
+"""Hooks called for every request of every transport (tests install guards here)."""
+
+
+_Exchange = Job[requests.Session, requests.Response]
+
+
+def _session(verify: bool | str) -> requests.Session:
+    session = requests.Session()
+    session.verify = verify
+    return session
+
+
+def _close(session: requests.Session) -> None:
+    session.close()
+
+
+def _retry_now(exc: BaseException) -> bool:
+    """Retry within the call only what the server answered; a link failure marks it down."""
+    return isinstance(exc, HTTPStatusError)
 
 
 def _decode(method: str, url: str, response: requests.Response) -> Any:

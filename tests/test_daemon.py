@@ -168,6 +168,9 @@ def test_daemon_waits_out_an_unreachable_server(
     with FaultProxy(user.api_root) as proxy:
         proxy.set_down(True)
         use_env(monkeypatch, proxy.url, user.token, tmp_path / "via-proxy")
+        # The down proxy resets connections it accepted, so the first POST may have arrived:
+        # it is only sent again once it can no longer commit (outcomes.py).
+        monkeypatch.setenv("BALSAM_SYNC_MAX_REQUEST_SECONDS", "3")
         queue_offline(monkeypatch, app.id, 5)
         log = tmp_path / "down.log"
         proc = start_daemon(log, "--interval", "0.2", "--max-backoff", "0.5")
