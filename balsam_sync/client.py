@@ -52,7 +52,7 @@ class Client:
             connect_timeout=settings.connect_timeout,
             read_timeout=settings.read_timeout,
             verify=settings.verify_tls,
-            link=Link(Backoff(initial=settings.link_backoff)),
+            link=Link(Backoff(initial=settings.retry_backoff)),
         )
         self.remote = Remote(self.transport)
         self.gateway = Gateway(

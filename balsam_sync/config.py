@@ -41,8 +41,9 @@ class Settings:
         settings_path: the client.yml the values came from, if any.
         max_request_seconds: the longest the server may take between receiving a request and
             committing it (a POST whose reply was lost is only resent after this long).
-        link_backoff: seconds writes and reads stay away from a server that just could not be
-            reached (doubled after each further failure, up to 60 s).
+        retry_backoff: seconds writes and reads stay away from a server that just could not
+            be reached, and writes wait before resending a change the server failed (doubled
+            after each further failure, up to 60 s and 5 min).
     """
 
     api_root: str
@@ -55,7 +56,7 @@ class Settings:
     verify_tls: bool = True
     settings_path: Path | None = None
     max_request_seconds: float = 120.0
-    link_backoff: float = 2.0
+    retry_backoff: float = 2.0
 
     def __repr__(self) -> str:
         # The token never appears in logs, reprs or tracebacks.

@@ -156,7 +156,8 @@ def test_sigterm_mid_batch_exits_0_and_loses_nothing(
     assert "stop requested" in log.read_text() and user.token not in log.read_text()
     assert 0 < left < 3000 and left % 100 == 0  # whole batches only: none was cut in half
 
-    assert invoke("push").exit_code == 0
+    pushed = invoke("push")
+    assert pushed.exit_code == 0, pushed.output
     on_server = [j.workdir for j in server.Job.objects.online()]
     assert len(on_server) == 3000
     assert sorted(on_server) == workdirs

@@ -53,7 +53,7 @@ class Entry:
     status: int | None = None
     error: str | None = None
     created_at: str = ""
-    sent_at: str | None = None  # when it was last sent (the server may still be running it)
+    sent_at: str | None = None  # when last sent; None once the server cannot be running it
     next_try_at: str | None = None  # not sent again before this (capped back-off)
 
     def due(self, now: str) -> bool:
@@ -188,6 +188,14 @@ class Outbox:
                 " sent_at = ?, marker = coalesce(?, marker) "
                 "WHERE seq IN (SELECT value FROM json_each(?))",
                 [stamp, stamp, marker, json.dumps(seqs)],
+            )
+
+    def finished(self, seqs: list[int]) -> None:
+        """The server answered these entries' request: it can no longer be running it."""
+        with self.store.write():
+            self.conn.execute(
+                "UPDATE outbox SET sent_at = NULL WHERE seq IN (SELECT value FROM json_each(?))",
+                [json.dumps(seqs)],
             )
 
     def defer(self, seqs: list[int], seconds: float, status: int | None, error: str) -> None:

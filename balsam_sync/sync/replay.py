@@ -46,8 +46,9 @@ log = logging.getLogger(__name__)
 
 Row = dict[str, Any]
 
-ENTRY_BACKOFF = Backoff(initial=2.0, cap=300.0)
-"""How long an entry that failed transiently waits before a write's push tries it again."""
+ENTRY_BACKOFF_CAP = 300.0
+"""Longest pause before a write's push resends a change the server failed (it starts at the
+link's first back-off, ``Settings.retry_backoff``)."""
 
 
 @dataclass
@@ -218,21 +219,24 @@ class Replayer:
             if found is Outcome.NOT_AUTHENTICATED:
                 self.outbox.reset([e.seq for e in group])  # refused, so not applied
                 raise
+            # The server itself answered (not a gateway's 502/503/504): it has finished.
+            answered = isinstance(exc, HTTPStatusError) and not link_failed(exc)
+            creates = group[0].op is Op.CREATE
+            if len(group) > 1 and (found is Outcome.REFUSED or (answered and not creates)):
+                # Find the entry at fault; the others go through. Updates and deletes are
+                # idempotent, so halves of a batch that may have been applied are resent as is
+                # (the server fails some PATCH batches whose jobs need different columns).
+                half = len(group) // 2
+                return self._send_group(group[:half], mine, report) and self._send_group(
+                    group[half:], mine, report
+                )
             if found is Outcome.REFUSED and isinstance(exc, HTTPStatusError):
-                return self._refused(group, exc, mine, report)
+                self._reject(group[0], exc, mine, report)
+                return True
+            if answered and creates:
+                self.outbox.finished([e.seq for e in group])  # one look-up decides
             self._transient(group, exc, found, report)
-            return group[0].op is Op.CREATE and self._settle(report, 0.0, True)
-
-    def _refused(
-        self, group: list[Entry], exc: HTTPStatusError, mine: set[int], report: PushReport
-    ) -> bool:
-        if len(group) > 1:  # find the entry at fault; the others go through
-            half = len(group) // 2
-            return self._send_group(group[:half], mine, report) and self._send_group(
-                group[half:], mine, report
-            )
-        self._reject(group[0], exc, mine, report)
-        return True
+            return creates and self._settle(report, 0.0, True)
 
     def _transient(
         self, group: list[Entry], exc: TransportError, found: Outcome, report: PushReport
@@ -248,7 +252,8 @@ class Replayer:
             return  # the link's back-off (link.py) keeps writes from trying too soon
         attempts = max(e.attempts for e in group) + 1
         status = exc.status if isinstance(exc, HTTPStatusError) else None
-        self.outbox.defer(seqs, ENTRY_BACKOFF.delay(attempts), status, f"{found.value}: {exc}")
+        backoff = Backoff(self.remote.transport.link.backoff.initial, ENTRY_BACKOFF_CAP)
+        self.outbox.defer(seqs, backoff.delay(attempts), status, f"{found.value}: {exc}")
 
     # -- grouping ------------------------------------------------------------------------------
 
@@ -259,6 +264,8 @@ class Replayer:
         if _refs(first):
             self._orphan(first, mine, report)
             return []
+        if first.status is not None and first.status >= 500:  # isolate the entry at fault
+            size = max(1, size >> min(first.attempts, 20))
         group = [first]
         if first.op is Op.CREATE and first.resource != "Job":
             return group
