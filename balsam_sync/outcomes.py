@@ -6,27 +6,36 @@ from this table, so a failure never means one thing on the wire and another in t
 =====================================  =============  ================  =======================
 failure                                outcome        same call         the outbox entry
 =====================================  =============  ================  =======================
-connection refused, DNS, connect       never sent     no retry: the     sent again (after the
-timeout, stopped before sending                       link is marked    link's back-off)
+connection refused, DNS, connect       never sent     not retried: the  sent again when the
+timeout; stopped before sending                       link is marked    link's back-off is over
                                                       down
-429, 503                               never sent     retried if the    sent again, capped
-                                                      link is up        back-off across pushes
-read timeout, reset after sending,     maybe applied  retried only if   settled first (below)
-reply cut off, silent link, stop                      idempotent
-while waiting, kill -9 in flight
-500, 502, 504 and every other 5xx      maybe applied  retried only if   settled first (below)
-                                                      idempotent
-401                                    not            no                the queue waits for a
-                                       authenticated                    new login
+429, 503                               never sent     retried           sent again
+read timeout, reset after sending,     maybe applied  retried only if   settled before anything
+reply cut off, silent link, stopped                   idempotent; the   else (below)
+while waiting; kill -9 in flight                      link is marked
+                                                      down
+502, 504 (a gateway answered: the      maybe applied  retried only if   settled before anything
+server may still be running it)                       idempotent        else (below)
+500 and other 5xx (the server          maybe applied  retried only if   settled at once: it has
+answered: it has finished)                            idempotent        finished; a batch of
+                                                                        updates or deletes is
+                                                                        split and resent
+401                                    not            no                the call raises and
+                                       authenticated                    takes its change back;
+                                                                        queued ones wait for a
+                                                                        new login
 400, 403, 404, 405, 409, 422, other    refused        no                dead letter (or raised
 4xx                                                                     to the caller)
 =====================================  =============  ================  =======================
 
 Settling a maybe-applied entry: a job create is looked up by its marker tag (sites and apps by
-their unique names); rows found are adopted, and "not found" counts only once the request was
-sent longer ago than ``max_request_seconds`` (before that the server may still be running it).
-Updates (PUT/PATCH set fields to values) and deletes (an id already gone counts as deleted) are
-idempotent and are simply sent again. A transient failure is never a dead letter.
+their unique names); rows found are adopted. "Not found" counts only once the server can no
+longer be running the request: it answered (a 500), or the request was sent longer ago than
+``max_request_seconds``; until then nothing else is sent, and the entries are never sent again
+under a new marker. Updates (PUT/PATCH set fields to values) and deletes (an id already gone
+counts as deleted) are idempotent and are simply sent again. A transient failure is retried
+with a capped back-off kept in the outbox (across pushes and processes) and is never a dead
+letter.
 """
 
 from __future__ import annotations

@@ -33,7 +33,6 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import balsam_sync  # noqa: E402
-from balsam_sync.client import Client  # noqa: E402
 from balsam_sync.testing.faultproxy import FaultProxy  # noqa: E402
 
 CALLS = 100
@@ -63,7 +62,7 @@ def new_user(api_root: str) -> tuple[str, int]:
         site_id=site.id, name="P8", serialized_class="txt", source_code="-"
     )
     client.close()
-    return token, app.id
+    return token, int(app.id or 0)
 
 
 def saves_while_unreachable(
@@ -97,9 +96,7 @@ def daemon(proxy: FaultProxy, token: str, home: Path) -> Iterator[subprocess.Pop
     )
     log = home / "daemon.log"
     command = [sys.executable, "-m", "balsam_sync.cli", "daemon", "--interval", "0.5"]
-    proc = subprocess.Popen(
-        [*command, "--log-file", str(log)], env=env, stderr=subprocess.DEVNULL
-    )
+    proc = subprocess.Popen([*command, "--log-file", str(log)], env=env, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 60
         while not (log.exists() and "round 1:" in log.read_text()):
@@ -118,7 +115,8 @@ def time_to_stop(api_root: str, home: Path, silent: bool) -> float:
     token, app_id = new_user(api_root)
     with FaultProxy(api_root) as proxy:
         queued = balsam_sync.connect(proxy.url, token, home=str(home), offline=True)
-        queued.Job.objects.bulk_create([queued.Job(workdir=f"p8/{i}", app_id=app_id) for i in range(5)])
+        jobs = [queued.Job(workdir=f"p8/{i}", app_id=app_id) for i in range(5)]
+        queued.Job.objects.bulk_create(jobs)
         queued.close()
         proxy.set_silent(silent)
         with daemon(proxy, token, home) as proc:

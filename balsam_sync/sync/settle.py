@@ -7,9 +7,10 @@ it is known (creates coming later may reference it):
 * a job create is looked up by the marker tag its batch was sent with (sites and apps by their
   unique names); rows found are adopted (a job POST is atomic: all of its jobs, or none);
 * "not found" proves nothing while the server may still be running the request, so it counts
-  only once the request was sent longer ago than ``max_request_seconds``; then the entries
-  are sent again, under a new marker. Before that, an explicit push polls the marker (the
-  server usually commits within seconds); a write's push does not wait.
+  only once the server answered it (a 5xx of its own: ``Outbox.finished``) or it was sent
+  longer ago than ``max_request_seconds``; then the entries are sent again, under a new
+  marker. Before that, an explicit push polls the marker (the server usually commits within
+  seconds); a write's push does not wait.
 
 Updates and deletes in flight need no settling: they are idempotent and are simply sent again.
 """
