@@ -299,7 +299,8 @@ class Gateway:
         """
         if self.offline or self.remote.transport.link.down():
             return {}
-        report = self.replayer().push(own=seqs, lock_wait=0.0, settle_wait=0.0, force=False)
+        with self.remote.transport.impatient():  # a silent server is given up on at once
+            report = self.replayer().push(own=seqs, lock_wait=0.0, settle_wait=0.0, force=False)
         if report.paused_for_auth:
             withdraw(self.mirror, res.name, op, seqs, before)
             raise NotAuthenticated(

@@ -8,7 +8,9 @@ and never blocks the interpreter's exit.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Generic, TypeVar
 
 S = TypeVar("S")
@@ -74,3 +76,37 @@ class Job(Generic[S, T]):
         if self.value is None:
             raise RuntimeError("the exchange has not finished")
         return self.value
+
+
+_HURRIED: ContextVar[bool] = ContextVar("balsam_sync_hurried", default=False)
+
+
+class Scopes:
+    """Stops requested for a while (seen by every thread) and a thread's hurry."""
+
+    def __init__(self) -> None:
+        self._stops: list[threading.Event] = []
+
+    @contextmanager
+    def stopping(self, event: threading.Event) -> Iterator[None]:
+        self._stops.append(event)
+        try:
+            yield
+        finally:
+            self._stops.remove(event)
+
+    def stop_requested(self) -> bool:
+        return any(event.is_set() for event in list(self._stops))
+
+    @contextmanager
+    def hurrying(self) -> Iterator[None]:
+        token = _HURRIED.set(True)
+        try:
+            yield
+        finally:
+            _HURRIED.reset(token)
+
+    @staticmethod
+    def hurried() -> bool:
+        """True inside ``hurrying()`` in this thread."""
+        return _HURRIED.get()

@@ -12,7 +12,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime, timezone
 from functools import partial
 from typing import Any
@@ -32,7 +32,7 @@ from .errors import (
     describe_body,
     status_error_class,
 )
-from .inflight import Job, Pool
+from .inflight import Job, Pool, Scopes
 from .link import Link
 from .outcomes import link_failed
 from .retry import RetryPolicy
@@ -40,19 +40,16 @@ from .token import expiry
 
 Params = Sequence[tuple[str, str]]
 RequestHook = Callable[[str, str], None]
-"""Called with (method, url) in the caller's thread just before each attempt (and probe) is
-sent; used by tests and tracing."""
+"""Called with (method, url) in the caller's thread before each attempt and probe (tests)."""
 
 
 class Transport:
     """A session with one Balsam server for one user.
 
-    Every request runs in a worker thread while the caller waits, so that waiting can end
-    early: when no reply came within ``probe_after`` seconds the server is probed with a short
-    request, and a server that does not answer that either (a silent link) costs a few seconds,
-    not the read timeout; a stop requested through ``stopping()`` ends the wait after
-    ``stop_grace`` seconds. ``link`` (see ``link.py``) keeps requests off a server that just
-    could not be reached.
+    Each request runs in a worker thread while the caller waits, so the wait can end early:
+    a server that answers neither the request (within ``probe_after``) nor a short probe is a
+    silent link and costs seconds, not the read timeout; a requested stop (``stopping()``)
+    ends it after ``stop_grace``. ``link`` keeps requests off a server that just failed.
 
     Args:
         api_root: base URL, e.g. ``http://127.0.0.1:8765``.
@@ -94,7 +91,7 @@ class Transport:
         self._token = token
         self._verify = verify
         self._sessions: Pool[requests.Session] = Pool(partial(_session, verify), _close)
-        self._stops: list[threading.Event] = []
+        self._scopes = Scopes()
 
     # -- token ---------------------------------------------------------------------------------
 
@@ -129,34 +126,38 @@ class Transport:
             )
         return {"Authorization": f"Bearer {self._token}"}
 
-    # -- stopping ------------------------------------------------------------------------------
+    # -- stopping and hurrying (see inflight.Scopes) ---------------------------------------
 
-    @contextmanager
-    def stopping(self, event: threading.Event) -> Iterator[None]:
+    def stopping(self, event: threading.Event) -> AbstractContextManager[None]:
         """While inside, setting ``event`` ends waits and retries (in every thread) promptly.
 
         A request not yet sent is not sent; one in flight gets ``stop_grace`` seconds to finish
         and is then abandoned (``Interrupted``: it may have been applied). Leaving the block
         leaves the transport as it was.
         """
-        self._stops.append(event)
-        try:
-            yield
-        finally:
-            self._stops.remove(event)
+        return self._scopes.stopping(event)
 
     def stop_requested(self) -> bool:
-        return any(event.is_set() for event in list(self._stops))
+        return self._scopes.stop_requested()
+
+    def impatient(self) -> AbstractContextManager[None]:
+        """Inside (this thread), a server that answers neither the request nor one short probe
+        is given up on at once: a write's push, which must never keep the caller waiting.
+
+        Elsewhere a probe may take twice as long and fail once more, so that a busy server is
+        not mistaken for a silent link (which then costs ~7 s once, not on each call).
+        """
+        return self._scopes.hurrying()
+
+    def _patience(self) -> tuple[int, float]:  # (unanswered probes tolerated, probe seconds)
+        return (1, self.probe_timeout) if Scopes.hurried() else (2, 2 * self.probe_timeout)
 
     # -- reachability --------------------------------------------------------------------------
 
     def ensure_reachable(self) -> None:
-        """Probe the server now if the last attempt failed (even inside the back-off period).
+        """Probe now if the last attempt failed, even in the back-off (push, pull, status...).
 
-        Explicit operations (push, pull, status, ``.online()`` reads) call this.
-
-        Raises:
-            ConnectFailed: the server does not answer the probe.
+        Raises ``ConnectFailed`` when the server does not answer the probe.
         """
         if self.link.state.doubtful:
             self._probe_or_raise()
@@ -176,20 +177,20 @@ class Transport:
         url = self.api_root + PROBE_PATH
         for hook in (*REQUEST_HOOKS, *self.on_request):
             hook("GET", url)
-        if self._probe_answers(Job(self._sessions, self._probe_send), time.monotonic()):
+        if self._probe_answers(self._start_probe(), time.monotonic()):
             self.link.mark_up()
             return
         state = self.link.mark_down("no answer to a probe")
         raise ConnectFailed(f"GET {PROBE_PATH}: {state.describe()}", method="GET", url=url)
 
-    def _probe_send(self, session: requests.Session) -> requests.Response:
-        timeout = (self.probe_timeout, self.probe_timeout)
-        return session.get(self.api_root + PROBE_PATH, timeout=timeout, allow_redirects=False)
+    def _start_probe(self) -> _Exchange:
+        url, timeout = self.api_root + PROBE_PATH, (self._patience()[1],) * 2
+        return Job(self._sessions, lambda s: s.get(url, timeout=timeout, allow_redirects=False))
 
     def _probe_answers(self, probe: _Exchange, started: float) -> bool:
-        """Wait for a probe (at most ``probe_timeout``); True if the server answered it."""
+        """Wait for a probe (as long as it may take); True if the server answered it."""
         while not probe.wait(TICK):
-            if time.monotonic() - started > self.probe_timeout + TICK:
+            if time.monotonic() - started > self._patience()[1] + TICK:
                 return False
         return probe.error is None and probe.result().status_code not in UNAVAILABLE_STATUSES
 
@@ -258,6 +259,7 @@ class Transport:
         next_probe = time.monotonic() + self.probe_after
         probe: tuple[_Exchange, float] | None = None
         stop_at: float | None = None
+        tolerated, probe_seconds = self._patience()
         while not job.wait(TICK):
             now = time.monotonic()
             if stop_at is None and self.stop_requested():
@@ -265,15 +267,17 @@ class Transport:
             if stop_at is not None and now >= stop_at:
                 raise Interrupted(f"{where}: abandoned for a stop", method=method, url=url)
             if probe is None and now >= next_probe:
-                probe = (Job(self._sessions, self._probe_send), now)
-            elif probe is not None and (probe[0].wait(0) or now - probe[1] > self.probe_timeout):
-                if not self._probe_answers(*probe):
+                probe = (self._start_probe(), now)
+            elif probe is not None and (probe[0].wait(0) or now - probe[1] > probe_seconds):
+                answered = self._probe_answers(*probe)
+                tolerated = tolerated - 1 if not answered else self._patience()[0]
+                if not tolerated:
                     raise ReplyLost(
                         f"{where}: no reply, and the server does not answer a probe either",
                         method=method,
                         url=url,
                     )
-                probe, next_probe = None, now + REPROBE_SECONDS
+                probe, next_probe = None, now + (REPROBE_SECONDS if answered else 0.0)
         return job.result()
 
     def close(self) -> None:
@@ -340,32 +344,28 @@ def _path_of(url: str) -> str:
 @contextmanager
 def _mapped(method: str, url: str) -> Iterator[None]:
     """Translate ``requests`` exceptions into our tree, most specific first."""
-    where = f"{method} {_path_of(url)}"
+    where, at = f"{method} {_path_of(url)}", {"method": method, "url": url}
     try:
         yield
     except HTTPStatusError:
         raise
     except requests.exceptions.ConnectTimeout as exc:
-        raise ConnectFailed(f"{where}: connection timed out", method=method, url=url) from exc
+        raise ConnectFailed(f"{where}: connection timed out", **at) from exc
     except requests.exceptions.SSLError as exc:
-        raise TransportError(f"{where}: TLS failed: {exc}", method=method, url=url) from exc
+        raise TransportError(f"{where}: TLS failed: {exc}", **at) from exc
     except requests.exceptions.ProxyError as exc:
-        raise ConnectFailed(f"{where}: proxy refused: {exc}", method=method, url=url) from exc
+        raise ConnectFailed(f"{where}: proxy refused: {exc}", **at) from exc
     except requests.exceptions.ConnectionError as exc:
         if _never_sent(exc):
-            raise ConnectFailed(f"{where}: cannot connect", method=method, url=url) from exc
-        raise ReplyLost(
-            f"{where}: connection lost before the reply", method=method, url=url
-        ) from exc
+            raise ConnectFailed(f"{where}: cannot connect", **at) from exc
+        raise ReplyLost(f"{where}: connection lost before the reply", **at) from exc
     except requests.exceptions.ReadTimeout as exc:
-        raise ReplyLost(
-            f"{where}: no reply within the read timeout", method=method, url=url
-        ) from exc
+        raise ReplyLost(f"{where}: no reply within the read timeout", **at) from exc
     except (
         requests.exceptions.ChunkedEncodingError,
         requests.exceptions.ContentDecodingError,
     ) as exc:
-        raise ReplyLost(f"{where}: the reply was cut off", method=method, url=url) from exc
+        raise ReplyLost(f"{where}: the reply was cut off", **at) from exc
     except (
         requests.exceptions.InvalidURL,
         requests.exceptions.InvalidSchema,
@@ -376,7 +376,7 @@ def _mapped(method: str, url: str) -> Iterator[None]:
     ) as exc:
         raise ConfigError(f"{where}: {exc}") from exc
     except requests.exceptions.RequestException as exc:
-        raise TransportError(f"{where}: {exc}", method=method, url=url) from exc
+        raise TransportError(f"{where}: {exc}", **at) from exc
 
 
 def _never_sent(exc: requests.exceptions.ConnectionError) -> bool:
