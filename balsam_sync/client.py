@@ -131,7 +131,11 @@ class Client:
         return report
 
     def push(self, *, lock_wait: float = 30.0) -> PushReport:
-        """Send what is queued now; returns what was sent, what failed and what died."""
+        """Send what is queued now; returns what was sent, what failed and what died.
+
+        Creates whose earlier POST may still be running on the server are waited for (at most
+        ``max_request_seconds``) before anything else is sent (see ``balsam_sync.outcomes``).
+        """
         return self.gateway.replayer().push(lock_wait=lock_wait)
 
     def status(self, *, check_server: bool = True) -> SyncStatus:

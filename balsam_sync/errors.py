@@ -15,6 +15,7 @@
         ├── ServerUnreachable       no answer after the bounded retries
         │   ├── ConnectFailed       the request never left (safe to resend)
         │   ├── ReplyLost           sent, but no reply: it may have been applied
+        │   │   ├── SilentLink      no reply, and no answer to a probe either
         │   │   └── Interrupted     abandoned because a stop was requested (daemon shutdown)
         │   └── Unavailable         429/502/503/504 (also an HTTPStatusError): "not now"
         └── HTTPStatusError         the server answered with a status >= 400
@@ -104,6 +105,10 @@ class ConnectFailed(ServerUnreachable):
 
 class ReplyLost(ServerUnreachable):
     """The request was sent but no reply arrived: the server may have applied it."""
+
+
+class SilentLink(ReplyLost):
+    """Sent, and neither the request nor a probe of the server was answered."""
 
 
 class Interrupted(ReplyLost):

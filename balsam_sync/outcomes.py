@@ -11,8 +11,11 @@ timeout; stopped before sending                       link is marked    link's b
                                                       down
 429, 503                               never sent     retried           sent again
 read timeout, reset after sending,     maybe applied  retried only if   settled before anything
-reply cut off, silent link, stopped                   idempotent; the   else (below)
-while waiting; kill -9 in flight                      link is marked
+reply cut off; kill -9 in flight                      idempotent, then  else (below)
+                                                      the link is
+                                                      marked down
+silent link (no answer to a probe      maybe applied  not retried: the  settled before anything
+either), stopped while waiting                        link is marked    else (below)
                                                       down
 502, 504 (a gateway answered: the      maybe applied  retried only if   settled before anything
 server may still be running it)                       idempotent        else (below)

@@ -28,6 +28,7 @@ from .errors import (
     Interrupted,
     NotAuthenticated,
     ReplyLost,
+    SilentLink,
     TransportError,
     describe_body,
     status_error_class,
@@ -129,28 +130,22 @@ class Transport:
     # -- stopping and hurrying (see inflight.Scopes) ---------------------------------------
 
     def stopping(self, event: threading.Event) -> AbstractContextManager[None]:
-        """While inside, setting ``event`` ends waits and retries (in every thread) promptly.
-
-        A request not yet sent is not sent; one in flight gets ``stop_grace`` seconds to finish
-        and is then abandoned (``Interrupted``: it may have been applied). Leaving the block
-        leaves the transport as it was.
-        """
+        """While inside, setting ``event`` ends waits and retries (in every thread) promptly:
+        a request not yet sent is not sent; one in flight gets ``stop_grace`` seconds, then is
+        abandoned (``Interrupted``). Leaving the block leaves the transport as it was."""
         return self._scopes.stopping(event)
 
     def stop_requested(self) -> bool:
         return self._scopes.stop_requested()
 
     def impatient(self) -> AbstractContextManager[None]:
-        """Inside (this thread), a server that answers neither the request nor one short probe
-        is given up on at once: a write's push, which must never keep the caller waiting.
-
-        Elsewhere a probe may take twice as long and fail once more, so that a busy server is
-        not mistaken for a silent link (which then costs ~7 s once, not on each call).
-        """
+        """Inside (this thread), give up on a server that answers neither the request nor one
+        short probe: for a write's push. Elsewhere two probes of 5 s must go unanswered, so a
+        busy server is not taken for a silent link (which then costs ~11 s once)."""
         return self._scopes.hurrying()
 
     def _patience(self) -> tuple[int, float]:  # (unanswered probes tolerated, probe seconds)
-        return (1, self.probe_timeout) if Scopes.hurried() else (2, 2 * self.probe_timeout)
+        return (1, self.probe_timeout) if Scopes.hurried() else PATIENT
 
     # -- reachability --------------------------------------------------------------------------
 
@@ -177,20 +172,21 @@ class Transport:
         url = self.api_root + PROBE_PATH
         for hook in (*REQUEST_HOOKS, *self.on_request):
             hook("GET", url)
-        if self._probe_answers(self._start_probe(), time.monotonic()):
+        seconds = self.probe_timeout * (1 if Scopes.hurried() else 2)
+        if self._probe_answers(self._start_probe(seconds), time.monotonic(), seconds):
             self.link.mark_up()
             return
         state = self.link.mark_down("no answer to a probe")
         raise ConnectFailed(f"GET {PROBE_PATH}: {state.describe()}", method="GET", url=url)
 
-    def _start_probe(self) -> _Exchange:
-        url, timeout = self.api_root + PROBE_PATH, (self._patience()[1],) * 2
+    def _start_probe(self, seconds: float) -> _Exchange:
+        url, timeout = self.api_root + PROBE_PATH, (seconds, seconds)
         return Job(self._sessions, lambda s: s.get(url, timeout=timeout, allow_redirects=False))
 
-    def _probe_answers(self, probe: _Exchange, started: float) -> bool:
-        """Wait for a probe (as long as it may take); True if the server answered it."""
+    def _probe_answers(self, probe: _Exchange, started: float, seconds: float) -> bool:
+        """Wait for a probe (at most ``seconds``); True if the server answered it."""
         while not probe.wait(TICK):
-            if time.monotonic() - started > self._patience()[1] + TICK:
+            if time.monotonic() - started > seconds + TICK:
                 return False
         return probe.error is None and probe.result().status_code not in UNAVAILABLE_STATUSES
 
@@ -267,12 +263,12 @@ class Transport:
             if stop_at is not None and now >= stop_at:
                 raise Interrupted(f"{where}: abandoned for a stop", method=method, url=url)
             if probe is None and now >= next_probe:
-                probe = (self._start_probe(), now)
+                probe = (self._start_probe(probe_seconds), now)
             elif probe is not None and (probe[0].wait(0) or now - probe[1] > probe_seconds):
-                answered = self._probe_answers(*probe)
+                answered = self._probe_answers(*probe, probe_seconds)
                 tolerated = tolerated - 1 if not answered else self._patience()[0]
                 if not tolerated:
-                    raise ReplyLost(
+                    raise SilentLink(
                         f"{where}: no reply, and the server does not answer a probe either",
                         method=method,
                         url=url,
@@ -288,6 +284,7 @@ class Transport:
 PROBE_PATH = "/auth/how"  # needs no token; any answer but 429/502/503/504 means "up"
 TICK = 0.05  # seconds between checks of a request in flight (stop requested? probe due?)
 REPROBE_SECONDS = 10.0  # while a live server is slow to answer, probe it again this often
+PATIENT = (2, 5.0)  # unanswered probes (of seconds each) before a busy server counts as silent
 
 REQUEST_HOOKS: list[RequestHook] = []
 """Hooks called for every request of every transport (tests install guards here)."""
@@ -307,7 +304,10 @@ def _close(session: requests.Session) -> None:
 
 
 def _retry_now(exc: BaseException) -> bool:
-    """Retry within the call only what the server answered; a link failure marks it down."""
+    """Retry within the call what the server answered, or a reply lost on a link that works;
+    a refused connection or a silent link marks the link down instead."""
+    if isinstance(exc, ReplyLost):
+        return not isinstance(exc, SilentLink | Interrupted)
     return isinstance(exc, HTTPStatusError)
 
 

@@ -192,7 +192,8 @@ class Replayer:
         except TransportError as exc:
             if isinstance(exc, NotAuthenticated):
                 raise
-            report.failed += len(self.outbox.entries([EntryState.IN_FLIGHT]))
+            in_flight = len(self.outbox.entries([EntryState.IN_FLIGHT]))
+            report.failed = max(report.failed, in_flight)
             report.error = str(exc)
             return False
         report.sent += adopted
