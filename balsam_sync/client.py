@@ -24,9 +24,11 @@ from .errors import BalsamSyncError, ConfigError, OfflineError, UsageError
 from .freshness import AUTO, OFFLINE, ReadPolicy
 from .gateway import Gateway
 from .job import Job
+from .link import Link
 from .manager import Manager
 from .models import Model
 from .objects import App, BatchJob, EventLog, Site, TransferItem
+from .outcomes import Backoff
 from .remote import Remote
 from .retry import RetryPolicy
 from .session import Session, set_default_client_factory
@@ -35,7 +37,8 @@ from .sync.pull import Progress, Puller, PullReport
 from .sync.replay import PushReport
 from .sync.status import SyncStatus, sync_status
 from .token import user_of
-from .transport import Clock, Transport
+from .serverclock import Clock
+from .transport import Transport
 
 M = TypeVar("M", bound=Model)
 
@@ -59,6 +62,7 @@ class Client:
             read_timeout=settings.read_timeout,
             verify=settings.verify_tls,
             clock=clock,
+            link=Link(Backoff(initial=settings.retry_backoff)),
         )
         self.remote = Remote(self.transport)
         self.gateway = Gateway(
@@ -66,6 +70,7 @@ class Client:
             self._open_mirror,
             OFFLINE if settings.offline else AUTO,
             offline=settings.offline,
+            max_request_seconds=settings.max_request_seconds,
         )
         self._managers: dict[type[Model], Manager[Any]] = {}
         self._lock = threading.Lock()
@@ -103,6 +108,8 @@ class Client:
         home, explicit = self.settings.mirror_home, self._explicit_home
         mirror = open_mirror(home, self._identity(), explicit_home=explicit)
         mirror.coverage.clock = self.transport.server_now
+        # Processes sharing the mirror share what they know of the link (see link.py).
+        self.transport.link.share(mirror.path.with_suffix(".link.json"))
         return mirror
 
     @property
@@ -162,6 +169,7 @@ class Client:
         self._refuse_offline("pull()")
         mirror = self.mirror
         try:
+            self.transport.ensure_reachable()  # tried now, even while the link backs off
             report = Puller(self.remote, mirror, progress, clock=self.transport.clock).pull(
                 full=full
             )
@@ -174,6 +182,9 @@ class Client:
 
     def push(self, *, lock_wait: float = 30.0) -> PushReport:
         """Send what is queued now; returns what was sent, what failed and what died.
+
+        Creates whose earlier POST may still be running on the server are waited for (at most
+        ``max_request_seconds``) before anything else is sent (see ``balsam_sync.outcomes``).
 
         Raises:
             OfflineError: the client is offline (``BALSAM_SYNC_OFFLINE=1``).
@@ -195,6 +206,9 @@ class Client:
 
     def status(self, *, check_server: bool = True) -> SyncStatus:
         """A snapshot of the outbox, the last push/pull, the token and the server's reachability."""
+        if check_server and not self.settings.offline:
+            with contextlib.suppress(BalsamSyncError):  # a failed probe: shown as unreachable
+                self.transport.ensure_reachable()
         return sync_status(self, check_server=check_server)
 
     def dead_letters(self) -> list[Entry]:

@@ -31,6 +31,7 @@ ENV_API_ROOT = "BALSAM_SYNC_API_ROOT"
 ENV_TOKEN = "BALSAM_SYNC_TOKEN"
 ENV_HOME = "BALSAM_SYNC_HOME"
 ENV_OFFLINE = "BALSAM_SYNC_OFFLINE"
+ENV_MAX_REQUEST = "BALSAM_SYNC_MAX_REQUEST_SECONDS"
 ENV_CLIENT_PATH = "BALSAM_CLIENT_PATH"
 DEFAULT_PORTS = {"http": 80, "https": 443}
 _USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/@\s]*@")
@@ -111,6 +112,11 @@ class Settings:
         offline: never touch the network (``BALSAM_SYNC_OFFLINE=1``).
         verify_tls: verify TLS certificates (turn off only explicitly).
         settings_path: the client.yml the values came from, if any.
+        max_request_seconds: the longest the server may take between receiving a request and
+            committing it (a POST whose reply was lost is only resent after this long).
+        retry_backoff: seconds writes and reads stay away from a server that just could not
+            be reached, and writes wait before resending a change the server failed (doubled
+            after each further failure, up to 60 s and 5 min).
     """
 
     api_root: str
@@ -122,6 +128,8 @@ class Settings:
     offline: bool = False
     verify_tls: bool = True
     settings_path: Path | None = None
+    max_request_seconds: float = 120.0
+    retry_backoff: float = 2.0
 
     def __repr__(self) -> str:
         # The token never appears in logs, reprs or tracebacks.
@@ -222,6 +230,11 @@ def load_settings(
     for key in ("connect_timeout", "read_timeout", "retry_count"):
         if key in stored:
             values[key] = stored[key]
+    if os.environ.get(ENV_MAX_REQUEST):
+        try:
+            values["max_request_seconds"] = float(os.environ[ENV_MAX_REQUEST])
+        except ValueError as exc:
+            raise ConfigError(f"{ENV_MAX_REQUEST} must be a number of seconds") from exc
     values.update(overrides)
     try:
         return Settings(**values)

@@ -17,13 +17,19 @@
     └── TransportError              the server could not be asked or answered badly
         ├── ServerUnreachable       no answer after the bounded retries
         │   ├── ConnectFailed       the request never left (safe to resend)
-        │   └── ReplyLost           sent, but no reply: it may have been applied
+        │   ├── ReplyLost           sent, but no reply: it may have been applied
+        │   │   ├── SilentLink      no reply, and no answer to a probe either
+        │   │   └── Interrupted     abandoned because a stop was requested (daemon shutdown)
+        │   └── Unavailable         429/502/503/504 (also an HTTPStatusError): "not now"
         └── HTTPStatusError         the server answered with a status >= 400
             ├── NotAuthenticated    401: no token, or it expired ("log in again")
             ├── NotFound            404
             ├── Rejected            400 / 405 / 409: a business rule or missing route
             ├── ValidationFailed    422 with the server's per-field messages
-            └── ServerError         5xx
+            └── ServerError         5xx (502/503/504 are also Unavailable)
+
+What each failure means for a change that was being sent is decided in one place:
+``balsam_sync/outcomes.py``.
 
 Input errors also subclass the builtin a Python user expects (ValueError, TypeError,
 AttributeError), so ``except ValueError`` keeps working.
@@ -116,6 +122,14 @@ class ReplyLost(ServerUnreachable):
     """The request was sent but no reply arrived: the server may have applied it."""
 
 
+class SilentLink(ReplyLost):
+    """Sent, and neither the request nor a probe of the server was answered."""
+
+
+class Interrupted(ReplyLost):
+    """A request was abandoned because a stop was requested: it may have been applied."""
+
+
 class HTTPStatusError(TransportError):
     """The server answered with an error status.
 
@@ -160,6 +174,17 @@ class ServerError(HTTPStatusError):
     """5xx: the server failed while handling the request."""
 
 
+class Unavailable(ServerError, ServerUnreachable):
+    """429/502/503/504: the server, or a gateway in front of it, cannot serve now.
+
+    It is also a ``ServerUnreachable``: reads answer from the mirror, as for a refused
+    connection. (A 429 is not a 5xx, but it means the same "not now".)
+    """
+
+
+UNAVAILABLE_STATUSES = frozenset({429, 502, 503, 504})
+
+
 def describe_body(body: Any) -> str:
     """Turn any of the server's error body shapes into one readable line."""
     if isinstance(body, dict):
@@ -185,6 +210,8 @@ def status_error_class(status: int) -> type[HTTPStatusError]:
         return NotFound
     if status == 422:
         return ValidationFailed
+    if status in UNAVAILABLE_STATUSES:
+        return Unavailable
     if status >= 500:
         return ServerError
     return Rejected

@@ -11,21 +11,24 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from .cache.mirror import Mirror
-from .cache.outbox import EntryState, Op
+from .cache.outbox import Op
 from .errors import BalsamSyncError, NotAuthenticated, OfflineError, ServerUnreachable
 from .freshness import OFFLINE, USE_CLIENT_DEFAULT, Answer, PolicyArg, ReadMode, ReadPolicy
 from .params import FILTER_CHUNK_SIZE
 from .remote import Remote
-from .resources import RESOURCES, Resource
+from .resources import Resource
 from .spec import QuerySpec
 from .sync.lock import FileLock
 from .sync.replay import Replayer
+from .sync.undo import revive, withdraw
 from .unmirrored import server_if_unmirrored
+from .writing import WriteResult, provisional_row
+
+__all__ = ["Gateway", "WriteResult", "provisional_row"]
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +56,12 @@ class Gateway:
         max_age: float = DEFAULT_MAX_AGE,
         offline: bool = False,
         clock: Callable[[], datetime] | None = None,
+        max_request_seconds: float = 120.0,
     ) -> None:
         self.remote = remote
         self.clock = clock or remote.transport.server_now
         self.offline = offline
+        self.max_request_seconds = max_request_seconds
         self._replayer: Replayer | None = None
         self._mirror_factory = mirror
         self._mirror: Mirror | None = None
@@ -75,7 +80,13 @@ class Gateway:
         if self._replayer is None:
             mirror = self.mirror
             lock = FileLock(mirror.lock_path)
-            self._replayer = Replayer(self.remote, mirror, mirror.outbox, lock)
+            self._replayer = Replayer(
+                self.remote,
+                mirror,
+                mirror.outbox,
+                lock,
+                max_request_seconds=self.max_request_seconds,
+            )
         return self._replayer
 
     def _policy(self, policy: PolicyArg) -> ReadPolicy:
@@ -123,6 +134,7 @@ class Gateway:
         if cached is not None:
             return self._mirror_rows(spec, cached, stale=False)
         try:
+            self._reach(pol)
             now = self.clock()
             rows, count = self.remote.select(res, spec)
             now = min(now, self.clock())  # the reply may show that our clock runs ahead
@@ -150,6 +162,7 @@ class Gateway:
         if cached is not None:
             return self._mirror_count(spec, cached, stale=False)
         try:
+            self._reach(pol)
             now = self.clock()
             n = self.remote.count(res, spec)
             now = min(now, self.clock())
@@ -165,6 +178,11 @@ class Gateway:
         if cov is not None and cov.count is not None and not stale:
             return Answer([], cov.count, "cache", min(cov.as_of, self.clock()))
         return Answer([], self.mirror.store.count(spec), "cache", as_of, stale)
+
+    def _reach(self, pol: ReadPolicy) -> None:
+        """An ``.online()`` read tries the server now, even while the link is backing off."""
+        if pol.mode is ReadMode.ONLINE:
+            self.remote.transport.ensure_reachable()
 
     def _fallback(
         self,
@@ -197,6 +215,7 @@ class Gateway:
             return
         pages = self.remote.pages(res, spec, chunk_size)
         try:
+            self._reach(pol)
             first = next(pages, None)
         except ServerUnreachable as exc:
             # Nothing was yielded yet: the mirror can still answer, as for any other read.
@@ -217,25 +236,43 @@ class Gateway:
     def _write_through_list(
         self, res: Resource, spec: QuerySpec, rows: list[Row], count: int, at: datetime
     ) -> None:
-        """Store a list answer; for an unsliced one, also settle mirror rows it left out."""
+        """Store a list answer; for an unsliced one, also settle mirror rows it left out.
+
+        Plan, fetch, then store: the rows the answer left out are asked for before the one
+        write transaction, so no request runs while the mirror is locked.
+        """
+        seen = {r["id"] for r in rows}
+        found: tuple[list[int], list[Row]] | None = ([], [])
+        if not spec.is_sliced and not spec.empty:
+            found = self._missing(res, spec, seen)
         store = self.mirror.store
         with store.write():
             store.upsert(res.name, rows)
-            self.mirror.outbox.overlay(res.name, [r["id"] for r in rows])
-            if not spec.is_sliced and not spec.empty:
-                self._settle_missing(res, spec, {r["id"] for r in rows})
-            self.mirror.coverage.record_fetch(spec, at, count, rows=True)
+            self.mirror.outbox.overlay(res.name, list(seen))
+            if found is not None:  # else: unknown which were deleted, so no coverage claimed
+                missing, rows_now = found
+                store.upsert(res.name, rows_now)
+                gone = set(missing) - {r["id"] for r in rows_now}
+                store.delete_cascade(res.name, sorted(gone))
+                self.mirror.coverage.record_fetch(spec, at, count, rows=True)
 
-    def _settle_missing(self, res: Resource, spec: QuerySpec, seen: set[int]) -> None:
-        """Mirror rows that match but were not returned were deleted or changed: ask which."""
+    def _missing(
+        self, res: Resource, spec: QuerySpec, seen: set[int]
+    ) -> tuple[list[int], list[Row]] | None:
+        """Mirror rows that match but were not returned (deleted or changed): ask for them.
+
+        Returns (their ids, the rows the server still has), or None when it could not say.
+        """
         store = self.mirror.store
         missing = [r["id"] for r in store.query(spec) if r["id"] > 0 and r["id"] not in seen]
         if not missing:
-            return
-        found = self.remote.select(res, QuerySpec(res.name).with_filters({"id": missing}))[0]
-        store.upsert(res.name, found)
-        gone = set(missing) - {r["id"] for r in found}
-        store.delete_cascade(res.name, sorted(gone))
+            return [], []
+        try:
+            return missing, self.remote.select(
+                res, QuerySpec(res.name).with_filters({"id": missing})
+            )[0]
+        except ServerUnreachable:
+            return None
 
     # -- writes --------------------------------------------------------------------------------
 
@@ -253,15 +290,29 @@ class Gateway:
             mirror.coverage.forget_windows()
         return seqs
 
-    def _push_now(self, seqs: list[int]) -> dict[int, BalsamSyncError]:
-        """Send the queue (``seqs`` included) unless offline; return rejections by item index."""
-        if self.offline:
+    def _push_now(
+        self, res: Resource, op: Op, seqs: list[int], before: dict[int, Row | None]
+    ) -> dict[int, BalsamSyncError]:
+        """Send the queue (``seqs`` included) now; return rejections by item index.
+
+        A write never waits: not offline, not while the server is known to be unreachable,
+        not for another process's push (which sends these entries too), not for creates the
+        server may still be running. The change stays queued and the call returns.
+
+        Raises:
+            NotAuthenticated: the server refused the token; the change was taken back
+                (``before`` holds the rows to restore), so calling again after logging in
+                applies it once.
+        """
+        if self.offline or self.remote.transport.link.down():
             return {}
-        report = self.replayer().push(own=seqs)
+        with self.remote.transport.impatient():  # a silent server is given up on at once
+            report = self.replayer().push(own=seqs, lock_wait=0.0, settle_wait=0.0, force=False)
         if report.paused_for_auth:
+            withdraw(self.mirror, res.name, op, seqs, before)
             raise NotAuthenticated(
-                f"{report.error}. Your change is kept in the outbox and will be sent after you "
-                "log in again (`balsam-sync login`)",
+                f"{report.error}. Nothing was changed: log in again (`balsam-sync login`), "
+                "then repeat the call",
                 method="",
                 url=self.remote.transport.api_root,
                 status=401,
@@ -287,7 +338,7 @@ class Gateway:
         temps = self.mirror.outbox.temp_ids(len(payloads))
         rows = [provisional_row(res, temp, p) for temp, p in zip(temps, payloads, strict=True)]
         seqs = self._queue(res, Op.CREATE, list(zip(temps, payloads, strict=True)), rows)
-        errors = self._push_now(seqs)
+        errors = self._push_now(res, Op.CREATE, seqs, {})
         current = self._current(res, temps)
         # A created object keeps its id even if its row has left the mirror meanwhile (another
         # process deleted it): otherwise the next save() would create it a second time.
@@ -302,21 +353,18 @@ class Gateway:
     def bulk_update(self, res: Resource, items: list[tuple[int, Row]]) -> WriteResult:
         """Apply per-object changes locally and queue them."""
         items = [(self.real_id(obj_id), changes) for obj_id, changes in items]
-        before = {
-            i: r
-            for i, r in zip(
-                [i for i, _ in items], self._current(res, [i for i, _ in items]), strict=True
-            )
-        }
+        ids = [i for i, _ in items]
+        before = dict(zip(ids, self._current(res, ids), strict=True))
+        after = dict(before)
         rows = []
         for obj_id, changes in items:
-            base = before.get(obj_id)
+            base = after.get(obj_id)
             if base is not None:
                 base = {**base, **changes}
-                before[obj_id] = base
+                after[obj_id] = base
                 rows.append(base)
         seqs = self._queue(res, Op.UPDATE, items, rows)
-        errors = self._push_now(seqs)
+        errors = self._push_now(res, Op.UPDATE, seqs, before)
         return WriteResult(self._current(res, [i for i, _ in items]), errors)
 
     def _resolve_ids(self, res: Resource, spec: QuerySpec) -> list[int]:
@@ -339,60 +387,19 @@ class Gateway:
 
     def delete(self, res: Resource, obj_id: int) -> WriteResult:
         obj_id = self.real_id(obj_id)
+        before = dict(zip([obj_id], self._current(res, [obj_id]), strict=True))
         seqs = self._queue(res, Op.DELETE, [(obj_id, {})], [])
-        return WriteResult([], self._push_now(seqs))
+        return WriteResult([], self._push_now(res, Op.DELETE, seqs, before))
 
     def revive(self, seq: int) -> bool:
         """Queue a dead letter again and lay its change back on the mirror."""
-        outbox = self.mirror.outbox
-        entry = outbox.get(seq)
-        if entry is None or entry.state is not EntryState.DEAD:
-            return False
-        res = RESOURCES[entry.resource]
-        store = self.mirror.store
-        with store.write():
-            outbox.revive(seq)
-            if entry.op is Op.CREATE:
-                store.upsert(res.name, [provisional_row(res, entry.obj_id, entry.payload)])
-            elif entry.op is Op.DELETE:
-                store.delete_cascade(res.name, [entry.obj_id])
-            else:
-                outbox.overlay(res.name, [entry.obj_id])
-        return True
+        return revive(self.mirror, seq)
 
     def query_delete(self, res: Resource, spec: QuerySpec) -> WriteResult:
         ids = self._resolve_ids(res, spec)
         if not ids:
             return WriteResult([], {})
+        before = dict(zip(ids, self._current(res, ids), strict=True))
         seqs = self._queue(res, Op.DELETE, [(i, {}) for i in ids], [])
-        errors = self._push_now(seqs)
+        errors = self._push_now(res, Op.DELETE, seqs, before)
         return WriteResult([{"id": i} for i in ids], errors)
-
-
-@dataclass
-class WriteResult:
-    """Rows after a write (None where the object is gone), and rejections by item index."""
-
-    rows: list[Row | None]
-    errors: dict[int, BalsamSyncError]
-
-    @property
-    def count(self) -> int:
-        return len(self.rows) - len(self.errors)
-
-    def raise_first(self) -> None:
-        """Raise the first rejection (saying how many items were refused)."""
-        if self.errors:
-            index = min(self.errors)
-            exc = self.errors[index]
-            if len(self.errors) > 1:
-                exc.add_note(f"{len(self.errors)} of {len(self.rows)} items were refused")
-            raise exc
-
-
-def provisional_row(res: Resource, temp_id: int, payload: Row) -> Row:
-    """The local row of an object created offline: its fields, the server's defaults, a temp id."""
-    row = {k: v for k, v in payload.items() if k in res.out.model_fields}
-    row.update(res.provisional)
-    row["id"] = temp_id
-    return row

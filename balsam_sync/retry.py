@@ -1,8 +1,10 @@
-"""When a failed request may be tried again, and how long to keep trying.
+"""How often and how long a failed request is tried again within one call.
 
-One predicate (``is_transient``) classifies failures; ``RetryPolicy`` is a small value that
-builds a bounded, jittered tenacity policy. The split between "never sent" and "maybe applied"
-is what keeps a non-idempotent POST from ever being resent blindly.
+``RetryPolicy`` is a small value that builds a bounded, jittered tenacity policy. What may be
+retried at all is decided by the outcome table (``outcomes.is_transient``): a request that
+never left, or was refused as "not now" (429/503), is always safe to resend; one that may have
+been applied is resent only when repeating it cannot change the outcome (GET, PUT, PATCH,
+DELETE). A POST is never resent blindly.
 """
 
 from __future__ import annotations
@@ -15,32 +17,12 @@ from typing import TypeVar
 
 import tenacity
 
-from .errors import ConnectFailed, HTTPStatusError, ReplyLost
+from .outcomes import NOT_APPLIED_STATUSES, is_transient
+
+__all__ = ["NOT_APPLIED_STATUSES", "NO_RETRY", "RetryPolicy", "is_transient"]
 
 T = TypeVar("T")
-
-# 503 and 429 mean "not processed"; 502/504 come from a gateway that may have forwarded the
-# request, so the server may have applied it.
-NOT_APPLIED_STATUSES = frozenset({429, 503})
-MAYBE_APPLIED_STATUSES = frozenset({502, 504})
-
-
-def is_transient(exc: BaseException, *, idempotent: bool) -> bool:
-    """Return True when ``exc`` is worth retrying for a request of this kind.
-
-    A request that never left (``ConnectFailed``) or was refused as "not now" (429/503) is
-    always safe to resend. One that may have been applied (lost reply, 502/504) is resent only
-    when repeating it cannot change the outcome (GET, PUT, PATCH, DELETE).
-    """
-    if isinstance(exc, ConnectFailed):
-        return True
-    if isinstance(exc, ReplyLost):
-        return idempotent
-    if isinstance(exc, HTTPStatusError):
-        if exc.status in NOT_APPLIED_STATUSES:
-            return True
-        return idempotent and exc.status in MAYBE_APPLIED_STATUSES
-    return False
+_SLICE = 0.05
 
 
 @dataclass(frozen=True)
@@ -53,7 +35,7 @@ class RetryPolicy:
         initial_wait: base of the jittered exponential backoff, in seconds.
         max_wait: cap of a single wait.
         sleep: how to wait (tests pass a function that does not sleep).
-        stop_event: set it to abandon retrying at once (daemon shutdown).
+        stop_event: set it to abandon retrying at once.
     """
 
     attempts: int = 4
@@ -69,19 +51,42 @@ class RetryPolicy:
         if self.max_seconds < 0 or self.initial_wait < 0 or self.max_wait < 0:
             raise ValueError("RetryPolicy durations must not be negative")
 
-    def call(self, fn: Callable[[], T], *, idempotent: bool) -> T:
-        """Run ``fn`` and retry it while it fails transiently, within the bounds."""
-        stop: tenacity.stop.stop_base = tenacity.stop_after_attempt(
-            self.attempts
-        ) | tenacity.stop_after_delay(self.max_seconds)
-        if self.stop_event is not None:
+    def call(
+        self,
+        fn: Callable[[], T],
+        *,
+        idempotent: bool,
+        also: Callable[[BaseException], bool] | None = None,
+        stopped: Callable[[], bool] | None = None,
+    ) -> T:
+        """Run ``fn`` and retry it while it fails transiently, within the bounds.
+
+        ``also`` narrows what is retried (the transport does not retry a failed link: it marks
+        it down instead); ``stopped`` ends the retrying, and any wait, as soon as it says so.
+        """
+
+        def halted() -> bool:
             event = self.stop_event
-            stop = stop | tenacity.stop_when_event_set(event)
+            return (event is not None and event.is_set()) or (stopped is not None and stopped())
+
+        def worth_it(exc: BaseException) -> bool:
+            wanted = is_transient(exc, idempotent=idempotent) and (also is None or also(exc))
+            return wanted and not halted()
+
+        def pause(seconds: float) -> None:
+            if stopped is None or self.sleep is not time.sleep:
+                self.sleep(seconds)
+                return
+            end = time.monotonic() + seconds
+            while not halted() and (left := end - time.monotonic()) > 0:
+                self.sleep(min(_SLICE, left))
+
         retrying = tenacity.Retrying(
-            retry=tenacity.retry_if_exception(lambda e: is_transient(e, idempotent=idempotent)),
-            stop=stop,
+            retry=tenacity.retry_if_exception(worth_it),
+            stop=tenacity.stop_after_attempt(self.attempts)
+            | tenacity.stop_after_delay(self.max_seconds),
             wait=tenacity.wait_random_exponential(multiplier=self.initial_wait, max=self.max_wait),
-            sleep=self.sleep,
+            sleep=pause,
             reraise=True,
         )
         return retrying(fn)

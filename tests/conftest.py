@@ -19,6 +19,7 @@ import requests
 import balsam_sync
 from balsam_sync.client import Client
 from balsam_sync.retry import RetryPolicy
+from balsam_sync.testing.guards import no_requests_in_transactions
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVER_SCRIPT = ROOT / "scripts" / "real-balsam-server.sh"
@@ -51,6 +52,14 @@ def balsam_server() -> str:
                 pytrace=False,
             )
     return url
+
+
+@pytest.fixture(autouse=True)
+def _no_request_inside_a_mirror_transaction() -> Iterator[None]:
+    """Every test fails if a request starts while a mirror write transaction is held."""
+    with no_requests_in_transactions() as seen:
+        yield
+    assert seen == [], f"requests started inside a mirror write transaction: {seen}"
 
 
 @dataclass(frozen=True)

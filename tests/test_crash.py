@@ -1,7 +1,11 @@
 """Crashes and concurrency: kill -9 of the daemon mid-replay (R2); writers + daemon (R3).
 
-``BALSAM_SYNC_FULL=1`` runs the full counts (R2: 50 rounds; R3: 4 writers x 500 jobs); CI runs
-the same seeded scenario with fewer rounds and jobs.
+R2 also kills a pusher right after its POST reached the server (0-500 ms later, while the
+server is still creating the jobs) and pushes again at once: the second push must wait for
+the first POST's outcome instead of sending the jobs a second time.
+
+``BALSAM_SYNC_FULL=1`` runs the full counts (R2: 50 rounds + 20 kills after sending; R3: 4
+writers x 500 jobs); CI runs the same seeded scenario with fewer rounds and jobs.
 """
 
 from __future__ import annotations
@@ -21,11 +25,14 @@ from typing import Any
 import pytest
 
 import balsam_sync
+from balsam_sync.testing.faultproxy import FaultProxy
 from tests.conftest import FAST_RETRY, User, server_jobs
 
 FULL = os.environ.get("BALSAM_SYNC_FULL") == "1"
 R2_ROUNDS = 50 if FULL else 8
 R2_JOBS = 3000 if FULL else 600
+R2_SEND_ROUNDS = 20 if FULL else 5
+R2_SEND_JOBS = 2500
 R3_WRITERS = 4
 R3_JOBS = 500 if FULL else 60
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,6 +112,46 @@ def test_r2_kill_9_during_replay_loses_and_duplicates_nothing(
     killed_mid_replay = sum(1 for a, b in itertools.pairwise(progress) if 0 < b < a)
     assert killed_mid_replay >= 2, progress  # the daemon died with work half done, repeatedly
     client.close()
+
+
+PUSHER = "import balsam_sync; balsam_sync.connect().push()"
+
+
+def test_r2_kill_9_right_after_the_post_reached_the_server_duplicates_nothing(
+    user: User, app: Any, tmp_path: Path
+) -> None:
+    rng = random.Random(8)
+    home = tmp_path / "home"
+    before_commit, delays = 0, []
+    with FaultProxy(user.api_root) as proxy:
+        env = {**env_for(user, home), "BALSAM_SYNC_API_ROOT": proxy.url}
+        for r in range(R2_SEND_ROUNDS):
+            queued = balsam_sync.connect(proxy.url, user.token, home=str(home), offline=True)
+            jobs = [queued.Job(workdir=f"k{r}/{i}", app_id=app.id) for i in range(R2_SEND_JOBS)]
+            queued.Job.objects.bulk_create(jobs)
+            queued.close()
+            proxy.reset_stats()
+            pusher = subprocess.Popen([sys.executable, "-c", PUSHER], env=env)
+            assert proxy.wait_forwarded("POST", "/jobs/", timeout=60), "the POST never left"
+            delays.append(round(rng.uniform(0.0, 0.5), 3))
+            time.sleep(delays[-1])
+            pusher.send_signal(signal.SIGKILL)
+            pusher.wait(timeout=30)
+            before_commit += sum(1 for w in server_workdirs(user) if w.startswith(f"k{r}/")) == 0
+            again = balsam_sync.connect(
+                proxy.url, user.token, home=str(home), retry=FAST_RETRY, max_request_seconds=60
+            )
+            report = again.push()  # at once: the killed POST may still be running
+            again.close()
+            assert report.remaining == 0 and report.dead == 0, report
+            seen = Counter(w for w in server_workdirs(user).elements() if w.startswith(f"k{r}/"))
+            assert seen == Counter({f"k{r}/{i}": 1 for i in range(R2_SEND_JOBS)}), (r, report)
+    print(
+        f"\nR2 kills right after sending: {R2_SEND_ROUNDS} rounds of {R2_SEND_JOBS} jobs, killed "
+        f"{delays} s after the POST reached the server; {before_commit} before the server "
+        f"had committed; no job lost or duplicated"
+    )
+    assert before_commit >= 1  # the race the settling exists for did happen
 
 
 WRITER = textwrap.dedent(

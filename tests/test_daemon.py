@@ -156,7 +156,8 @@ def test_sigterm_mid_batch_exits_0_and_loses_nothing(
     assert "stop requested" in log.read_text() and user.token not in log.read_text()
     assert 0 < left < 3000 and left % 100 == 0  # whole batches only: none was cut in half
 
-    assert invoke("push").exit_code == 0
+    pushed = invoke("push")
+    assert pushed.exit_code == 0, pushed.output
     on_server = [str(j.workdir) for j in server.Job.objects.online()]
     assert len(on_server) == 3000
     assert sorted(on_server) == workdirs
@@ -168,6 +169,9 @@ def test_daemon_waits_out_an_unreachable_server(
     with FaultProxy(user.api_root) as proxy:
         proxy.set_down(True)
         use_env(monkeypatch, proxy.url, user.token, tmp_path / "via-proxy")
+        # The down proxy resets connections it accepted, so the first POST may have arrived:
+        # it is only sent again once it can no longer commit (outcomes.py).
+        monkeypatch.setenv("BALSAM_SYNC_MAX_REQUEST_SECONDS", "3")
         queue_offline(monkeypatch, app.id, 5)
         log = tmp_path / "down.log"
         proc = start_daemon(log, "--interval", "0.2", "--max-backoff", "0.5")

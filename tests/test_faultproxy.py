@@ -333,6 +333,64 @@ def test_match_callable_and_runtime_plan_change(
     assert http.get(f"{proxy.url}/bad").status_code == 200
 
 
+def test_http_5xx_after_reaches_server_then_answers_5xx(
+    upstream: _UpstreamServer, make_proxy: ProxyFactory, http: requests.Session
+) -> None:
+    proxy = make_proxy(plan=FaultPlan(http_5xx_after=1.0, after_status_codes=(500,)))
+    reply = http.post(f"{proxy.url}/jobs/", data=b"{}")
+    assert reply.status_code == 500
+    assert reply.headers["X-Faultproxy-Fault"] == "http_5xx_after"
+    assert upstream.counts["POST /jobs/"] == 1  # committed before the 5xx
+    assert proxy.stats.faults["http_5xx_after"] == 1 and proxy.stats.forwarded == 1
+    proxy.plan = FaultPlan()
+    proxy.inject("http_5xx_after", methods=["DELETE"], status=504)
+    assert http.delete(f"{proxy.url}/jobs/3").status_code == 504
+    assert upstream.counts["DELETE /jobs/3"] == 1
+
+
+def test_hang_after_reaches_server_then_says_nothing(
+    upstream: _UpstreamServer, make_proxy: ProxyFactory
+) -> None:
+    proxy = make_proxy(plan=FaultPlan(hang_after=1.0, hang_seconds=30))
+    with _session() as session, pytest.raises(requests.ReadTimeout):
+        session.post(f"{proxy.url}/jobs/", data=b"{}", timeout=0.5)
+    assert upstream.counts["POST /jobs/"] == 1
+    assert proxy.stats.faults["hang_after"] == 1
+
+
+def test_silent_link_accepts_and_never_answers(
+    upstream: _UpstreamServer, make_proxy: ProxyFactory, http: requests.Session
+) -> None:
+    proxy = make_proxy()
+    assert http.get(f"{proxy.url}/x").status_code == 200
+    proxy.set_silent(True)
+    for session in (http, _session()):  # an open keep-alive connection and a new one
+        with pytest.raises(requests.ReadTimeout):
+            session.get(f"{proxy.url}/x", timeout=(2, 0.3))
+    assert upstream.total == 1 and proxy.stats.forwarded == 1
+    assert proxy.stats.faults["silent"] == 2
+    proxy.set_silent(False)
+    assert _fresh_get(f"{proxy.url}/x").status_code == 200
+    started = time.monotonic()
+    proxy.set_silent(True)
+    with pytest.raises(requests.ReadTimeout):
+        _fresh_get(f"{proxy.url}/x", timeout=(2, 0.2))
+    proxy.stop()
+    assert time.monotonic() - started < 3.0
+
+
+def test_wait_forwarded_sees_requests_sent_upstream(
+    make_proxy: ProxyFactory, http: requests.Session
+) -> None:
+    proxy = make_proxy(plan=FaultPlan(refuse=1.0, methods={"GET"}))
+    assert not proxy.wait_forwarded("POST", "/jobs/", timeout=0.05)
+    with pytest.raises(requests.ConnectionError):
+        http.get(f"{proxy.url}/jobs/")
+    assert not proxy.wait_forwarded("GET", "/jobs/", timeout=0.05)  # refused: never forwarded
+    threading.Timer(0.1, lambda: _session().post(f"{proxy.url}/jobs/?a=1", data=b"{}")).start()
+    assert proxy.wait_forwarded("POST", "/jobs/", timeout=5)
+
+
 # --------------------------------------------------------------------------- determinism
 
 
@@ -401,6 +459,8 @@ def test_plan_validation() -> None:
         FaultPlan(delay=-0.1)
     with pytest.raises(ValueError):
         FaultPlan(status_codes=(200,))
+    with pytest.raises(ValueError):
+        FaultPlan(after_status_codes=())
     assert FaultPlan(methods="post").methods == frozenset({"POST"})
 
 

@@ -1,7 +1,11 @@
 """No mutation lost or duplicated on a flaky link, and refusals end in dead letters (R1, R5).
 
 A seeded fault proxy sits between the client and the real server. ``BALSAM_SYNC_FULL=1`` runs
-the full counts (R1: 10,000 mutations); CI runs a smaller seeded sample of the same mix.
+the full counts (R1: 10,000 mutations); CI runs a smaller seeded sample of the same mix. The
+faults are those a real deployment produces (``outcomes.py`` says what each one means):
+refusals and resets before the request is read, 5xx answered without forwarding (500 included:
+before the commit), 5xx answered after the server committed, lost replies, replies that never
+come, and requests that reach the server only after the client gave up waiting.
 """
 
 from __future__ import annotations
@@ -26,14 +30,21 @@ from tests.conftest import User, server_jobs
 
 FULL = os.environ.get("BALSAM_SYNC_FULL") == "1"
 R1_MUTATIONS = 10_000 if FULL else 1_200
+R1_FLAKY_PUSHES = 200 if FULL else 40
 QUICK = RetryPolicy(attempts=3, max_seconds=3, initial_wait=0.01, max_wait=0.05)
 FLAKY = FaultPlan(
-    refuse=0.10,
-    reset_before=0.05,
-    timeout=0.05,
-    lost_reply=0.10,
+    refuse=0.08,
+    reset_before=0.04,
+    timeout=0.04,
+    lost_reply=0.08,
     http_5xx=0.05,
+    http_5xx_after=0.06,
+    hang_after=0.04,
+    delay=0.04,
+    delay_seconds=1.5,  # longer than the read timeout: the request commits after we gave up
     hang_seconds=1.5,
+    status_codes=(500, 502, 503, 504),
+    after_status_codes=(500, 502, 504),
 )
 
 
@@ -44,18 +55,31 @@ def link(balsam_server: str) -> Iterator[FaultProxy]:
 
 
 def flaky_client(user: User, proxy: FaultProxy, home: Path) -> Client:
+    # No back-off after a failure, so that every write meets the faults; a request may take
+    # the server up to 4 s (a late commit arrives 1.5 s after it was sent).
     return balsam_sync.connect(
-        proxy.url, user.token, home=str(home), retry=QUICK, read_timeout=1.0, connect_timeout=1.0
+        proxy.url,
+        user.token,
+        home=str(home),
+        retry=QUICK,
+        read_timeout=1.0,
+        connect_timeout=1.0,
+        retry_backoff=0.0,
+        max_request_seconds=4.0,
     )
 
 
-def drain(client: Client, proxy: FaultProxy) -> None:
-    """Heal the link and push until the outbox is empty."""
+def drain(client: Client, proxy: FaultProxy, flaky_pushes: int = 0) -> int:
+    """Push on the flaky link ``flaky_pushes`` times (or until the outbox is empty), then heal
+    the link and push until it is; return how many flaky pushes it took."""
+    for done in range(flaky_pushes):
+        if client.push().remaining == 0:
+            return done + 1
     proxy.plan = FaultPlan()
     for _ in range(20):
         report = client.push()
         if report.remaining == 0:
-            return
+            return flaky_pushes
     raise AssertionError(f"outbox not drained: {client.status(check_server=False)}")
 
 
@@ -117,16 +141,21 @@ def test_r1_mixed_mutations_on_a_flaky_link_end_as_intended(
             job.delete()
             done["delete"] += 1
 
-    drain(client, link)
+    # Writes queue while a create's outcome is unknown (up to max_request_seconds), so most
+    # of the replay happens here: explicit pushes, still on the flaky link.
+    pushes = drain(client, link, flaky_pushes=R1_FLAKY_PUSHES)
     rows = server_jobs(user)
     by_workdir = Counter(r["workdir"] for r in rows)
     by_marker = Counter(r["tags"].get(MARKER_KEY) for r in rows)
     duplicates = sum(n - 1 for n in by_workdir.values() if n > 1)
     print(
-        f"\nR1: {sum(done.values())} mutations {dict(done)}; faults {link.stats.faults}; "
+        f"\nR1: {sum(done.values())} mutations {dict(done)}; {pushes} pushes on the flaky link; "
+        f"faults {link.stats.faults}; "
         f"server jobs {len(rows)}, intended {len(intent)}, duplicates {duplicates}"
     )
-    assert link.stats.faults["lost_reply"] > 0 and link.stats.faults["refuse"] > 0
+    faults = link.stats.faults
+    kinds = ("lost_reply", "refuse", "http_5xx", "http_5xx_after", "hang_after", "delay")
+    assert all(faults[kind] > 0 for kind in kinds), faults
     assert duplicates == 0
     assert None not in by_marker  # every job was created through a marked, replayable POST
     assert set(by_workdir) == set(intent), "lost or resurrected jobs"

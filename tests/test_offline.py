@@ -518,6 +518,8 @@ def test_server_back_means_server_answers_again(pulled: dict[str, Any], proxy: F
     assert len(down) == 5
     assert down.stale is True
     proxy.set_down(False)
+    while c.transport.link.down():  # reads stay off the server for the link's back-off
+        time.sleep(0.05)
     up = c.Job.objects.all()
     assert len(up) == 5
     assert (up.source, up.stale) == ("server", False)

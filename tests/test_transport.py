@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,9 +13,11 @@ import pytest
 import balsam_sync
 from balsam_sync import errors
 from balsam_sync.client import Client
+from balsam_sync.link import Link
+from balsam_sync.outcomes import Backoff, Outcome, outcome
 from balsam_sync.retry import RetryPolicy, is_transient
 from balsam_sync.testing.faultproxy import FaultKind, FaultProxy
-from balsam_sync.transport import Transport
+from balsam_sync.transport import PATIENT, Transport
 from tests.conftest import User
 
 NO_WAIT = RetryPolicy(attempts=4, max_seconds=10, initial_wait=0, max_wait=0)
@@ -56,6 +60,7 @@ def test_a_lost_create_reply_is_never_resent_blindly(user: User, proxy: FaultPro
     proxy.inject(FaultKind.LOST_REPLY, 1, methods=("POST",))
     with pytest.raises(errors.ReplyLost):
         transport.request("POST", "/sites/", json_body={"name": name, "path": "/x"})
+    transport.ensure_reachable()  # the link was marked down: an explicit look probes first
     sites = transport.request("GET", "/sites/", params=[("name", name)])
     assert sites["count"] == 1  # the server did commit, and nothing was sent twice
     assert proxy.stats.faults["lost_reply"] == 1
@@ -71,16 +76,29 @@ def test_a_refused_connection_is_resent_because_it_never_arrived(
         # REFUSE resets after reading the headers: the client cannot know it never arrived,
         # so a POST is not resent ...
         transport.request("POST", "/sites/", json_body={"name": name, "path": "/x"})
+    transport.ensure_reachable()
     assert transport.request("GET", "/sites/", params=[("name", name)])["count"] == 0
 
 
-def test_a_dead_port_is_connect_failed_and_retried_within_bounds(user: User) -> None:
+def test_a_dead_port_fails_once_then_is_not_tried_until_its_back_off_ends(user: User) -> None:
     slept: list[float] = []
     policy = RetryPolicy(attempts=3, max_seconds=5, initial_wait=0.01, sleep=slept.append)
-    transport = Transport("http://127.0.0.1:9", user.token, retry=policy)
+    transport = Transport(
+        "http://127.0.0.1:9", user.token, retry=policy, link=Link(Backoff(initial=0.3))
+    )
+    tried: list[str] = []
+    transport.on_request.append(lambda method, url: tried.append(url))
     with pytest.raises(errors.ConnectFailed):
         transport.request("GET", "/sites/")
-    assert len(slept) == 2  # three attempts, two waits
+    assert (len(tried), slept) == (1, [])  # one attempt: a failed link is not hammered
+    with pytest.raises(errors.ConnectFailed, match="could not be reached"):
+        transport.request("GET", "/sites/")
+    assert len(tried) == 1  # within the back-off: not even tried
+    time.sleep(0.35)
+    with pytest.raises(errors.ConnectFailed):
+        transport.request("GET", "/sites/")
+    assert tried[1:] == ["http://127.0.0.1:9/auth/how"]  # after it: a short probe first
+    assert transport.link.state.failures == 2
 
 
 def test_the_connection_closed_after_a_delete_does_not_break_the_next_request(
@@ -103,20 +121,95 @@ def test_a_bad_token_is_not_authenticated_and_never_echoed(
     assert token not in repr(c.settings)
 
 
-def test_transient_classification() -> None:
-    def status(code: int) -> errors.HTTPStatusError:
-        cls = errors.status_error_class(code)
-        return cls("x", method="GET", url="u", status=code, body=None)
+def status(code: int) -> errors.HTTPStatusError:
+    cls = errors.status_error_class(code)
+    return cls("x", method="GET", url="u", status=code, body=None)
 
+
+def test_the_outcome_table() -> None:
+    never, maybe = Outcome.NEVER_SENT, Outcome.MAYBE_APPLIED
+    table = {
+        errors.ConnectFailed("x"): never,
+        status(429): never,
+        status(503): never,
+        errors.ReplyLost("x"): maybe,
+        errors.Interrupted("x"): maybe,
+        errors.TransportError("x"): maybe,
+        status(401): Outcome.NOT_AUTHENTICATED,
+    }
+    table |= {status(code): maybe for code in (500, 501, 502, 504, 599)}
+    table |= {status(code): Outcome.REFUSED for code in (400, 403, 404, 405, 409, 422)}
+    assert {exc: outcome(exc) for exc in table} == table
+    for code in (429, 502, 503, 504):  # a gateway's "not now": reads use the mirror
+        assert isinstance(status(code), errors.ServerUnreachable)
+    assert isinstance(status(502), errors.ServerError)
+
+
+def test_transient_classification() -> None:
     assert is_transient(errors.ConnectFailed("x"), idempotent=False)
     assert not is_transient(errors.ReplyLost("x"), idempotent=False)
     assert is_transient(errors.ReplyLost("x"), idempotent=True)
     assert is_transient(status(503), idempotent=False)
     assert is_transient(status(429), idempotent=False)
-    assert not is_transient(status(502), idempotent=False)
-    assert is_transient(status(504), idempotent=True)
-    for code in (400, 401, 404, 405, 422, 500):
+    for code in (500, 502, 504):  # maybe applied: resent only when repeating is harmless
+        assert not is_transient(status(code), idempotent=False)
+        assert is_transient(status(code), idempotent=True)
+    for code in (400, 401, 404, 405, 409, 422):
         assert not is_transient(status(code), idempotent=True)
+
+
+def test_the_link_state_is_shared_through_a_file(tmp_path: Path) -> None:
+    one, two = Link(Backoff(initial=30)), Link(Backoff(initial=30))
+    one.share(tmp_path / "m.link.json")
+    two.share(tmp_path / "m.link.json")
+    assert not two.down()
+    one.mark_down("refused")
+    assert two.down() and "refused" in two.state.describe()
+    assert two.mark_down("again").failures == 2  # builds on what the other process saw
+    one.mark_up()
+    assert not two.down() and not two.state.doubtful
+    (tmp_path / "m.link.json").write_text("{half-writ")
+    assert not two.down()  # unreadable: each keeps what it knows
+
+
+def test_a_silent_server_costs_a_probe_not_the_read_timeout(user: User, proxy: FaultProxy) -> None:
+    transport = Transport(proxy.url, user.token, retry=NO_WAIT, read_timeout=120)
+    assert transport.request("GET", "/sites/")["count"] == 0
+    proxy.set_silent(True)
+    started = time.monotonic()
+    with transport.impatient(), pytest.raises(errors.SilentLink, match="probe"):
+        transport.request("GET", "/sites/")  # as a write's push: one short probe
+    assert time.monotonic() - started < transport.probe_after + transport.probe_timeout + 2
+    assert transport.link.down()
+    transport.link.reset()
+    started = time.monotonic()
+    with pytest.raises(errors.SilentLink, match="probe"):
+        transport.request("GET", "/sites/")  # others allow a busy server two longer probes
+    tries, seconds = PATIENT
+    assert time.monotonic() - started < transport.probe_after + tries * seconds + 1
+    assert transport.link.down()
+    started = time.monotonic()
+    with pytest.raises(errors.ConnectFailed):
+        transport.ensure_reachable()  # an explicit probe: a few seconds
+    assert time.monotonic() - started < 2 * transport.probe_timeout + 0.5
+    proxy.set_silent(False)
+    transport.ensure_reachable()
+    assert transport.request("GET", "/sites/")["count"] == 0
+
+
+def test_a_requested_stop_abandons_a_request_in_flight(user: User, proxy: FaultProxy) -> None:
+    transport = Transport(proxy.url, user.token, retry=NO_WAIT, probe_after=60, stop_grace=0.3)
+    stop = threading.Event()
+    proxy.set_silent(True)
+    threading.Timer(0.2, stop.set).start()
+    started = time.monotonic()
+    with transport.stopping(stop), pytest.raises(errors.Interrupted):
+        transport.request("POST", "/sites/", json_body={"name": "x", "path": "/x"})
+    assert time.monotonic() - started < 1.5
+    with transport.stopping(stop), pytest.raises(errors.ConnectFailed, match="stop"):
+        transport.request("GET", "/sites/")  # not even sent
+    assert not transport.stop_requested()  # leaving the scope leaves the transport as it was
+    assert not transport.link.down()  # a stop says nothing about the link
 
 
 def test_tls_verification_is_on_by_default() -> None:

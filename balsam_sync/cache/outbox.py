@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from enum import Enum
 from typing import Any
 
@@ -54,17 +54,32 @@ class Entry:
     status: int | None = None
     error: str | None = None
     created_at: str = ""
+    sent_at: str | None = None  # when last sent; None once the server cannot be running it
+    next_try_at: str | None = None  # not sent again before this (capped back-off)
+
+    def due(self, now: str) -> bool:
+        """True when its back-off period (if any) is over."""
+        return self.next_try_at is None or self.next_try_at <= now
 
 
 def now_text() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="microseconds")
 
 
-_COLUMNS = "seq, resource, op, obj_id, payload, marker, state, attempts, status, error, created_at"
+def later_text(seconds: float) -> str:
+    return (datetime.now(timezone.utc) + timedelta(seconds=seconds)).isoformat(
+        timespec="microseconds"
+    )
+
+
+_COLUMNS = (
+    "seq, resource, op, obj_id, payload, marker, state, attempts, status, error, created_at, "
+    "sent_at, next_try_at"
+)
 
 
 def _entry(rec: tuple[Any, ...]) -> Entry:
-    seq, resource, op, obj_id, payload, marker, state, attempts, status, error, created = rec
+    seq, resource, op, obj_id, payload, marker, state, attempts, status, error, *times = rec
     return Entry(
         seq,
         resource,
@@ -76,7 +91,7 @@ def _entry(rec: tuple[Any, ...]) -> Entry:
         attempts,
         status,
         error,
-        created,
+        *times,
     )
 
 
@@ -167,11 +182,31 @@ class Outbox:
     # -- state changes -------------------------------------------------------------------------
 
     def mark_in_flight(self, seqs: list[int], marker: str | None = None) -> None:
+        """Record, before sending, that these entries are about to reach the server."""
+        stamp = now_text()
         with self.store.write():
             self.conn.execute(
                 "UPDATE outbox SET state = 'in_flight', attempts = attempts + 1, updated_at = ?,"
-                " marker = coalesce(?, marker) WHERE seq IN (SELECT value FROM json_each(?))",
-                [now_text(), marker, json.dumps(seqs)],
+                " sent_at = ?, marker = coalesce(?, marker) "
+                "WHERE seq IN (SELECT value FROM json_each(?))",
+                [stamp, stamp, marker, json.dumps(seqs)],
+            )
+
+    def finished(self, seqs: list[int]) -> None:
+        """The server answered these entries' request: it can no longer be running it."""
+        with self.store.write():
+            self.conn.execute(
+                "UPDATE outbox SET sent_at = NULL WHERE seq IN (SELECT value FROM json_each(?))",
+                [json.dumps(seqs)],
+            )
+
+    def defer(self, seqs: list[int], seconds: float, status: int | None, error: str) -> None:
+        """Do not try these entries again for ``seconds``; note why (status shows it)."""
+        with self.store.write():
+            self.conn.execute(
+                "UPDATE outbox SET next_try_at = ?, status = ?, error = ?, updated_at = ? "
+                "WHERE seq IN (SELECT value FROM json_each(?)) AND state != 'dead'",
+                [later_text(seconds), status, error, now_text(), json.dumps(seqs)],
             )
 
     def set_payload(self, seq: int, payload: Row) -> None:
@@ -201,18 +236,18 @@ class Outbox:
         """Put a dead letter back in the queue (keeping its place in the order)."""
         with self.store.write():
             cur = self.conn.execute(
-                "UPDATE outbox SET state = 'pending', status = NULL, error = NULL, updated_at = ? "
-                "WHERE seq = ? AND state = 'dead'",
+                "UPDATE outbox SET state = 'pending', status = NULL, error = NULL, updated_at = ?,"
+                " next_try_at = NULL, sent_at = NULL WHERE seq = ? AND state = 'dead'",
                 [now_text(), seq],
             )
         return cur.rowcount == 1
 
     def reset(self, seqs: list[int]) -> None:
-        """Send these entries again from scratch (their earlier attempt never arrived)."""
+        """Send these entries again from scratch (their earlier attempt was not applied)."""
         with self.store.write():
             self.conn.execute(
-                "UPDATE outbox SET state = 'pending', marker = NULL, updated_at = ? "
-                "WHERE seq IN (SELECT value FROM json_each(?))",
+                "UPDATE outbox SET state = 'pending', marker = NULL, sent_at = NULL, "
+                "updated_at = ? WHERE seq IN (SELECT value FROM json_each(?))",
                 [now_text(), json.dumps(seqs)],
             )
 

@@ -22,7 +22,7 @@ from sqlite_utils.migrations import Migrations
 
 from ..resources import RESOURCES, Resource
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """Bump with a new migration whenever the layout below changes."""
 
 PACKED = "_packed"
@@ -215,6 +215,13 @@ def m003_packed_rows(db: Database) -> None:
             f"WHEN NEW.[{PACKED}] IS NOT NULL AND NEW.[{PACKED}] IS OLD.[{PACKED}] "
             f"BEGIN UPDATE [{t}] SET [{PACKED}] = NULL WHERE rowid = NEW.rowid; END"
         )
+
+
+@migrations()
+def m004_outbox_attempt_times(db: Database) -> None:
+    """Record when an entry was last sent and when it may be tried again (replay settling)."""
+    db.execute("ALTER TABLE outbox ADD COLUMN sent_at TEXT")
+    db.execute("ALTER TABLE outbox ADD COLUMN next_try_at TEXT")
 
 
 def clear_packed(db: Database) -> None:

@@ -27,6 +27,16 @@ Row = dict[str, Any]
 
 _ENCODER = json.JSONEncoder(separators=(",", ":"))
 
+_writing = threading.local()
+
+
+def writing_here() -> bool:
+    """True while the calling thread holds a mirror write transaction (``Store.write()``).
+
+    No network call may start then: other processes would wait for it (tests assert this).
+    """
+    return getattr(_writing, "depth", 0) > 0
+
 
 def _encode(value: Any) -> str:
     """JSON text of a dict/list/set column value (empty ones are the common case)."""
@@ -116,13 +126,24 @@ class Store:
                 self.conn.execute("RELEASE SAVEPOINT nested")
                 return
             self.conn.execute("BEGIN IMMEDIATE")
+            _writing.depth = getattr(_writing, "depth", 0) + 1
             try:
-                yield
-            except BaseException:
-                if self.conn.in_transaction:  # SQLite rolls back by itself on a full disk
-                    self.conn.execute("ROLLBACK")
-                raise
-            self.conn.execute("COMMIT")
+                try:
+                    yield
+                except BaseException:
+                    if self.conn.in_transaction:  # SQLite rolls back by itself on a full disk
+                        self.conn.execute("ROLLBACK")
+                    raise
+                try:
+                    self.conn.execute("COMMIT")
+                except BaseException:
+                    # A failed COMMIT (a deferred constraint, an I/O error) leaves the
+                    # transaction open: without this the next write() would nest in it.
+                    if self.conn.in_transaction:
+                        self.conn.execute("ROLLBACK")
+                    raise
+            finally:
+                _writing.depth -= 1
 
     # -- writing rows --------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ import contextlib
 import fcntl
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -22,15 +23,15 @@ class FileLock:
         self.wait = wait
         self._fd: int | None = None
 
-    def acquire(self, wait: float | None = None) -> bool:
-        """Try to take the lock within ``wait`` seconds; return whether it was taken."""
+    def acquire(self, wait: float | None = None, stopped: Callable[[], bool] | None = None) -> bool:
+        """Try to take the lock within ``wait`` seconds (or until ``stopped()``); True if taken."""
         deadline = time.monotonic() + (self.wait if wait is None else wait)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                if time.monotonic() >= deadline:
+                if time.monotonic() >= deadline or (stopped is not None and stopped()):
                     os.close(fd)
                     return False
                 time.sleep(0.02)

@@ -5,21 +5,20 @@
   grouped by key set, job deletes into one DELETE), so no object's changes are reordered.
   A job that references another job created in the same run starts a new run (parents first).
 * Exactly-once creates: every job create carries the tag ``bsync_op:<batch uuid>`` and is
-  marked in flight before the POST. After an ambiguous failure (lost reply, timeout, 502/504)
-  the replayer looks the marker up before sending anything again: found rows are adopted (the
-  POST is atomic, so all or none), otherwise the batch is resent under a new marker. The tag
-  stays on the server (removing it would cost a second request per job) and is hidden from
-  ``job.tags``. Sites and apps are found by their unique names instead.
-* Failures: transient ones (unreachable, 429/502/503/504) stop the push and keep the queue;
-  401 pauses the whole queue ("log in again"); a permanent rejection (400/404/409/422/500) of a
-  batch is bisected to the entry at fault, which goes to the dead letters with the server's
-  reason while the mirror row is restored to the server's truth; later entries go on.
+  marked in flight (with the time it was sent) before the POST. Creates in flight are settled
+  before anything else is sent (``settle.py``). The tag stays on the server (removing it would
+  cost a second request per job) and is hidden from ``job.tags``.
+* Failures follow the outcome table (``outcomes.py``): one that may be transient stops the
+  push and keeps the entries, to be tried again after a capped back-off that is persisted with
+  them (a push never sends one entry twice); 401 pauses the whole queue ("log in again"); a
+  refusal for good (400/404/409/422) of a batch is bisected to the entry at fault, which goes
+  to the dead letters with the server's reason while the mirror row is restored to the
+  server's truth; later entries go on.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -28,17 +27,28 @@ from typing import Any
 from ..cache.mirror import Mirror
 from ..cache.outbox import Entry, EntryState, Op, Outbox, now_text
 from ..cache.schema import REFERENCES
-from ..errors import HTTPStatusError, NotAuthenticated, Rejected, ReplyLost, ServerUnreachable
+from ..errors import (
+    HTTPStatusError,
+    NotAuthenticated,
+    Rejected,
+    ServerUnreachable,
+    TransportError,
+)
+from ..outcomes import Backoff, Outcome, link_failed, outcome
 from ..remote import Remote
 from ..resources import MARKER_KEY, MAX_BULK, RESOURCES, Resource
-from ..retry import is_transient
 from ..spec import QuerySpec
 from .lock import FileLock
-from .writes import apply_server_rows
+from .settle import Settler
+from .writes import followups, store_server_rows
 
 log = logging.getLogger(__name__)
 
 Row = dict[str, Any]
+
+ENTRY_BACKOFF_CAP = 300.0
+"""Longest pause before a write's push resends a change the server failed (it starts at the
+link's first back-off, ``Settings.retry_backoff``)."""
 
 
 @dataclass
@@ -50,6 +60,7 @@ class PushReport:
         failed: entries tried without a definite answer (still queued).
         dead: entries moved to the dead letters by this push.
         remaining: entries still queued afterwards.
+        waiting: in-flight creates the server may still be running (settled by a later push).
         paused_for_auth: the token was refused: nothing more is sent until a new login.
         skipped: another process holds the replay lock (it will send our entries).
         error: the last error seen, as text.
@@ -60,6 +71,7 @@ class PushReport:
     failed: int = 0
     dead: int = 0
     remaining: int = 0
+    waiting: int = 0
     paused_for_auth: bool = False
     skipped: bool = False
     error: str | None = None
@@ -67,6 +79,8 @@ class PushReport:
 
     def __str__(self) -> str:
         text = f"sent {self.sent}, failed {self.failed}, dead {self.dead}, queued {self.remaining}"
+        if self.waiting:
+            text += f" ({self.waiting} sent, awaiting the server's outcome)"
         if self.paused_for_auth:
             text += " (paused: log in again)"
         return text + (f"; last error: {self.error}" if self.error else "")
@@ -85,7 +99,12 @@ def _refs(entry: Entry) -> set[int]:
 
 
 class Replayer:
-    """Sends one mirror's outbox to one server."""
+    """Sends one mirror's outbox to one server.
+
+    Args:
+        max_request_seconds: the longest the server may take to commit a request it received
+            (see ``settle.py``).
+    """
 
     def __init__(
         self,
@@ -94,39 +113,53 @@ class Replayer:
         outbox: Outbox,
         lock: FileLock,
         batch_size: int = MAX_BULK,
-        stop: threading.Event | None = None,
+        max_request_seconds: float = 120.0,
     ) -> None:
         self.remote = remote
         self.mirror = mirror
         self.outbox = outbox
         self.lock = lock
         self.batch_size = min(batch_size, MAX_BULK)
-        self.stop = stop or threading.Event()
+        self.settler = Settler(remote, mirror, outbox, max_request_seconds)
 
     # -- the loop ------------------------------------------------------------------------------
 
-    def push(self, own: Iterable[int] = (), lock_wait: float = 30.0) -> PushReport:
-        """Send what is queued now; entries in ``own`` are the caller's (rejections returned)."""
+    def push(
+        self,
+        own: Iterable[int] = (),
+        lock_wait: float = 30.0,
+        *,
+        settle_wait: float | None = None,
+        force: bool = True,
+        batch_size: int | None = None,
+    ) -> PushReport:
+        """Send what is queued now; entries in ``own`` are the caller's (rejections returned).
+
+        Args:
+            settle_wait: seconds to wait for creates the server may still be running
+                (None: as long as it may take, ``max_request_seconds``).
+            force: also try entries whose back-off after a failure is not over (an explicit
+                push); a write's push passes False.
+            batch_size: most entries per request for this push.
+        """
         report = PushReport()
-        mine = set(own)
-        if not self.lock.acquire(lock_wait):
+        stopped = self.remote.transport.stop_requested
+        if not self.lock.acquire(lock_wait, stopped):
             report.skipped = True
             return report
+        wait = self.settler.max_request_seconds if settle_wait is None else settle_wait
+        size = min(batch_size or self.batch_size, MAX_BULK)
         try:
-            settled = self._settle_in_flight(report)
-            while settled and not self.stop.is_set():
-                entries = self.outbox.entries(
-                    [EntryState.PENDING, EntryState.IN_FLIGHT], self.batch_size + 1
-                )
-                if not entries:
-                    break
-                group = self._next_group(entries, mine, report)
-                if group and not self._send_group(group, mine, report):
-                    break
+            if force:  # an explicit push tries the server now, even while the link backs off
+                self.remote.transport.ensure_reachable()
+            self._run(set(own), report, wait, force, size)
         except NotAuthenticated as exc:
             report.paused_for_auth = True
-            report.error = f"log in again: {exc}"
+            report.error = f"the server refused the token, log in again: {exc}"
             self.outbox.log("last_error", report.error)
+        except ServerUnreachable as exc:
+            report.error = str(exc)
+            report.failed += self.outbox.stats()["counts"].get("pending", 0)
         finally:
             self.lock.release()
             stats = self.outbox.stats()["counts"]
@@ -135,56 +168,112 @@ class Replayer:
             self.outbox.log("last_push", now_text())
         return report
 
+    def _run(self, mine: set[int], report: PushReport, wait: float, force: bool, size: int) -> None:
+        tried: set[int] = set()
+        stopped = self.remote.transport.stop_requested
+        while self._settle(report, wait, force) and not stopped():
+            entries = self.outbox.entries([EntryState.PENDING, EntryState.IN_FLIGHT], size + 1)
+            if not entries or entries[0].seq in tried:
+                return
+            if not force and not entries[0].due(now_text()):
+                report.error = entries[0].error
+                return
+            group = self._next_group(entries, mine, report, size)
+            tried |= {e.seq for e in group}
+            if group and not self._send_group(group, mine, report):
+                return
+
+    def _settle(self, report: PushReport, wait: float, force: bool) -> bool:
+        """Settle in-flight creates; True when none is left undecided."""
+        try:
+            adopted, undecided = self.settler.settle(
+                wait, force, self.remote.transport.stop_requested
+            )
+        except TransportError as exc:
+            if isinstance(exc, NotAuthenticated):
+                raise
+            in_flight = len(self.outbox.entries([EntryState.IN_FLIGHT]))
+            report.failed = max(report.failed, in_flight)
+            report.error = str(exc)
+            return False
+        report.sent += adopted
+        report.waiting = undecided
+        if undecided:
+            report.error = f"{undecided} create(s) sent, the server's outcome not known yet"
+        return not undecided
+
     def _send_group(self, group: list[Entry], mine: set[int], report: PushReport) -> bool:
-        """Send one group; return False when the push must stop (server unreachable)."""
+        """Send one group; return False when the push must stop (a transient failure)."""
         log.debug(
-            "sending %s %s x%d (seq %d..%d, objects %s)",
+            "sending %s %s x%d (seq %d..%d)",
             group[0].op.value,
             group[0].resource,
             len(group),
             group[0].seq,
             group[-1].seq,
-            [e.obj_id for e in group][:50],
         )
         try:
             report.sent += self._send(group, mine, report)
             return True
-        except NotAuthenticated:
-            raise
-        except ReplyLost as exc:
-            report.error = str(exc)
-            if group[0].op is Op.CREATE:
-                return self._settle_in_flight(report)  # look the marker up before anything else
-            report.failed += len(group)
-            return False
-        except (ServerUnreachable, HTTPStatusError) as exc:
-            if isinstance(exc, ServerUnreachable) or is_transient(exc, idempotent=True):
-                report.failed += len(group)
-                report.error = str(exc)
-                self.outbox.log("last_error", report.error)
-                return False
-            if len(group) > 1:
+        except TransportError as exc:
+            found = outcome(exc)
+            if found is Outcome.NOT_AUTHENTICATED:
+                self.outbox.reset([e.seq for e in group])  # refused, so not applied
+                raise
+            # The server itself answered (not a gateway's 502/503/504): it has finished.
+            answered = isinstance(exc, HTTPStatusError) and not link_failed(exc)
+            creates = group[0].op is Op.CREATE
+            if len(group) > 1 and (found is Outcome.REFUSED or (answered and not creates)):
+                # Find the entry at fault; the others go through. Updates and deletes are
+                # idempotent, so halves of a batch that may have been applied are resent as is
+                # (the server fails some PATCH batches whose jobs need different columns).
                 half = len(group) // 2
                 return self._send_group(group[:half], mine, report) and self._send_group(
                     group[half:], mine, report
                 )
-            self._reject(group[0], exc, mine, report)
-            return True
+            if found is Outcome.REFUSED and isinstance(exc, HTTPStatusError):
+                self._reject(group[0], exc, mine, report)
+                return True
+            if answered and creates:
+                self.outbox.finished([e.seq for e in group])  # one look-up decides
+            self._transient(group, exc, found, report)
+            return creates and self._settle(report, 0.0, True)
+
+    def _transient(
+        self, group: list[Entry], exc: TransportError, found: Outcome, report: PushReport
+    ) -> None:
+        """Keep the entries for a later push; a create that may exist stays in flight."""
+        seqs = [e.seq for e in group]
+        report.failed += len(group)
+        report.error = str(exc)
+        self.outbox.log("last_error", report.error)
+        if found is Outcome.NEVER_SENT:
+            self.outbox.reset(seqs)
+        if link_failed(exc):
+            return  # the link's back-off (link.py) keeps writes from trying too soon
+        attempts = max(e.attempts for e in group) + 1
+        status = exc.status if isinstance(exc, HTTPStatusError) else None
+        backoff = Backoff(self.remote.transport.link.backoff.initial, ENTRY_BACKOFF_CAP)
+        self.outbox.defer(seqs, backoff.delay(attempts), status, f"{found.value}: {exc}")
 
     # -- grouping ------------------------------------------------------------------------------
 
-    def _next_group(self, entries: list[Entry], mine: set[int], report: PushReport) -> list[Entry]:
+    def _next_group(
+        self, entries: list[Entry], mine: set[int], report: PushReport, size: int
+    ) -> list[Entry]:
         first = entries[0]
         if _refs(first):
             self._orphan(first, mine, report)
             return []
+        if first.status is not None and first.status >= 500:  # isolate the entry at fault
+            size = max(1, size >> min(first.attempts, 20))
         group = [first]
         if first.op is Op.CREATE and first.resource != "Job":
             return group
         seen = {first.obj_id}
         kind = (first.resource, first.op)
         for entry in entries[1:]:
-            if len(group) >= self.batch_size or (entry.resource, entry.op) != kind:
+            if len(group) >= size or (entry.resource, entry.op) != kind:
                 break
             # Parents first: a reference to a provisional id ends the run. Repeated updates
             # of one object merge (in order); a repeated create or delete cannot.
@@ -222,26 +311,19 @@ class Replayer:
         return len(group)
 
     def _send_creates(self, res: Resource, group: list[Entry]) -> None:
-        seqs = [e.seq for e in group]
         marker = uuid.uuid4().hex if res.name == "Job" else None
-        self.outbox.mark_in_flight(seqs, marker)
+        self.outbox.mark_in_flight([e.seq for e in group], marker)  # persisted before sending
         payloads = [_with_marker(e.payload, marker) for e in group]
         rows = self.remote.create(res, payloads)
-        self._adopt(res, list(zip(group, rows, strict=True)))
-
-    def _adopt(self, res: Resource, created: list[tuple[Entry, Row]]) -> None:
-        store = self.mirror.store
-        with store.write():
-            self.outbox.ack([e.seq for e, _ in created])
-            self.outbox.remap(res.name, [(e.obj_id, row) for e, row in created])
-            apply_server_rows(self.remote, self.mirror, self.outbox, res, [r for _, r in created])
+        self.settler.adopt(res, list(zip(group, rows, strict=True)))
 
     def _send_updates(self, res: Resource, group: list[Entry]) -> None:
         self.outbox.mark_in_flight([e.seq for e in group])
         rows = self.remote.bulk_update(res, [(e.obj_id, e.payload) for e in group])
+        children = followups(self.remote, res, rows)
         with self.mirror.store.write():
             self.outbox.ack([e.seq for e in group])
-            apply_server_rows(self.remote, self.mirror, self.outbox, res, rows)
+            store_server_rows(self.mirror, self.outbox, res, rows, children)
 
     def _send_deletes(
         self, res: Resource, group: list[Entry], mine: set[int], report: PushReport
@@ -259,62 +341,6 @@ class Replayer:
                 body=None,
             )
             self._reject(entry, locked, mine, report)
-
-    # -- ambiguity -----------------------------------------------------------------------------
-
-    def _settle_in_flight(self, report: PushReport) -> bool:
-        """Resolve creates that may have reached the server; return False if unreachable."""
-        entries = [e for e in self.outbox.entries([EntryState.IN_FLIGHT]) if e.op is Op.CREATE]
-        try:
-            for key, group in _by_marker(entries).items():
-                res = RESOURCES[group[0].resource]
-                found = self._lookup(res, key, group)
-                if found:
-                    self._adopt(res, found)
-                    report.sent += len(found)
-                done = {e.seq for e, _ in found}
-                self.outbox.reset([e.seq for e in group if e.seq not in done])
-        except (ServerUnreachable, HTTPStatusError) as exc:
-            if isinstance(exc, NotAuthenticated):
-                raise
-            report.failed += len(entries)
-            report.error = str(exc)
-            return False
-        return True
-
-    def _lookup(self, res: Resource, marker: str, group: list[Entry]) -> list[tuple[Entry, Row]]:
-        """Find rows the server created for in-flight creates (by marker, or unique names)."""
-        if res.name == "Job":
-            spec = QuerySpec("Job").with_filters({"tags": {MARKER_KEY: marker}})
-            by_workdir = {r["workdir"]: r for r in self.remote.select(res, spec)[0]}
-            return [
-                (e, by_workdir[e.payload["workdir"]])
-                for e in group
-                if e.payload["workdir"] in by_workdir
-            ]
-        (entry,) = group
-        keys = {"Site": ("name",), "App": ("site_id", "name")}.get(res.name)
-        if keys is None:
-            return self._lookup_batch_job(entry)
-        spec = QuerySpec(res.name).with_filters({k: entry.payload[k] for k in keys})
-        rows = self.remote.select(res, spec)[0]
-        return [(entry, rows[0])] if rows else []
-
-    def _lookup_batch_job(self, entry: Entry) -> list[tuple[Entry, Row]]:
-        """BatchJobs have no unique key: adopt the newest unknown one with identical fields."""
-        res = RESOURCES["BatchJob"]
-        payload = entry.payload
-        spec = QuerySpec("BatchJob").with_filters(
-            {"site_id": [payload["site_id"]], "queue": payload["queue"]}
-        )
-        known = self.mirror.store.all_ids("BatchJob")
-        same = [
-            r
-            for r in self.remote.select(res, spec)[0]
-            if r["id"] not in known
-            and all(r.get(k) == payload.get(k) for k in ("project", "num_nodes", "job_mode"))
-        ]
-        return [(entry, max(same, key=lambda r: r["id"]))] if same else []
 
     # -- rejection -----------------------------------------------------------------------------
 
@@ -344,7 +370,12 @@ class Replayer:
             store.delete(entry.resource, [entry.obj_id])
             return
         res = RESOURCES[entry.resource]
-        rows = self.remote.select(res, QuerySpec(res.name).with_filters({"id": [entry.obj_id]}))[0]
+        spec = QuerySpec(res.name).with_filters({"id": [entry.obj_id]})
+        try:  # read first, then write: never a request inside a mirror transaction
+            rows, _ = self.remote.select(res, spec)
+        except TransportError:
+            self.mirror.coverage.invalidate(res.name)  # the next read asks the server
+            return
         with store.write():
             if rows:
                 store.upsert(res.name, rows)
@@ -357,11 +388,3 @@ def _with_marker(payload: Row, marker: str | None) -> Row:
     if marker is None:
         return payload
     return {**payload, "tags": {**payload.get("tags", {}), MARKER_KEY: marker}}
-
-
-def _by_marker(entries: list[Entry]) -> dict[str, list[Entry]]:
-    groups: dict[str, list[Entry]] = {}
-    for entry in entries:
-        key = entry.marker if entry.resource == "Job" and entry.marker else f"seq:{entry.seq}"
-        groups.setdefault(key, []).append(entry)
-    return groups

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 
 from ..cache.neighbours import Neighbour
 from ..errors import BalsamSyncError, MirrorError, NotAuthenticated
+from ..serverclock import SKEW_TOLERANCE
 from ..spec import QuerySpec
-from ..transport import SKEW_TOLERANCE
 
 if TYPE_CHECKING:
     from ..client import Client

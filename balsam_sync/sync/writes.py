@@ -1,20 +1,28 @@
-"""What the mirror must learn after the server applied a write.
+"""What the mirror must learn after the server applied a write: fetch first, then store.
 
 The rows the server returned are stored; windows and counts of that resource stop being
 trusted; resources the server changed as a side effect (events and transfer items of jobs) lose
 their coverage; children a finished job promoted are re-read; and changes still queued for the
 same objects are laid back on top, so the local view keeps showing them.
+
+The re-read happens in ``followups`` (network, outside any transaction) and everything is
+stored in ``store_server_rows`` (one transaction, no network), so another process writing the
+mirror never waits on the server.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from ..cache.mirror import Mirror
 from ..cache.outbox import Outbox
+from ..errors import TransportError
 from ..remote import Remote
-from ..resources import Resource
+from ..resources import RESOURCES, Resource
 from ..spec import QuerySpec
+
+log = logging.getLogger(__name__)
 
 Row = dict[str, Any]
 
@@ -22,21 +30,42 @@ SIDE_EFFECTS = {"Job": ("EventLog", "TransferItem"), "TransferItem": ("Job", "Ev
 """Writes to a resource that change other resources on the server in ways we cannot replay."""
 
 
-def apply_server_rows(
-    remote: Remote, mirror: Mirror, outbox: Outbox, res: Resource, rows: list[Row]
+def followups(remote: Remote, res: Resource, rows: list[Row]) -> list[Row] | None:
+    """Fetch rows the write changed on the server beyond ``rows`` (call outside transactions).
+
+    The server promotes AWAITING_PARENTS children of a finished job (balsam-api.md §4).
+    Returns None when they could not be read (the write itself did succeed).
+    """
+    finished = [r["id"] for r in rows if res.name == "Job" and r.get("state") == "JOB_FINISHED"]
+    if not finished:
+        return []
+    spec = QuerySpec("Job").with_filters({"parent_id": finished})
+    try:
+        return remote.select(RESOURCES["Job"], spec)[0]
+    except TransportError as exc:
+        log.info("children of finished jobs not re-read (%s): the next read asks the server", exc)
+        return None
+
+
+def store_server_rows(
+    mirror: Mirror, outbox: Outbox, res: Resource, rows: list[Row], children: list[Row] | None
 ) -> None:
-    """Store ``rows`` (the server's answer to a write) and everything that follows from it."""
+    """Store ``rows`` (the server's answer to a write) and what ``followups`` found."""
     with mirror.store.write():
         mirror.store.upsert(res.name, rows)
         mirror.coverage.forget_windows()
         for other in SIDE_EFFECTS.get(res.name, ()):
             mirror.coverage.invalidate(other)
         outbox.overlay(res.name, [r["id"] for r in rows])
-    finished = [r["id"] for r in rows if res.name == "Job" and r.get("state") == "JOB_FINISHED"]
-    if finished:
-        # The server promotes AWAITING_PARENTS children of a finished job (balsam-api.md §4).
-        spec = QuerySpec("Job").with_filters({"parent_id": finished})
-        children = remote.select(res, spec)[0]
-        with mirror.store.write():
+        if children is None:
+            mirror.coverage.invalidate("Job")
+        elif children:
             mirror.store.upsert("Job", children)
             outbox.overlay("Job", [r["id"] for r in children])
+
+
+def apply_server_rows(
+    remote: Remote, mirror: Mirror, outbox: Outbox, res: Resource, rows: list[Row]
+) -> None:
+    """Fetch the follow-ups of a write, then store everything (never inside a transaction)."""
+    store_server_rows(mirror, outbox, res, rows, followups(remote, res, rows))

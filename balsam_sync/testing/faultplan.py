@@ -28,6 +28,9 @@ class FaultKind(str, enum.Enum):
     LOST_REPLY = "lost_reply"
     BURST_5XX = "burst_5xx"
     DOWN = "down"
+    HTTP_5XX_AFTER = "http_5xx_after"
+    HANG_AFTER = "hang_after"
+    SILENT = "silent"
 
 
 # Order in which the random draw is mapped onto the plan's probabilities (part of the
@@ -39,6 +42,8 @@ _RANDOM_FAULTS = (
     FaultKind.HTTP_5XX,
     FaultKind.LOST_REPLY,
     FaultKind.DELAY,
+    FaultKind.HTTP_5XX_AFTER,
+    FaultKind.HANG_AFTER,
 )
 _INJECTABLE = frozenset(_RANDOM_FAULTS) | {FaultKind.BURST_5XX}
 
@@ -79,9 +84,12 @@ class FaultPlan:
     timeout: float = 0.0
     http_5xx: float = 0.0
     lost_reply: float = 0.0
+    http_5xx_after: float = 0.0
+    hang_after: float = 0.0
     delay_seconds: float = 0.1
     hang_seconds: float = 5.0
     status_codes: tuple[int, ...] = (502, 503, 504)
+    after_status_codes: tuple[int, ...] = (500, 502, 504)
     close_on_5xx: bool = True
     methods: Collection[str] | None = None
     path_prefix: str | None = None
@@ -95,12 +103,13 @@ class FaultPlan:
             raise ValueError("fault probabilities must sum to at most 1")
         if self.delay_seconds < 0 or self.hang_seconds < 0:
             raise ValueError("delay_seconds and hang_seconds must be >= 0")
-        codes = tuple(self.status_codes)
-        if not codes:
-            raise ValueError("status_codes must not be empty")
-        for code in codes:
-            _check_status(code)
-        object.__setattr__(self, "status_codes", codes)
+        for name in ("status_codes", "after_status_codes"):
+            codes = tuple(getattr(self, name))
+            if not codes:
+                raise ValueError(f"{name} must not be empty")
+            for code in codes:
+                _check_status(code)
+            object.__setattr__(self, name, codes)
         object.__setattr__(self, "methods", _normalize_methods(self.methods))
 
     def probability(self, kind: FaultKind) -> float:
@@ -112,6 +121,8 @@ class FaultPlan:
             FaultKind.TIMEOUT: self.timeout,
             FaultKind.HTTP_5XX: self.http_5xx,
             FaultKind.LOST_REPLY: self.lost_reply,
+            FaultKind.HTTP_5XX_AFTER: self.http_5xx_after,
+            FaultKind.HANG_AFTER: self.hang_after,
         }
         return table.get(kind, 0.0)
 

@@ -24,8 +24,12 @@ Design notes:
 Faults (one per request at most): ``refuse`` (reset after the request head, nothing forwarded),
 ``reset_before`` (whole request read, then RST), ``delay``, ``timeout`` (silence for
 ``hang_seconds``), ``http_5xx`` (local 502/503/504), ``lost_reply`` (forwarded, complete reply
-read so the server has committed, then the client is reset), ``burst_5xx`` (next N requests get
-a local 503) and ``down`` (:meth:`FaultProxy.set_down`).
+read so the server has committed, then the client is reset), ``http_5xx_after`` (forwarded,
+complete reply read, then a local 500/502/504 instead of it: a 5xx after the commit),
+``hang_after`` (forwarded, complete reply read, then silence for ``hang_seconds``),
+``burst_5xx`` (next N requests get a local 503), ``down`` (:meth:`FaultProxy.set_down`) and
+``silent`` (:meth:`FaultProxy.set_silent`: connections are accepted, requests read and never
+answered nor forwarded, like a link that black-holes replies).
 
 Example::
 
@@ -103,6 +107,9 @@ class FaultProxy:
         self._plan = plan if plan is not None else FaultPlan()
         self._rng = random.Random(seed)
         self._down = False
+        self._silent = False
+        self._forwards: deque[LogEntry] = deque(maxlen=log_size)
+        self._forwarded = threading.Condition(self._lock)
         self._injections: list[_Injection] = []
         self._counters = _Counters()
         self._log: deque[LogEntry] = deque(maxlen=log_size)
@@ -212,6 +219,14 @@ class FaultProxy:
         with self._lock:
             return self._down
 
+    def set_silent(self, silent: bool) -> None:
+        """While silent, requests (on new and open connections) are read and never answered.
+
+        A request already held stays unanswered until its client gives up or the proxy stops.
+        """
+        with self._lock:
+            self._silent = silent
+
     def inject(
         self,
         kind: FaultKind | str,
@@ -259,6 +274,23 @@ class FaultProxy:
         with self._lock:
             self._counters = _Counters()
             self._log.clear()
+            self._forwards.clear()
+
+    def wait_forwarded(
+        self, method: str, path_prefix: str = "/", count: int = 1, timeout: float = 30.0
+    ) -> bool:
+        """Wait until ``count`` matching requests were sent to the server; False on timeout.
+
+        A request counts once its head and body were written to the upstream connection.
+        """
+
+        def seen() -> bool:
+            return count <= sum(
+                1 for e in self._forwards if e.method == method and e.path.startswith(path_prefix)
+            )
+
+        with self._forwarded:
+            return self._forwarded.wait_for(seen, timeout)
 
     # -- internals used by the connection threads ----------------------------------------
 
@@ -317,6 +349,8 @@ class FaultProxy:
         """Pick the fault for one request; caller holds the lock."""
         if self._down:
             return FaultKind.DOWN, 0
+        if self._silent:
+            return FaultKind.SILENT, 0
         injection = self._take_injection(method, path)
         if injection is not None:
             return injection.kind, injection.status
@@ -325,6 +359,8 @@ class FaultProxy:
         kind = plan.pick(self._rng.random())
         if kind is FaultKind.HTTP_5XX:
             return kind, self._rng.choice(plan.status_codes)
+        if kind is FaultKind.HTTP_5XX_AFTER:
+            return kind, self._rng.choice(plan.after_status_codes)
         return kind, 0
 
     def _take_injection(self, method: str, path: str) -> _Injection | None:
@@ -336,9 +372,11 @@ class FaultProxy:
                 return injection
         return None
 
-    def _count_forwarded(self) -> None:
+    def _count_forwarded(self, method: str, path: str) -> None:
         with self._lock:
             self._counters.forwarded += 1
+            self._forwards.append(LogEntry(method, path, FaultKind.NONE))
+            self._forwarded.notify_all()
 
     def _count_upstream_error(self) -> None:
         with self._lock:

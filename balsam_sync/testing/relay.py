@@ -124,6 +124,8 @@ def _parse_upstream(upstream: str | tuple[str, int]) -> tuple[str, int]:
 
 # --------------------------------------------------------------------------- per connection
 
+_HOLD_CHUNK = 65536
+
 
 class _Session:
     """Serves one client connection, one request at a time."""
@@ -171,12 +173,36 @@ class _Session:
         if decision.kind in (FaultKind.REFUSE, FaultKind.DOWN):
             self.client.reset()
             return False
+        if decision.kind is FaultKind.SILENT:
+            self._hold()
+            return False
         body = _read_request_body(self.client.rfile, head)
         keep_alive = _keep_alive(version, head)
-        return self._apply(decision, method, head.raw + body, keep_alive)
+        return self._apply(decision, (method, target), head.raw + body, keep_alive)
 
-    def _apply(self, decision: _Decision, method: str, raw: bytes, keep_alive: bool) -> bool:
+    def _hold(self) -> None:
+        """Say nothing until the client hangs up or the proxy stops (a silent link)."""
+        sock = self.client.sock
+        while not self.proxy.stopping:
+            try:
+                readable, _, _ = select.select([sock], [], [], 0.1)
+                if readable and not sock.recv(_HOLD_CHUNK):
+                    return
+            except (OSError, ValueError):
+                return
+
+    def _apply(
+        self, decision: _Decision, request: tuple[str, str], raw: bytes, keep_alive: bool
+    ) -> bool:
         kind, plan = decision.kind, decision.plan
+        if kind in (FaultKind.HTTP_5XX_AFTER, FaultKind.HANG_AFTER):
+            self._forward(request, raw, relay=False)  # the server has committed
+            if kind is FaultKind.HANG_AFTER:
+                self.proxy._sleep(plan.hang_seconds)
+                return False
+            close = plan.close_on_5xx or not keep_alive
+            self.client.send(_local_response(decision.status, kind, close))
+            return not close
         if kind is FaultKind.RESET_BEFORE:
             self.client.reset()
             return False
@@ -188,21 +214,22 @@ class _Session:
             self.client.send(_local_response(decision.status, kind, close))
             return not close
         if kind is FaultKind.LOST_REPLY:
-            self._forward(method, raw, relay=False)
+            self._forward(request, raw, relay=False)
             self.client.reset()
             return False
         if kind is FaultKind.DELAY and not self.proxy._sleep(plan.delay_seconds):
             return False
-        return self._forward(method, raw, relay=True) and keep_alive
+        return self._forward(request, raw, relay=True) and keep_alive
 
-    def _forward(self, method: str, raw: bytes, *, relay: bool) -> bool:
+    def _forward(self, request: tuple[str, str], raw: bytes, *, relay: bool) -> bool:
         """Send one request upstream and read its complete response.
 
         With ``relay`` the response goes to the client, otherwise it is dropped (lost reply).
         Returns True if the client connection may stay open.
         """
+        method = request[0]
         upstream = self._upstream()
-        head, interim = self._exchange(upstream, raw)
+        head, interim = self._exchange(upstream, request, raw)
         corked = relay and self.client.cork(True)
         sink = self.client.send if relay else _discard
         sink(interim + head.raw)
@@ -221,10 +248,12 @@ class _Session:
             self.client.uncork(keep_open=keep_client)
         return keep_client
 
-    def _exchange(self, upstream: _Endpoint, raw: bytes) -> tuple[_Head, bytes]:
+    def _exchange(
+        self, upstream: _Endpoint, request: tuple[str, str], raw: bytes
+    ) -> tuple[_Head, bytes]:
         try:
             upstream.send(raw)
-            self.proxy._count_forwarded()
+            self.proxy._count_forwarded(*request)
             return _read_final_head(upstream.rfile)
         except (OSError, _ProtocolError) as exc:
             raise _UpstreamError(str(exc)) from exc

@@ -1,0 +1,112 @@
+"""What a failed request means for the change it carried: the one table of outcomes.
+
+Both the transport's retry policy (``retry.py``) and the replayer (``sync/replay.py``) decide
+from this table, so a failure never means one thing on the wire and another in the outbox.
+
+=====================================  =============  ================  =======================
+failure                                outcome        same call         the outbox entry
+=====================================  =============  ================  =======================
+connection refused, DNS, connect       never sent     not retried: the  sent again when the
+timeout; stopped before sending                       link is marked    link's back-off is over
+                                                      down
+429, 503                               never sent     retried           sent again
+read timeout, reset after sending,     maybe applied  retried only if   settled before anything
+reply cut off; kill -9 in flight                      idempotent, then  else (below)
+                                                      the link is
+                                                      marked down
+silent link (no answer to a probe      maybe applied  not retried: the  settled before anything
+either), stopped while waiting                        link is marked    else (below)
+                                                      down
+502, 504 (a gateway answered: the      maybe applied  retried only if   settled before anything
+server may still be running it)                       idempotent        else (below)
+500 and other 5xx (the server          maybe applied  retried only if   settled at once: it has
+answered: it has finished)                            idempotent        finished; a batch of
+                                                                        updates or deletes is
+                                                                        split and resent
+401                                    not            no                the call raises and
+                                       authenticated                    takes its change back;
+                                                                        queued ones wait for a
+                                                                        new login
+400, 403, 404, 405, 409, 422, other    refused        no                dead letter (or raised
+4xx                                                                     to the caller)
+=====================================  =============  ================  =======================
+
+Settling a maybe-applied entry: a job create is looked up by its marker tag (sites and apps by
+their unique names); rows found are adopted. "Not found" counts only once the server can no
+longer be running the request: it answered (a 500), or the request was sent longer ago than
+``max_request_seconds``; until then nothing else is sent, and the entries are never sent again
+under a new marker. Updates (PUT/PATCH set fields to values) and deletes (an id already gone
+counts as deleted) are idempotent and are simply sent again. A transient failure is retried
+with a capped back-off kept in the outbox (across pushes and processes) and is never a dead
+letter.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from .errors import (
+    ConnectFailed,
+    HTTPStatusError,
+    NotAuthenticated,
+    ServerUnreachable,
+    TransportError,
+)
+
+NOT_APPLIED_STATUSES = frozenset({429, 503})
+"""Statuses that say the request was not processed."""
+
+
+class Outcome(enum.Enum):
+    """What became of a request that failed."""
+
+    NEVER_SENT = "never sent"  # safe to send again as it is
+    MAYBE_APPLIED = "maybe applied"  # settle (look up, or resend if idempotent) first
+    NOT_AUTHENTICATED = "not authenticated"  # nothing is sent until a new login
+    REFUSED = "refused"  # the server said no for good: a dead letter
+
+
+def outcome(exc: BaseException) -> Outcome:
+    """Classify a failure of a request (see the table in the module docstring)."""
+    if isinstance(exc, NotAuthenticated):
+        return Outcome.NOT_AUTHENTICATED
+    if isinstance(exc, ConnectFailed):
+        return Outcome.NEVER_SENT
+    if isinstance(exc, HTTPStatusError):
+        if exc.status in NOT_APPLIED_STATUSES:
+            return Outcome.NEVER_SENT
+        return Outcome.MAYBE_APPLIED if exc.status >= 500 else Outcome.REFUSED
+    if isinstance(exc, TransportError):
+        return Outcome.MAYBE_APPLIED  # lost replies, timeouts, TLS or decoding trouble
+    return Outcome.MAYBE_APPLIED  # anything else (a crash mid-request): assume the worst
+
+
+def is_transient(exc: BaseException, *, idempotent: bool) -> bool:
+    """True when sending the same request again may succeed and cannot do harm."""
+    found = outcome(exc)
+    if found is Outcome.NEVER_SENT:
+        return True
+    return found is Outcome.MAYBE_APPLIED and idempotent and isinstance(exc, TransportError)
+
+
+def link_failed(exc: BaseException) -> bool:
+    """True when ``exc`` says the server cannot be used now (not that it refused a request).
+
+    ``Unavailable`` (429/502/503/504) is a ``ServerUnreachable`` too.
+    """
+    return isinstance(exc, ServerUnreachable)
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Capped exponential back-off: ``initial`` seconds, doubled per failure, ``cap`` at most."""
+
+    initial: float = 2.0
+    cap: float = 60.0
+
+    def delay(self, failures: int) -> float:
+        """Seconds to wait after the ``failures``-th failure in a row (1 = the first)."""
+        if failures <= 0 or self.initial <= 0:
+            return 0.0
+        return float(min(self.cap, self.initial * 2 ** min(failures - 1, 30)))

@@ -1,0 +1,346 @@
+"""HTTP to the Balsam server: the only package that imports ``requests``.
+
+It adds the bearer token, applies timeouts, the retry policy and the circuit breaker
+(``link.py``); ``replies.py`` maps every ``requests`` exception and error status onto
+``balsam_sync.errors`` at one boundary. Nothing above this package sees a ``requests`` type.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
+from datetime import datetime
+from functools import partial
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+
+from ..errors import (
+    UNAVAILABLE_STATUSES,
+    ConfigError,
+    ConnectFailed,
+    HTTPStatusError,
+    Interrupted,
+    NotAuthenticated,
+    ReplyLost,
+    SilentLink,
+    TransportError,
+)
+from ..inflight import Job, Pool, Scopes
+from ..link import Link
+from ..outcomes import link_failed
+from ..retry import RetryPolicy
+from ..serverclock import Clock, ServerClock
+from ..token import expiry
+from .replies import decode, mapped, path_of
+
+Params = Sequence[tuple[str, str]]
+RequestHook = Callable[[str, str], None]
+"""Called with (method, url) in the caller's thread before each attempt and probe (tests)."""
+log = logging.getLogger(__name__)
+
+
+class Transport:
+    """A session with one Balsam server for one user.
+
+    Each request runs in a worker thread while the caller waits, so the wait can end early:
+    a server that answers neither the request (within ``probe_after``) nor a short probe is a
+    silent link and costs seconds, not the read timeout; a requested stop (``stopping()``)
+    ends it after ``stop_grace``. ``link`` keeps requests off a server that just failed.
+
+    Args:
+        api_root: base URL, e.g. ``http://127.0.0.1:8765``.
+        token: bearer token (JWT); ``None`` for the auth routes only.
+        retry: bounds for retrying transient failures within one call.
+        connect_timeout: seconds to establish a connection.
+        read_timeout: seconds to wait for a reply from a server that is alive.
+        verify: TLS certificate verification (on unless explicitly turned off).
+        link: the circuit breaker (a private one when not given).
+        probe_after: seconds without a reply before the server is probed.
+        probe_timeout: seconds a probe may take.
+        stop_grace: seconds a request in flight may still finish after a stop was requested.
+        clock: this machine's clock (``Transport.server_now`` corrects it by the server's).
+    """
+
+    def __init__(
+        self,
+        api_root: str,
+        token: str | None,
+        *,
+        retry: RetryPolicy | None = None,
+        connect_timeout: float = 6.2,
+        read_timeout: float = 120.0,
+        verify: bool | str = True,
+        link: Link | None = None,
+        probe_after: float = 1.0,
+        probe_timeout: float = 1.5,
+        stop_grace: float = 3.0,
+        clock: Clock | None = None,
+    ) -> None:
+        if not api_root.startswith(("http://", "https://")):
+            raise ConfigError(f"api_root must start with http:// or https://, got {api_root!r}")
+        if "@" in urlsplit(api_root).netloc:
+            raise ConfigError("the server URL holds a user name or password: remove it")
+        self._clock = ServerClock(clock)
+        self._warned_expiry = False
+        self.api_root = api_root.rstrip("/")
+        self.retry = retry or RetryPolicy()
+        self.timeout = (connect_timeout, read_timeout)
+        self.link = link or Link()
+        self.probe_after = probe_after
+        self.probe_timeout = probe_timeout
+        self.stop_grace = stop_grace
+        self.on_request: list[RequestHook] = []
+        self._token = token
+        self._verify = verify
+        self._sessions: Pool[requests.Session] = Pool(
+            partial(_session, verify, self._note_date), _close
+        )
+        self._scopes = Scopes()
+
+    # -- token ---------------------------------------------------------------------------------
+
+    @property
+    def token_expiry(self) -> datetime | None:
+        """When the token stops being accepted, read from its ``exp`` claim (no I/O)."""
+        return expiry(self._token) if self._token else None
+
+    def set_token(self, token: str | None) -> None:
+        """Use a new token from the next request on (after ``balsam-sync login``)."""
+        self._token = token
+
+    def _auth_headers(self, auth: bool) -> dict[str, str]:
+        if not auth:
+            return {}
+        if not self._token:
+            raise NotAuthenticated(
+                "no token: log in with `balsam-sync login` or set BALSAM_SYNC_TOKEN",
+                method="",
+                url=self.api_root,
+                status=401,
+                body=None,
+            )
+        expiry = self.token_expiry
+        if expiry is not None and expiry <= self.server_now() and not self._warned_expiry:
+            # Only the server can tell: this machine's clock may be wrong. A refused token
+            # comes back as a 401 (NotAuthenticated) from the server itself.
+            self._warned_expiry = True
+            log.warning(
+                "the token seems to have expired at %s by this machine's clock; sending it "
+                "anyway (the server decides; `balsam-sync login` renews it)",
+                expiry.isoformat(),
+            )
+        return {"Authorization": f"Bearer {self._token}"}
+
+    # -- clocks --------------------------------------------------------------------------------
+
+    @property
+    def clock(self) -> Clock:
+        """This machine's clock (injectable)."""
+        return self._clock.clock
+
+    @property
+    def clock_offset(self) -> float | None:
+        """Seconds the server's clock is ahead of ours, from the last reply (None: unknown)."""
+        return self._clock.offset
+
+    def server_now(self) -> datetime:
+        """Our best guess of the server's clock: ours, corrected by the skew its replies show."""
+        return self._clock.now()
+
+    def _note_date(self, response: requests.Response, *args: Any, **kwargs: Any) -> None:
+        self._clock.note(response.headers.get("Date"), response.elapsed)
+
+    # -- stopping and hurrying (see inflight.Scopes) ---------------------------------------
+
+    def stopping(self, event: threading.Event) -> AbstractContextManager[None]:
+        """While inside, setting ``event`` ends waits and retries (in every thread) promptly:
+        a request not yet sent is not sent; one in flight gets ``stop_grace`` seconds, then is
+        abandoned (``Interrupted``). Leaving the block leaves the transport as it was."""
+        return self._scopes.stopping(event)
+
+    def stop_requested(self) -> bool:
+        return self._scopes.stop_requested()
+
+    def impatient(self) -> AbstractContextManager[None]:
+        """Inside (this thread), give up on a server that answers neither the request nor one
+        short probe: for a write's push. Elsewhere two probes of 5 s must go unanswered, so a
+        busy server is not taken for a silent link (which then costs ~11 s once)."""
+        return self._scopes.hurrying()
+
+    def _patience(self) -> tuple[int, float]:  # (unanswered probes tolerated, probe seconds)
+        return (1, self.probe_timeout) if Scopes.hurried() else PATIENT
+
+    # -- reachability --------------------------------------------------------------------------
+
+    def ensure_reachable(self) -> None:
+        """Probe now if the last attempt failed, even in the back-off (push, pull, status...).
+
+        Raises ``ConnectFailed`` when the server does not answer the probe.
+        """
+        if self.link.state.doubtful:
+            self._probe_or_raise()
+
+    def _admit(self, method: str, url: str) -> None:
+        """Refuse at once what would not be answered; probe first after a failure."""
+        where = f"{method} {path_of(url)}"
+        if self.stop_requested():
+            raise ConnectFailed(f"{where}: not sent, a stop was requested", method=method, url=url)
+        state = self.link.state
+        if state.down():
+            raise ConnectFailed(f"{where}: not sent, {state.describe()}", method=method, url=url)
+        if state.doubtful:
+            self._probe_or_raise()
+
+    def _probe_or_raise(self) -> None:
+        url = self.api_root + PROBE_PATH
+        for hook in (*REQUEST_HOOKS, *self.on_request):
+            hook("GET", url)
+        seconds = self.probe_timeout * (1 if Scopes.hurried() else 2)
+        if self._probe_answers(self._start_probe(seconds), time.monotonic(), seconds):
+            self.link.mark_up()
+            return
+        state = self.link.mark_down("no answer to a probe")
+        raise ConnectFailed(f"GET {PROBE_PATH}: {state.describe()}", method="GET", url=url)
+
+    def _start_probe(self, seconds: float) -> _Exchange:
+        url, timeout = self.api_root + PROBE_PATH, (seconds, seconds)
+        return Job(self._sessions, lambda s: s.get(url, timeout=timeout, allow_redirects=False))
+
+    def _probe_answers(self, probe: _Exchange, started: float, seconds: float) -> bool:
+        """Wait for a probe (at most ``seconds``); True if the server answered it."""
+        while not probe.wait(TICK):
+            if time.monotonic() - started > seconds + TICK:
+                return False
+        return probe.error is None and probe.result().status_code not in UNAVAILABLE_STATUSES
+
+    # -- requests ------------------------------------------------------------------------------
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Params | None = None,
+        json_body: Any = None,
+        form: Mapping[str, str] | None = None,
+        idempotent: bool | None = None,
+        auth: bool = True,
+        retry: RetryPolicy | None = None,
+    ) -> Any:
+        """Send one request (retrying transient failures) and return the decoded JSON body.
+
+        ``idempotent`` defaults to True for every method but POST. A 204 or empty body returns
+        ``None``. Error statuses raise the matching ``HTTPStatusError`` subclass at once;
+        ``outcomes.py`` says what each failure means.
+        """
+        if idempotent is None:
+            idempotent = method != "POST"
+        policy = retry or self.retry
+        url = self.api_root + path
+        headers = self._auth_headers(auth)
+        if method == "DELETE":
+            # The server closes the connection after every 204 DELETE; closing it on our side
+            # too keeps a dead connection out of the pool (balsam-api.md, real-server pitfalls).
+            headers["Connection"] = "close"
+        options = {"params": params, "json": json_body, "data": form, "headers": headers}
+
+        def send(session: requests.Session) -> requests.Response:
+            return session.request(
+                method, url, timeout=self.timeout, allow_redirects=False, **options
+            )
+
+        sent = False  # a request refused before sending says nothing new about the link
+
+        def attempt() -> Any:
+            nonlocal sent
+            self._admit(method, url)
+            for hook in (*REQUEST_HOOKS, *self.on_request):
+                hook(method, url)
+            sent = True
+            with mapped(method, url):
+                response = self._wait(method, url, Job(self._sessions, send))
+            return decode(method, url, response)
+
+        try:
+            body = policy.call(
+                attempt, idempotent=idempotent, also=_retry_now, stopped=self.stop_requested
+            )
+        except TransportError as exc:
+            if sent and link_failed(exc) and not self.stop_requested():
+                self.link.mark_down(str(exc))
+            raise
+        self.link.mark_up()
+        return body
+
+    def _wait(self, method: str, url: str, job: _Exchange) -> requests.Response:
+        """Wait for ``job``; probe a server that keeps silent; honour a requested stop."""
+        where = f"{method} {path_of(url)}"
+        next_probe = time.monotonic() + self.probe_after
+        probe: tuple[_Exchange, float] | None = None
+        stop_at: float | None = None
+        tolerated, probe_seconds = self._patience()
+        while not job.wait(TICK):
+            now = time.monotonic()
+            if stop_at is None and self.stop_requested():
+                stop_at = now + self.stop_grace
+            if stop_at is not None and now >= stop_at:
+                raise Interrupted(f"{where}: abandoned for a stop", method=method, url=url)
+            if probe is None and now >= next_probe:
+                probe = (self._start_probe(probe_seconds), now)
+            elif probe is not None and (probe[0].wait(0) or now - probe[1] > probe_seconds):
+                answered = self._probe_answers(*probe, probe_seconds)
+                tolerated = tolerated - 1 if not answered else self._patience()[0]
+                if not tolerated:
+                    raise SilentLink(
+                        f"{where}: no reply, and the server does not answer a probe either",
+                        method=method,
+                        url=url,
+                    )
+                probe, next_probe = None, now + (REPROBE_SECONDS if answered else 0.0)
+        return job.result()
+
+    def close(self) -> None:
+        """Close the pooled connections."""
+        self._sessions.close()
+
+
+PROBE_PATH = "/auth/how"  # needs no token; any answer but 429/502/503/504 means "up"
+TICK = 0.05  # seconds between checks of a request in flight (stop requested? probe due?)
+REPROBE_SECONDS = 10.0  # while a live server is slow to answer, probe it again this often
+PATIENT = (2, 5.0)  # unanswered probes (of seconds each) before a busy server counts as silent
+
+REQUEST_HOOKS: list[RequestHook] = []
+"""Hooks called for every request of every transport (tests install guards here)."""
+
+
+_Exchange = Job[requests.Session, requests.Response]
+
+
+def _session(verify: bool | str, on_response: Callable[..., None]) -> requests.Session:
+    session = requests.Session()
+    session.verify = verify
+    session.auth = _no_ambient_auth
+    session.hooks["response"].append(on_response)
+    return session
+
+
+def _no_ambient_auth(request: requests.PreparedRequest) -> requests.PreparedRequest:
+    """Keep our headers: no Basic auth from a URL's user info or from ~/.netrc replaces them."""
+    return request
+
+
+def _close(session: requests.Session) -> None:
+    session.close()
+
+
+def _retry_now(exc: BaseException) -> bool:
+    """Retry within the call what the server answered, or a reply lost on a link that works;
+    a refused connection or a silent link marks the link down instead."""
+    if isinstance(exc, ReplyLost):
+        return not isinstance(exc, SilentLink | Interrupted)
+    return isinstance(exc, HTTPStatusError)
