@@ -24,7 +24,7 @@ from .models import Model, set_manager_resolver
 from .objects import App, BatchJob, EventLog, Site, TransferItem
 from .remote import Remote
 from .retry import RetryPolicy
-from .sync.pull import Progress, Puller, PullReport
+from .sync.pull import Progress, Puller, PullOptions, PullReport
 from .sync.replay import PushReport
 from .sync.status import SyncStatus, sync_status
 from .token import user_of
@@ -117,7 +117,12 @@ class Client:
 
     def pull(self, *, full: bool = False, progress: Progress | None = None) -> PullReport:
         """Bring the mirror up to the server's state (see ``balsam_sync.sync.pull``)."""
-        report = Puller(self.remote, self.mirror, progress).pull(full=full)
+        options = PullOptions(
+            max_request_seconds=self.settings.max_request_seconds,
+            reconcile_seconds=self.settings.reconcile_seconds,
+            history_per_pull=self.settings.history_per_pull,
+        )
+        report = Puller(self.remote, self.mirror, progress, options).pull(full=full)
         self.mirror.outbox.log("last_pull", now_text())
         return report
 

@@ -38,6 +38,16 @@ class Settings:
         offline: never touch the network (``BALSAM_SYNC_OFFLINE=1``).
         verify_tls: verify TLS certificates (turn off only explicitly).
         settings_path: the client.yml the values came from, if any.
+        max_request_seconds: the longest the server may take from receiving a request to
+            committing it (plus any clock difference between the server and its database).
+            The server stamps a job's ``last_update`` when a request starts, so a pull reads
+            again every job stamped within this many seconds before the server's clock
+            (balsam_sync/sync/pull.py).
+        reconcile_seconds: a pull re-reads everything (as ``pull(full=True)``) when the last
+            full pull is older than this.
+        history_per_pull: most finished jobs whose transfer items and events (their history)
+            one pull reads when they were never read (unfinished and changed jobs are always
+            read): a first pull of a large account stays short and later pulls complete it.
     """
 
     api_root: str
@@ -49,6 +59,9 @@ class Settings:
     offline: bool = False
     verify_tls: bool = True
     settings_path: Path | None = None
+    max_request_seconds: float = 120.0
+    reconcile_seconds: float = 86_400.0
+    history_per_pull: int = 1000
 
     def __repr__(self) -> str:
         # The token never appears in logs, reprs or tracebacks.

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, NamedTuple
 
 import requests
 import urllib3.exceptions
@@ -36,6 +36,20 @@ log = logging.getLogger(__name__)
 Params = Sequence[tuple[str, str]]
 RequestHook = Callable[[str, str], None]
 """Called with (method, url) just before each attempt is sent; used by tests and tracing."""
+
+
+class Reply(NamedTuple):
+    """One reply as ``on_response`` hooks see it (its ``Date`` header is the server's clock)."""
+
+    method: str
+    url: str
+    status: int
+    headers: Mapping[str, str]
+    size: int  # body bytes
+    seconds: float  # from sending the request until the reply's head arrived
+
+
+ResponseHook = Callable[[Reply], None]
 
 
 class Transport:
@@ -66,6 +80,7 @@ class Transport:
         self.retry = retry or RetryPolicy()
         self.timeout = (connect_timeout, read_timeout)
         self.on_request: list[RequestHook] = []
+        self.on_response: list[ResponseHook] = []
         self._token = token
         self._verify = verify
         self._local = threading.local()
@@ -156,6 +171,17 @@ class Transport:
                     timeout=self.timeout,
                     allow_redirects=False,
                 )
+            if self.on_response:
+                reply = Reply(
+                    method,
+                    url,
+                    response.status_code,
+                    response.headers,
+                    len(response.content),
+                    response.elapsed.total_seconds(),
+                )
+                for on_reply in self.on_response:
+                    on_reply(reply)
             return _decode(method, url, response)
 
         return policy.call(attempt, idempotent=idempotent)

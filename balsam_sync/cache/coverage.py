@@ -71,6 +71,17 @@ class CoverageBook:
         row = self._one("SELECT watermark FROM sync_state WHERE resource = ?", [resource])
         return row[0] if row else None
 
+    def reconciled_at(self) -> datetime | None:
+        """When a pull last re-read everything (None: never)."""
+        row = self._one("SELECT reconciled_at FROM sync_state WHERE resource = 'Job'", [])
+        return _at(row[0]) if row and row[0] else None
+
+    def mark_reconciled(self, at: datetime) -> None:
+        with self.store.write():
+            self.conn.execute(
+                "UPDATE sync_state SET reconciled_at = ? WHERE resource = 'Job'", [at.isoformat()]
+            )
+
     # -- fetch records -------------------------------------------------------------------------
 
     def record_fetch(self, spec: QuerySpec, at: datetime, count: int | None, rows: bool) -> None:

@@ -21,7 +21,7 @@ from sqlite_utils.migrations import Migrations
 
 from ..resources import RESOURCES, Resource
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """Bump with a new migration whenever the layout below changes."""
 
 PACKED = "_packed"
@@ -121,6 +121,11 @@ TABLES: dict[str, TableDef] = {
     ),
 }
 
+MARKS_TABLE = "job_marks"
+"""One row per job whose transfer items and events were read from the server: the job's
+``last_update`` at that time. A job whose ``last_update`` differs from its mark (or that has
+none) needs its transfer items and events read again (see sync/children.py)."""
+
 PARENTS_TABLE = "job_parents"
 """One row per (job, parent): the index behind the ``parent_id`` overlap filter."""
 
@@ -214,6 +219,19 @@ def m003_packed_rows(db: Database) -> None:
             f"WHEN NEW.[{PACKED}] IS NOT NULL AND NEW.[{PACKED}] IS OLD.[{PACKED}] "
             f"BEGIN UPDATE [{t}] SET [{PACKED}] = NULL WHERE rowid = NEW.rowid; END"
         )
+
+
+@migrations()
+def m004_pull_marks(db: Database) -> None:
+    """Add the job marks and the time of the last full reconciliation."""
+    db.execute(
+        f"CREATE TABLE [{MARKS_TABLE}] (id INTEGER PRIMARY KEY, stamp TEXT NOT NULL, "
+        "at TEXT NOT NULL)"
+    )
+    db.execute("ALTER TABLE sync_state ADD COLUMN reconciled_at TEXT")
+    # A pull of the earlier layout left a watermark that may have skipped late commits: the
+    # next pull reads everything again.
+    db.execute("UPDATE sync_state SET watermark = NULL")
 
 
 def clear_packed(db: Database) -> None:
