@@ -22,7 +22,7 @@ from .errors import (
     UsageError,
 )
 from .fields import Converter, converters, json_fields, validate_field, validate_payload
-from .freshness import RowLayout
+from .freshness import Provenanced, RowLayout
 from .resources import Resource
 
 if TYPE_CHECKING:
@@ -90,7 +90,7 @@ class _ManagerAccess:
         return _resolve_manager(owner)
 
 
-class Model:
+class Model(Provenanced):
     """Base of Site, App, Job, BatchJob, TransferItem and EventLog.
 
     Each subclass gets its own ``DoesNotExist`` and ``MultipleObjectsReturned``, so catching

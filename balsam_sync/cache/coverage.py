@@ -13,6 +13,12 @@ Our own writes go through to the mirror rows, so unsliced records stay true afte
 and count records of a resource are dropped whenever we write to it (a changed row may move in
 or out of a window, or change a count). A mirror that only holds the rows of a narrow query
 therefore never answers a broader one.
+
+When the server cannot be asked, a query with neither kind of evidence is refused
+(``NoEvidence``) rather than answered with whatever rows happen to be in the mirror; the one
+exception is a lookup by ids the mirror holds every one of (``refresh_from_db()``, ``get(id=)``
+of an object written or read earlier): those rows are the mirror's last word on them, so they
+are answered, marked stale.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from ..errors import NoEvidence
 from ..spec import QuerySpec
 from .store import Store
 
@@ -34,6 +41,18 @@ class Coverage:
 
     as_of: datetime
     count: int | None = None
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What entitles the mirror to answer a query the server cannot be asked.
+
+    ``as_of``: when the server confirmed it (None: unknown); ``partial``: only the rows of the
+    ids asked for are known (a lookup by id), so the answer is stale.
+    """
+
+    as_of: datetime | None
+    partial: bool = False
 
 
 def _filters_key(spec: QuerySpec) -> str:
@@ -127,6 +146,27 @@ class CoverageBook:
             # A count-only record has no rows behind it: its number is the answer.
             return Coverage(best.as_of, int(row[1]))
         return best
+
+    def evidence(self, spec: QuerySpec, count: bool) -> Evidence:
+        """Return what lets the mirror answer ``spec`` on its own.
+
+        Raises:
+            NoEvidence: the mirror was never told what matches ``spec``.
+        """
+        cov = self.for_count(spec) if count else self.for_rows(spec)
+        if cov is not None:
+            return Evidence(cov.as_of)
+        if spec.empty:
+            return Evidence(None)
+        ids = spec.filter_dict.get("id")
+        if len(spec.filters) == 1 and ids and self.store.count(spec.unsliced()) == len(set(ids)):
+            return Evidence(None, partial=True)
+        raise NoEvidence(
+            f"the server cannot be asked and the mirror has no evidence for "
+            f"{spec.resource} {dict(spec.filters) or 'all'}: it was never pulled "
+            "(client.pull() / balsam-sync pull) nor asked online with these filters. "
+            "Pull while the server is reachable, or ask it with .online()"
+        )
 
     def forget_windows(self) -> None:
         """Drop every sliced and count-only record (called on every local write).
