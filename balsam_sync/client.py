@@ -120,7 +120,7 @@ class Client:
         options = PullOptions(
             max_request_seconds=self.settings.max_request_seconds,
             reconcile_seconds=self.settings.reconcile_seconds,
-            history_per_pull=self.settings.history_per_pull,
+            history=self.settings.history_per_pull,
         )
         report = Puller(self.remote, self.mirror, progress, options).pull(full=full)
         self.mirror.outbox.log("last_pull", now_text())

@@ -63,15 +63,20 @@ def overlap_a_pull(client: Client, rest: Rest, slow: list[int], fast: int, value
         rest.call("PATCH", "/jobs/", json=[{"id": i, "data": {"v": value}} for i in slow])
         done.set()
 
+    listed: list[bool] = []  # per listed page: was the long PATCH still running?
+
+    def progress(resource: str, _rows: int, _total: int | None) -> None:
+        if resource == "Job":
+            listed.append(not done.is_set())
+
     writer = threading.Thread(target=bulk)
     writer.start()
     time.sleep(0.2)
     rest.call("PUT", f"/jobs/{fast}", json={"data": {"v": value}})
-    overlapped = not done.is_set()
-    client.pull()
-    overlapped = overlapped and not done.is_set()
+    running = not done.is_set()
+    client.pull(progress=progress)
     writer.join()
-    return overlapped
+    return running and bool(listed) and all(listed)
 
 
 def late_commit(client: Client, rest: Rest, slow: list[int], fast: int, value: str) -> None:

@@ -67,6 +67,23 @@ class PullState:
         )[0]
         return int(n)
 
+    def marks(self, ids: list[int]) -> dict[int, str]:
+        """The marks of these jobs (jobs without one are left out)."""
+        rows = self._rows(
+            f"SELECT id, stamp FROM [{MARKS_TABLE}] WHERE id IN (SELECT value FROM json_each(?))",
+            [json.dumps(ids)],
+        )
+        return {r[0]: r[1] for r in rows}
+
+    def existing(self, resource: str, ids: list[int]) -> set[int]:
+        """Which of ``ids`` the mirror holds."""
+        table = TABLES[resource].table
+        rows = self._rows(
+            f"SELECT id FROM [{table}] WHERE id IN (SELECT value FROM json_each(?))",
+            [json.dumps(ids)],
+        )
+        return {r[0] for r in rows}
+
     def set_marks(self, marks: list[tuple[int, str | None]], at: str) -> None:
         """Record that the children of these jobs were read when they had these stamps."""
         rows = [(obj_id, stamp, at) for obj_id, stamp in marks if stamp is not None]

@@ -55,6 +55,13 @@ def _packer(column_types: Iterable[type]) -> Callable[[tuple[Any, ...]], bytes |
     kinds = tuple(column_types)
 
     def pack(record: tuple[Any, ...]) -> bytes | None:
+        # Rows from the server: every value is None or exactly of its column's type.
+        for kind, value in zip(kinds, record, strict=True):
+            if value is not None and type(value) is not kind:
+                return convert(record)
+        return marshal.dumps(record)
+
+    def convert(record: tuple[Any, ...]) -> bytes | None:
         out: list[str | int | float | None] = []
         for kind, value in zip(kinds, record, strict=True):
             if value is None:
@@ -137,21 +144,25 @@ class Store:
     def _write_rows(self, resource: str, rows: Iterable[Row], changed_only: bool) -> list[int]:
         tdef = TABLES[resource]
         columns = list(tdef.columns)
-        json_cols = tdef.json_columns
+        json_at = [i for i, c in enumerate(columns) if c in tdef.json_columns]
+        int_at = [i for i, kind in enumerate(tdef.columns.values()) if kind is int]
         side = [kv.field for kv in tdef.key_values] + (["parent_ids"] if resource == "Job" else [])
         records = []
         ids = []
         pack = self._packers[resource]
         kept: list[Row] = []
         for row in rows:
-            record = []
-            for c in columns:
-                value = row.get(c)
-                if c in json_cols and value is not None and not isinstance(value, str):
-                    value = _encode(value)
-                record.append(value)
-            record.append(pack(tuple(record)))
-            records.append(tuple(record))
+            record = [row.get(c) for c in columns]
+            for i in json_at:
+                value = record[i]
+                if value is not None and not isinstance(value, str):
+                    record[i] = _encode(value)
+            for i in int_at:
+                flag = record[i]
+                if type(flag) is bool:
+                    record[i] = int(flag)  # as SQLite stores it (and the packed copy)
+            values = tuple(record)
+            records.append((*values, pack(values)))
             ids.append(row["id"])
             kept.append(row)
         if not records:

@@ -16,17 +16,19 @@ large account stays short, and the following pulls complete it.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from types import TracebackType
 from typing import Any
 
 from ..cache.mirror import Mirror
-from ..cache.pullstate import PullState, Unsynced
+from ..cache.pullstate import DONE_STATES, PullState, Unsynced
 from ..params import FILTER_CHUNK_SIZE
 from ..remote import Remote
 from ..resources import RESOURCES
 from ..spec import QuerySpec
-from .pages import bounded_map
 
 Row = dict[str, Any]
 CHILDREN = ("TransferItem", "EventLog")
@@ -50,32 +52,81 @@ def plan(unsynced: list[Unsynced], history: int | None) -> tuple[list[Unsynced],
     return urgent + old[:take], len(old) - min(len(old), take)
 
 
+def urgent_in(rows: list[Row], marks: dict[int, str], every: bool) -> list[Unsynced]:
+    """The listed jobs whose children must be read in this pull (``every``: all of them)."""
+    out = []
+    for row in rows:
+        mark = marks.get(row["id"])
+        if every or (mark != row["last_update"] and (mark is not None or not _done(row))):
+            out.append(Unsynced(row["id"], row["last_update"], mark is not None, _done(row)))
+    return out
+
+
+def _done(row: Row) -> bool:
+    return str(row.get("state")) in DONE_STATES
+
+
 class ChildrenReader:
-    """Reads and stores the transfer items and events of given jobs."""
+    """Reads the transfer items and events of the jobs it is given, in the background.
+
+    ``submit`` queues jobs (500 per request, ``workers`` requests at a time); ``store_ready``
+    stores what has arrived; ``finish`` waits for the rest. Children of a job deleted from the
+    mirror meanwhile are dropped.
+    """
 
     def __init__(
         self,
         remote: Remote,
         mirror: Mirror,
+        at: str,
         workers: int = 2,
         progress: Callable[[str, int], None] | None = None,
     ) -> None:
         self.remote = remote
         self.mirror = mirror
         self.state = PullState(mirror.store)
-        self.workers = workers
+        self.at = at
         self.progress = progress or (lambda _r, _n: None)
+        self.fetched = {name: 0 for name in CHILDREN}
+        self.queued: set[int] = set()
+        self._buffer: list[Unsynced] = []
+        self._pending: deque[Future[Fetched]] = deque()
+        self._pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix="balsam-sync-pull")
 
-    def sync(self, jobs: list[Unsynced], at: str) -> dict[str, int]:
-        """Read the children of ``jobs``, store them, mark the jobs; return rows per resource."""
-        chunks = [jobs[i : i + FILTER_CHUNK_SIZE] for i in range(0, len(jobs), FILTER_CHUNK_SIZE)]
-        fetched = {name: 0 for name in CHILDREN}
-        for got in bounded_map(self._fetch, chunks, self.workers):
-            self._store(got, at)
-            for name in CHILDREN:
-                fetched[name] += len(got.rows[name])
-                self.progress(name, fetched[name])
-        return fetched
+    def __enter__(self) -> ChildrenReader:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def submit(self, jobs: list[Unsynced]) -> None:
+        """Queue the children of ``jobs`` (jobs queued before are skipped)."""
+        for job in jobs:
+            if job.id not in self.queued:
+                self.queued.add(job.id)
+                self._buffer.append(job)
+        while len(self._buffer) >= FILTER_CHUNK_SIZE:
+            self._send(self._buffer[:FILTER_CHUNK_SIZE])
+            del self._buffer[:FILTER_CHUNK_SIZE]
+
+    def _send(self, chunk: list[Unsynced]) -> None:
+        self._pending.append(self._pool.submit(self._fetch, chunk))
+
+    def store_ready(self) -> None:
+        """Store the children that have arrived (in the order they were asked for)."""
+        while self._pending and self._pending[0].done():
+            self._store(self._pending.popleft().result())
+
+    def finish(self) -> dict[str, int]:
+        """Wait for every queued job's children and store them; return rows per resource."""
+        if self._buffer:
+            self._send(self._buffer)
+            self._buffer = []
+        while self._pending:
+            self._store(self._pending.popleft().result())
+        return self.fetched
 
     def _fetch(self, jobs: list[Unsynced]) -> Fetched:
         ids = [u.id for u in jobs]
@@ -85,11 +136,16 @@ class ChildrenReader:
             rows[name] = self.remote.select(RESOURCES[name], spec)[0]
         return Fetched(jobs, rows)
 
-    def _store(self, got: Fetched, at: str) -> None:
-        ids = [u.id for u in got.jobs]
+    def _store(self, got: Fetched) -> None:
         store = self.mirror.store
         with store.write():
+            held = self.state.existing("Job", [u.id for u in got.jobs])
+            jobs = [u for u in got.jobs if u.id in held]
+            ids = [u.id for u in jobs]
             for name in CHILDREN:
-                written = self.state.replace_children(name, ids, got.rows[name])
+                rows = [r for r in got.rows[name] if r["job_id"] in held]
+                written = self.state.replace_children(name, ids, rows)
                 self.mirror.outbox.overlay(name, written)
-            self.state.set_marks([(u.id, u.stamp) for u in got.jobs], at)
+                self.fetched[name] += len(got.rows[name])
+                self.progress(name, self.fetched[name])
+            self.state.set_marks([(u.id, u.stamp) for u in jobs], self.at)

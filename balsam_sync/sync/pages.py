@@ -2,9 +2,15 @@
 
 Offset paging over a listing that changes while it is read skips rows: a row deleted before
 the current offset moves every later row one place up, and the row that moves into the page
-already read is never seen. Jobs are therefore read in ``last_update`` order, each page asking
-for the rows from the last stamp seen onwards (keyset paging): a deletion moves nothing, and a
-job changed meanwhile moves to the end, where a later page or the next pull reads it.
+already read is never seen. The jobs changed since the watermark are therefore read in
+``last_update`` order, each page asking for the rows from the last stamp seen onwards (keyset
+paging): a deletion moves nothing, and a job changed meanwhile moves to the end, where a later
+page or the next pull reads it.
+
+A first (or full) pull lists every job, where keys would cost more than they save: bulk
+creates and updates give thousands of jobs one stamp, and each page would end by reading such a
+group again. It reads pages by offset instead, several at a time, and the count check that
+follows (sync/deletions.py) finds any job a concurrent deletion made it skip.
 """
 
 from __future__ import annotations
@@ -73,6 +79,20 @@ def job_pages(remote: Remote, since: str | None, size: int = JOB_PAGE) -> Iterat
         group, _ = remote.select(res, job_spec(last, last))
         yield group
         after = stamp_after(last)
+
+
+def id_pages(remote: Remote, size: int = JOB_PAGE, workers: int = 2) -> Iterator[list[Row]]:
+    """Yield every job, by id, in pages of ``size`` read ``workers`` at a time."""
+    res = RESOURCES["Job"]
+    first, count = remote.select(res, QuerySpec("Job").with_window(0, size))
+    yield first
+    if len(first) < size:
+        return
+
+    def page(low: int) -> list[Row]:
+        return remote.select(res, QuerySpec("Job").with_window(low, low + size))[0]
+
+    yield from bounded_map(page, range(size, count, size), workers)
 
 
 def bounded_map(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Iterator[R]:

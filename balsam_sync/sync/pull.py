@@ -37,9 +37,9 @@ from ..remote import Remote, canonical_time
 from ..resources import RESOURCES
 from ..spec import QuerySpec
 from ..transport import Reply
-from .children import ChildrenReader, plan
+from .children import ChildrenReader, plan, urgent_in
 from .deletions import DeletedJobs
-from .pages import job_pages, prefetched
+from .pages import id_pages, job_pages, prefetched
 from .small import SmallResources
 
 __all__ = ["Progress", "PullOptions", "PullReport", "Puller", "prefetched"]
@@ -55,7 +55,8 @@ class PullOptions:
 
     max_request_seconds: float = 120.0
     reconcile_seconds: float = 86_400.0
-    history_per_pull: int = 1000
+    history: int = 1000
+    """Most never-read finished jobs whose children one pull reads (``history_per_pull``)."""
     workers: int = 2
 
 
@@ -124,8 +125,9 @@ class Puller:
         return report
 
     def _reconcile_due(self, now: datetime) -> bool:
+        """A full pull is due when the last one (or the first pull) is older than the setting."""
         last = self.mirror.coverage.reconciled_at()
-        return last is None or (now - last).total_seconds() >= self.options.reconcile_seconds
+        return last is not None and (now - last).total_seconds() >= self.options.reconcile_seconds
 
     def _note(self, report: PullReport) -> Callable[[str, int], None]:
         def note(name: str, rows: int) -> None:
@@ -135,6 +137,8 @@ class Puller:
         return note
 
     def _pull(self, report: PullReport, full: bool) -> None:
+        """``full``: re-read everything. A first pull lists everything too, but reads the
+        history of finished jobs ``history_per_pull`` at a time, as incremental pulls do."""
         started = report.started_at or datetime.now(timezone.utc)
         book = self.mirror.coverage
         watermark = None if full else book.watermark("Job")
@@ -146,28 +150,56 @@ class Puller:
         # The count first: its Date is the server's clock before the listing (the watermark).
         server_count = self.remote.count(RESOURCES["Job"], QuerySpec("Job"))
         now = self.remote.server_date()
-        listed = self._pull_jobs(watermark, note, report.full)
-        for name in ("Site", "App"):
-            report.deleted[name] = small.whole(name)
-        report.deleted["BatchJob"] = small.batch_jobs(report.full)
-        report.deleted["TransferItem"] = 0 if report.full else small.moving_transfer_items()
-        deletions = DeletedJobs(self.remote, small)
-        report.deleted["Job"] = (
-            self._replace_jobs(small, listed) if report.full else deletions.find(server_count)
-        )
-        self._pull_children(report, report.full, started)
+        with self._children(report, started) as children:
+            listed = self._pull_jobs(watermark, note, children, every=full)
+            for name in ("Site", "App"):
+                report.deleted[name] = small.whole(name)
+            report.deleted["BatchJob"] = small.batch_jobs(report.full)
+            report.deleted["TransferItem"] = 0 if report.full else small.moving_transfer_items()
+            deletions = DeletedJobs(self.remote, small)
+            gone = self._replace_jobs(small, listed) if report.full else 0
+            report.deleted["Job"] = gone + deletions.find(server_count)
+            children.store_ready()
+            unsynced = [u for u in self.state.unsynced_jobs() if u.id not in children.queued]
+            rest, report.history_left = plan(unsynced, None if full else self.options.history)
+            children.submit(rest)
+            for name, rows in children.finish().items():
+                report.fetched[name] += rows
+        if full:
+            self.state.drop_stray_marks()
         self._finish(report, started, self._next_watermark(now, listed, watermark))
 
+    def _children(self, report: PullReport, started: datetime) -> ChildrenReader:
+        def progress(name: str, rows: int) -> None:
+            self.progress(name, report.fetched[name] + rows, None)
+
+        return ChildrenReader(
+            self.remote, self.mirror, started.isoformat(), self.options.workers, progress
+        )
+
     def _pull_jobs(
-        self, since: str | None, note: Callable[[str, int], None], full: bool
+        self,
+        since: str | None,
+        note: Callable[[str, int], None],
+        children: ChildrenReader,
+        every: bool,
     ) -> dict[int, str]:
-        """Store the jobs stamped since ``since``; return their ids and stamps."""
+        """Store the jobs stamped since ``since`` (all when None) and queue the children of
+        those that need them; return the listed ids and stamps."""
         listed: dict[int, str] = {}
         store = self.mirror.store
-        for page in prefetched(job_pages(self.remote, since)):
+        pages = (
+            id_pages(self.remote, workers=self.options.workers)
+            if since is None
+            else prefetched(job_pages(self.remote, since))
+        )
+        for page in pages:
+            marks = {} if every else self.state.marks([r["id"] for r in page])
             with store.write():
                 written = store.merge("Job", page)
                 self.mirror.outbox.overlay("Job", written)
+            children.submit(urgent_in(page, marks, every))
+            children.store_ready()
             listed.update((r["id"], r["last_update"]) for r in page)
             note("Job", len(page))
         return listed
@@ -175,20 +207,6 @@ class Puller:
     def _replace_jobs(self, small: SmallResources, listed: dict[int, str]) -> int:
         missing = self.mirror.store.all_ids("Job") - set(listed)
         return small.settle(RESOURCES["Job"], missing)
-
-    def _pull_children(self, report: PullReport, full: bool, started: datetime) -> None:
-        unsynced = self.state.unsynced_jobs(every=full)
-        chosen, left = plan(unsynced, None if full else self.options.history_per_pull)
-        report.history_left = left
-
-        def progress(name: str, rows: int) -> None:
-            self.progress(name, report.fetched[name] + rows, None)
-
-        reader = ChildrenReader(self.remote, self.mirror, self.options.workers, progress)
-        for name, rows in reader.sync(chosen, started.isoformat()).items():
-            report.fetched[name] += rows
-        if full:
-            self.state.drop_stray_marks()
 
     def _next_watermark(
         self, now: datetime | None, listed: dict[int, str], previous: str | None
