@@ -140,12 +140,12 @@ def test_pulls_converge_while_a_site_agent_works(
         pulls = 0
         start = time.monotonic()
         try:
-            while time.monotonic() < start + 30:
+            while time.monotonic() < start + 20:
                 client.pull()
                 pulls += 1
                 # The last part without creations and deletions: nothing but the watermark
                 # then brings the late commits (no count differs).
-                if time.monotonic() > start + 15:
+                if time.monotonic() > start + 10:
                     agent.calm.set()
             writer_stop.set()
             threads[1].join()

@@ -52,12 +52,12 @@ def plan(unsynced: list[Unsynced], history: int | None) -> tuple[list[Unsynced],
     return urgent + old[:take], len(old) - min(len(old), take)
 
 
-def urgent_in(rows: list[Row], marks: dict[int, str], every: bool) -> list[Unsynced]:
-    """The listed jobs whose children must be read in this pull (``every``: all of them)."""
+def urgent_in(rows: list[Row], marks: dict[int, str]) -> list[Unsynced]:
+    """The listed jobs whose children must be read in this pull: changed or unfinished."""
     out = []
     for row in rows:
         mark = marks.get(row["id"])
-        if every or (mark != row["last_update"] and (mark is not None or not _done(row))):
+        if mark != row["last_update"] and (mark is not None or not _done(row)):
             out.append(Unsynced(row["id"], row["last_update"], mark is not None, _done(row)))
     return out
 

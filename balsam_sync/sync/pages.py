@@ -81,18 +81,17 @@ def job_pages(remote: Remote, since: str | None, size: int = JOB_PAGE) -> Iterat
         after = stamp_after(last)
 
 
-def id_pages(remote: Remote, size: int = JOB_PAGE, workers: int = 2) -> Iterator[list[Row]]:
-    """Yield every job, by id, in pages of ``size`` read ``workers`` at a time."""
+def id_pages(
+    remote: Remote, count: int, size: int = JOB_PAGE, workers: int = 2
+) -> Iterator[list[Row]]:
+    """Yield every job, by id, in pages of ``size`` read ``workers`` at a time (``count``: how
+    many jobs the server reported; jobs created since are read by the next pull)."""
     res = RESOURCES["Job"]
-    first, count = remote.select(res, QuerySpec("Job").with_window(0, size))
-    yield first
-    if len(first) < size:
-        return
 
     def page(low: int) -> list[Row]:
         return remote.select(res, QuerySpec("Job").with_window(low, low + size))[0]
 
-    yield from bounded_map(page, range(size, count, size), workers)
+    yield from bounded_map(page, range(0, max(count, 1), size), workers)
 
 
 def bounded_map(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Iterator[R]:

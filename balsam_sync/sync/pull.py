@@ -32,9 +32,10 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from ..cache.mirror import Mirror
-from ..cache.pullstate import PullState
+from ..cache.pullstate import DONE_STATES, PullState
 from ..remote import Remote, canonical_time
 from ..resources import RESOURCES
+from ..schemas import JobState
 from ..spec import QuerySpec
 from ..transport import Reply
 from .children import ChildrenReader, plan, urgent_in
@@ -45,6 +46,10 @@ from .small import SmallResources
 __all__ = ["Progress", "PullOptions", "PullReport", "Puller", "prefetched"]
 
 Row = dict[str, Any]
+UNFINISHED_JOB_STATES = tuple(s.value for s in JobState if s.value not in DONE_STATES)
+WHOLE_WHEN_SHARE = 4
+"""A first pull reads every transfer item and event at once when at least a quarter of the
+jobs need theirs: by job, each 500 jobs cost two requests with a fixed cost on the server."""
 Progress = Callable[[str, int, int | None], None]
 """Called as (resource, rows so far, total if known) while a pull runs."""
 
@@ -140,8 +145,7 @@ class Puller:
         """``full``: re-read everything. A first pull lists everything too, but reads the
         history of finished jobs ``history_per_pull`` at a time, as incremental pulls do."""
         started = report.started_at or datetime.now(timezone.utc)
-        book = self.mirror.coverage
-        watermark = None if full else book.watermark("Job")
+        watermark = None if full else self.mirror.coverage.watermark("Job")
         report.full = watermark is None
         note = self._note(report)
         small = SmallResources(self.remote, self.mirror, note)
@@ -150,15 +154,12 @@ class Puller:
         # The count first: its Date is the server's clock before the listing (the watermark).
         server_count = self.remote.count(RESOURCES["Job"], QuerySpec("Job"))
         now = self.remote.server_date()
+        whole = full or (report.full and self._most_jobs_need_children(server_count))
         with self._children(report, started) as children:
-            listed = self._pull_jobs(watermark, note, children, every=full)
-            for name in ("Site", "App"):
-                report.deleted[name] = small.whole(name)
-            report.deleted["BatchJob"] = small.batch_jobs(report.full)
-            report.deleted["TransferItem"] = 0 if report.full else small.moving_transfer_items()
-            deletions = DeletedJobs(self.remote, small)
-            gone = self._replace_jobs(small, listed) if report.full else 0
-            report.deleted["Job"] = gone + deletions.find(server_count)
+            listed = self._pull_jobs(watermark, server_count, note, None if whole else children)
+            self._pull_small(report, small, listed, server_count)
+            if whole:
+                self._whole_children(report, small, listed, started)
             children.store_ready()
             unsynced = [u for u in self.state.unsynced_jobs() if u.id not in children.queued]
             rest, report.history_left = plan(unsynced, None if full else self.options.history)
@@ -168,6 +169,32 @@ class Puller:
         if full:
             self.state.drop_stray_marks()
         self._finish(report, started, self._next_watermark(now, listed, watermark))
+
+    def _most_jobs_need_children(self, total: int) -> bool:
+        """Whether reading every transfer item and event beats reading them by job (a first
+        pull of an account whose jobs are mostly unfinished: requests by job cost more)."""
+        spec = QuerySpec("Job").with_filters({"state": UNFINISHED_JOB_STATES})
+        needed = self.remote.count(RESOURCES["Job"], spec) + self.options.history
+        return needed * WHOLE_WHEN_SHARE >= total
+
+    def _pull_small(
+        self, report: PullReport, small: SmallResources, listed: dict[int, str], count: int
+    ) -> None:
+        for name in ("Site", "App"):
+            report.deleted[name] = small.whole(name)
+        report.deleted["BatchJob"] = small.batch_jobs(report.full)
+        report.deleted["TransferItem"] = 0 if report.full else small.moving_transfer_items()
+        gone = self._replace_jobs(small, listed) if report.full else 0
+        report.deleted["Job"] = gone + DeletedJobs(self.remote, small).find(count)
+
+    def _whole_children(
+        self, report: PullReport, small: SmallResources, listed: dict[int, str], at: datetime
+    ) -> None:
+        """Re-read every transfer item and event; the listed jobs are then in sync."""
+        for name in ("TransferItem", "EventLog"):
+            report.deleted[name] = report.deleted.get(name, 0) + small.whole(name)
+        held = self.state.existing("Job", list(listed))
+        self.state.set_marks([(i, s) for i, s in listed.items() if i in held], at.isoformat())
 
     def _children(self, report: PullReport, started: datetime) -> ChildrenReader:
         def progress(name: str, rows: int) -> None:
@@ -180,26 +207,27 @@ class Puller:
     def _pull_jobs(
         self,
         since: str | None,
+        count: int,
         note: Callable[[str, int], None],
-        children: ChildrenReader,
-        every: bool,
+        children: ChildrenReader | None,
     ) -> dict[int, str]:
         """Store the jobs stamped since ``since`` (all when None) and queue the children of
-        those that need them; return the listed ids and stamps."""
+        those that need them (unless ``children`` is None); return listed ids and stamps."""
         listed: dict[int, str] = {}
         store = self.mirror.store
         pages = (
-            id_pages(self.remote, workers=self.options.workers)
+            id_pages(self.remote, count, workers=self.options.workers)
             if since is None
             else prefetched(job_pages(self.remote, since))
         )
         for page in pages:
-            marks = {} if every else self.state.marks([r["id"] for r in page])
+            if children is not None:
+                children.submit(urgent_in(page, self.state.marks([r["id"] for r in page])))
             with store.write():
                 written = store.merge("Job", page)
                 self.mirror.outbox.overlay("Job", written)
-            children.submit(urgent_in(page, marks, every))
-            children.store_ready()
+            if children is not None:
+                children.store_ready()
             listed.update((r["id"], r["last_update"]) for r in page)
             note("Job", len(page))
         return listed
