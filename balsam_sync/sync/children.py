@@ -42,13 +42,18 @@ class Fetched:
     rows: dict[str, list[Row]]
 
 
-def plan(unsynced: list[Unsynced], history: int | None) -> tuple[list[Unsynced], int]:
+def plan(
+    unsynced: list[Unsynced], history: int | None, first: bool = False
+) -> tuple[list[Unsynced], int]:
     """Choose the jobs to read now: changed and unfinished ones, then up to ``history`` finished
-    ones never read (newest first; None: all). Return them and how many are left for later."""
+    ones never read (newest first; None: all). A ``first`` pull reads the history only when all
+    of it fits: it stays as short as listing the jobs. Return the jobs and how many are left."""
     urgent = [u for u in unsynced if u.changed or not u.done]
     old = [u for u in unsynced if not u.changed and u.done]
     old.sort(key=lambda u: -u.id)
     take = len(old) if history is None else max(0, history)
+    if first and take < len(old):
+        take = 0
     return urgent + old[:take], len(old) - min(len(old), take)
 
 

@@ -162,7 +162,8 @@ class Puller:
                 self._whole_children(report, small, listed, started)
             children.store_ready()
             unsynced = [u for u in self.state.unsynced_jobs() if u.id not in children.queued]
-            rest, report.history_left = plan(unsynced, None if full else self.options.history)
+            budget = None if full else self.options.history
+            rest, report.history_left = plan(unsynced, budget, first=report.full)
             children.submit(rest)
             for name, rows in children.finish().items():
                 report.fetched[name] += rows
@@ -174,7 +175,9 @@ class Puller:
         """Whether reading every transfer item and event beats reading them by job (a first
         pull of an account whose jobs are mostly unfinished: requests by job cost more)."""
         spec = QuerySpec("Job").with_filters({"state": UNFINISHED_JOB_STATES})
-        needed = self.remote.count(RESOURCES["Job"], spec) + self.options.history
+        unfinished = self.remote.count(RESOURCES["Job"], spec)
+        finished = total - unfinished
+        needed = unfinished + (finished if finished <= self.options.history else 0)
         return needed * WHOLE_WHEN_SHARE >= total
 
     def _pull_small(
