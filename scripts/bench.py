@@ -56,6 +56,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+import bench_pulls  # noqa: E402  (the account figures, A1-A5)
+
 import balsam_sync  # noqa: E402
 from balsam_sync.client import Client  # noqa: E402
 from balsam_sync.remote import normalize_row  # noqa: E402
@@ -530,6 +532,7 @@ class Bench:
             (("P6",), self.p6),
             (("P7",), self.p7),
             (("P2", "P3"), self.p2_p3),
+            *bench_pulls.steps(self),
         ]
         for ids, step in steps:
             if not self.wanted(*ids):
@@ -1480,7 +1483,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     only = {p.strip().upper() for p in args.only.split(",") if p.strip()}
-    unknown = only - {"P1", "P2", "P3", "P4", "P5", "P6", "P7"}
+    unknown = only - {"P1", "P2", "P3", "P4", "P5", "P6", "P7", *bench_pulls.IDS}
     if unknown:
         print(f"--only: unknown benchmark(s) {sorted(unknown)}", file=sys.stderr)
         return 2
