@@ -23,6 +23,12 @@ ENV_TOKEN = "BALSAM_SYNC_TOKEN"
 ENV_HOME = "BALSAM_SYNC_HOME"
 ENV_OFFLINE = "BALSAM_SYNC_OFFLINE"
 ENV_CLIENT_PATH = "BALSAM_CLIENT_PATH"
+PULL_ENV = {
+    "max_request_seconds": ("BALSAM_SYNC_MAX_REQUEST_SECONDS", float),
+    "reconcile_seconds": ("BALSAM_SYNC_RECONCILE_SECONDS", float),
+    "history_per_pull": ("BALSAM_SYNC_HISTORY_PER_PULL", int),
+}
+"""Pull settings that may also come from the environment (e.g. for ``balsam-sync daemon``)."""
 
 
 @dataclass(frozen=True)
@@ -62,6 +68,12 @@ class Settings:
     max_request_seconds: float = 120.0
     reconcile_seconds: float = 86_400.0
     history_per_pull: int = 1000
+
+    def __post_init__(self) -> None:
+        for name in PULL_ENV:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                raise ConfigError(f"{name} must be a number >= 0, got {value!r}")
 
     def __repr__(self) -> str:
         # The token never appears in logs, reprs or tracebacks.
@@ -161,8 +173,21 @@ def load_settings(
     for key in ("connect_timeout", "read_timeout", "retry_count"):
         if key in stored:
             values[key] = stored[key]
+    values.update(_pull_env())
     values.update(overrides)
     try:
         return Settings(**values)
     except TypeError as exc:
         raise ConfigError(f"unknown setting: {exc}") from exc
+
+
+def _pull_env() -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, (env, kind) in PULL_ENV.items():
+        text = os.environ.get(env)
+        if text:
+            try:
+                out[name] = kind(text)
+            except ValueError as exc:
+                raise ConfigError(f"{env} must be a number, got {text!r}") from exc
+    return out

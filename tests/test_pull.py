@@ -19,6 +19,7 @@ import pytest
 
 import balsam_sync
 from balsam_sync.client import Client
+from balsam_sync.errors import ConfigError
 from tests.conftest import FAST_RETRY, User
 from tests.site_agent import BulkWriter, Rest, SiteAgent, create_jobs, make_account
 
@@ -226,3 +227,24 @@ def test_an_incremental_pull_reads_the_changes_and_their_children(
     assert client.TransferItem.objects.offline().get(id=item["id"]).state == "active"
     assert client.BatchJob.objects.offline().get(id=bj["id"]).state == "finished"
     assert_mirror_equals_server(client)
+
+
+# -- settings --------------------------------------------------------------------------------
+
+
+def test_pull_settings_come_from_arguments_or_the_environment(
+    user: User, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = connect(user, tmp_path / "a", max_request_seconds=5, history_per_pull=10)
+    assert (client.settings.max_request_seconds, client.settings.history_per_pull) == (5, 10)
+    assert client.settings.reconcile_seconds == 86_400
+    client.close()
+    monkeypatch.setenv("BALSAM_SYNC_MAX_REQUEST_SECONDS", "30")
+    client = connect(user, tmp_path / "b")
+    assert client.settings.max_request_seconds == 30
+    client.close()
+    with pytest.raises(ConfigError, match="max_request_seconds"):
+        connect(user, tmp_path / "c", max_request_seconds=-1)
+    monkeypatch.setenv("BALSAM_SYNC_HISTORY_PER_PULL", "many")
+    with pytest.raises(ConfigError, match="BALSAM_SYNC_HISTORY_PER_PULL"):
+        connect(user, tmp_path / "d")

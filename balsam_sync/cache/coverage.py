@@ -30,6 +30,7 @@ from typing import Any
 
 from ..errors import NoEvidence
 from ..spec import QuerySpec
+from .schema import MARKS_TABLE
 from .store import Store
 
 NO_HIGH = -1
@@ -158,6 +159,9 @@ class CoverageBook:
             return Evidence(cov.as_of)
         if spec.empty:
             return Evidence(None)
+        by_job = self._children_of_synced_jobs(spec)
+        if by_job is not None:
+            return by_job
         ids = spec.filter_dict.get("id")
         if len(spec.filters) == 1 and ids and self.store.count(spec.unsliced()) == len(set(ids)):
             return Evidence(None, partial=True)
@@ -167,6 +171,21 @@ class CoverageBook:
             "(client.pull() / balsam-sync pull) nor asked online with these filters. "
             "Pull while the server is reachable, or ask it with .online()"
         )
+
+    def _children_of_synced_jobs(self, spec: QuerySpec) -> Evidence | None:
+        """Transfer items or events of given jobs, all read since the jobs last changed (their
+        marks, see cache/pullstate.py): the mirror holds exactly theirs, as of that read."""
+        jobs = spec.filter_dict.get("job_id")
+        if spec.resource not in ("TransferItem", "EventLog") or not jobs or len(spec.filters) > 1:
+            return None
+        row = self._one(
+            f"SELECT count(*), min(m.at) FROM [{MARKS_TABLE}] m JOIN jobs j ON j.id = m.id "
+            "WHERE m.stamp = j.last_update AND m.id IN (SELECT value FROM json_each(?))",
+            [json.dumps(sorted(set(jobs)))],
+        )
+        if row is None or row[0] != len(set(jobs)):
+            return None
+        return Evidence(_at(row[1]))
 
     def forget_windows(self) -> None:
         """Drop every sliced and count-only record (called on every local write).
