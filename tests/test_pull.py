@@ -109,7 +109,7 @@ def test_a_slow_bulk_update_that_commits_after_a_pull_started_is_not_skipped(
 @pytest.fixture
 def busy(user: User, rest: Rest) -> Iterator[tuple[SiteAgent, BulkWriter]]:
     site_id, app_id = make_account(rest, 300, 4)
-    quiet = [r["id"] for r in create_jobs(rest, app_id, 3000, tag="quiet")]
+    quiet = [r["id"] for r in create_jobs(rest, app_id, 2000, tag="quiet")]
     for start in range(0, len(quiet), 500):
         chunk = quiet[start : start + 500]
         rest.call("PUT", "/jobs/", params=[("id", str(i)) for i in chunk], json={"state": "FAILED"})
@@ -141,12 +141,12 @@ def test_pulls_converge_while_a_site_agent_works(
         pulls = 0
         start = time.monotonic()
         try:
-            while time.monotonic() < start + 20:
+            while time.monotonic() < start + 16:
                 client.pull()
                 pulls += 1
                 # The last part without creations and deletions: nothing but the watermark
                 # then brings the late commits (no count differs).
-                if time.monotonic() > start + 10:
+                if time.monotonic() > start + 8:
                     agent.calm.set()
             writer_stop.set()
             threads[1].join()
