@@ -47,14 +47,13 @@ class PullState:
 
     # -- job marks -----------------------------------------------------------------------------
 
-    def unsynced_jobs(self, every: bool = False) -> list[Unsynced]:
-        """Jobs whose children are not known to match the server (``every``: all jobs)."""
+    def unsynced_jobs(self) -> list[Unsynced]:
+        """Jobs whose children are not known to match the server's."""
         done = ", ".join(f"'{s}'" for s in DONE_STATES)
-        where = "" if every else "AND (m.stamp IS NULL OR m.stamp IS NOT j.last_update)"
         rows = self._rows(
             f"SELECT j.id, j.last_update, m.stamp IS NOT NULL, j.state IN ({done}) "
-            f"FROM jobs j LEFT JOIN [{MARKS_TABLE}] m ON m.id = j.id WHERE j.id > 0 {where} "
-            "ORDER BY j.id",
+            f"FROM jobs j LEFT JOIN [{MARKS_TABLE}] m ON m.id = j.id WHERE j.id > 0 "
+            "AND (m.stamp IS NULL OR m.stamp IS NOT j.last_update) ORDER BY j.id",
             [],
         )
         return [Unsynced(r[0], r[1], bool(r[2]), bool(r[3])) for r in rows]

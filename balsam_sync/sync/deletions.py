@@ -35,7 +35,6 @@ class DeletedJobs:
         self.remote = remote
         self.small = small
         self.store = small.mirror.store
-        self.requests = 0
 
     def find(self, server_count: int | None) -> int:
         """Compare with ``server_count`` (taken before the listing); return jobs deleted."""
@@ -50,20 +49,15 @@ class DeletedJobs:
             self.small.store(RESOURCES["Job"], self.remote.select(RESOURCES["Job"], spec)[0])
         return self.small.settle(RESOURCES["Job"], only_here)
 
-    def _count(self, spec: QuerySpec) -> int:
-        self.requests += 1
-        return self.remote.count(RESOURCES["Job"], spec)
-
     def _bisect(self, low: str | None, high: str) -> tuple[set[int], set[int]]:
         """Ids in ``[low, high]`` only the mirror holds, and only the server holds."""
         spec = job_spec(low, high)
         local = self.store.count(spec)
-        remote = self._count(spec)
+        remote = self.remote.count(RESOURCES["Job"], spec)
         if local == remote:
             return set(), set()
         apart = abs(local - remote) > LIST_WHEN_APART * max(local, remote)
         if max(local, remote) <= COMPARE_IDS_BELOW or low == high or apart:
-            self.requests += 1
             there = set(self.remote.ids(RESOURCES["Job"], spec))
             here = {r["id"] for r in self.store.query(spec) if r["id"] > 0}
             return here - there, there - here

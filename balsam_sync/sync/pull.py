@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -135,9 +136,13 @@ class Puller:
         return last is not None and (now - last).total_seconds() >= self.options.reconcile_seconds
 
     def _note(self, report: PullReport) -> Callable[[str, int], None]:
+        lock = threading.Lock()
+
         def note(name: str, rows: int) -> None:
-            report.fetched[name] = report.fetched.get(name, 0) + rows
-            self.progress(name, report.fetched[name], None)
+            with lock:
+                report.fetched[name] = report.fetched.get(name, 0) + rows
+                total = report.fetched[name]
+            self.progress(name, total, None)
 
         return note
 
@@ -155,9 +160,14 @@ class Puller:
         server_count = self.remote.count(RESOURCES["Job"], QuerySpec("Job"))
         now = self.remote.server_date()
         whole = full or (report.full and self._most_jobs_need_children(server_count))
-        with self._children(report, started) as children:
+        with self._children(report, started) as children, ThreadPoolExecutor(1) as side:
+            # Sites, apps, batch jobs and moving transfer items do not depend on the jobs:
+            # they are read meanwhile (the server answers requests in parallel).
+            smalls = side.submit(self._pull_small, report, small)
             listed = self._pull_jobs(watermark, server_count, note, None if whole else children)
-            self._pull_small(report, small, listed, server_count)
+            smalls.result()
+            gone = self._replace_jobs(small, listed) if report.full else 0
+            report.deleted["Job"] = gone + DeletedJobs(self.remote, small).find(server_count)
             if whole:
                 self._whole_children(report, small, listed, started)
             children.store_ready()
@@ -180,15 +190,11 @@ class Puller:
         needed = unfinished + (finished if finished <= self.options.history else 0)
         return needed * WHOLE_WHEN_SHARE >= total
 
-    def _pull_small(
-        self, report: PullReport, small: SmallResources, listed: dict[int, str], count: int
-    ) -> None:
+    def _pull_small(self, report: PullReport, small: SmallResources) -> None:
         for name in ("Site", "App"):
             report.deleted[name] = small.whole(name)
         report.deleted["BatchJob"] = small.batch_jobs(report.full)
         report.deleted["TransferItem"] = 0 if report.full else small.moving_transfer_items()
-        gone = self._replace_jobs(small, listed) if report.full else 0
-        report.deleted["Job"] = gone + DeletedJobs(self.remote, small).find(count)
 
     def _whole_children(
         self, report: PullReport, small: SmallResources, listed: dict[int, str], at: datetime
