@@ -248,3 +248,22 @@ def test_pull_settings_come_from_arguments_or_the_environment(
     monkeypatch.setenv("BALSAM_SYNC_HISTORY_PER_PULL", "many")
     with pytest.raises(ConfigError, match="BALSAM_SYNC_HISTORY_PER_PULL"):
         connect(user, tmp_path / "d")
+
+
+def test_a_direct_edit_of_a_parked_transfer_item_is_found_by_the_periodic_full_pull(
+    account: tuple[Client, Rest, list[Any]], user: User, tmp_path: Path
+) -> None:
+    client, rest, jobs = account
+    client.pull()
+    done = rest.rows("/transfers/", [("job_id", str(jobs[0]["id"]))])[0]
+    # Through the API, without its job changing: no incremental pull can see this.
+    rest.call("PUT", f"/transfers/{done['id']}", json={"transfer_info": {"edited": "yes"}})
+    assert client.pull().full is False
+    assert client.TransferItem.objects.offline().get(id=done["id"]).transfer_info == {}
+    due = connect(user, tmp_path / "home", max_request_seconds=1, reconcile_seconds=0)
+    try:
+        assert due.pull().full is True  # the last full pull is older than reconcile_seconds
+        edited = due.TransferItem.objects.offline().get(id=done["id"])
+        assert edited.transfer_info == {"edited": "yes"}
+    finally:
+        due.close()
