@@ -9,17 +9,15 @@ canonical form (aware UTC timestamps, no extra keys) all live in this module
 from __future__ import annotations
 
 import functools
-import threading
 from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 from .errors import NotFound, Rejected, TransportError
 from .params import FILTER_CHUNK_SIZE, Params, chunked_filter_params, filter_params
 from .resources import MAX_BULK, MAX_PAGE, RESOURCES, Resource
 from .spec import QuerySpec
-from .transport import Reply, Transport
+from .transport import Transport
 
 Row = dict[str, Any]
 
@@ -29,26 +27,6 @@ class Remote:
 
     def __init__(self, transport: Transport) -> None:
         self.transport = transport
-        self._seen = threading.local()
-        transport.on_response.append(self._note_date)
-
-    def _note_date(self, reply: Reply) -> None:
-        self._seen.date = reply.headers.get("Date")
-
-    def server_date(self) -> datetime | None:
-        """The server's clock in the last reply this thread received (its ``Date`` header).
-
-        The header has whole seconds and is written after the request was handled, so it is
-        never later than the moment the reply left the server.
-        """
-        text: str | None = getattr(self._seen, "date", None)
-        if not text:
-            return None
-        try:
-            when = parsedate_to_datetime(text)
-        except (TypeError, ValueError):
-            return None
-        return when.replace(tzinfo=timezone.utc) if when.tzinfo is None else when
 
     # -- reads ---------------------------------------------------------------------------------
 

@@ -190,7 +190,7 @@ def account(user: User, rest: Rest, tmp_path: Path) -> Iterator[tuple[Client, Re
     bjs = rest.rows("/batch-jobs/")
     rest.call("PATCH", "/batch-jobs/", json=[{"id": bjs[0]["id"], "state": "finished"}])
     client = connect(user, tmp_path / "home", max_request_seconds=1)
-    time.sleep(2.5)  # every row is older than max_request_seconds (and the Date's second)
+    time.sleep(3.5)  # every row is older than max_request_seconds (and the Date's second)
     yield client, rest, jobs
     client.close()
 

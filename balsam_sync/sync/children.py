@@ -36,10 +36,13 @@ CHILDREN = ("TransferItem", "EventLog")
 
 @dataclass
 class Fetched:
-    """The children of one chunk of jobs, as the server listed them."""
+    """The children of one chunk of jobs, as the server lists them (one request each)."""
 
     jobs: list[Unsynced]
-    rows: dict[str, list[Row]]
+    rows: dict[str, Future[list[Row]]]
+
+    def done(self) -> bool:
+        return all(f.done() for f in self.rows.values())
 
 
 def plan(
@@ -95,7 +98,7 @@ class ChildrenReader:
         self.fetched = {name: 0 for name in CHILDREN}
         self.queued: set[int] = set()
         self._buffer: list[Unsynced] = []
-        self._pending: deque[Future[Fetched]] = deque()
+        self._pending: deque[Fetched] = deque()
         self._pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix="balsam-sync-pull")
 
     def __enter__(self) -> ChildrenReader:
@@ -117,12 +120,14 @@ class ChildrenReader:
             del self._buffer[:FILTER_CHUNK_SIZE]
 
     def _send(self, chunk: list[Unsynced]) -> None:
-        self._pending.append(self._pool.submit(self._fetch, chunk))
+        ids = [u.id for u in chunk]
+        rows = {name: self._pool.submit(self._fetch, name, ids) for name in CHILDREN}
+        self._pending.append(Fetched(chunk, rows))
 
     def store_ready(self) -> None:
         """Store the children that have arrived (in the order they were asked for)."""
         while self._pending and self._pending[0].done():
-            self._store(self._pending.popleft().result())
+            self._store(self._pending.popleft())
 
     def finish(self) -> dict[str, int]:
         """Wait for every queued job's children and store them; return rows per resource."""
@@ -130,27 +135,25 @@ class ChildrenReader:
             self._send(self._buffer)
             self._buffer = []
         while self._pending:
-            self._store(self._pending.popleft().result())
+            self._store(self._pending.popleft())
         return self.fetched
 
-    def _fetch(self, jobs: list[Unsynced]) -> Fetched:
-        ids = [u.id for u in jobs]
-        rows = {}
-        for name in CHILDREN:
-            spec = QuerySpec(name).with_filters({"job_id": ids})
-            rows[name] = self.remote.select(RESOURCES[name], spec)[0]
-        return Fetched(jobs, rows)
+    def _fetch(self, name: str, job_ids: list[int]) -> list[Row]:
+        spec = QuerySpec(name).with_filters({"job_id": job_ids})
+        return self.remote.select(RESOURCES[name], spec)[0]
 
     def _store(self, got: Fetched) -> None:
-        store = self.mirror.store
+        arrived = {name: future.result() for name, future in got.rows.items()}  # no waiting
+        store = self.mirror.store  # for the network inside the write transaction below
         with store.write():
             held = self.state.existing("Job", [u.id for u in got.jobs])
             jobs = [u for u in got.jobs if u.id in held]
             ids = [u.id for u in jobs]
             for name in CHILDREN:
-                rows = [r for r in got.rows[name] if r["job_id"] in held]
+                listed = arrived[name]
+                rows = [r for r in listed if r["job_id"] in held]
                 written = self.state.replace_children(name, ids, rows)
                 self.mirror.outbox.overlay(name, written)
-                self.fetched[name] += len(got.rows[name])
+                self.fetched[name] += len(listed)
                 self.progress(name, self.fetched[name])
             self.state.set_marks([(u.id, u.stamp) for u in jobs], self.at)

@@ -15,8 +15,10 @@ follows (sync/deletions.py) finds any job a concurrent deletion made it skip.
 
 from __future__ import annotations
 
+import itertools
 import queue
 import threading
+from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timedelta
@@ -81,17 +83,27 @@ def job_pages(remote: Remote, since: str | None, size: int = JOB_PAGE) -> Iterat
         after = stamp_after(last)
 
 
-def id_pages(
-    remote: Remote, count: int, size: int = JOB_PAGE, workers: int = 2
-) -> Iterator[list[Row]]:
-    """Yield every job, by id, in pages of ``size`` read ``workers`` at a time (``count``: how
-    many jobs the server reported; jobs created since are read by the next pull)."""
+def id_pages(remote: Remote, size: int = JOB_PAGE, workers: int = 2) -> Iterator[list[Row]]:
+    """Yield every job, by id, in pages of ``size`` read ``workers`` at a time. The first
+    page's count fixes how many pages there are; jobs created since are the next pull's."""
     res = RESOURCES["Job"]
 
     def page(low: int) -> list[Row]:
         return remote.select(res, QuerySpec("Job").with_window(low, low + size))[0]
 
-    yield from bounded_map(page, range(0, max(count, 1), size), workers)
+    first, count = remote.select(res, QuerySpec("Job").with_window(0, size))
+    with ThreadPoolExecutor(max(1, workers), thread_name_prefix="balsam-sync-pull") as pool:
+        offsets = iter(range(size, count, size))
+        pending = deque(pool.submit(page, low) for low in itertools.islice(offsets, workers))
+        try:
+            yield first
+            while pending:
+                rows = pending.popleft().result()
+                pending.extend(pool.submit(page, low) for low in itertools.islice(offsets, 1))
+                yield rows
+        finally:
+            for future in pending:
+                future.cancel()
 
 
 def bounded_map(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Iterator[R]:
@@ -118,10 +130,11 @@ def bounded_map(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Itera
 
 
 def prefetched(pages: Iterator[list[Row]]) -> Generator[list[Row], None, None]:
-    """Fetch the next page while the caller stores the current one (a thread and a slot).
+    """Fetch pages in a thread, starting now, handing them over one at a time: the next page
+    is on the wire while the caller stores the current one.
 
-    When the caller stops early (its write failed), the fetching thread is told to stop
-    instead of waiting forever to hand over its next page.
+    When the caller stops early (its write failed) or closes the generator without reading,
+    the fetching thread is told to stop instead of waiting forever to hand over its next page.
     """
     slot: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=1)
     stop = threading.Event()
@@ -146,6 +159,12 @@ def prefetched(pages: Iterator[list[Row]]) -> Generator[list[Row], None, None]:
         hand_over(("end", None))
 
     threading.Thread(target=fetch, name="balsam-sync-prefetch", daemon=True).start()
+    return _handed_over(slot, stop)
+
+
+def _handed_over(
+    slot: queue.Queue[tuple[str, Any]], stop: threading.Event
+) -> Generator[list[Row], None, None]:
     try:
         while True:
             kind, item = slot.get()

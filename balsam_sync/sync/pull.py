@@ -26,10 +26,11 @@ requests. Every ``reconcile_seconds`` (and on ``pull(full=True)``) a pull re-rea
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Generator, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 from ..cache.mirror import Mirror
@@ -89,16 +90,32 @@ class PullReport:
 
 
 class _Meter:
-    """Counts the requests and bytes of the replies received while a pull runs."""
+    """Counts the requests and bytes of the replies received while a pull runs, and keeps the
+    server's clock at the earliest moment a request of it was sent (``sent``)."""
 
     def __init__(self, report: PullReport) -> None:
         self.report = report
         self.lock = threading.Lock()
+        self.sent: datetime | None = None
 
     def __call__(self, reply: Reply) -> None:
+        at = _sent_at(reply)
         with self.lock:
             self.report.requests += 1
             self.report.bytes += reply.size
+            if at is not None and (self.sent is None or at < self.sent):
+                self.sent = at
+
+
+def _sent_at(reply: Reply) -> datetime | None:
+    """The server's clock no later than when the request was sent: its ``Date`` (whole
+    seconds, written once the reply was ready) minus the time the reply took."""
+    try:
+        date = parsedate_to_datetime(reply.headers.get("Date", ""))
+    except (TypeError, ValueError):
+        return None
+    date = date.replace(tzinfo=timezone.utc) if date.tzinfo is None else date
+    return date - timedelta(seconds=reply.seconds)
 
 
 class Puller:
@@ -125,7 +142,7 @@ class Puller:
         hooks = self.remote.transport.on_response
         hooks.append(meter)
         try:
-            self._pull(report, full or self._reconcile_due(started))
+            self._pull(report, full or self._reconcile_due(started), meter)
         finally:
             hooks.remove(meter)
         return report
@@ -146,7 +163,7 @@ class Puller:
 
         return note
 
-    def _pull(self, report: PullReport, full: bool) -> None:
+    def _pull(self, report: PullReport, full: bool, meter: _Meter) -> None:
         """``full``: re-read everything. A first pull lists everything too, but reads the
         history of finished jobs ``history_per_pull`` at a time, as incremental pulls do."""
         started = report.started_at or datetime.now(timezone.utc)
@@ -156,18 +173,21 @@ class Puller:
         small = SmallResources(self.remote, self.mirror, note)
         for name in ("Job", "TransferItem", "EventLog"):
             report.fetched.setdefault(name, 0)
-        # The count first: its Date is the server's clock before the listing (the watermark).
-        server_count = self.remote.count(RESOURCES["Job"], QuerySpec("Job"))
-        now = self.remote.server_date()
-        whole = full or (report.full and self._most_jobs_need_children(server_count))
-        with self._children(report, started) as children, ThreadPoolExecutor(1) as side:
-            # Sites, apps, batch jobs and moving transfer items do not depend on the jobs:
-            # they are read meanwhile (the server answers requests in parallel).
+        with self._children(report, started) as children, ThreadPoolExecutor(3) as side:
+            # Requests that do not depend on the job listing run meanwhile (the server answers
+            # in parallel): the count behind the deletion check (taken before the listing or
+            # after it, the two-way check holds), sites, apps, batch jobs, moving items.
+            counted = side.submit(self._count, {})
             smalls = side.submit(self._pull_small, report, small)
-            listed = self._pull_jobs(watermark, server_count, note, None if whole else children)
+            pages = self._job_pages(watermark)  # on the wire from now on
+            try:
+                whole = full or (report.full and self._most_need_children(counted))
+                listed = self._pull_jobs(pages, note, None if whole else children)
+            finally:
+                pages.close()
             smalls.result()
             gone = self._replace_jobs(small, listed) if report.full else 0
-            report.deleted["Job"] = gone + DeletedJobs(self.remote, small).find(server_count)
+            report.deleted["Job"] = gone + DeletedJobs(self.remote, small).find(counted.result())
             if whole:
                 self._whole_children(report, small, listed, started)
             children.store_ready()
@@ -179,16 +199,24 @@ class Puller:
                 report.fetched[name] += rows
         if full:
             self.state.drop_stray_marks()
-        self._finish(report, started, self._next_watermark(now, listed, watermark))
+        self._finish(report, started, self._next_watermark(meter.sent, listed, watermark))
 
-    def _most_jobs_need_children(self, total: int) -> bool:
+    def _count(self, filters: dict[str, Any]) -> int:
+        return self.remote.count(RESOURCES["Job"], QuerySpec("Job").with_filters(filters))
+
+    def _most_need_children(self, total: Future[int]) -> bool:
         """Whether reading every transfer item and event beats reading them by job (a first
         pull of an account whose jobs are mostly unfinished: requests by job cost more)."""
-        spec = QuerySpec("Job").with_filters({"state": UNFINISHED_JOB_STATES})
-        unfinished = self.remote.count(RESOURCES["Job"], spec)
-        finished = total - unfinished
+        unfinished = self._count({"state": UNFINISHED_JOB_STATES})
+        finished = total.result() - unfinished
         needed = unfinished + (finished if finished <= self.options.history else 0)
-        return needed * WHOLE_WHEN_SHARE >= total
+        return needed * WHOLE_WHEN_SHARE >= total.result()
+
+    def _job_pages(self, since: str | None) -> Generator[list[Row], None, None]:
+        """Every job when ``since`` is None, else those stamped since (sync/pages.py)."""
+        if since is None:
+            return prefetched(id_pages(self.remote, workers=self.options.workers))
+        return prefetched(job_pages(self.remote, since))
 
     def _pull_small(self, report: PullReport, small: SmallResources) -> None:
         for name in ("Site", "App"):
@@ -215,20 +243,14 @@ class Puller:
 
     def _pull_jobs(
         self,
-        since: str | None,
-        count: int,
+        pages: Iterator[list[Row]],
         note: Callable[[str, int], None],
         children: ChildrenReader | None,
     ) -> dict[int, str]:
-        """Store the jobs stamped since ``since`` (all when None) and queue the children of
-        those that need them (unless ``children`` is None); return listed ids and stamps."""
+        """Store the listed jobs and queue the children of those that need them (unless
+        ``children`` is None); return the listed ids and stamps."""
         listed: dict[int, str] = {}
         store = self.mirror.store
-        pages = (
-            id_pages(self.remote, count, workers=self.options.workers)
-            if since is None
-            else prefetched(job_pages(self.remote, since))
-        )
         for page in pages:
             if children is not None:
                 children.submit(urgent_in(page, self.state.marks([r["id"] for r in page])))
@@ -248,7 +270,8 @@ class Puller:
     def _next_watermark(
         self, now: datetime | None, listed: dict[int, str], previous: str | None
     ) -> str | None:
-        """The server's clock before the listing, minus the longest a request may run."""
+        """The server's clock when the pull's first request left (so before the listing),
+        minus the longest a request may run."""
         margin = timedelta(seconds=self.options.max_request_seconds)
         if now is not None:
             return canonical_time((now - margin).isoformat())
