@@ -31,13 +31,13 @@ from .objects import App, BatchJob, EventLog, Site, TransferItem
 from .outcomes import Backoff
 from .remote import Remote
 from .retry import RetryPolicy
+from .serverclock import Clock
 from .session import Session, set_default_client_factory
 from .sync.dead import edited_payload
-from .sync.pull import Progress, Puller, PullReport
+from .sync.pull import Progress, Puller, PullOptions, PullReport
 from .sync.replay import PushReport
 from .sync.status import SyncStatus, sync_status
 from .token import user_of
-from .serverclock import Clock
 from .transport import Transport
 
 M = TypeVar("M", bound=Model)
@@ -170,9 +170,13 @@ class Client:
         mirror = self.mirror
         try:
             self.transport.ensure_reachable()  # tried now, even while the link backs off
-            report = Puller(self.remote, mirror, progress, clock=self.transport.clock).pull(
-                full=full
+            options = PullOptions(
+                max_request_seconds=self.settings.max_request_seconds,
+                reconcile_seconds=self.settings.reconcile_seconds,
+                history=self.settings.history_per_pull,
             )
+            puller = Puller(self.remote, mirror, progress, options, clock=self.transport.clock)
+            report = puller.pull(full=full)
         except BalsamSyncError as exc:
             self._note_error(f"pull failed: {exc}")
             raise

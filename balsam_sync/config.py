@@ -99,6 +99,14 @@ def offline_from_env() -> bool:
     return os.environ.get(ENV_OFFLINE, "").strip().lower() in ("1", "true", "yes")
 
 
+PULL_ENV = {
+    "max_request_seconds": (ENV_MAX_REQUEST, float),
+    "reconcile_seconds": ("BALSAM_SYNC_RECONCILE_SECONDS", float),
+    "history_per_pull": ("BALSAM_SYNC_HISTORY_PER_PULL", int),
+}
+"""Pull settings that may also come from the environment (e.g. for ``balsam-sync daemon``)."""
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything needed to build a client.
@@ -112,8 +120,17 @@ class Settings:
         offline: never touch the network (``BALSAM_SYNC_OFFLINE=1``).
         verify_tls: verify TLS certificates (turn off only explicitly).
         settings_path: the client.yml the values came from, if any.
-        max_request_seconds: the longest the server may take between receiving a request and
-            committing it (a POST whose reply was lost is only resent after this long).
+        max_request_seconds: the longest the server may take from receiving a request to
+            committing it (plus any clock difference between the server and its database).
+            The server stamps a job's ``last_update`` when a request starts, so a pull reads
+            again every job stamped within this many seconds before the server's clock
+            (balsam_sync/sync/pull.py), and a POST whose reply was lost is only resent after
+            this long.
+        reconcile_seconds: a pull re-reads everything (as ``pull(full=True)``) when the last
+            full pull is older than this.
+        history_per_pull: most finished jobs whose transfer items and events (their history)
+            one pull reads when they were never read (unfinished and changed jobs are always
+            read): a first pull of a large account stays short and later pulls complete it.
         retry_backoff: seconds writes and reads stay away from a server that just could not
             be reached, and writes wait before resending a change the server failed (doubled
             after each further failure, up to 60 s and 5 min).
@@ -130,6 +147,14 @@ class Settings:
     settings_path: Path | None = None
     max_request_seconds: float = 120.0
     retry_backoff: float = 2.0
+    reconcile_seconds: float = 86_400.0
+    history_per_pull: int = 1000
+
+    def __post_init__(self) -> None:
+        for name in PULL_ENV:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                raise ConfigError(f"{name} must be a number >= 0, got {value!r}")
 
     def __repr__(self) -> str:
         # The token never appears in logs, reprs or tracebacks.
@@ -230,11 +255,7 @@ def load_settings(
     for key in ("connect_timeout", "read_timeout", "retry_count"):
         if key in stored:
             values[key] = stored[key]
-    if os.environ.get(ENV_MAX_REQUEST):
-        try:
-            values["max_request_seconds"] = float(os.environ[ENV_MAX_REQUEST])
-        except ValueError as exc:
-            raise ConfigError(f"{ENV_MAX_REQUEST} must be a number of seconds") from exc
+    values.update(_pull_env())
     values.update(overrides)
     try:
         return Settings(**values)
@@ -248,3 +269,15 @@ def _same(stored: dict[str, Any], root: str) -> bool:
         return server_key(str(stored.get("api_root", ""))) == server_key(root)
     except ConfigError:
         return False
+
+
+def _pull_env() -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, (env, kind) in PULL_ENV.items():
+        text = os.environ.get(env)
+        if text:
+            try:
+                out[name] = kind(text)
+            except ValueError as exc:
+                raise ConfigError(f"{env} must be a number, got {text!r}") from exc
+    return out

@@ -14,6 +14,7 @@
     │   ├── MirrorFull              its disk is full: nothing was written
     │   └── MirrorBusy              another process kept it locked past the busy timeout
     ├── OfflineError                the answer needs the server, but the client is offline
+    │   └── NoEvidence              ...and the mirror cannot tell either (never pulled or asked)
     └── TransportError              the server could not be asked or answered badly
         ├── ServerUnreachable       no answer after the bounded retries
         │   ├── ConnectFailed       the request never left (safe to resend)
@@ -94,6 +95,15 @@ class MirrorBusy(MirrorError):
 
 class OfflineError(BalsamSyncError):
     """The request needs the server but the client is in offline mode."""
+
+
+class NoEvidence(OfflineError):
+    """The server cannot be asked, and the mirror holds no evidence for this query.
+
+    The mirror answers only what it knows: a query it never saw answered (no pull of the
+    resource, no earlier server answer to the same filters) would otherwise read as "nothing
+    matches". Pull while online (``client.pull()``), or ask the server (``.online()``).
+    """
 
 
 class TransportError(BalsamSyncError):

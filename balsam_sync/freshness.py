@@ -12,6 +12,8 @@ from datetime import datetime
 from enum import Enum
 from typing import Any, Literal
 
+from .errors import OfflineError
+
 Source = Literal["server", "cache"]
 
 
@@ -56,6 +58,28 @@ def fresh(max_age: float) -> ReadPolicy:
     return ReadPolicy(ReadMode.FRESH, max_age)
 
 
+LATEST = fresh(0.0)
+"""The server whenever it can be reached; the mirror, marked stale, when it cannot."""
+
+
+def choose(default: ReadPolicy, policy: PolicyArg, *, offline: bool, latest: bool) -> ReadPolicy:
+    """The policy a read follows; in offline mode every read is a mirror read.
+
+    ``latest``: the read names objects (``get()``, ``refresh_from_db()``), which upstream
+    always asks the server: unless the query chose a policy, so does this one when it can.
+    """
+    chosen = default if policy is USE_CLIENT_DEFAULT else policy
+    if latest and policy is USE_CLIENT_DEFAULT and chosen.mode is ReadMode.AUTO:
+        chosen = LATEST
+    if offline and chosen.mode is not ReadMode.OFFLINE:
+        if chosen.mode is ReadMode.ONLINE:
+            raise OfflineError(
+                "this query is .online(), but the client is offline (BALSAM_SYNC_OFFLINE=1)"
+            )
+        return OFFLINE
+    return chosen
+
+
 @dataclass(frozen=True)
 class RowLayout:
     """The shape of packed mirror rows: their column names and how one row is unpacked.
@@ -96,3 +120,28 @@ class Answer:
         if self.layout is None:
             return self.rows
         return [self.layout.as_dict(row) for row in self.rows]
+
+
+class Provenanced:
+    """Where the read that loaded an object came from (model instances carry this)."""
+
+    __slots__ = ("_prov",)
+    _prov: Answer
+
+    @property
+    def source(self) -> Source | None:
+        """ "server" or "cache": where the read that loaded this object was answered."""
+        prov: Answer | None = getattr(self, "_prov", None)
+        return prov.source if prov is not None else None
+
+    @property
+    def as_of(self) -> datetime | None:
+        """When the server last confirmed this object's values (None: unknown)."""
+        prov: Answer | None = getattr(self, "_prov", None)
+        return prov.as_of if prov is not None else None
+
+    @property
+    def stale(self) -> bool:
+        """True when the server was wanted but could not be asked, and the mirror answered."""
+        prov: Answer | None = getattr(self, "_prov", None)
+        return prov.stale if prov is not None else False

@@ -17,7 +17,7 @@ from typing import Any
 from .cache.mirror import Mirror
 from .cache.outbox import Op
 from .errors import BalsamSyncError, NotAuthenticated, OfflineError, ServerUnreachable
-from .freshness import OFFLINE, USE_CLIENT_DEFAULT, Answer, PolicyArg, ReadMode, ReadPolicy
+from .freshness import Answer, PolicyArg, ReadMode, ReadPolicy, choose
 from .params import FILTER_CHUNK_SIZE
 from .remote import Remote
 from .resources import Resource
@@ -33,8 +33,10 @@ __all__ = ["Gateway", "WriteResult", "provisional_row"]
 log = logging.getLogger(__name__)
 
 Row = dict[str, Any]
-DEFAULT_MAX_AGE = 300.0
-"""Seconds a full sync stays fresh enough to answer queries under the AUTO policy."""
+DEFAULT_MAX_AGE = 30.0
+"""Seconds a full sync stays fresh enough to answer queries under the AUTO policy: a loop that
+polls with default-policy queries sees a change the server committed after the pull within
+this time (a pull's ``as_of`` is when it started)."""
 
 
 class Gateway:
@@ -89,16 +91,9 @@ class Gateway:
             )
         return self._replayer
 
-    def _policy(self, policy: PolicyArg) -> ReadPolicy:
-        """The policy a read follows; in offline mode every read is a mirror read."""
-        chosen = self.default_policy if policy is USE_CLIENT_DEFAULT else policy
-        if self.offline and chosen.mode is not ReadMode.OFFLINE:
-            if chosen.mode is ReadMode.ONLINE:
-                raise OfflineError(
-                    "this query is .online(), but the client is offline (BALSAM_SYNC_OFFLINE=1)"
-                )
-            return OFFLINE
-        return chosen
+    def _policy(self, policy: PolicyArg, latest: bool = False) -> ReadPolicy:
+        """The policy a read follows (``latest``: a read that names objects, see freshness)."""
+        return choose(self.default_policy, policy, offline=self.offline, latest=latest)
 
     # -- reads ---------------------------------------------------------------------------------
 
@@ -114,22 +109,30 @@ class Gateway:
             when = cov.as_of if cov else None
         max_age = pol.max_age if pol.max_age is not None else self.max_age
         # A stamp ahead of the clock (it was set back since) is never fresh.
-        if when is not None and 0 <= (self.clock() - when).total_seconds() <= max_age:
+        if (
+            when is not None
+            and max_age > 0
+            and 0 <= (self.clock() - when).total_seconds() <= max_age
+        ):
             return when
         return None
 
     def _offline_as_of(self, spec: QuerySpec, count: bool) -> datetime | None:
-        book = self.mirror.coverage
-        cov = book.for_count(spec) if count else book.for_rows(spec)
-        when = cov.as_of if cov else book.full_sync_at(spec.resource)
+        """When the server confirmed the mirror's answer; NoEvidence if it has none."""
+        return self._capped(self.mirror.coverage.evidence(spec, count).as_of)
+
+    def _capped(self, when: datetime | None) -> datetime | None:
         return min(when, self.clock()) if when else None  # never ahead of the clock
 
     @server_if_unmirrored()
-    def fetch(self, res: Resource, spec: QuerySpec, policy: PolicyArg) -> Answer:
+    def fetch(
+        self, res: Resource, spec: QuerySpec, policy: PolicyArg, latest: bool = False
+    ) -> Answer:
         """Return the rows of ``spec`` from wherever the policy allows."""
-        pol = self._policy(policy)
+        pol = self._policy(policy, latest)
         if pol.mode is ReadMode.OFFLINE:
-            return self._mirror_rows(spec, self._offline_as_of(spec, False), stale=False)
+            ev = self.mirror.coverage.evidence(spec, False)
+            return self._mirror_rows(spec, self._capped(ev.as_of), stale=ev.partial)
         cached = self._cached_as_of(spec, pol, count=False)
         if cached is not None:
             return self._mirror_rows(spec, cached, stale=False)
@@ -157,7 +160,8 @@ class Gateway:
         """Return how many objects match ``spec`` (rows are not fetched)."""
         pol = self._policy(policy)
         if pol.mode is ReadMode.OFFLINE:
-            return self._mirror_count(spec, self._offline_as_of(spec, True), stale=False)
+            ev = self.mirror.coverage.evidence(spec, True)
+            return self._mirror_count(spec, self._capped(ev.as_of), stale=ev.partial)
         cached = self._cached_as_of(spec, pol, count=True)
         if cached is not None:
             return self._mirror_count(spec, cached, stale=False)
@@ -208,6 +212,7 @@ class Gateway:
         """Yield the rows of ``spec`` without holding them all."""
         pol = self._policy(policy)
         if pol.mode is ReadMode.OFFLINE or self._cached_as_of(spec, pol, count=False):
+            self.mirror.coverage.evidence(spec, False)
             yield from self.mirror.store.stream(spec, chunk_size)
             return
         if any(isinstance(v, tuple) and len(v) > FILTER_CHUNK_SIZE for _, v in spec.filters):
@@ -368,15 +373,18 @@ class Gateway:
         return WriteResult(self._current(res, [i for i, _ in items]), errors)
 
     def _resolve_ids(self, res: Resource, spec: QuerySpec) -> list[int]:
-        """The ids a query update/delete means now: the server's answer, else the mirror's."""
+        """The ids a query update/delete means now: the server's answer, else the mirror's
+        (NoEvidence when it cannot tell: nothing is changed rather than the wrong objects)."""
         if not self.offline:
             try:
                 rows, _ = self.remote.select(res, spec.unsliced())
                 with self.mirror.store.write():
                     self.mirror.store.upsert(res.name, rows)
                     self.mirror.outbox.overlay(res.name, [r["id"] for r in rows])
+                return [r["id"] for r in self.mirror.store.query(spec.unsliced())]
             except ServerUnreachable:
                 pass
+        self.mirror.coverage.evidence(spec.unsliced(), False)
         return [r["id"] for r in self.mirror.store.query(spec.unsliced())]
 
     def query_update(self, res: Resource, spec: QuerySpec, changes: Row) -> WriteResult:

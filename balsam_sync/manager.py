@@ -205,12 +205,15 @@ class Manager(Generic[M]):
             self._load_all([obj], self._gateway.update(self._resource, obj._saved_id(), changes))
 
     def _refresh(self, obj: M) -> None:
+        """Reload ``obj`` from the server (from the mirror, marked stale, when unreachable)."""
         obj_id = obj._saved_id()
-        answer = self._fetch(QuerySpec(self._resource.name).with_filters({"id": [obj_id]}))
+        spec = QuerySpec(self._resource.name).with_filters({"id": [obj_id]})
+        answer = self._fetch(spec, latest=True)
         rows = answer.dicts()
         if not rows:
             raise self.model.DoesNotExist(f"{self.model.__name__} {obj_id} no longer exists")
         obj._load(rows[0])
+        obj._prov = answer
 
     def _delete(self, obj: M) -> None:
         if not self._resource.can_delete:
@@ -220,8 +223,10 @@ class Manager(Generic[M]):
 
     # -- plumbing for Query --------------------------------------------------------------------
 
-    def _fetch(self, spec: QuerySpec, policy: PolicyArg = USE_CLIENT_DEFAULT) -> Answer:
-        return self._gateway.fetch(self._resource, spec, policy)
+    def _fetch(
+        self, spec: QuerySpec, policy: PolicyArg = USE_CLIENT_DEFAULT, latest: bool = False
+    ) -> Answer:
+        return self._gateway.fetch(self._resource, spec, policy, latest)
 
     def _count(self, spec: QuerySpec, policy: PolicyArg = USE_CLIENT_DEFAULT) -> Answer:
         return self._gateway.count(self._resource, spec, policy)

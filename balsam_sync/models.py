@@ -25,7 +25,7 @@ from .errors import (
     UsageTypeError,
 )
 from .fields import Converter, converters, json_fields, validate_field, validate_payload
-from .freshness import RowLayout
+from .freshness import Provenanced, RowLayout
 from .resources import Resource
 
 __all__ = ["Model", "ModelState"]
@@ -33,7 +33,7 @@ __all__ = ["Model", "ModelState"]
 Row = dict[str, Any]
 
 
-class Model:
+class Model(Provenanced):
     """Base of Site, App, Job, BatchJob, TransferItem and EventLog.
 
     Each subclass gets its own ``DoesNotExist`` and ``MultipleObjectsReturned``, so catching

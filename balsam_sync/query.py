@@ -128,6 +128,8 @@ class Query(Generic[M]):
             else:
                 build = model._from_row
                 self._result = [build(row) for row in answer.rows]  # type: ignore[misc]
+            for obj in self._result:
+                obj._prov = answer
             self._answer = answer
         return self._result
 
@@ -198,7 +200,8 @@ class Query(Generic[M]):
         """
         self._refuse_if_sliced("get from")
         q = self.filter(**filters) if filters else self
-        answer = self._manager._fetch(q._spec.with_window(0, 2), q._policy)
+        # Like upstream, get() asks the server whenever it can (unless a policy was chosen).
+        answer = self._manager._fetch(q._spec.with_window(0, 2), q._policy, latest=True)
         model = self._manager.model
         rows = answer.dicts()
         if not rows:
@@ -210,7 +213,9 @@ class Query(Generic[M]):
             raise model.MultipleObjectsReturned(
                 f"Returned {n} {model.__name__} objects; expected one!"
             )
-        return model._from_row(rows[0])  # type: ignore[return-value]
+        obj = model._from_row(rows[0])
+        obj._prov = answer
+        return obj  # type: ignore[return-value]
 
     # -- bulk changes --------------------------------------------------------------------------
 

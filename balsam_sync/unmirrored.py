@@ -58,9 +58,11 @@ def server_if_unmirrored(count: bool = False) -> Callable[[F], F]:
 
     def wrap(read: F) -> F:
         @functools.wraps(read)
-        def plain(self: Gateway, res: Resource, spec: QuerySpec, policy: PolicyArg) -> Answer:
+        def plain(
+            self: Gateway, res: Resource, spec: QuerySpec, policy: PolicyArg, *rest: Any
+        ) -> Answer:
             try:
-                answer: Answer = read(self, res, spec, policy)
+                answer: Answer = read(self, res, spec, policy, *rest)
             except MirrorError as exc:
                 return _instead(self, exc, res, spec, policy, count)
             return answer

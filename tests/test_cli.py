@@ -176,7 +176,9 @@ def test_pull_then_jobs_offline_with_filters(
 
 
 def test_jobs_before_any_pull_says_so(run: Run) -> None:
-    assert "0 of 0 jobs, from cache (never synced" in run("jobs").stdout
+    # The mirror never saw the account: it says so instead of answering "0 jobs".
+    result = run("jobs", code=1)
+    assert "never pulled" in result.output + result.stderr
 
 
 # -- dead letters ----------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """The mirror after online writes (write-through) and the mirror file itself.
 
-Every test talks to the real Balsam server: after a write, ``.offline()`` answers (which never
-touch the network) must show exactly what ``.online()`` answers show, server-derived values
-included (states the server rewrote, ``last_update``, cascades of deletes).
+Every test talks to the real Balsam server: after a write, the mirror's rows (read without a
+request, ``.offline()`` where the mirror has evidence for the query) must show exactly what
+``.online()`` answers show, server-derived values included (states the server rewrote,
+``last_update``, cascades of deletes).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from balsam_sync.client import Client
 from balsam_sync.errors import MirrorError
 from balsam_sync.token import user_of
 from tests.conftest import FAST_RETRY, RequestLog, User, register_user
+from tests.mirror_view import held, held_count
 
 Row = dict[str, Any]
 
@@ -46,14 +48,14 @@ def by_id(query: Any) -> dict[int, Row]:
 
 def online_offline(query_of: Any) -> tuple[dict[int, Row], dict[int, Row]]:
     """Rows of the same query from the server and from the mirror."""
-    return by_id(query_of().online()), by_id(query_of().offline())
+    return by_id(query_of().online()), by_id(held(query_of()))
 
 
 def assert_field(client: Client, model: str, field: str) -> None:
     """``field`` of every object of ``model`` is the same online and offline."""
     manager = getattr(client, model).objects
     online = {o.id: o.to_dict()[field] for o in manager.online()}
-    offline = {o.id: o.to_dict()[field] for o in manager.offline()}
+    offline = {o.id: o.to_dict()[field] for o in held(manager.all())}
     assert offline == online, f"{model}.{field}"
 
 
@@ -92,13 +94,14 @@ def test_created_job_is_staged_in_offline_without_a_request(
     assert str(cached.workdir) == "w/a"
     assert cached.app_id == app.id
     assert cached.last_update == job.last_update
-    assert client.Job.objects.offline().count() == 1
-    assert client.Job.objects.filter(tags={"k": "v"}).offline().count() == 1
+    assert held_count(client.Job.objects.all()) == 1
+    assert held_count(client.Job.objects.filter(tags={"k": "v"})) == 1
 
 
 @pytest.fixture
 def rich(client: Client) -> Client:
     """One object of every kind with nested and JSON fields, written through online."""
+    client.pull()  # the mirror knows the (empty) account: .offline() may answer from here on
     site = client.Site.objects.create(
         name="rich",
         path="/projects/rich",
@@ -242,8 +245,8 @@ def test_save_postprocessed_ends_job_finished_everywhere(client: Client, app: An
     assert server.state == "JOB_FINISHED"
     assert cached.last_update == server.last_update == job.last_update
     assert cached.last_update > before
-    assert client.Job.objects.filter(state="JOB_FINISHED").offline().count() == 1
-    assert client.Job.objects.filter(state="POSTPROCESSED").offline().count() == 0
+    assert held_count(client.Job.objects.filter(state="JOB_FINISHED")) == 1
+    assert held_count(client.Job.objects.filter(state="POSTPROCESSED")) == 0
 
 
 def test_ready_is_stored_as_staged_in_offline(client: Client, app: Any) -> None:
@@ -274,7 +277,7 @@ def test_bulk_update_writes_server_rows_through(client: Client, app: Any) -> Non
         c.id: "STAGED_IN",
     }
     assert states_offline(client, ids) == states_online(client, ids)
-    assert [j.id for j in client.Job.objects.filter(tags={"edited": "yes"}).offline()] == [b.id]
+    assert [j.id for j in held(client.Job.objects.filter(tags={"edited": "yes"}))] == [b.id]
     assert_field(client, "Job", "last_update")
 
 
@@ -314,7 +317,7 @@ def test_children_promoted_by_the_server_are_seen_offline(client: Client, app: A
     ids = [p1.id, p2.id, only_p1.id, both.id]
     assert states_offline(client, ids) == states_online(client, ids)
     assert_field(client, "Job", "last_update")
-    assert [j.id for j in client.Job.objects.filter(parent_id=[p2.id]).offline()] == [both.id]
+    assert [j.id for j in held(client.Job.objects.filter(parent_id=[p2.id]))] == [both.id]
 
 
 def test_children_promoted_by_bulk_update_are_seen_offline(client: Client, app: Any) -> None:
@@ -333,14 +336,14 @@ def test_job_delete_removes_job_and_its_events_offline(client: Client, app: Any)
     gone.save()
     events = list(client.EventLog.objects.filter(job_id=[gone.id]).online())
     assert len(events) >= 2  # CREATED -> STAGED_IN, STAGED_IN -> JOB_FINISHED
-    assert client.EventLog.objects.filter(job_id=[gone.id]).offline().count() == len(events)
+    assert held_count(client.EventLog.objects.filter(job_id=[gone.id])) == len(events)
     gone_id = gone.id
     gone.delete()
     assert gone.id is None
-    assert [j.id for j in client.Job.objects.offline()] == [keep.id]
-    assert list(client.EventLog.objects.filter(job_id=[gone_id]).offline()) == []
-    assert client.EventLog.objects.filter(job_id=[gone_id]).offline().count() == 0
-    assert {e.job_id for e in client.EventLog.objects.offline()} <= {keep.id}
+    assert [j.id for j in held(client.Job.objects.all())] == [keep.id]
+    assert list(held(client.EventLog.objects.filter(job_id=[gone_id]))) == []
+    assert held_count(client.EventLog.objects.filter(job_id=[gone_id])) == 0
+    assert {e.job_id for e in held(client.EventLog.objects.all())} <= {keep.id}
 
 
 def test_query_delete_removes_exactly_the_deleted_jobs_offline(client: Client, app: Any) -> None:
@@ -348,10 +351,10 @@ def test_query_delete_removes_exactly_the_deleted_jobs_offline(client: Client, a
     kept = make_jobs(client, app, 2, tags={"del": "0"})
     list(client.EventLog.objects.online())
     assert client.Job.objects.filter(tags={"del": "1"}).delete() == 3
-    assert sorted(by_id(client.Job.objects.offline())) == sorted(j.id for j in kept)
-    assert client.Job.objects.filter(tags={"del": "1"}).offline().count() == 0
+    assert sorted(by_id(held(client.Job.objects.all()))) == sorted(j.id for j in kept)
+    assert held_count(client.Job.objects.filter(tags={"del": "1"})) == 0
     doomed_ids = [j.id for j in doomed]
-    assert client.EventLog.objects.filter(job_id=doomed_ids).offline().count() == 0
+    assert held_count(client.EventLog.objects.filter(job_id=doomed_ids)) == 0
     assert_field(client, "Job", "last_update")
 
 
@@ -369,7 +372,7 @@ def test_site_and_app_create_update_are_seen_offline(client: Client) -> None:
     server = client.Site.objects.online().get(id=site.id)
     assert cached.name == server.name == "beta"
     assert cached.last_refresh == server.last_refresh == site.last_refresh
-    assert client.Site.objects.filter(name="alpha").offline().count() == 0
+    assert held_count(client.Site.objects.filter(name="alpha")) == 0
 
     app = client.App.objects.create(
         site_id=site.id, name="First", serialized_class="txt", source_code="a"
@@ -379,7 +382,7 @@ def test_site_and_app_create_update_are_seen_offline(client: Client) -> None:
     cached_app = client.App.objects.offline().get(id=app.id)
     assert (cached_app.name, cached_app.description) == ("First", "changed")
     assert cached_app.site_id == site.id
-    assert client.App.objects.filter(site_id=[site.id]).offline().count() == 1
+    assert held_count(client.App.objects.filter(site_id=[site.id])) == 1
 
 
 def test_batch_job_create_update_delete_offline(client: Client, site: Any, app: Any) -> None:
@@ -409,7 +412,7 @@ def test_batch_job_create_update_delete_offline(client: Client, site: Any, app: 
     bj.state = "running"
     other.scheduler_id = 77
     client.BatchJob.objects.bulk_update([bj, other])
-    offline = {b.id: (b.state, b.scheduler_id) for b in client.BatchJob.objects.offline()}
+    offline = {b.id: (b.state, b.scheduler_id) for b in held(client.BatchJob.objects.all())}
     online = {b.id: (b.state, b.scheduler_id) for b in client.BatchJob.objects.online()}
     assert offline == online
     assert offline[bj.id][0] == "running"
@@ -420,10 +423,10 @@ def test_batch_job_create_update_delete_offline(client: Client, site: Any, app: 
         job.batch_job_id = bj.id
     client.Job.objects.bulk_update(jobs)
     ids = [j.id for j in jobs]
-    assert client.Job.objects.filter(batch_job_id=bj.id).offline().count() == 2
+    assert held_count(client.Job.objects.filter(batch_job_id=bj.id)) == 2
 
     bj.delete()
-    assert [b.id for b in client.BatchJob.objects.offline()] == [other.id]
+    assert [b.id for b in held(client.BatchJob.objects.all())] == [other.id]
     cached_jobs = list(client.Job.objects.filter(id=ids).offline())
     assert len(cached_jobs) == 2
     assert [j.batch_job_id for j in cached_jobs] == [None, None]
@@ -445,15 +448,15 @@ def test_site_delete_cascades_in_the_mirror(client: Client) -> None:
         site_id=doomed.id, project="p", queue="q", num_nodes=1, wall_time_min=1, job_mode="mpi"
     )
     list(client.EventLog.objects.online())  # the mirror holds the jobs' events
-    assert client.EventLog.objects.offline().count() == 5
+    assert held_count(client.EventLog.objects.all()) == 5
 
     doomed.delete()
-    assert [s.id for s in client.Site.objects.offline()] == [kept.id]
-    assert [a.id for a in client.App.objects.offline()] == [apps[kept.id].id]
-    assert sorted(j.id for j in client.Job.objects.offline()) == sorted(j.id for j in kept_jobs)
-    assert client.Job.objects.filter(id=[j.id for j in doomed_jobs]).offline().count() == 0
-    assert client.BatchJob.objects.offline().count() == 0
-    assert {e.job_id for e in client.EventLog.objects.offline()} == {j.id for j in kept_jobs}
+    assert [s.id for s in held(client.Site.objects.all())] == [kept.id]
+    assert [a.id for a in held(client.App.objects.all())] == [apps[kept.id].id]
+    assert sorted(j.id for j in held(client.Job.objects.all())) == sorted(j.id for j in kept_jobs)
+    assert held_count(client.Job.objects.filter(id=[j.id for j in doomed_jobs])) == 0
+    assert held_count(client.BatchJob.objects.all()) == 0
+    assert {e.job_id for e in held(client.EventLog.objects.all())} == {j.id for j in kept_jobs}
     # the server agrees
     assert client.Job.objects.online().count() == 2
     assert client.BatchJob.objects.online().count() == 0
@@ -465,8 +468,8 @@ def test_app_delete_cascades_to_its_jobs_offline(client: Client, site: Any) -> N
     make_jobs(client, a1, 2)
     kept = make_jobs(client, a2, 1)
     a1.delete()
-    assert [a.id for a in client.App.objects.offline()] == [a2.id]
-    assert [j.id for j in client.Job.objects.offline()] == [kept[0].id]
+    assert [a.id for a in held(client.App.objects.all())] == [a2.id]
+    assert [j.id for j in held(client.Job.objects.all())] == [kept[0].id]
 
 
 # -- the mirror file -------------------------------------------------------------------------
@@ -484,7 +487,7 @@ def path_of(user: User, home: Path) -> Path:
 
 def test_mirror_file_location_and_permissions(client: Client, user: User, tmp_path: Path) -> None:
     home = tmp_path / "home"
-    client.Job.objects.offline().count()  # opens the mirror
+    client.mirror  # noqa: B018  (opens the mirror)
     path = client.mirror.path
     assert path.parent == home / "mirrors"
     assert path == path_of(user, home)
@@ -514,14 +517,14 @@ def test_second_user_in_same_home_gets_own_file(
     second = register_user(user.api_root)
     c2 = connect(second, home)
     try:
-        assert c2.Job.objects.offline().count() == 0
-        assert c2.Site.objects.offline().count() == 0
+        assert held_count(c2.Job.objects.all()) == 0
+        assert held_count(c2.Site.objects.all()) == 0
         assert c2.mirror.path != client.mirror.path
         assert c2.mirror.path.parent == client.mirror.path.parent == home / "mirrors"
         assert stat.S_IMODE(c2.mirror.path.stat().st_mode) == 0o600
     finally:
         c2.close()
-    assert client.Job.objects.offline().count() == 2
+    assert held_count(client.Job.objects.all()) == 2
 
 
 def test_another_users_mirror_file_is_refused(

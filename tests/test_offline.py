@@ -21,11 +21,12 @@ import pytest
 
 import balsam_sync
 from balsam_sync.client import Client
-from balsam_sync.errors import OfflineError
+from balsam_sync.errors import NoEvidence, OfflineError
 from balsam_sync.freshness import OFFLINE
 from balsam_sync.sync.pull import prefetched
 from balsam_sync.testing.faultproxy import FaultProxy
 from tests.conftest import FAST_RETRY, RequestLog, User
+from tests.mirror_view import held, held_count
 
 # -- helpers ---------------------------------------------------------------------------------
 
@@ -128,7 +129,6 @@ def test_auto_asks_server_until_pull_then_answers_from_mirror(
     counted = client.Job.objects.filter(tags={"k": "v"})
     assert counted.count() == 3
     assert counted.source == "cache"
-    assert client.Job.objects.get(id=jobs[1].id).id == jobs[1].id
     assert client.Job.objects.first().id == jobs[0].id
     assert ids(client.Job.objects.order_by("-id")[1:3]) == [jobs[1].id, jobs[0].id]
     assert len(list(client.Site.objects.all())) == 1
@@ -137,6 +137,10 @@ def test_auto_asks_server_until_pull_then_answers_from_mirror(
     assert len(list(events)) == 3
     assert events.source == "cache"
     assert len(sent) == 0, sent.calls
+    # get() names one object: like upstream, it asks the server whenever it can
+    got = client.Job.objects.get(id=jobs[1].id)
+    assert (got.id, got.source, got.stale) == (jobs[1].id, "server", False)
+    assert len(sent) >= 1
 
 
 def test_auto_after_own_write_keeps_jobs_cached_but_rereads_events(
@@ -159,7 +163,7 @@ def test_auto_after_own_write_keeps_jobs_cached_but_rereads_events(
 def test_auto_goes_back_to_server_once_the_pull_is_older_than_max_age(
     client: Client, app: Any, sent: RequestLog
 ) -> None:
-    assert client.gateway.max_age == 300
+    assert client.gateway.max_age == 30  # a polling loop sees a server change within 30 s
     make_jobs(client, app, 1)
     # The pull's as_of is when it started, so max_age must outlast the pull itself on a busy
     # machine; the sleep then outlasts max_age.
@@ -365,7 +369,7 @@ def test_fresh_job_count_is_current_after_cascading_delete(
     make_jobs(client, app, 3)
     assert client.Job.objects.fresh(60).count() == 3
     app.delete()
-    assert client.Job.objects.offline().count() == 0
+    assert held_count(client.Job.objects.all()) == 0
     assert client.Job.objects.fresh(60).count() == 0
     assert client.Job.objects.online().count() == 0
 
@@ -381,41 +385,42 @@ def test_server_answer_settles_mirror_rows_it_left_out(
         other.Job.objects.get(id=c.id).delete()
     assert ids(client.Job.objects.filter(tags={"a": "1"})) == [a.id]
     assert ids(client.Job.objects.filter(tags={"a": "1"}).offline()) == [a.id]
-    assert ids(client.Job.objects.filter(tags={"a": "2"}).offline()) == [b.id]
-    assert ids(client.Job.objects.offline()) == [a.id, b.id]
+    assert ids(held(client.Job.objects.filter(tags={"a": "2"}))) == [b.id]
+    assert ids(held(client.Job.objects.all())) == [a.id, b.id]
 
 
 # -- offline() and online() ------------------------------------------------------------------
 
 
-def test_offline_never_sends_even_without_pull(client: Client, app: Any, sent: RequestLog) -> None:
+def test_offline_never_sends_and_refuses_what_the_mirror_never_saw(
+    client: Client, app: Any, sent: RequestLog
+) -> None:
+    jobs = make_jobs(client, app, 3, tags={"t": "1"})  # written through, never pulled
     sent.clear()
-    empty = client.Job.objects.offline()
-    assert list(empty) == []
-    assert empty.source == "cache"
-    assert empty.as_of is None
-    assert len(sent) == 0
-
-    jobs = make_jobs(client, app, 3, tags={"t": "1"})
-    sent.clear()
-    q = client.Job.objects.offline()
-    assert ids(q) == [j.id for j in jobs]
-    assert q.source == "cache"
-    assert q.as_of is None
-    assert q.stale is False
-    counted = client.Job.objects.filter(tags={"t": "1"}).offline()
-    assert counted.count() == 3
-    assert counted.source == "cache"
-    assert client.Job.objects.offline().get(id=jobs[2].id).id == jobs[2].id
-    assert client.Job.objects.offline().first().id == jobs[0].id
-    assert ids(client.Job.objects.offline()[1:]) == [jobs[1].id, jobs[2].id]
-    assert [j.id for j in client.Job.objects.offline().iterator(chunk_size=2)] == [
-        j.id for j in jobs
-    ]
-    assert list(client.EventLog.objects.offline()) == []  # events are not written through
-    assert ids(client.App.objects.offline()) == [app.id]
-    with pytest.raises(client.Job.DoesNotExist):
+    for query in (
+        client.Job.objects.offline(),
+        client.Job.objects.filter(tags={"t": "1"}).offline(),
+        client.Job.objects.offline()[1:],
+        client.EventLog.objects.offline(),
+        client.App.objects.offline(),
+    ):
+        with pytest.raises(NoEvidence, match="never pulled"):
+            list(query)
+        with pytest.raises(NoEvidence):
+            query.count()
+    with pytest.raises(NoEvidence):
+        client.Job.objects.offline().first()
+    with pytest.raises(NoEvidence):
+        list(client.Job.objects.offline().iterator(chunk_size=2))
+    with pytest.raises(NoEvidence):
         client.Job.objects.offline().get(id=10**9)
+    # The objects it holds, asked for by id, are its last word on them: answered, stale.
+    one = client.Job.objects.offline().get(id=jobs[2].id)
+    assert (one.id, one.source, one.stale, one.as_of) == (jobs[2].id, "cache", True, None)
+    by_ids = client.Job.objects.filter(id=[j.id for j in jobs]).offline()
+    assert ids(by_ids) == [j.id for j in jobs]
+    assert (by_ids.source, by_ids.stale, by_ids.as_of) == ("cache", True, None)
+    assert client.Job.objects.filter(id=[j.id for j in jobs]).offline().count() == 3
     assert len(sent) == 0, sent.calls
 
 
@@ -574,17 +579,17 @@ def test_offline_env_makes_every_query_cache_only(
         c.close()
 
 
-def test_offline_env_without_any_pull_sends_nothing(
+def test_offline_env_without_any_pull_refuses_and_sends_nothing(
     user: User, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("BALSAM_SYNC_OFFLINE", "1")
     c = connect(user.api_root, user, tmp_path / "empty")
     log = recorder(c)
     try:
-        q = c.Job.objects.all()
-        assert list(q) == []
-        assert (q.source, q.as_of, q.stale) == ("cache", None, False)
-        assert c.Site.objects.count() == 0
+        with pytest.raises(NoEvidence):
+            list(c.Job.objects.all())
+        with pytest.raises(NoEvidence):
+            c.Site.objects.count()
         assert len(log) == 0
     finally:
         c.close()
@@ -643,8 +648,11 @@ def test_first_pull_is_full_later_ones_incremental(client: Client, app: Any) -> 
 
     second = client.pull()
     assert second.full is False
-    # only the boundary job (last_update == watermark) is read again, and not duplicated
-    assert second.fetched["Job"] == 1
+    # jobs stamped within max_request_seconds of the server's clock are read again (a slow
+    # request may still commit such a stamp), not duplicated, and their unchanged transfer
+    # items and events are not read again
+    assert second.fetched["Job"] == 3
+    assert second.fetched["EventLog"] == 0
     assert second.deleted["Job"] == 0
     assert ids(client.Job.objects.offline()) == [j.id for j in jobs]
     assert client.Job.objects.offline().count() == 3

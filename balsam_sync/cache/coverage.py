@@ -17,6 +17,12 @@ therefore never answers a broader one.
 Stamps never lie ahead of the server: each is capped, when written, by ``clock`` (the client
 sets it to its best guess of the server's clock), and a stamp that is still in the future when
 read (this machine's clock was set back since) is never fresh (``Gateway``).
+
+When the server cannot be asked, a query with neither kind of evidence is refused
+(``NoEvidence``) rather than answered with whatever rows happen to be in the mirror; the one
+exception is a lookup by ids the mirror holds every one of (``refresh_from_db()``, ``get(id=)``
+of an object written or read earlier): those rows are the mirror's last word on them, so they
+are answered, marked stale.
 """
 
 from __future__ import annotations
@@ -27,8 +33,10 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+from ..errors import NoEvidence
 from ..spec import QuerySpec
 from .failures import guarded
+from .schema import MARKS_TABLE
 from .store import Store
 
 NO_HIGH = -1
@@ -40,6 +48,18 @@ class Coverage:
 
     as_of: datetime
     count: int | None = None
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What entitles the mirror to answer a query the server cannot be asked.
+
+    ``as_of``: when the server confirmed it (None: unknown); ``partial``: only the rows of the
+    ids asked for are known (a lookup by id), so the answer is stale.
+    """
+
+    as_of: datetime | None
+    partial: bool = False
 
 
 def _filters_key(spec: QuerySpec) -> str:
@@ -82,6 +102,17 @@ class CoverageBook:
     def watermark(self, resource: str) -> str | None:
         row = self._one("SELECT watermark FROM sync_state WHERE resource = ?", [resource])
         return row[0] if row else None
+
+    def reconciled_at(self) -> datetime | None:
+        """When a pull last re-read everything (None: never)."""
+        row = self._one("SELECT reconciled_at FROM sync_state WHERE resource = 'Job'", [])
+        return _at(row[0]) if row and row[0] else None
+
+    def mark_reconciled(self, at: datetime) -> None:
+        with self.store.write():
+            self.conn.execute(
+                "UPDATE sync_state SET reconciled_at = ? WHERE resource = 'Job'", [at.isoformat()]
+            )
 
     # -- fetch records -------------------------------------------------------------------------
 
@@ -128,6 +159,45 @@ class CoverageBook:
             # A count-only record has no rows behind it: its number is the answer.
             return Coverage(best.as_of, int(row[1]))
         return best
+
+    def evidence(self, spec: QuerySpec, count: bool) -> Evidence:
+        """Return what lets the mirror answer ``spec`` on its own.
+
+        Raises:
+            NoEvidence: the mirror was never told what matches ``spec``.
+        """
+        cov = self.for_count(spec) if count else self.for_rows(spec)
+        if cov is not None:
+            return Evidence(cov.as_of)
+        if spec.empty:
+            return Evidence(None)
+        by_job = self._children_of_synced_jobs(spec)
+        if by_job is not None:
+            return by_job
+        ids = spec.filter_dict.get("id")
+        if len(spec.filters) == 1 and ids and self.store.count(spec.unsliced()) == len(set(ids)):
+            return Evidence(None, partial=True)
+        raise NoEvidence(
+            f"the server cannot be asked and the mirror has no evidence for "
+            f"{spec.resource} {dict(spec.filters) or 'all'}: it was never pulled "
+            "(client.pull() / balsam-sync pull) nor asked online with these filters. "
+            "Pull while the server is reachable, or ask it with .online()"
+        )
+
+    def _children_of_synced_jobs(self, spec: QuerySpec) -> Evidence | None:
+        """Transfer items or events of given jobs, all read since the jobs last changed (their
+        marks, see cache/pullstate.py): the mirror holds exactly theirs, as of that read."""
+        jobs = spec.filter_dict.get("job_id")
+        if spec.resource not in ("TransferItem", "EventLog") or not jobs or len(spec.filters) > 1:
+            return None
+        row = self._one(
+            f"SELECT count(*), min(m.at) FROM [{MARKS_TABLE}] m JOIN jobs j ON j.id = m.id "
+            "WHERE m.stamp = j.last_update AND m.id IN (SELECT value FROM json_each(?))",
+            [json.dumps(sorted(set(jobs)))],
+        )
+        if row is None or row[0] != len(set(jobs)):
+            return None
+        return Evidence(_at(row[1]))
 
     def forget_windows(self) -> None:
         """Drop every sliced and count-only record (called on every local write).

@@ -122,6 +122,11 @@ TABLES: dict[str, TableDef] = {
     ),
 }
 
+MARKS_TABLE = "job_marks"
+"""One row per job whose transfer items and events were read from the server: the job's
+``last_update`` at that time. A job whose ``last_update`` differs from its mark (or that has
+none) needs its transfer items and events read again (see sync/children.py)."""
+
 PARENTS_TABLE = "job_parents"
 """One row per (job, parent): the index behind the ``parent_id`` overlap filter."""
 
@@ -222,6 +227,19 @@ def m004_outbox_attempt_times(db: Database) -> None:
     """Record when an entry was last sent and when it may be tried again (replay settling)."""
     db.execute("ALTER TABLE outbox ADD COLUMN sent_at TEXT")
     db.execute("ALTER TABLE outbox ADD COLUMN next_try_at TEXT")
+
+
+@migrations()
+def m005_pull_marks(db: Database) -> None:
+    """Add the job marks and the time of the last full reconciliation."""
+    db.execute(
+        f"CREATE TABLE [{MARKS_TABLE}] (id INTEGER PRIMARY KEY, stamp TEXT NOT NULL, "
+        "at TEXT NOT NULL)"
+    )
+    db.execute("ALTER TABLE sync_state ADD COLUMN reconciled_at TEXT")
+    # A pull of the earlier layout left a watermark that may have skipped late commits: the
+    # next pull reads everything again.
+    db.execute("UPDATE sync_state SET watermark = NULL")
 
 
 def clear_packed(db: Database) -> None:

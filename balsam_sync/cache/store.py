@@ -66,6 +66,13 @@ def _packer(column_types: Iterable[type]) -> Callable[[tuple[Any, ...]], bytes |
     kinds = tuple(column_types)
 
     def pack(record: tuple[Any, ...]) -> bytes | None:
+        # Rows from the server: every value is None or exactly of its column's type.
+        for kind, value in zip(kinds, record, strict=True):
+            if value is not None and type(value) is not kind:
+                return convert(record)
+        return marshal.dumps(record)
+
+    def convert(record: tuple[Any, ...]) -> bytes | None:
         out: list[str | int | float | None] = []
         for kind, value in zip(kinds, record, strict=True):
             if value is None:
@@ -149,33 +156,73 @@ class Store:
 
     def upsert(self, resource: str, rows: Iterable[Row]) -> int:
         """Store the server's rows (replacing older copies); return how many were written."""
+        return len(self._write_rows(resource, rows, changed_only=False))
+
+    def merge(self, resource: str, rows: Iterable[Row]) -> list[int]:
+        """Store the rows that differ from the mirror's copy; return the ids written.
+
+        A row equal to the stored one (its packed values compare equal) is not rewritten, so
+        reading an unchanged row again costs the pull its bytes and nothing more.
+        """
+        return self._write_rows(resource, rows, changed_only=True)
+
+    def _write_rows(self, resource: str, rows: Iterable[Row], changed_only: bool) -> list[int]:
         tdef = TABLES[resource]
         columns = list(tdef.columns)
-        json_cols = tdef.json_columns
+        json_at = [i for i, c in enumerate(columns) if c in tdef.json_columns]
+        int_at = [i for i, kind in enumerate(tdef.columns.values()) if kind is int]
         side = [kv.field for kv in tdef.key_values] + (["parent_ids"] if resource == "Job" else [])
         records = []
         ids = []
         pack = self._packers[resource]
-        side_values: dict[str, list[Any]] = {name: [] for name in side}
+        kept: list[Row] = []
         for row in rows:
+            record = [row.get(c) for c in columns]
+            for i in json_at:
+                value = record[i]
+                if value is not None and not isinstance(value, str):
+                    record[i] = _encode(value)
+            for i in int_at:
+                flag = record[i]
+                if type(flag) is bool:
+                    record[i] = int(flag)  # as SQLite stores it (and the packed copy)
+            values = tuple(record)
+            records.append((*values, pack(values)))
             ids.append(row["id"])
-            record = []
-            for c in columns:
-                value = row.get(c)
-                if c in json_cols and value is not None and not isinstance(value, str):
-                    value = _encode(value)
-                record.append(value)
-            record.append(pack(tuple(record)))
-            records.append(tuple(record))
-            for name in side:
-                raw = row.get(name)
-                side_values[name].append(json.loads(raw) if isinstance(raw, str) else raw)
+            kept.append(row)
         if not records:
-            return 0
+            return []
         with self.write():
+            if changed_only:
+                records, ids, kept = self._changed(tdef, records, ids, kept)
+                if not records:
+                    return []
+            side_values: dict[str, list[Any]] = {name: [] for name in side}
+            for row in kept:
+                for name in side:
+                    raw = row.get(name)
+                    side_values[name].append(json.loads(raw) if isinstance(raw, str) else raw)
             self.conn.executemany(self._insert_sql[resource], records)
             self._write_side_tables(tdef, ids, side_values)
-        return len(records)
+        return ids
+
+    def _changed(
+        self, tdef: TableDef, records: list[tuple[Any, ...]], ids: list[int], rows: list[Row]
+    ) -> tuple[list[tuple[Any, ...]], list[int], list[Row]]:
+        """Keep the records whose packed values differ from the stored ones (or are new)."""
+        stored = dict(
+            self.conn.execute(
+                f"SELECT id, [{PACKED}] FROM [{tdef.table}] "
+                "WHERE id IN (SELECT value FROM json_each(?))",
+                [json.dumps(ids)],
+            )
+        )
+        keep = [
+            i
+            for i, (obj_id, rec) in enumerate(zip(ids, records, strict=True))
+            if rec[-1] is None or stored.get(obj_id) != rec[-1]
+        ]
+        return [records[i] for i in keep], [ids[i] for i in keep], [rows[i] for i in keep]
 
     def _write_side_tables(
         self, tdef: TableDef, ids: list[int], values: dict[str, list[Any]]

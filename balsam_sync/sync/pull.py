@@ -1,62 +1,122 @@
-"""Bring the mirror up to the server's state: full first pull, then incremental pulls.
+"""Bring the mirror up to the server's state, reading only what can have changed.
 
-* Jobs: the first pull pages through every job by id; later pulls ask only for jobs with
-  ``last_update >= watermark`` (inclusive, so the boundary is re-read and deduplicated by id).
-  The watermark is the newest ``last_update`` the server reported *before* the pull started,
-  so a job changed during a pull is always seen again by the next one.
-* Deletions leave no trace on the server (no tombstones). After upserting, the server's count
-  is compared with the mirror's; when they differ, time ranges are bisected by count until the
-  ranges are small enough to compare id sets, so finding a few deletions costs a few requests.
-  The candidates are then asked for by id, and only those the server does not return are
-  deleted: a row another process wrote meanwhile, or one that moved out of the range, stays.
-* Events: every event is written together with a change of its job's ``last_update``, so the
-  events of the jobs that changed are exactly the new events.
-* Sites, apps, batch jobs and transfer items are small: they are re-read whole.
+**Jobs and the watermark.** The server stamps ``last_update`` when a request *starts* and
+commits it later (a 5000-job PATCH takes seconds), so a pull must never take the newest stamp
+it saw as its next starting point: a slower request may still commit an older stamp. Each pull
+lists the jobs with ``last_update >=`` the watermark, and the next watermark is the server's
+clock (the ``Date`` of a reply received before the listing) minus ``max_request_seconds``:
+a request stamped before that started more than ``max_request_seconds`` before the listing,
+so it had committed and was listed. Re-reading that overlap costs bytes only: rows equal to
+the mirror's are not rewritten (``Store.merge``).
+
+**What a pull guarantees.** When ``pull()`` returns, the mirror holds every change the server
+committed before the pull started, provided no request runs longer than
+``max_request_seconds`` before it commits; a row changed again while the pull ran may show its
+previous value until the next pull. Transfer items and events of never-read finished jobs
+(history) are the exception: they are read ``history_per_pull`` jobs at a time, and until they
+are all in, the mirror does not claim to hold these resources (their queries go to the server).
+
+**What an incremental pull reads** (see also sync/small.py, sync/children.py,
+sync/deletions.py): the jobs stamped since the watermark; the job count (deletions); sites and
+apps whole; unfinished batch jobs and the batch job count; transfer items in motion; and the
+transfer items and events of the jobs that changed. An idle pull of an account is seven small
+requests. Every ``reconcile_seconds`` (and on ``pull(full=True)``) a pull re-reads everything.
 """
 
 from __future__ import annotations
 
-import queue
 import threading
 from collections.abc import Callable, Generator, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 from ..cache.mirror import Mirror
-from ..params import FILTER_CHUNK_SIZE
+from ..cache.pullstate import DONE_STATES, PullState
 from ..remote import Remote, canonical_time
-from ..resources import RESOURCES, Resource
+from ..resources import RESOURCES
+from ..schemas import JobState
+from ..serverclock import Clock, utcnow
 from ..spec import QuerySpec
+from ..transport import Reply
+from .children import ChildrenReader, plan, urgent_in
+from .deletions import DeletedJobs
+from .pages import id_pages, job_pages, prefetched
+from .small import SmallResources
+
+__all__ = ["Progress", "PullOptions", "PullReport", "Puller", "prefetched"]
 
 Row = dict[str, Any]
+UNFINISHED_JOB_STATES = tuple(s.value for s in JobState if s.value not in DONE_STATES)
+WHOLE_WHEN_SHARE = 4
+"""A first pull reads every transfer item and event at once when at least a quarter of the
+jobs need theirs: by job, each 500 jobs cost two requests with a fixed cost on the server."""
 Progress = Callable[[str, int, int | None], None]
 """Called as (resource, rows so far, total if known) while a pull runs."""
 
-PAGE_SIZE = 10_000
-SMALL_RESOURCES = ("Site", "App", "BatchJob", "TransferItem")
-COMPARE_IDS_BELOW = 5_000
+
+@dataclass(frozen=True)
+class PullOptions:
+    """How a pull trades bytes for certainty (see ``balsam_sync.config.Settings``)."""
+
+    max_request_seconds: float = 120.0
+    reconcile_seconds: float = 86_400.0
+    history: int = 1000
+    """Most never-read finished jobs whose children one pull reads (``history_per_pull``)."""
+    workers: int = 2
 
 
 @dataclass
 class PullReport:
-    """What one pull did, per resource."""
+    """What one pull did, per resource, and what it cost."""
 
     fetched: dict[str, int] = field(default_factory=dict)
     deleted: dict[str, int] = field(default_factory=dict)
     full: bool = False
     started_at: datetime | None = None
     requests: int = 0
+    bytes: int = 0
+    history_left: int = 0
+    """Finished jobs whose transfer items and events are still to be read by later pulls."""
 
     def __str__(self) -> str:
         parts = [f"{r}: {n} fetched" for r, n in self.fetched.items()]
         parts += [f"{r}: {n} deleted" for r, n in self.deleted.items() if n]
+        if self.history_left:
+            parts.append(f"history of {self.history_left} jobs still to read")
         kind = "full" if self.full else "incremental"
-        return f"{kind} pull ({', '.join(parts)})"
+        return f"{kind} pull ({', '.join(parts)}; {self.requests} requests, {self.bytes} bytes)"
 
 
-def _spec(resource: str, **filters: Any) -> QuerySpec:
-    return QuerySpec(resource).with_filters(filters) if filters else QuerySpec(resource)
+class _Meter:
+    """Counts the requests and bytes of the replies received while a pull runs, and keeps the
+    server's clock at the earliest moment a request of it was sent (``sent``)."""
+
+    def __init__(self, report: PullReport) -> None:
+        self.report = report
+        self.lock = threading.Lock()
+        self.sent: datetime | None = None
+
+    def __call__(self, reply: Reply) -> None:
+        at = _sent_at(reply)
+        with self.lock:
+            self.report.requests += 1
+            self.report.bytes += reply.size
+            if at is not None and (self.sent is None or at < self.sent):
+                self.sent = at
+
+
+def _sent_at(reply: Reply) -> datetime | None:
+    """The server's clock no later than when the request was sent: its ``Date`` (whole
+    seconds, written once the reply was ready) minus the time the reply took."""
+    try:
+        date = parsedate_to_datetime(reply.headers.get("Date", ""))
+    except (TypeError, ValueError):
+        return None
+    date = date.replace(tzinfo=timezone.utc) if date.tzinfo is None else date
+    return date - timedelta(seconds=reply.seconds)
 
 
 class Puller:
@@ -67,190 +127,172 @@ class Puller:
         remote: Remote,
         mirror: Mirror,
         progress: Progress | None = None,
-        clock: Callable[[], datetime] | None = None,
+        options: PullOptions | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.remote = remote
+        self.clock = clock or utcnow
         self.mirror = mirror
         self.progress = progress or (lambda _r, _n, _t: None)
-        self.clock = clock or (lambda: datetime.now(timezone.utc))
-        self._jobs_total: int | None = None
+        self.options = options or PullOptions()
+        self.state = PullState(mirror.store)
 
     def pull(self, full: bool = False) -> PullReport:
-        """Pull every resource; ``full`` re-reads all jobs and events instead of the changes."""
+        """Pull every resource; ``full`` re-reads everything instead of what can have changed."""
         started = self.clock()
         report = PullReport(started_at=started)
-        for name in SMALL_RESOURCES:
-            self._replace_all(RESOURCES[name], report)
-            self.mirror.coverage.mark_full_sync(name, started)
-        top = self._newest_job_update()
-        watermark = None if full else self.mirror.coverage.watermark("Job")
-        report.full = watermark is None
-        changed = self._pull_jobs(watermark, report)
-        self._find_deleted_jobs(top, report)
-        self.mirror.coverage.mark_full_sync("Job", started, watermark=top or watermark)
-        self._pull_events(None if report.full else changed, report)
-        self.mirror.coverage.mark_full_sync("EventLog", started)
+        meter = _Meter(report)
+        hooks = self.remote.transport.on_response
+        hooks.append(meter)
+        try:
+            self._pull(report, full or self._reconcile_due(started), meter)
+        finally:
+            hooks.remove(meter)
         return report
 
-    # -- small resources -----------------------------------------------------------------------
+    def _reconcile_due(self, now: datetime) -> bool:
+        """A full pull is due when the last one (or the first pull) is older than the setting."""
+        last = self.mirror.coverage.reconciled_at()
+        return last is not None and (now - last).total_seconds() >= self.options.reconcile_seconds
 
-    def _replace_all(self, res: Resource, report: PullReport) -> None:
-        rows = self._all_rows(res, QuerySpec(res.name), report)
-        missing = self.mirror.store.all_ids(res.name) - {r["id"] for r in rows}
-        report.deleted[res.name] = self._delete_gone(res, missing, report)
+    def _note(self, report: PullReport, jobs: Future[int]) -> Callable[[str, int], None]:
+        """Count the rows read; a listing of every job knows its total (``jobs``)."""
+        lock = threading.Lock()
 
-    def _delete_gone(self, res: Resource, missing: set[int], report: PullReport) -> int:
-        """Delete the rows among ``missing`` that the server no longer has; return how many.
+        def note(name: str, rows: int) -> None:
+            with lock:
+                report.fetched[name] = report.fetched.get(name, 0) + rows
+                done = report.fetched[name]
+            whole = name == "Job" and report.full
+            self.progress(name, done, jobs.result() if whole else None)
 
-        A row absent from a listing is not necessarily gone: another process may have written
-        it to the mirror after the listing was read, or the server may have moved it out of the
-        listed range. Asking for the candidates by id settles it: a confirmed (positive) id the
-        server does not return was deleted there.
-        """
-        if not missing:
-            return 0
-        report.requests += 1
-        spec = QuerySpec(res.name).with_filters({"id": sorted(missing)})
-        found, _ = self.remote.select(res, spec)
-        gone = sorted(missing - {r["id"] for r in found})
-        with self.mirror.store.write():
-            self._store(res, found)
-            self.mirror.store.delete_cascade(res.name, gone)
-        return len(gone)
+        return note
 
-    def _store(self, res: Resource, rows: list[Row]) -> None:
-        """Write the server's rows; a pull never erases a change that is still queued, so
-        pending changes are laid back on top."""
-        with self.mirror.store.write():
-            self.mirror.store.upsert(res.name, rows)
-            self.mirror.outbox.overlay(res.name, [r["id"] for r in rows])
-
-    def _all_rows(
-        self, res: Resource, spec: QuerySpec, report: PullReport, total: int | None = None
-    ) -> list[Row]:
-        rows: list[Row] = []
-        before = report.fetched.get(res.name, 0)  # progress counts on across listings
-        for page in prefetched(self.remote.pages(res, spec, PAGE_SIZE)):
-            report.requests += 1
-            self._store(res, page)
-            rows.extend(page)
-            self.progress(res.name, before + len(rows), None if total is None else before + total)
-        report.fetched[res.name] = report.fetched.get(res.name, 0) + len(rows)
-        return rows
-
-    # -- jobs ----------------------------------------------------------------------------------
-
-    def _newest_job_update(self) -> str | None:
-        rows, self._jobs_total = self.remote.select(
-            RESOURCES["Job"], QuerySpec("Job", ordering="-last_update", high=1)
-        )
-        return rows[0]["last_update"] if rows else None
-
-    def _pull_jobs(self, watermark: str | None, report: PullReport) -> list[int]:
-        res = RESOURCES["Job"]
-        total = None
-        if watermark is None:
-            spec, total = QuerySpec("Job"), self._jobs_total  # known: shown as a total
-        else:
-            spec = _spec("Job", last_update_after=datetime.fromisoformat(watermark))
-        return [row["id"] for row in self._all_rows(res, spec, report, total)]
-
-    def _find_deleted_jobs(self, top: str | None, report: PullReport) -> None:
-        """Delete mirror jobs the server no longer has (see the module docstring)."""
-        store = self.mirror.store
-        if top is None:
-            missing = store.all_ids("Job")
-        elif store.count_confirmed("Job") == self.remote.count(RESOURCES["Job"], QuerySpec("Job")):
-            missing = set()
-        else:
-            missing = set(self._bisect(None, top, report))
-        report.deleted["Job"] = self._delete_gone(RESOURCES["Job"], missing, report)
-
-    def _bisect(self, low: str | None, high: str, report: PullReport) -> list[int]:
-        filters: dict[str, Any] = {"last_update_before": datetime.fromisoformat(high)}
-        if low is not None:
-            filters["last_update_after"] = datetime.fromisoformat(low)
-        spec = _spec("Job", **filters)
-        store = self.mirror.store
-        local = store.count(spec)
-        report.requests += 1
-        if local == self.remote.count(RESOURCES["Job"], spec):
-            return []
-        if local <= COMPARE_IDS_BELOW or low == high:
-            report.requests += 1
-            remote_ids: set[int] = set(self.remote.ids(RESOURCES["Job"], spec))
-            return sorted({r["id"] for r in store.query(spec)} - remote_ids)
-        middle = self._median_update(spec, local)
-        if middle == high:
-            halves = [(low, _before(high)), (high, high)]
-        else:
-            halves = [(low, middle), (_after(middle), high)]
-        return [i for lo, hi in halves for i in self._bisect(lo, hi, report)]
-
-    def _median_update(self, spec: QuerySpec, n: int) -> str:
-        rows = self.mirror.store.query(
-            QuerySpec("Job", spec.filters, "last_update", n // 2, n // 2 + 1)
-        )
-        value: str = rows[0]["last_update"]
-        return value
-
-    # -- events --------------------------------------------------------------------------------
-
-    def _pull_events(self, changed_jobs: list[int] | None, report: PullReport) -> None:
-        res = RESOURCES["EventLog"]
-        if changed_jobs is None:
-            self._replace_all(res, report)
-            return
-        report.fetched.setdefault("EventLog", 0)
-        for start in range(0, len(changed_jobs), FILTER_CHUNK_SIZE):
-            chunk = changed_jobs[start : start + FILTER_CHUNK_SIZE]
-            self._all_rows(res, _spec("EventLog", job_id=chunk), report)
-
-
-def prefetched(pages: Iterator[list[Row]]) -> Generator[list[Row], None, None]:
-    """Fetch the next page while the caller stores the current one (a thread and a slot).
-
-    When the caller stops early (its write failed), the fetching thread is told to stop
-    instead of waiting forever to hand over its next page.
-    """
-    slot: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=1)
-    stop = threading.Event()
-
-    def hand_over(item: tuple[str, Any]) -> bool:
-        while not stop.is_set():
+    def _pull(self, report: PullReport, full: bool, meter: _Meter) -> None:
+        """``full``: re-read everything. A first pull lists everything too, but reads the
+        history of finished jobs ``history_per_pull`` at a time, as incremental pulls do."""
+        started = report.started_at or self.clock()
+        watermark = None if full else self.mirror.coverage.watermark("Job")
+        report.full = watermark is None
+        for name in ("Job", "TransferItem", "EventLog"):
+            report.fetched.setdefault(name, 0)
+        with self._children(report, started) as children, ThreadPoolExecutor(3) as side:
+            # Requests that do not depend on the job listing run meanwhile (the server answers
+            # in parallel): the count behind the deletion check (taken before the listing or
+            # after it, the two-way check holds), sites, apps, batch jobs, moving items.
+            counted = side.submit(self._count, {})
+            note = self._note(report, counted)
+            small = SmallResources(self.remote, self.mirror, note)
+            smalls = side.submit(self._pull_small, report, small)
+            pages = self._job_pages(watermark)  # on the wire from now on
             try:
-                slot.put(item, timeout=0.5)
-                return True
-            except queue.Full:
-                continue
-        return False
+                whole = full or (report.full and self._most_need_children(counted))
+                listed = self._pull_jobs(pages, note, None if whole else children)
+            finally:
+                pages.close()
+            smalls.result()
+            gone = self._replace_jobs(small, listed) if report.full else 0
+            report.deleted["Job"] = gone + DeletedJobs(self.remote, small).find(counted.result())
+            if whole:
+                self._whole_children(report, small, listed, started)
+            children.store_ready()
+            unsynced = [u for u in self.state.unsynced_jobs() if u.id not in children.queued]
+            budget = None if full else self.options.history
+            rest, report.history_left = plan(unsynced, budget, first=report.full)
+            children.submit(rest)
+            for name, rows in children.finish().items():
+                report.fetched[name] += rows
+        if full:
+            self.state.drop_stray_marks()
+        self._finish(report, started, self._next_watermark(meter.sent, listed, watermark))
 
-    def fetch() -> None:
-        try:
-            for page in pages:
-                if not hand_over(("page", page)):
-                    return
-        except BaseException as exc:  # handed over to the consumer, who raises it
-            hand_over(("error", exc))
-            return
-        hand_over(("end", None))
+    def _count(self, filters: dict[str, Any]) -> int:
+        return self.remote.count(RESOURCES["Job"], QuerySpec("Job").with_filters(filters))
 
-    threading.Thread(target=fetch, name="balsam-sync-prefetch", daemon=True).start()
-    try:
-        while True:
-            kind, item = slot.get()
-            if kind == "end":
-                return
-            if kind == "error":
-                raise item
-            yield item
-    finally:
-        stop.set()
+    def _most_need_children(self, total: Future[int]) -> bool:
+        """Whether reading every transfer item and event beats reading them by job (a first
+        pull of an account whose jobs are mostly unfinished: requests by job cost more)."""
+        unfinished = self._count({"state": UNFINISHED_JOB_STATES})
+        finished = total.result() - unfinished
+        needed = unfinished + (finished if finished <= self.options.history else 0)
+        return needed * WHOLE_WHEN_SHARE >= total.result()
 
+    def _job_pages(self, since: str | None) -> Generator[list[Row], None, None]:
+        """Every job when ``since`` is None, else those stamped since (sync/pages.py)."""
+        if since is None:
+            return prefetched(id_pages(self.remote, workers=self.options.workers))
+        return prefetched(job_pages(self.remote, since))
 
-def _after(stamp: str) -> str:
-    return canonical_time((datetime.fromisoformat(stamp) + timedelta(microseconds=1)).isoformat())
+    def _pull_small(self, report: PullReport, small: SmallResources) -> None:
+        for name in ("Site", "App"):
+            report.deleted[name] = small.whole(name)
+        report.deleted["BatchJob"] = small.batch_jobs(report.full)
+        report.deleted["TransferItem"] = 0 if report.full else small.moving_transfer_items()
 
+    def _whole_children(
+        self, report: PullReport, small: SmallResources, listed: dict[int, str], at: datetime
+    ) -> None:
+        """Re-read every transfer item and event; the listed jobs are then in sync."""
+        for name in ("TransferItem", "EventLog"):
+            report.deleted[name] = report.deleted.get(name, 0) + small.whole(name)
+        held = self.state.existing("Job", list(listed))
+        self.state.set_marks([(i, s) for i, s in listed.items() if i in held], at.isoformat())
 
-def _before(stamp: str) -> str:
-    return canonical_time((datetime.fromisoformat(stamp) - timedelta(microseconds=1)).isoformat())
+    def _children(self, report: PullReport, started: datetime) -> ChildrenReader:
+        def progress(name: str, rows: int) -> None:
+            self.progress(name, report.fetched[name] + rows, None)
+
+        return ChildrenReader(
+            self.remote, self.mirror, started.isoformat(), self.options.workers, progress
+        )
+
+    def _pull_jobs(
+        self,
+        pages: Iterator[list[Row]],
+        note: Callable[[str, int], None],
+        children: ChildrenReader | None,
+    ) -> dict[int, str]:
+        """Store the listed jobs and queue the children of those that need them (unless
+        ``children`` is None); return the listed ids and stamps."""
+        listed: dict[int, str] = {}
+        store = self.mirror.store
+        for page in pages:
+            if children is not None:
+                children.submit(urgent_in(page, self.state.marks([r["id"] for r in page])))
+            with store.write():
+                written = store.merge("Job", page)
+                self.mirror.outbox.overlay("Job", written)
+            if children is not None:
+                children.store_ready()
+            listed.update((r["id"], r["last_update"]) for r in page)
+            note("Job", len(page))
+        return listed
+
+    def _replace_jobs(self, small: SmallResources, listed: dict[int, str]) -> int:
+        missing = self.mirror.store.all_ids("Job") - set(listed)
+        return small.settle(RESOURCES["Job"], missing)
+
+    def _next_watermark(
+        self, now: datetime | None, listed: dict[int, str], previous: str | None
+    ) -> str | None:
+        """The server's clock when the pull's first request left (so before the listing),
+        minus the longest a request may run."""
+        margin = timedelta(seconds=self.options.max_request_seconds)
+        if now is not None:
+            return canonical_time((now - margin).isoformat())
+        if listed:  # no Date header: the newest stamp listed is no later than the listing
+            newest = datetime.fromisoformat(max(listed.values()))
+            return canonical_time((newest - margin).isoformat())
+        return previous
+
+    def _finish(self, report: PullReport, started: datetime, watermark: str | None) -> None:
+        book = self.mirror.coverage
+        with self.mirror.store.write():
+            for name in ("Site", "App", "BatchJob"):
+                book.mark_full_sync(name, started)
+            book.mark_full_sync("Job", started, watermark=watermark)
+            if self.state.count_unsynced() == 0:
+                for name in ("TransferItem", "EventLog"):
+                    book.mark_full_sync(name, started)
+            if report.full:
+                book.mark_reconciled(started)

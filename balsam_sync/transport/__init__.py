@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 import requests
@@ -41,6 +41,21 @@ from .replies import decode, mapped, path_of
 Params = Sequence[tuple[str, str]]
 RequestHook = Callable[[str, str], None]
 """Called with (method, url) in the caller's thread before each attempt and probe (tests)."""
+
+
+class Reply(NamedTuple):
+    """One reply as ``on_response`` hooks see it (its ``Date`` header is the server's clock)."""
+
+    method: str
+    url: str
+    status: int
+    headers: Mapping[str, str]
+    size: int  # body bytes
+    seconds: float  # from sending the request until the reply's head arrived
+
+
+ResponseHook = Callable[[Reply], None]
+"""Called with every reply to a request (not to a probe), in the caller's thread."""
 log = logging.getLogger(__name__)
 
 
@@ -95,6 +110,7 @@ class Transport:
         self.probe_timeout = probe_timeout
         self.stop_grace = stop_grace
         self.on_request: list[RequestHook] = []
+        self.on_response: list[ResponseHook] = []
         self._token = token
         self._verify = verify
         self._sessions: Pool[requests.Session] = Pool(
@@ -264,6 +280,7 @@ class Transport:
             sent = True
             with mapped(method, url):
                 response = self._wait(method, url, Job(self._sessions, send))
+            self._tell(method, url, response)
             return decode(method, url, response)
 
         try:
@@ -276,6 +293,16 @@ class Transport:
             raise
         self.link.mark_up()
         return body
+
+    def _tell(self, method: str, url: str, response: requests.Response) -> None:
+        if not self.on_response:
+            return
+        seconds = response.elapsed.total_seconds()
+        reply = Reply(
+            method, url, response.status_code, response.headers, len(response.content), seconds
+        )
+        for hook in list(self.on_response):
+            hook(reply)
 
     def _wait(self, method: str, url: str, job: _Exchange) -> requests.Response:
         """Wait for ``job``; probe a server that keeps silent; honour a requested stop."""

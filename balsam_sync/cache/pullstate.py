@@ -1,0 +1,134 @@
+"""What a pull needs to know about the mirror: job marks, unfinished rows, children by job.
+
+A job's *mark* is its ``last_update`` when its transfer items and events were last read from
+the server. Every server-side change of a job's items or events also changes the job's
+``last_update`` (the server logs events and moves jobs in the transaction that changes them),
+so a job whose mark equals its ``last_update`` has its children in the mirror as the server has
+them; any other job needs them read again.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from .schema import MARKS_TABLE, TABLES
+from .store import Store
+
+Row = dict[str, Any]
+
+DONE_STATES = ("JOB_FINISHED", "FAILED")
+ACTIVE_TRANSFER_STATES = ("pending", "active", "inactive")
+"""Transfer items the site agent's transfer service moves without touching their job."""
+UNFINISHED_BATCH_JOB_STATES = ("pending_submission", "queued", "running", "pending_deletion")
+
+
+@dataclass(frozen=True)
+class Unsynced:
+    """A job whose children need reading: its id, its ``last_update`` and why."""
+
+    id: int
+    stamp: str | None
+    changed: bool  # it had a mark: its children were read before, and the job changed since
+    done: bool  # finished or failed: its children are history
+
+
+class PullState:
+    """Reads and writes the pull's bookkeeping in one mirror."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.conn = store.conn
+
+    def _rows(self, sql: str, args: list[Any]) -> list[tuple[Any, ...]]:
+        with self.store._lock:
+            return [tuple(r) for r in self.conn.execute(sql, args)]
+
+    # -- job marks -----------------------------------------------------------------------------
+
+    def unsynced_jobs(self) -> list[Unsynced]:
+        """Jobs whose children are not known to match the server's."""
+        done = ", ".join(f"'{s}'" for s in DONE_STATES)
+        rows = self._rows(
+            f"SELECT j.id, j.last_update, m.stamp IS NOT NULL, j.state IN ({done}) "
+            f"FROM jobs j LEFT JOIN [{MARKS_TABLE}] m ON m.id = j.id WHERE j.id > 0 "
+            "AND (m.stamp IS NULL OR m.stamp IS NOT j.last_update) ORDER BY j.id",
+            [],
+        )
+        return [Unsynced(r[0], r[1], bool(r[2]), bool(r[3])) for r in rows]
+
+    def count_unsynced(self) -> int:
+        (n,) = self._rows(
+            f"SELECT count(*) FROM jobs j LEFT JOIN [{MARKS_TABLE}] m ON m.id = j.id "
+            "WHERE j.id > 0 AND (m.stamp IS NULL OR m.stamp IS NOT j.last_update)",
+            [],
+        )[0]
+        return int(n)
+
+    def marks(self, ids: list[int]) -> dict[int, str]:
+        """The marks of these jobs (jobs without one are left out)."""
+        rows = self._rows(
+            f"SELECT id, stamp FROM [{MARKS_TABLE}] WHERE id IN (SELECT value FROM json_each(?))",
+            [json.dumps(ids)],
+        )
+        return {r[0]: r[1] for r in rows}
+
+    def existing(self, resource: str, ids: list[int]) -> set[int]:
+        """Which of ``ids`` the mirror holds."""
+        table = TABLES[resource].table
+        rows = self._rows(
+            f"SELECT id FROM [{table}] WHERE id IN (SELECT value FROM json_each(?))",
+            [json.dumps(ids)],
+        )
+        return {r[0] for r in rows}
+
+    def set_marks(self, marks: list[tuple[int, str | None]], at: str) -> None:
+        """Record that the children of these jobs were read when they had these stamps."""
+        rows = [(obj_id, stamp, at) for obj_id, stamp in marks if stamp is not None]
+        with self.store.write():
+            self.conn.executemany(
+                f"INSERT OR REPLACE INTO [{MARKS_TABLE}] (id, stamp, at) VALUES (?, ?, ?)", rows
+            )
+
+    def drop_stray_marks(self) -> None:
+        """Forget the marks of jobs that left the mirror."""
+        with self.store.write():
+            self.conn.execute(f"DELETE FROM [{MARKS_TABLE}] WHERE id NOT IN (SELECT id FROM jobs)")
+
+    # -- children ------------------------------------------------------------------------------
+
+    def replace_children(self, resource: str, job_ids: list[int], rows: list[Row]) -> list[int]:
+        """Make the mirror's ``resource`` rows of these jobs exactly ``rows``; return ids written.
+
+        Rows the server no longer lists for these jobs are removed (their own pending local
+        changes, provisional rows with negative ids, are kept).
+        """
+        table = TABLES[resource].table
+        keep = {r["id"] for r in rows}
+        with self.store.write():
+            stored = self._rows(
+                f"SELECT id FROM [{table}] WHERE id > 0 AND job_id IN "
+                "(SELECT value FROM json_each(?))",
+                [json.dumps(job_ids)],
+            )
+            gone = [r[0] for r in stored if r[0] not in keep]
+            if gone:
+                self.store.delete(resource, gone)
+            return self.store.merge(resource, rows)
+
+    # -- rows in motion ------------------------------------------------------------------------
+
+    def ids_in_states(self, resource: str, states: tuple[str, ...]) -> set[int]:
+        """Confirmed ids of ``resource`` rows whose ``state`` is one of ``states``."""
+        table = TABLES[resource].table
+        rows = self._rows(
+            f"SELECT id FROM [{table}] WHERE id > 0 AND state IN (SELECT value FROM json_each(?))",
+            [json.dumps(list(states))],
+        )
+        return {r[0] for r in rows}
+
+    def newest_job_update(self) -> str | None:
+        """The newest ``last_update`` of a confirmed job in the mirror."""
+        (stamp,) = self._rows("SELECT max(last_update) FROM jobs WHERE id > 0", [])[0]
+        return str(stamp) if stamp is not None else None

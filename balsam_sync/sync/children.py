@@ -1,0 +1,159 @@
+"""Transfer items and events, read per job: what changed with a job, and history to fill in.
+
+Neither has a timestamp the server filters on reliably (transfer items have none, and an
+event's timestamp is whatever the site agent sent). But every server-side change of a job's
+items or events changes the job's ``last_update`` in the same transaction, so the children of
+the jobs whose ``last_update`` moved since their mark (cache/pullstate.py) are exactly the
+children that can have changed. They are read by job id, 500 jobs per request, and replace the
+mirror's children of those jobs (so deletions follow their jobs).
+
+Reading them costs the server far more than reading jobs (it serialises each item and event
+through its ORM: about 0.2-0.3 ms per row on a small server, against 0.03 ms per job). So a
+pull reads the children of changed and unfinished jobs always, and the *history* (children of
+finished jobs never read before) at most ``history_per_pull`` jobs at a time: a first pull of a
+large account stays short, and the following pulls complete it.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+from ..cache.mirror import Mirror
+from ..cache.pullstate import DONE_STATES, PullState, Unsynced
+from ..params import FILTER_CHUNK_SIZE
+from ..remote import Remote
+from ..resources import RESOURCES
+from ..spec import QuerySpec
+
+Row = dict[str, Any]
+CHILDREN = ("TransferItem", "EventLog")
+
+
+@dataclass
+class Fetched:
+    """The children of one chunk of jobs, as the server lists them (one request each)."""
+
+    jobs: list[Unsynced]
+    rows: dict[str, Future[list[Row]]]
+
+    def done(self) -> bool:
+        return all(f.done() for f in self.rows.values())
+
+
+def plan(
+    unsynced: list[Unsynced], history: int | None, first: bool = False
+) -> tuple[list[Unsynced], int]:
+    """Choose the jobs to read now: changed and unfinished ones, then up to ``history`` finished
+    ones never read (newest first; None: all). A ``first`` pull reads the history only when all
+    of it fits: it stays as short as listing the jobs. Return the jobs and how many are left."""
+    urgent = [u for u in unsynced if u.changed or not u.done]
+    old = [u for u in unsynced if not u.changed and u.done]
+    old.sort(key=lambda u: -u.id)
+    take = len(old) if history is None else max(0, history)
+    if first and take < len(old):
+        take = 0
+    return urgent + old[:take], len(old) - min(len(old), take)
+
+
+def urgent_in(rows: list[Row], marks: dict[int, str]) -> list[Unsynced]:
+    """The listed jobs whose children must be read in this pull: changed or unfinished."""
+    out = []
+    for row in rows:
+        mark = marks.get(row["id"])
+        if mark != row["last_update"] and (mark is not None or not _done(row)):
+            out.append(Unsynced(row["id"], row["last_update"], mark is not None, _done(row)))
+    return out
+
+
+def _done(row: Row) -> bool:
+    return str(row.get("state")) in DONE_STATES
+
+
+class ChildrenReader:
+    """Reads the transfer items and events of the jobs it is given, in the background.
+
+    ``submit`` queues jobs (500 per request, ``workers`` requests at a time); ``store_ready``
+    stores what has arrived; ``finish`` waits for the rest. Children of a job deleted from the
+    mirror meanwhile are dropped.
+    """
+
+    def __init__(
+        self,
+        remote: Remote,
+        mirror: Mirror,
+        at: str,
+        workers: int = 2,
+        progress: Callable[[str, int], None] | None = None,
+    ) -> None:
+        self.remote = remote
+        self.mirror = mirror
+        self.state = PullState(mirror.store)
+        self.at = at
+        self.progress = progress or (lambda _r, _n: None)
+        self.fetched = {name: 0 for name in CHILDREN}
+        self.queued: set[int] = set()
+        self._buffer: list[Unsynced] = []
+        self._pending: deque[Fetched] = deque()
+        self._pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix="balsam-sync-pull")
+
+    def __enter__(self) -> ChildrenReader:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def submit(self, jobs: list[Unsynced]) -> None:
+        """Queue the children of ``jobs`` (jobs queued before are skipped)."""
+        for job in jobs:
+            if job.id not in self.queued:
+                self.queued.add(job.id)
+                self._buffer.append(job)
+        while len(self._buffer) >= FILTER_CHUNK_SIZE:
+            self._send(self._buffer[:FILTER_CHUNK_SIZE])
+            del self._buffer[:FILTER_CHUNK_SIZE]
+
+    def _send(self, chunk: list[Unsynced]) -> None:
+        ids = [u.id for u in chunk]
+        rows = {name: self._pool.submit(self._fetch, name, ids) for name in CHILDREN}
+        self._pending.append(Fetched(chunk, rows))
+
+    def store_ready(self) -> None:
+        """Store the children that have arrived (in the order they were asked for)."""
+        while self._pending and self._pending[0].done():
+            self._store(self._pending.popleft())
+
+    def finish(self) -> dict[str, int]:
+        """Wait for every queued job's children and store them; return rows per resource."""
+        if self._buffer:
+            self._send(self._buffer)
+            self._buffer = []
+        while self._pending:
+            self._store(self._pending.popleft())
+        return self.fetched
+
+    def _fetch(self, name: str, job_ids: list[int]) -> list[Row]:
+        spec = QuerySpec(name).with_filters({"job_id": job_ids})
+        return self.remote.select(RESOURCES[name], spec)[0]
+
+    def _store(self, got: Fetched) -> None:
+        arrived = {name: future.result() for name, future in got.rows.items()}  # no waiting
+        store = self.mirror.store  # for the network inside the write transaction below
+        with store.write():
+            held = self.state.existing("Job", [u.id for u in got.jobs])
+            jobs = [u for u in got.jobs if u.id in held]
+            ids = [u.id for u in jobs]
+            for name in CHILDREN:
+                listed = arrived[name]
+                rows = [r for r in listed if r["job_id"] in held]
+                written = self.state.replace_children(name, ids, rows)
+                self.mirror.outbox.overlay(name, written)
+                self.fetched[name] += len(listed)
+                self.progress(name, self.fetched[name])
+            self.state.set_marks([(u.id, u.stamp) for u in jobs], self.at)

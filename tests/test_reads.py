@@ -1,0 +1,204 @@
+"""Reads say what they know: objects are read from the server when it can be reached, and the
+mirror never answers a query it has no evidence for as if nothing matched.
+
+Unreachable servers are made with the fault proxy (the client talks to the real server
+through it from the start), as in test_offline.py.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import balsam_sync
+from balsam_sync.client import Client
+from balsam_sync.errors import NoEvidence, OfflineError
+from balsam_sync.testing.faultproxy import FaultProxy
+from tests.conftest import FAST_RETRY, User
+from tests.mirror_view import held_count
+
+
+def connect(api_root: str, user: User, home: Path) -> Client:
+    return balsam_sync.connect(api_root, user.token, home=str(home), retry=FAST_RETRY)
+
+
+def make_jobs(client: Client, app: Any, n: int) -> list[Any]:
+    jobs = [client.Job(workdir=f"w/{uuid.uuid4().hex[:8]}", app_id=app.id) for _ in range(n)]
+    return client.Job.objects.bulk_create(jobs)
+
+
+@pytest.fixture
+def proxy(balsam_server: str) -> Iterator[FaultProxy]:
+    with FaultProxy(balsam_server, io_timeout=10.0) as p:
+        yield p
+
+
+@pytest.fixture
+def via_proxy(user: User, proxy: FaultProxy, tmp_path: Path) -> Iterator[Client]:
+    c = connect(proxy.url, user, tmp_path / "proxied")
+    yield c
+    c.close()
+
+
+def change_elsewhere(user: User, home: Path, job_id: int, state: str) -> None:
+    other = connect(user.api_root, user, home)
+    try:
+        other.Job.objects.filter(id=[job_id]).online().update(state=state)
+    finally:
+        other.close()
+
+
+# -- objects are read from the server ------------------------------------------------------
+
+
+def test_refresh_and_get_see_a_server_change_right_after_a_pull(
+    via_proxy: Client, user: User, tmp_path: Path
+) -> None:
+    c = via_proxy
+    site = c.Site.objects.create(name="s", path="/projects/s")
+    app = c.App.objects.create(site_id=site.id, name="A", serialized_class="t", source_code="")
+    job = make_jobs(c, app, 1)[0]
+    report = c.pull()  # the mirror is fresh: queries are answered from it
+    change_elsewhere(user, tmp_path / "other", job.id, "RUN_DONE")
+
+    job.refresh_from_db()
+    assert job.state == "RUN_DONE"
+    assert (job.source, job.stale) == ("server", False)
+    assert job.as_of is not None and job.as_of > report.started_at
+    got = c.Job.objects.get(id=job.id)
+    assert got.state == "RUN_DONE"
+    assert (got.source, got.stale) == ("server", False)
+    assert job.done() is False  # upstream's polling helper reads the server too
+    change_elsewhere(user, tmp_path / "other", job.id, "JOB_FINISHED")
+    assert job.done() is True
+
+
+def test_refresh_reads_the_mirror_marked_stale_when_the_server_is_unreachable(
+    via_proxy: Client, proxy: FaultProxy
+) -> None:
+    c = via_proxy
+    site = c.Site.objects.create(name="s", path="/projects/s")
+    app = c.App.objects.create(site_id=site.id, name="A", serialized_class="t", source_code="")
+    job = make_jobs(c, app, 1)[0]
+    report = c.pull()
+    proxy.set_down(True)
+    job.refresh_from_db()
+    assert job.state == "STAGED_IN"
+    assert (job.source, job.stale, job.as_of) == ("cache", True, report.started_at)
+    got = c.Job.objects.get(id=job.id)
+    assert (got.source, got.stale, got.as_of) == ("cache", True, report.started_at)
+
+
+def test_the_default_max_age_lets_a_polling_loop_see_changes_within_30_seconds(
+    client: Client,
+) -> None:
+    assert client.gateway.max_age <= 30
+
+
+# -- no evidence is not "nothing" ----------------------------------------------------------
+
+
+def test_a_never_synced_mirror_with_the_server_unreachable_refuses_to_answer(
+    via_proxy: Client, proxy: FaultProxy
+) -> None:
+    c = via_proxy
+    site = c.Site.objects.create(name="s", path="/projects/s")
+    proxy.set_down(True)
+    with pytest.raises(NoEvidence, match="never pulled"):
+        len(c.Job.objects.all())
+    with pytest.raises(NoEvidence):
+        c.Job.objects.all().count()
+    with pytest.raises(NoEvidence):
+        c.Job.objects.filter(state="FAILED").count()
+    with pytest.raises(OfflineError):  # NoEvidence is an OfflineError
+        list(c.Site.objects.filter(name="s"))
+    # an object it holds, asked for by id, is answered from it, marked stale
+    got = c.Site.objects.get(id=site.id)
+    assert (got.name, got.source, got.stale) == ("s", "cache", True)
+
+
+@pytest.fixture
+def offline_env(
+    client: Client, user: User, app: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[Client, list[Any]]]:
+    """Jobs on the server that the mirror saw only as written; then BALSAM_SYNC_OFFLINE=1."""
+    jobs = make_jobs(client, app, 3)
+    client.Job.objects.filter(id=[j.id for j in jobs]).online().update(state="FAILED")
+    monkeypatch.setenv("BALSAM_SYNC_OFFLINE", "1")
+    c = connect(user.api_root, user, tmp_path / "home")
+    yield c, jobs
+    c.close()
+
+
+def test_offline_query_without_evidence_refuses_instead_of_answering_zero(
+    offline_env: tuple[Client, list[Any]],
+) -> None:
+    c, _ = offline_env
+    q = c.Job.objects.filter(state="FAILED")
+    with pytest.raises(NoEvidence):
+        list(q)
+    with pytest.raises(NoEvidence):
+        q.count()
+    with pytest.raises(NoEvidence):
+        c.Job.objects.filter(state="FAILED").offline().count()
+
+
+def test_offline_query_update_without_evidence_refuses_and_queues_nothing(
+    offline_env: tuple[Client, list[Any]],
+) -> None:
+    c, jobs = offline_env
+    with pytest.raises(NoEvidence):
+        c.Job.objects.filter(state="FAILED").update(state="RESTART_READY")
+    with pytest.raises(NoEvidence):
+        c.Job.objects.filter(state="FAILED").delete()
+    assert c.status(check_server=False).pending == 0
+    assert held_count(c.Job.objects.filter(state="RESTART_READY")) == 0
+    # by ids the mirror holds, the intent is clear: it is queued
+    assert c.Job.objects.filter(id=[jobs[0].id]).update(state="RESTART_READY") == 1
+    assert c.status(check_server=False).pending == 1
+
+
+def test_offline_query_update_after_a_pull_is_resolved_from_the_mirror(
+    client: Client, user: User, app: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    jobs = make_jobs(client, app, 3)
+    client.Job.objects.filter(id=[j.id for j in jobs[:2]]).online().update(state="FAILED")
+    client.pull()
+    monkeypatch.setenv("BALSAM_SYNC_OFFLINE", "1")
+    c = connect(user.api_root, user, tmp_path / "home")
+    try:
+        assert c.Job.objects.filter(state="FAILED").count() == 2
+        assert c.Job.objects.filter(state="FAILED").update(state="RESTART_READY") == 2
+        assert c.status(check_server=False).pending == 2
+    finally:
+        c.close()
+    assert client.push().remaining == 0
+    assert client.Job.objects.filter(state="RESTART_READY").online().count() == 2
+
+
+def test_history_read_over_several_pulls_is_claimed_only_job_by_job(
+    client: Client, user: User, app: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    jobs = make_jobs(client, app, 6)
+    client.Job.objects.filter(id=[j.id for j in jobs[:5]]).online().update(state="FAILED")
+    c = balsam_sync.connect(
+        user.api_root, user.token, home=str(tmp_path / "h"), retry=FAST_RETRY, history_per_pull=2
+    )
+    try:
+        first = c.pull()  # the history of five finished jobs does not fit: left for later
+        assert first.history_left == 5
+        unfinished = c.EventLog.objects.filter(job_id=[jobs[5].id]).offline()
+        assert [e.to_state for e in unfinished] == ["STAGED_IN"]
+        assert unfinished.as_of == first.started_at
+        with pytest.raises(NoEvidence):
+            list(c.EventLog.objects.filter(job_id=[jobs[0].id]).offline())
+        with pytest.raises(NoEvidence):
+            c.EventLog.objects.offline().count()
+        assert [c.pull().history_left for _ in range(3)] == [3, 1, 0]
+        assert c.EventLog.objects.offline().count() == 11  # 6 creations, 5 failures
+    finally:
+        c.close()
