@@ -7,10 +7,9 @@ it is read, which is what makes turning 1000 cached rows into instances cheap.
 from __future__ import annotations
 
 import json
-import marshal
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -19,13 +18,12 @@ from sqlite_utils import Database
 from ..freshness import RowLayout
 from ..spec import QuerySpec
 from .failures import guarded
+from .packing import encode_json, pack, packer, unpack
 from .schema import PACKED, PARENTS_TABLE, TABLES, TableDef
 from .sql import compile_spec, count_sql
 
 Row = dict[str, Any]
 
-
-_ENCODER = json.JSONEncoder(separators=(",", ":"))
 
 _writing = threading.local()
 
@@ -38,58 +36,6 @@ def writing_here() -> bool:
     return getattr(_writing, "depth", 0) > 0
 
 
-def _encode(value: Any) -> str:
-    """JSON text of a dict/list/set column value (empty ones are the common case)."""
-    if not value:
-        return "{}" if isinstance(value, dict) else "[]"
-    if isinstance(value, set | frozenset):
-        value = sorted(value)
-    return _ENCODER.encode(value)
-
-
-def _pack(*values: Any) -> bytes:
-    return marshal.dumps(values)
-
-
-def _unpack(row: tuple[bytes]) -> tuple[Any, ...]:
-    values: tuple[Any, ...] = marshal.loads(row[0])
-    return values
-
-
-def _packer(column_types: Iterable[type]) -> Callable[[tuple[Any, ...]], bytes | None]:
-    """Return ``pack(record) -> bytes | None`` for one table's column types.
-
-    The blob must hold exactly what SQLite will store: a value SQLite would convert through a
-    column's affinity (text in a number column, a float in an integer one, ...) is not packed
-    here (None), and the reader packs that row from its columns instead.
-    """
-    kinds = tuple(column_types)
-
-    def pack(record: tuple[Any, ...]) -> bytes | None:
-        # Rows from the server: every value is None or exactly of its column's type.
-        for kind, value in zip(kinds, record, strict=True):
-            if value is not None and type(value) is not kind:
-                return convert(record)
-        return marshal.dumps(record)
-
-    def convert(record: tuple[Any, ...]) -> bytes | None:
-        out: list[str | int | float | None] = []
-        for kind, value in zip(kinds, record, strict=True):
-            if value is None:
-                out.append(None)
-            elif kind is str and isinstance(value, str):
-                out.append(str.__str__(value))  # a str Enum is stored as its plain text
-            elif kind is int and type(value) in (int, bool):
-                out.append(int(value))
-            elif kind is float and type(value) in (int, float):
-                out.append(float(value))
-            else:
-                return None
-        return marshal.dumps(tuple(out))
-
-    return pack
-
-
 @guarded
 class Store:
     """Rows of every resource in one SQLite database (thread-safe within a process)."""
@@ -100,10 +46,10 @@ class Store:
         self._lock = threading.RLock()
         self._insert_sql = {name: self._insert_statement(t) for name, t in TABLES.items()}
         self._columns = {name: tuple(t.columns) for name, t in TABLES.items()}
-        self._packers = {name: _packer(t.columns.values()) for name, t in TABLES.items()}
-        self._layouts = {name: RowLayout(c, _unpack) for name, c in self._columns.items()}
+        self._packers = {name: packer(t.columns.values()) for name, t in TABLES.items()}
+        self._layouts = {name: RowLayout(c, unpack) for name, c in self._columns.items()}
         # Repacks rows whose packed copy was cleared (called by SQLite only for those rows).
-        self.conn.create_function("bsync_pack", -1, _pack, deterministic=True)
+        self.conn.create_function("bsync_pack", -1, pack, deterministic=True)
 
     @staticmethod
     def _insert_statement(tdef: TableDef) -> str:
@@ -174,20 +120,20 @@ class Store:
         side = [kv.field for kv in tdef.key_values] + (["parent_ids"] if resource == "Job" else [])
         records = []
         ids = []
-        pack = self._packers[resource]
+        pack_row = self._packers[resource]
         kept: list[Row] = []
         for row in rows:
             record = [row.get(c) for c in columns]
             for i in json_at:
                 value = record[i]
                 if value is not None and not isinstance(value, str):
-                    record[i] = _encode(value)
+                    record[i] = encode_json(value)
             for i in int_at:
                 flag = record[i]
                 if type(flag) is bool:
                     record[i] = int(flag)  # as SQLite stores it (and the packed copy)
             values = tuple(record)
-            records.append((*values, pack(values)))
+            records.append((*values, pack_row(values)))
             ids.append(row["id"])
             kept.append(row)
         if not records:
