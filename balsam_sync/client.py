@@ -35,7 +35,7 @@ from .serverclock import Clock
 from .session import Session, set_default_client_factory
 from .sync.dead import edited_payload
 from .sync.pull import Progress, Puller, PullOptions, PullReport
-from .sync.replay import PushReport
+from .sync.pushreport import PushReport
 from .sync.status import SyncStatus, sync_status
 from .token import user_of
 from .transport import Transport

@@ -23,6 +23,7 @@ import pytest
 import balsam_sync
 from balsam_sync.cache.outbox import EntryState
 from balsam_sync.client import Client
+from balsam_sync.errors import NoEvidence, ServerError
 from balsam_sync.resources import MARKER_KEY
 from balsam_sync.retry import RetryPolicy
 from balsam_sync.testing.faultproxy import FaultPlan, FaultProxy
@@ -131,7 +132,13 @@ def test_r1_mixed_mutations_on_a_flaky_link_end_as_intended(
             done["update"] += 1
         elif kind == "query":
             grp = str(rng.randrange(10))
-            n = Job.objects.filter(tags={"grp": grp}).update(state="RESTART_READY")
+            try:
+                n = Job.objects.filter(tags={"grp": grp}).update(state="RESTART_READY")
+            except (NoEvidence, ServerError):
+                # The server could not say which jobs match (its read failed) and the mirror
+                # cannot tell either: the call raised and queued nothing (checked below).
+                done["query_refused"] += 1
+                continue
             for fields in intent.values():
                 if fields["grp"] == grp:
                     fields["state"] = "RESTART_READY"
@@ -165,6 +172,8 @@ def test_r1_mixed_mutations_on_a_flaky_link_end_as_intended(
         row = server[workdir]
         assert row["num_nodes"] == fields["num_nodes"], workdir
         assert row["tags"]["grp"] == fields["grp"], workdir
+        if "state" not in fields:
+            assert row["state"] != "RESTART_READY", (workdir, "a refused update was applied")
         if "state" in fields:
             local = client.Job.objects.offline().filter(workdir__contains=workdir)
             assert row["state"] == "RESTART_READY", (
@@ -177,7 +186,8 @@ def test_r1_mixed_mutations_on_a_flaky_link_end_as_intended(
             server[str(p.workdir)]["id"] for p in fields["parents"] if str(p.workdir) in server
         }
         assert parent_ids <= set(row["parent_ids"]), workdir
-    assert client.status(check_server=False).dead == 0
+    dead = [(d.resource, d.op.value, d.status, d.error) for d in client.dead_letters()]
+    assert dead == []
     client.close()
 
 
@@ -211,6 +221,7 @@ def test_r5_a_refusal_becomes_a_dead_letter_and_later_work_goes_on(
     assert on_server["r5/kept"]["num_nodes"] == 8 and "r5/later" in on_server
     # the mirror holds the server's truth: the refused site's provisional row is gone
     assert all(s.id > 0 for s in held(client.Site.objects.all()))
+    client.transport.timeout = (1.0, 60.0)  # a pull's large pages may take a loaded server >1 s
     client.pull()
     names = sorted(s.name for s in client.Site.objects.offline())
     assert names == sorted(s.name for s in other.Site.objects.online())

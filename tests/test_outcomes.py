@@ -372,3 +372,54 @@ def test_a_failed_commit_is_rolled_back(tmp_path: Path) -> None:
     assert reader.execute("SELECT count(*) FROM b").fetchone() == (0,)
     reader.close()
     mirror.close()
+
+
+def _locked_job(client: Client, app: Any, workdir: str) -> tuple[Any, Any]:
+    """A job acquired by a running session: the server answers 204 to its DELETE but keeps it."""
+    job = client.Job.objects.create(workdir=workdir, app_id=app.id)
+    job.state = "PREPROCESSED"
+    job.save()
+    session = client.Session(app.site_id)
+    session.save()
+    assert [j.id for j in session.acquire_jobs(max_num_jobs=1)] == [job.id]
+    return job, session
+
+
+def _push_until(client: Client, done: Any, seconds: float = 20.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not done() and time.monotonic() < deadline:
+        time.sleep(0.05)
+        client.push()
+    assert done()
+
+
+def test_a_delete_the_server_keeps_is_tried_again_then_parked_with_its_reason(
+    user: User, app: Any, tmp_path: Path
+) -> None:
+    client = balsam_sync.connect(
+        user.api_root, user.token, home=str(tmp_path / "h"), max_request_seconds=0.3
+    )
+    job, _ = _locked_job(client, app, "kept/locked")
+    job.delete()  # returns: kept once may be a request still holding the row, not a refusal
+    assert client.status(check_server=False).pending == 1
+    _push_until(client, lambda: client.status(check_server=False).dead == 1)
+    (dead,) = client.dead_letters()
+    assert dead.status == 409 and "session holds it" in (dead.error or "")
+    assert [r["workdir"] for r in server_jobs(user)] == ["kept/locked"]
+    client.close()
+
+
+def test_a_delete_kept_for_a_while_goes_through_once_the_server_lets_go(
+    user: User, app: Any, tmp_path: Path
+) -> None:
+    client = balsam_sync.connect(
+        user.api_root, user.token, home=str(tmp_path / "h"), max_request_seconds=30.0
+    )
+    job, session = _locked_job(client, app, "kept/released")
+    job.delete()
+    assert client.status(check_server=False).pending == 1
+    session.delete()  # the server releases the job
+    _push_until(client, lambda: client.status(check_server=False).pending == 0)
+    assert client.status(check_server=False).dead == 0
+    assert server_jobs(user) == []
+    client.close()

@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 from ..cache.mirror import Mirror
@@ -39,6 +38,7 @@ from ..remote import Remote
 from ..resources import MARKER_KEY, MAX_BULK, RESOURCES, Resource
 from ..spec import QuerySpec
 from .lock import FileLock
+from .pushreport import PushReport
 from .settle import Settler
 from .writes import followups, store_server_rows
 
@@ -49,41 +49,8 @@ Row = dict[str, Any]
 ENTRY_BACKOFF_CAP = 300.0
 """Longest pause before a write's push resends a change the server failed (it starts at the
 link's first back-off, ``Settings.retry_backoff``)."""
-
-
-@dataclass
-class PushReport:
-    """What one push did.
-
-    Attributes:
-        sent: entries the server acknowledged.
-        failed: entries tried without a definite answer (still queued).
-        dead: entries moved to the dead letters by this push.
-        remaining: entries still queued afterwards.
-        waiting: in-flight creates the server may still be running (settled by a later push).
-        paused_for_auth: the token was refused: nothing more is sent until a new login.
-        skipped: another process holds the replay lock (it will send our entries).
-        error: the last error seen, as text.
-        rejected: entries of the caller that the server refused (raised to the caller).
-    """
-
-    sent: int = 0
-    failed: int = 0
-    dead: int = 0
-    remaining: int = 0
-    waiting: int = 0
-    paused_for_auth: bool = False
-    skipped: bool = False
-    error: str | None = None
-    rejected: dict[int, HTTPStatusError] = field(default_factory=dict)
-
-    def __str__(self) -> str:
-        text = f"sent {self.sent}, failed {self.failed}, dead {self.dead}, queued {self.remaining}"
-        if self.waiting:
-            text += f" ({self.waiting} sent, awaiting the server's outcome)"
-        if self.paused_for_auth:
-            text += " (paused: log in again)"
-        return text + (f"; last error: {self.error}" if self.error else "")
+KEPT_TRIES = 4
+"""Sends of a DELETE whose object the server keeps before it counts as kept for good."""
 
 
 def _refs(entry: Entry) -> set[int]:
@@ -305,9 +272,7 @@ class Replayer:
         elif op is Op.UPDATE:
             self._send_updates(res, group)
         else:
-            before = len(report.rejected) + report.dead
-            self._send_deletes(res, group, mine, report)
-            return len(group) - (len(report.rejected) + report.dead - before)
+            return self._send_deletes(res, group, mine, report)
         return len(group)
 
     def _send_creates(self, res: Resource, group: list[Entry]) -> None:
@@ -327,20 +292,35 @@ class Replayer:
 
     def _send_deletes(
         self, res: Resource, group: list[Entry], mine: set[int], report: PushReport
-    ) -> None:
+    ) -> int:
+        """Delete, and return how many the server acknowledged.
+
+        The server answers 204 yet skips a job it cannot lock: one locked by a running
+        session, or by another request still running (an earlier copy of this very DELETE,
+        say). Such a job is tried again later; one still kept after ``KEPT_TRIES`` sends,
+        spread over ``max_request_seconds``, is kept for good (a session holds it).
+        """
         self.outbox.mark_in_flight([e.seq for e in group])
-        kept = {row["id"] for row in self.remote.delete_ids(res, [e.obj_id for e in group])}
+        rows = self.remote.delete_ids(res, [e.obj_id for e in group])
+        kept = {row["id"] for row in rows}
         self.outbox.ack([e.seq for e in group if e.obj_id not in kept])
         for entry in (e for e in group if e.obj_id in kept):
-            # The server skips jobs locked by a running session and still answers 204.
+            reason = f"{res.name} {entry.obj_id} is locked: the server kept it"
+            if entry.attempts + 1 < KEPT_TRIES:
+                self.outbox.reset([entry.seq])  # not applied: an ordinary pending change
+                wait = self.settler.max_request_seconds / (KEPT_TRIES - 1)
+                self.outbox.defer([entry.seq], wait, 409, f"{reason} (tried again later)")
+                report.failed += 1
+                continue
             locked = Rejected(
-                f"{res.name} {entry.obj_id} is locked by a running session: the server kept it",
+                f"{reason} (a running session holds it)",
                 method="DELETE",
                 url=res.item_path(entry.obj_id),
                 status=409,
                 body=None,
             )
             self._reject(entry, locked, mine, report)
+        return len(group) - len(kept)
 
     # -- rejection -----------------------------------------------------------------------------
 
