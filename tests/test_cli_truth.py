@@ -63,7 +63,9 @@ def test_offline_mode_is_honoured_by_every_command(
         text = run("status").stdout
         assert "server reachable: not checked (BALSAM_SYNC_OFFLINE is set)" in text
         assert "token:            not checked (offline)" in text
-        assert run("jobs", "--count").stdout == "1\n"
+        # Never pulled: the mirror holds one queued job but cannot say what the server has.
+        refused = run("jobs", "--count", code=1).stderr
+        assert "no evidence" in refused and len(refused.splitlines()) == 1
         assert "run `balsam-sync pull` when online" in run("salvage", "--force").stdout
         assert proxy.stats.requests == 0  # not one request left this machine
     assert server_jobs(user) == []
