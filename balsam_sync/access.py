@@ -60,6 +60,8 @@ class _Field:
     def __get__(self, obj: Model | None, owner: type[Model]) -> Any:
         if obj is None:
             return self
+        if obj._d is None and obj._changes is None:  # a clean packed mirror row
+            return obj._read_packed(self.name)
         return obj._read(self.name)
 
     def __set__(self, obj: Model, value: Any) -> None:

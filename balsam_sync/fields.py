@@ -8,6 +8,7 @@ keeps turning 1000 mirror rows into instances in the low milliseconds.
 from __future__ import annotations
 
 import functools
+import json
 import typing
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -39,6 +40,35 @@ def parse_datetime(raw: Any) -> datetime:
     return value
 
 
+_SCAN: Callable[[str, int], tuple[Any, int]] = vars(json.JSONDecoder())["scan_once"]
+
+
+def decode_json(text: str) -> Any:
+    """``json.loads(text)`` for the compact text the mirror stores, with less overhead.
+
+    Anything but one JSON value with no surrounding space is left to ``json.loads`` (which
+    also gives its errors).
+    """
+    try:
+        value, end = _SCAN(text, 0)
+    except StopIteration:
+        return json.loads(text)
+    return value if end == len(text) else json.loads(text)
+
+
+def _enum(kind: type[Enum]) -> Converter:
+    """``kind(raw)``, with the common case (a member's value) one dict lookup."""
+    members = kind._value2member_map_
+
+    def convert(raw: Any) -> Any:
+        try:
+            return members[raw]
+        except (KeyError, TypeError):
+            return kind(raw)
+
+    return convert
+
+
 def wire_datetime(value: datetime) -> str:
     """Return the mirror's text of ``value``: ISO in UTC, microseconds, ``+00:00`` (naive: UTC)."""
     aware = value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value
@@ -66,7 +96,7 @@ def _converter_for(annotation: Any) -> Converter | None:
     if ann is bool:
         return bool  # the mirror stores booleans as 0/1
     if isinstance(ann, type) and issubclass(ann, Enum):
-        return ann
+        return _enum(ann)
     if origin is set:
         return set
     if ann in (int, float, str, bool, Any) or (origin in (dict, list) and _plain(ann)):

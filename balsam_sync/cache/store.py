@@ -292,10 +292,11 @@ class Store:
             cursor = self.conn.execute(sql, args)
             return [dict(zip(names, rec, strict=True)) for rec in cursor]
 
-    def query_packed(self, spec: QuerySpec) -> tuple[RowLayout, list[tuple[bytes]]]:
-        """Like ``query`` but each row stays one packed blob (the cheapest form to fetch)."""
+    def query_packed(self, spec: QuerySpec) -> tuple[RowLayout, list[tuple[int, bytes]]]:
+        """Like ``query`` but each row is ``(id, blob)``: the id plus every value packed in one
+        blob (the cheapest form to fetch; the id is read without unpacking the blob)."""
         columns = ", ".join(f"[{c}]" for c in self._columns[spec.resource])
-        sql, args = self._select(spec, f"coalesce([{PACKED}], bsync_pack({columns}))")
+        sql, args = self._select(spec, f"[id], coalesce([{PACKED}], bsync_pack({columns}))")
         with self._lock:
             packed = self.conn.execute(sql, args).fetchall()
         return self._layouts[spec.resource], packed
