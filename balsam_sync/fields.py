@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import sys
 import typing
 from collections.abc import Callable
 from datetime import datetime, timezone
 from enum import Enum
-from pathlib import Path
+from pathlib import Path, PosixPath
 from types import NoneType, UnionType
 from typing import Annotated, Any
 from uuid import UUID
@@ -69,6 +71,31 @@ def _enum(kind: type[Enum]) -> Converter:
     return convert
 
 
+def _path_converter() -> Converter:
+    """``Path(raw)``: on CPython 3.10 and 3.11 (POSIX), text is split here exactly as their
+    ``pathlib`` splits it, in under half the time (later versions build paths lazily)."""
+    from_parsed = getattr(PosixPath, "_from_parsed_parts", None)
+    if sys.version_info >= (3, 12) or os.name != "posix" or from_parsed is None:
+        return Path
+    intern = sys.intern
+
+    def to_path(raw: Any) -> Any:
+        if type(raw) is not str:
+            return Path(raw)
+        rel = raw.lstrip("/")
+        parts = [intern(x) for x in rel.split("/") if x and x != "."]
+        lead = len(raw) - len(rel)
+        if not lead:
+            return from_parsed("", "", parts)
+        root = "//" if lead == 2 else "/"  # POSIX: two leading slashes are kept, more are one
+        return from_parsed("", root, [root, *parts])
+
+    return to_path
+
+
+to_path = _path_converter()
+
+
 def wire_datetime(value: datetime) -> str:
     """Return the mirror's text of ``value``: ISO in UTC, microseconds, ``+00:00`` (naive: UTC)."""
     aware = value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value
@@ -92,7 +119,7 @@ def _converter_for(annotation: Any) -> Converter | None:
     if ann is UUID:
         return UUID
     if ann is Path:
-        return Path
+        return to_path
     if ann is bool:
         return bool  # the mirror stores booleans as 0/1
     if isinstance(ann, type) and issubclass(ann, Enum):

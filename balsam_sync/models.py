@@ -54,6 +54,8 @@ class Model(Provenanced):
     _hidden: ClassVar[dict[str, str]] = {}
     """Bookkeeping keys kept on the server but hidden from a dict field (field -> key)."""
     _refs: ClassVar[frozenset[str]] = frozenset({"id"})
+    _readers: ClassVar[dict[str, _Field]] = {}
+    """The field descriptor of every field (also of those a property stands in for)."""
     _fields: ClassVar[frozenset[str]] = frozenset()
     _create_fields: ClassVar[frozenset[str]] = frozenset()
     _update_fields: ClassVar[frozenset[str]] = frozenset()
@@ -102,15 +104,19 @@ class Model(Provenanced):
             for name, info in sch.model_fields.items():
                 if not names.get(name):
                     names[name] = info.description
-        for name, doc in names.items():
-            if name not in cls.__dict__:
-                setattr(cls, name, _Field(name, doc))
         cls._fields = frozenset(names)
         # A field the server never returns (Job.transfers, state_timestamp) still reads typed.
         cls._conv = {k: v for sch in reversed(schemas) for k, v in converters(sch).items()}
         cls._json = json_fields(res.out)
         cls._bools = frozenset(n for n, conv in cls._conv.items() if conv is bool)
         cls._refs = frozenset({"id", "app_id", "site_id", "batch_job_id"}) & cls._fields
+        cls._readers = {
+            name: _Field(name, doc, cls._conv.get(name), name in cls._json, name in cls._refs)
+            for name, doc in names.items()
+        }
+        for name, reader in cls._readers.items():
+            if name not in cls.__dict__:  # Job.app_id is a property (reading through _read)
+                setattr(cls, name, reader)
         cls._create_fields = frozenset(res.create.model_fields) if res.create else frozenset()
         cls._update_fields = frozenset(res.update.model_fields) if res.update else frozenset()
         cls._positional = cls._constructor_order(res.create) if res.create else ()
@@ -236,35 +242,22 @@ class Model(Provenanced):
 
     # -- field access --------------------------------------------------------------------------
 
-    def _read_packed(self, name: str) -> Any:
-        """Read a field of a clean packed instance: no dict of the row, the id not unpacked."""
-        if name == "id":
-            raw = self._row[0]
-        else:
-            layout = self._prov.layout
-            assert layout is not None
-            at = layout.index.get(name)
-            if at is None:
-                return None
-            vals = self._vals
-            if vals is None:
-                vals = self._vals = layout.unpack(self._row)
-            raw = vals[at]
-            if raw.__class__ is str and name in self._json:
-                raw = self._json_value(name, raw)
-                if vals.__class__ is tuple:
-                    vals = self._vals = list(vals)
-                vals[at] = raw  # type: ignore[index]
-        if raw is None:
-            return None
-        if raw.__class__ is int and raw < 0 and name in self._refs:
-            raw = self._resolve_id(name, raw)
-        conv = self._conv.get(name)
-        return raw if conv is None else conv(raw)
+    def _decode_packed(self, name: str, at: int) -> Any:
+        """Decode a JSON value of the packed row once (its first read); keep it for later."""
+        vals = self._vals
+        assert vals is not None
+        raw = decode_json(vals[at])
+        hidden = self._hidden.get(name)
+        if hidden is not None and type(raw) is dict and hidden in raw:
+            raw = {k: v for k, v in raw.items() if k != hidden}
+        if vals.__class__ is tuple:
+            vals = self._vals = list(vals)
+        vals[at] = raw  # type: ignore[index]
+        return raw
 
     def _read(self, name: str) -> Any:
-        if self._d is None and self._changes is None:
-            return self._read_packed(name)
+        if self._d is None and self._changes is None and name in self._readers:
+            return self._readers[name].__get__(self, type(self))
         state = self._state
         changes = self._changes
         if changes is not None and name in changes:
