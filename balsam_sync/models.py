@@ -348,9 +348,10 @@ class Model(Provenanced):
 
     def _pending_changes(self) -> Row:
         """Assigned fields plus mutable fields changed in place since they were read."""
+        data = self._data  # a packed instance leaves its row, and snapshots what it handed out
         changes = dict(self._changes or {})
         for name, before in (self._seen or {}).items():
-            now = self._data.get(name)
+            now = data.get(name)
             if name not in changes and now != before:
                 changes[name] = now
         return changes

@@ -91,14 +91,22 @@ def test_a_json_field_is_decoded_on_its_first_read_only(
 def test_in_place_changes_and_assignments_to_a_cached_instance_are_all_saved(
     client: Client, app: Any, user: User
 ) -> None:
-    (job,) = cached_jobs(client, app, 1, tags={"a": "1"}, data={"x": [1]})
-    job.tags["b"] = "2"  # changed in place while the instance still reads its packed row
-    job.data["x"].append(2)
-    job.num_nodes = 3  # an assignment: the instance leaves its packed row
-    assert job.tags == {"a": "1", "b": "2"}
-    job.save()
-    (row,) = [r for r in server_jobs(user) if r["id"] == job.id]
-    assert (row["tags"], row["data"], row["num_nodes"]) == ({"a": "1", "b": "2"}, {"x": [1, 2]}, 3)
+    alone, mixed = cached_jobs(client, app, 2, tags={"a": "1"}, data={"x": [1]})
+    for job in (alone, mixed):
+        job.tags["b"] = "2"  # changed in place while the instance still reads its packed row
+        job.data["x"].append(2)
+    mixed.num_nodes = 3  # an assignment: the instance leaves its packed row
+    assert mixed.tags == {"a": "1", "b": "2"}
+    alone.save()
+    mixed.save()
+    rows = {r["id"]: r for r in server_jobs(user)}
+    for job, nodes in ((alone, 1), (mixed, 3)):
+        row = rows[job.id]
+        assert (row["tags"], row["data"], row["num_nodes"]) == (
+            {"a": "1", "b": "2"},
+            {"x": [1, 2]},
+            nodes,
+        )
 
 
 def test_a_partly_read_cached_instance_equals_the_servers(client: Client, app: Any) -> None:
