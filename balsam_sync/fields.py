@@ -82,6 +82,9 @@ def _path_converter() -> Converter:
     def to_path(raw: Any) -> Any:
         if type(raw) is not str:
             return Path(raw)
+        parts = raw.split("/")
+        if "" not in parts and "." not in parts:  # relative, nothing to drop: the common case
+            return from_parsed("", "", parts)
         rel = raw.lstrip("/")
         parts = [intern(x) for x in rel.split("/") if x and x != "."]
         lead = len(raw) - len(rel)
