@@ -12,6 +12,7 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
+    from .freshness import RowLayout
     from .manager import Manager
     from .models import Model
 
@@ -51,16 +52,58 @@ def set_manager_resolver(resolver: ManagerResolver) -> None:
 
 
 class _Field:
-    """Descriptor for one model field: reads convert, writes validate."""
+    """Descriptor for one field of one model class: reads convert, writes validate.
 
-    def __init__(self, name: str, doc: str | None) -> None:
+    A clean instance on a packed mirror row (``Model._from_packed``) is read here directly:
+    the id from the row, any other field from the row's values (unpacked once, by position),
+    a JSON field decoded on its first read. Every other instance reads through ``_read``.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        doc: str | None,
+        conv: Callable[[Any], Any] | None = None,
+        json: bool = False,
+        ref: bool = False,
+    ) -> None:
         self.name = name
         self.__doc__ = doc
+        self.conv = conv
+        self.json = json
+        self.ref = ref
+        self.is_id = name == "id"
+        self._where: tuple[RowLayout | None, int | None] = (None, None)
+        """The last row layout seen and this field's position in it (one tuple: thread-safe)."""
 
     def __get__(self, obj: Model | None, owner: type[Model]) -> Any:
         if obj is None:
             return self
-        return obj._read(self.name)
+        if obj._d is not None or obj._changes is not None:
+            return obj._read(self.name)
+        if self.is_id:
+            raw = obj._row[0]
+        else:
+            layout = obj._prov.layout
+            where = self._where
+            if where[0] is not layout:
+                assert layout is not None
+                where = self._where = (layout, layout.index.get(self.name))
+            at = where[1]
+            if at is None:
+                return None
+            vals = obj._vals
+            if vals is None:
+                vals = obj._vals = layout.unpack(obj._row)  # type: ignore[union-attr]
+            raw = vals[at]
+            if raw.__class__ is str and self.json:
+                raw = obj._decode_packed(self.name, at)
+        if raw is None:
+            return None
+        if raw.__class__ is int and raw < 0 and self.ref:
+            raw = obj._resolve_id(self.name, raw)
+        conv = self.conv
+        return raw if conv is None else conv(raw)
 
     def __set__(self, obj: Model, value: Any) -> None:
         obj._write(self.name, value)

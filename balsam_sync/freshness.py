@@ -6,8 +6,8 @@ A policy is a small value: ``AUTO`` (the client default), ``fresh(max_age)``, ``
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
 from typing import Any, Literal
@@ -84,15 +84,25 @@ def choose(default: ReadPolicy, policy: PolicyArg, *, offline: bool, latest: boo
 class RowLayout:
     """The shape of packed mirror rows: their column names and how one row is unpacked.
 
-    Rows stay packed until a field is read, so turning 1000 cached rows into instances costs
-    little more than fetching them.
+    A packed row is ``(id, blob)``: the id is read without unpacking anything, and the blob
+    is unpacked (into the column values, in ``columns`` order) when another field is first
+    read, so turning 1000 cached rows into instances costs little more than fetching them.
     """
 
     columns: tuple[str, ...]
     unpack: Callable[[Any], tuple[Any, ...]]
+    index: dict[str, int] = field(init=False, compare=False)
+    """Column name -> position in the unpacked values."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "index", {name: i for i, name in enumerate(self.columns)})
 
     def as_dict(self, row: Any) -> dict[str, Any]:
-        return dict(zip(self.columns, self.unpack(row), strict=True))
+        return self.zip(self.unpack(row))
+
+    def zip(self, values: Sequence[Any]) -> dict[str, Any]:
+        """The unpacked ``values`` of a row as a dict of its columns."""
+        return dict(zip(self.columns, values, strict=True))
 
 
 @dataclass(frozen=True)

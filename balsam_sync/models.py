@@ -9,7 +9,6 @@ that assigned it. Persistence (save, delete, refresh) is delegated to the model'
 from __future__ import annotations
 
 import copy
-import json
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -24,8 +23,15 @@ from .errors import (
     UsageError,
     UsageTypeError,
 )
-from .fields import Converter, converters, json_fields, validate_field, validate_payload
-from .freshness import Provenanced, RowLayout
+from .fields import (
+    Converter,
+    converters,
+    decode_json,
+    json_fields,
+    validate_field,
+    validate_payload,
+)
+from .freshness import Answer, Provenanced
 from .resources import Resource
 
 __all__ = ["Model", "ModelState"]
@@ -40,7 +46,7 @@ class Model(Provenanced):
     ``Job.DoesNotExist`` never catches ``Site.DoesNotExist``.
     """
 
-    __slots__ = ("_state", "_d", "_row", "_layout", "_changes", "_seen", "__weakref__")
+    __slots__ = ("_state", "_d", "_row", "_vals", "_changes", "_seen", "__weakref__")
     _resource: ClassVar[Resource]
     _conv: ClassVar[dict[str, Converter]] = {}
     _json: ClassVar[frozenset[str]] = frozenset()
@@ -48,6 +54,8 @@ class Model(Provenanced):
     _hidden: ClassVar[dict[str, str]] = {}
     """Bookkeeping keys kept on the server but hidden from a dict field (field -> key)."""
     _refs: ClassVar[frozenset[str]] = frozenset({"id"})
+    _readers: ClassVar[dict[str, _Field]] = {}
+    """The field descriptor of every field (also of those a property stands in for)."""
     _fields: ClassVar[frozenset[str]] = frozenset()
     _create_fields: ClassVar[frozenset[str]] = frozenset()
     _update_fields: ClassVar[frozenset[str]] = frozenset()
@@ -64,9 +72,9 @@ class Model(Provenanced):
 
     id: int | None  # every resource has one; None before the first save and after delete
     _state: ModelState
-    _d: Row | None  # the fields as a dict, built from _row on first use
-    _row: Any  # a packed mirror row not yet turned into a dict
-    _layout: RowLayout
+    _d: Row | None  # the fields as a dict; None while the instance reads a packed mirror row
+    _row: tuple[int, bytes]  # a packed mirror row (id, blob), shaped by _prov.layout
+    _vals: tuple[Any, ...] | list[Any] | None  # the blob unpacked (JSON decoded when read)
     _changes: Row | None
     _seen: Row | None
 
@@ -96,15 +104,19 @@ class Model(Provenanced):
             for name, info in sch.model_fields.items():
                 if not names.get(name):
                     names[name] = info.description
-        for name, doc in names.items():
-            if name not in cls.__dict__:
-                setattr(cls, name, _Field(name, doc))
         cls._fields = frozenset(names)
         # A field the server never returns (Job.transfers, state_timestamp) still reads typed.
         cls._conv = {k: v for sch in reversed(schemas) for k, v in converters(sch).items()}
         cls._json = json_fields(res.out)
         cls._bools = frozenset(n for n, conv in cls._conv.items() if conv is bool)
         cls._refs = frozenset({"id", "app_id", "site_id", "batch_job_id"}) & cls._fields
+        cls._readers = {
+            name: _Field(name, doc, cls._conv.get(name), name in cls._json, name in cls._refs)
+            for name, doc in names.items()
+        }
+        for name, reader in cls._readers.items():
+            if name not in cls.__dict__:  # Job.app_id is a property (reading through _read)
+                setattr(cls, name, reader)
         cls._create_fields = frozenset(res.create.model_fields) if res.create else frozenset()
         cls._update_fields = frozenset(res.update.model_fields) if res.update else frozenset()
         cls._positional = cls._constructor_order(res.create) if res.create else ()
@@ -178,32 +190,74 @@ class Model(Provenanced):
         return obj
 
     @classmethod
-    def _from_packed(cls, layout: RowLayout, row: Any) -> Model:
-        """Build a clean instance from a packed mirror row; it is unpacked on first use."""
-        obj = cls.__new__(cls)
-        obj._state = ModelState.CLEAN
-        obj._d = None
-        obj._row = row
-        obj._layout = layout
-        obj._changes = None
-        obj._seen = None
-        return obj
+    def _from_packed(cls, answer: Answer) -> list[Model]:
+        """Clean instances of the packed mirror rows of ``answer`` (``answer.layout`` set).
+
+        Nothing is unpacked here: ``id`` reads the row's id, another field unpacks the blob
+        once, and a JSON field is decoded when it is first read.
+        """
+        new, clean, out = cls.__new__, ModelState.CLEAN, []
+        for row in answer.rows:
+            obj = new(cls)
+            obj._state = clean
+            obj._d = None
+            obj._row = row
+            obj._vals = None
+            obj._changes = None
+            obj._seen = None
+            obj._prov = answer
+            out.append(obj)
+        return out
 
     @property
     def _data(self) -> Row:
         data = self._d
         if data is None:
-            data = self._d = self._layout.as_dict(self._row)
-            self._row = None
+            data = self._d = self._unpacked_dict()
         return data
 
     @_data.setter
     def _data(self, value: Row) -> None:
         self._d = value
 
+    def _unpacked_dict(self) -> Row:
+        """Leave the packed form: the row as a dict, with the values read so far.
+
+        A JSON value handed out may have been changed in place since: its snapshot (to find
+        such changes at save) is the value decoded afresh from the row.
+        """
+        layout = self._prov.layout
+        assert layout is not None
+        vals, original = self._vals, layout.unpack(self._row)
+        if vals is None:
+            return layout.zip(original)
+        for name in self._json & self._update_fields:
+            at = layout.index.get(name)
+            if at is not None and type(original[at]) is str and type(vals[at]) is not str:
+                if self._seen is None:
+                    self._seen = {}
+                self._seen.setdefault(name, self._json_value(name, original[at]))
+        self._vals = None
+        return layout.zip(vals)
+
     # -- field access --------------------------------------------------------------------------
 
+    def _decode_packed(self, name: str, at: int) -> Any:
+        """Decode a JSON value of the packed row once (its first read); keep it for later."""
+        vals = self._vals
+        assert vals is not None
+        raw = decode_json(vals[at])
+        hidden = self._hidden.get(name)
+        if hidden is not None and type(raw) is dict and hidden in raw:
+            raw = {k: v for k, v in raw.items() if k != hidden}
+        if vals.__class__ is tuple:
+            vals = self._vals = list(vals)
+        vals[at] = raw  # type: ignore[index]
+        return raw
+
     def _read(self, name: str) -> Any:
+        if self._d is None and self._changes is None and name in self._readers:
+            return self._readers[name].__get__(self, type(self))
         state = self._state
         changes = self._changes
         if changes is not None and name in changes:
@@ -212,7 +266,7 @@ class Model(Provenanced):
             raw = self._data.get(name)
             if type(raw) is str and name in self._json:
                 # Mirror rows keep JSON columns as text until a field is read.
-                raw = json.loads(raw)
+                raw = decode_json(raw)
                 self._data[name] = raw
             if name in self._hidden and type(raw) is dict and self._hidden[name] in raw:
                 raw = {k: v for k, v in raw.items() if k != self._hidden[name]}
@@ -245,7 +299,7 @@ class Model(Provenanced):
 
     def _json_value(self, name: str, value: Any) -> Any:
         if name in self._json and type(value) is str:
-            value = json.loads(value)
+            value = decode_json(value)
         if name in self._hidden and type(value) is dict:
             return {k: v for k, v in value.items() if k != self._hidden[name]}
         if name in self._bools and type(value) is int:
@@ -294,9 +348,10 @@ class Model(Provenanced):
 
     def _pending_changes(self) -> Row:
         """Assigned fields plus mutable fields changed in place since they were read."""
+        data = self._data  # a packed instance leaves its row, and snapshots what it handed out
         changes = dict(self._changes or {})
         for name, before in (self._seen or {}).items():
-            now = self._data.get(name)
+            now = data.get(name)
             if name not in changes and now != before:
                 changes[name] = now
         return changes

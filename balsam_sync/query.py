@@ -122,14 +122,15 @@ class Query(Generic[M]):
         if self._result is None:
             answer = self._manager._fetch(self._spec, self._policy)
             model = self._manager.model
+            result: list[M]
             if answer.layout is not None:
-                layout, build_packed = answer.layout, model._from_packed
-                self._result = [build_packed(layout, row) for row in answer.rows]  # type: ignore[misc]
+                result = model._from_packed(answer)  # type: ignore[assignment]
             else:
                 build = model._from_row
-                self._result = [build(row) for row in answer.rows]  # type: ignore[misc]
-            for obj in self._result:
-                obj._prov = answer
+                result = [build(row) for row in answer.rows]  # type: ignore[misc]
+                for obj in result:
+                    obj._prov = answer
+            self._result = result
             self._answer = answer
         return self._result
 

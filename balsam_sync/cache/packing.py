@@ -24,8 +24,9 @@ def pack(*values: Any) -> bytes:
     return marshal.dumps(values)
 
 
-def unpack(row: tuple[bytes]) -> tuple[Any, ...]:
-    values: tuple[Any, ...] = marshal.loads(row[0])
+def unpack(row: tuple[int, bytes]) -> tuple[Any, ...]:
+    """The column values of a packed row ``(id, blob)`` as ``Store.query_packed`` fetches it."""
+    values: tuple[Any, ...] = marshal.loads(row[1])
     return values
 
 

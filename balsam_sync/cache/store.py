@@ -27,6 +27,9 @@ Row = dict[str, Any]
 
 _writing = threading.local()
 
+LAYOUTS = {name: RowLayout(tuple(t.columns), unpack) for name, t in TABLES.items()}
+"""One layout per resource for every store, so a field descriptor finds its column once."""
+
 
 def writing_here() -> bool:
     """True while the calling thread holds a mirror write transaction (``Store.write()``).
@@ -47,7 +50,7 @@ class Store:
         self._insert_sql = {name: self._insert_statement(t) for name, t in TABLES.items()}
         self._columns = {name: tuple(t.columns) for name, t in TABLES.items()}
         self._packers = {name: packer(t.columns.values()) for name, t in TABLES.items()}
-        self._layouts = {name: RowLayout(c, unpack) for name, c in self._columns.items()}
+        self._layouts = LAYOUTS
         # Repacks rows whose packed copy was cleared (called by SQLite only for those rows).
         self.conn.create_function("bsync_pack", -1, pack, deterministic=True)
 
@@ -292,10 +295,11 @@ class Store:
             cursor = self.conn.execute(sql, args)
             return [dict(zip(names, rec, strict=True)) for rec in cursor]
 
-    def query_packed(self, spec: QuerySpec) -> tuple[RowLayout, list[tuple[bytes]]]:
-        """Like ``query`` but each row stays one packed blob (the cheapest form to fetch)."""
+    def query_packed(self, spec: QuerySpec) -> tuple[RowLayout, list[tuple[int, bytes]]]:
+        """Like ``query`` but each row is ``(id, blob)``: the id plus every value packed in one
+        blob (the cheapest form to fetch; the id is read without unpacking the blob)."""
         columns = ", ".join(f"[{c}]" for c in self._columns[spec.resource])
-        sql, args = self._select(spec, f"coalesce([{PACKED}], bsync_pack({columns}))")
+        sql, args = self._select(spec, f"[id], coalesce([{PACKED}], bsync_pack({columns}))")
         with self._lock:
             packed = self.conn.execute(sql, args).fetchall()
         return self._layouts[spec.resource], packed

@@ -1,0 +1,133 @@
+"""What reading a field of a cached instance costs, as promises that need no clock.
+
+A cached (mirror) instance reads ``id`` from its row without unpacking anything, unpacks the
+rest of its row once (never into a dict of the row) when another field is first read, and
+decodes a JSON field on its first read only. Values, conversions and change tracking are the
+same as for any other instance.
+"""
+
+from __future__ import annotations
+
+import itertools
+import marshal
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import balsam_sync.models
+from balsam_sync.client import Client
+from balsam_sync.fields import to_path
+from balsam_sync.freshness import RowLayout
+from tests.conftest import User, server_jobs
+
+
+def cached_jobs(client: Client, app: Any, n: int, **fields: Any) -> list[Any]:
+    """``n`` new jobs (created through the server), read back from the mirror."""
+    tag = uuid.uuid4().hex[:8]
+    created = client.Job.objects.bulk_create(
+        [client.Job(workdir=f"reads/{tag}/{i}", app_id=app.id, **fields) for i in range(n)]
+    )
+    jobs = list(client.Job.objects.filter(id=[j.id for j in created]).offline())
+    assert len(jobs) == n and all(j.source == "cache" for j in jobs)
+    return jobs
+
+
+def counting(monkeypatch: pytest.MonkeyPatch, owner: Any, name: str) -> list[int]:
+    """Count the calls of ``owner.name`` (left working) in a one-item list."""
+    calls = [0]
+    original: Callable[..., Any] = getattr(owner, name)
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        calls[0] += 1
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, spy)
+    return calls
+
+
+def test_reading_id_unpacks_no_cached_row(
+    client: Client, app: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    jobs = cached_jobs(client, app, 5)
+    unpacked = counting(monkeypatch, marshal, "loads")
+    ids = [j.id for j in jobs]
+    assert unpacked[0] == 0
+    assert all(isinstance(i, int) and i > 0 for i in ids)
+    # Any other field unpacks the row once, however many fields are read after it.
+    for job in jobs:
+        assert (job.workdir, job.state, job.tags, job.num_nodes) is not None
+        assert (job.workdir, job.state, job.data, job.id) is not None
+    assert unpacked[0] == len(jobs)
+
+
+def test_field_reads_build_no_dict_of_the_cached_row(
+    client: Client, app: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    jobs = cached_jobs(client, app, 3, tags={"k": "v"})
+    as_dict = counting(monkeypatch, RowLayout, "as_dict")
+    for job in jobs:
+        assert job.tags == {"k": "v"}
+        assert (job.id, job.workdir, job.state, job.last_update, job.parent_ids) is not None
+    assert as_dict[0] == 0
+
+
+def test_a_json_field_is_decoded_on_its_first_read_only(
+    client: Client, app: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (job,) = cached_jobs(client, app, 1, tags={"k": "v"}, data={"a": [1, 2]})
+    decodes = counting(monkeypatch, balsam_sync.models, "decode_json")
+    assert (job.id, job.workdir, job.state, job.num_nodes) is not None
+    assert decodes[0] == 0
+    tags = job.tags
+    assert job.tags is tags and tags == {"k": "v"}
+    assert decodes[0] == 1
+    assert job.data == {"a": [1, 2]}
+    assert decodes[0] == 2
+
+
+def test_in_place_changes_and_assignments_to_a_cached_instance_are_all_saved(
+    client: Client, app: Any, user: User
+) -> None:
+    alone, mixed = cached_jobs(client, app, 2, tags={"a": "1"}, data={"x": [1]})
+    for job in (alone, mixed):
+        job.tags["b"] = "2"  # changed in place while the instance still reads its packed row
+        job.data["x"].append(2)
+    mixed.num_nodes = 3  # an assignment: the instance leaves its packed row
+    assert mixed.tags == {"a": "1", "b": "2"}
+    alone.save()
+    mixed.save()
+    rows = {r["id"]: r for r in server_jobs(user)}
+    for job, nodes in ((alone, 1), (mixed, 3)):
+        row = rows[job.id]
+        assert (row["tags"], row["data"], row["num_nodes"]) == (
+            {"a": "1", "b": "2"},
+            {"x": [1, 2]},
+            nodes,
+        )
+
+
+def test_a_partly_read_cached_instance_equals_the_servers(client: Client, app: Any) -> None:
+    (job,) = cached_jobs(client, app, 1, tags={"a": "1"}, data={"x": {"y": None}})
+    assert job.tags == {"a": "1"}  # decoded; the other fields are still packed
+    online = client.Job.objects.filter(id=[job.id]).online()[0]
+    assert job.to_dict() == online.to_dict()
+    assert job == online and repr(job) == repr(online)
+
+
+def test_path_fields_are_built_exactly_as_pathlib_builds_them() -> None:
+    pieces = ["a", "bc", ".", "..", "/", "", "x.y", "~", " "]
+    for n in range(6):
+        for combo in itertools.product(pieces, repeat=n):
+            text = "".join(combo)
+            ours, theirs = to_path(text), Path(text)
+            assert type(ours) is type(theirs), text
+            assert (ours, str(ours), ours.parts, hash(ours)) == (
+                theirs,
+                str(theirs),
+                theirs.parts,
+                hash(theirs),
+            ), text
+            assert ours / "z" == theirs / "z" and ours.parent == theirs.parent, text
