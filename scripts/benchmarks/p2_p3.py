@@ -8,13 +8,14 @@ import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 from balsam_sync.client import Client
 
 from .context import Context
 from .harness import Row, Stat, fraction, log, timed
-from .server import Api, register_user
+from .server import Api, User, register_user
 
 P2_TARGET = 3.0
 P3_TARGET = 1.1
@@ -48,8 +49,15 @@ class Creates:
         self.sent.append(f"{method} {url}")
 
     def rep(self, first: bool) -> None:
-        ctx, n, s = self.ctx, self.n, self.s
-        # P2: queue n creates offline.
+        user, api, home = self.queue(first)
+        self.replay(user, api, home, first)
+        self.direct(first)
+        log(f"  P3: push {self.s.push[-1]:.2f} s, direct bulk_create {self.s.direct[-1]:.2f} s")
+
+    def queue(self, first: bool) -> tuple[User, Api, Path]:
+        """P2: queue ``n`` creates offline for a new user; then the same rows with
+        sqlite-utils into a fresh file. Return the user and the queue's home."""
+        ctx, s = self.ctx, self.s
         user = register_user(ctx.opts.api_root, "bench-p2")
         api = Api(user)
         _, app_id = api.site_and_app()
@@ -57,15 +65,14 @@ class Creates:
         client = ctx.connect(user, home, offline=True)
         if not client.gateway.offline and first:
             s.notes2.append(
-                "BUG: connect(..., offline=True) leaves client.gateway.offline False "
-                "(Client.__init__ does not pass settings.offline to Gateway), so writes are "
-                "sent at once; the bench sets client.gateway.offline = True to measure queueing"
+                "BUG: connect(..., offline=True) leaves client.gateway.offline False, so writes "
+                "are sent at once; the bench sets client.gateway.offline = True to measure queueing"
             )
         client.gateway.offline = True
         self.sent.clear()
         client.transport.on_request.append(self.record)
         _ = client.mirror  # open (create, migrate) outside the timing
-        jobs = build(client, app_id, "p2", n)
+        jobs = build(client, app_id, "p2", self.n)
         rows = [dict(job._data) for job in jobs]
         seconds, _ = timed(partial(client.Job.objects.bulk_create, jobs))
         s.offline.append(seconds)
@@ -76,23 +83,25 @@ class Creates:
                 f"provisional negative ids: {'yes' if provisional else 'NO'}"
             )
         client.close()
-        # reference: the same rows with sqlite-utils into a fresh file
         db = self.sqlite_utils.Database(str(ctx.home("sqlite-utils") / "raw.db"))
         seconds, _ = timed(partial(db["jobs"].insert_all, rows))
         s.sqlite.append(seconds)
         db.close()
         log(f"  P2: offline bulk_create {s.offline[-1]:.3f} s, sqlite-utils {s.sqlite[-1]:.3f} s")
-        # P3: replay them with the server reachable.
-        client = ctx.connect(user, home)
+        return user, api, home
+
+    def replay(self, user: User, api: Api, home: Path, first: bool) -> None:
+        """P3: replay the queued creates with the server reachable."""
+        client = self.ctx.connect(user, home)
         _ = client.mirror
         seconds, report = timed(client.push)
-        s.push.append(seconds)
+        self.s.push.append(seconds)
         if first:
             on_server = api.count("/jobs/", [])
-            s.notes3.append(f"push report: {report}; jobs on the server: {on_server} of {n}")
+            self.s.notes3.append(
+                f"push report: {report}; jobs on the server: {on_server} of {self.n}"
+            )
         client.close()
-        self.direct(first)
-        log(f"  P3: push {s.push[-1]:.2f} s, direct bulk_create {s.direct[-1]:.2f} s")
 
     def direct(self, first: bool) -> None:
         """The reference of P3: a direct online bulk_create for a fresh user."""
