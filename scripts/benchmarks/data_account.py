@@ -1,4 +1,4 @@
-"""A benchmark data set shaped like a real account, and the pull figures measured on it.
+"""A benchmark data set shaped like a real account (its figures, A1-A5: ``account.py``).
 
 The account (built through the real server with plain REST calls, as a site agent makes them):
 one Site with a transfer location, one App with a stage-in and a stage-out slot, ``n`` jobs
@@ -7,17 +7,6 @@ the whole way (stage-in done, pre-processed, run in their batch job, post-proces
 done: seven events each) and their batch jobs finished; the other 5 % stopped somewhere along
 the way, with their transfers pending, active or waiting for the job, and their batch jobs
 queued or running.
-
-Figures (``A`` rows of ``results/bench.md``):
-
-  A1  first ``pull()`` of every resource vs upstream ``list(Job.objects.all())`` of the jobs
-      alone                                                                   target <= 1.0x
-  A2  idle incremental pull: requests and bytes          target <= 8 requests and <= 200 KB
-  A3  incremental pull after 100 changes (jobs, transfer items, a batch job) vs a full pull
-                                                                              target <= 5 %
-  A4  what one idle daemon cycle costs the server (requests, bytes, server seconds), and the
-      same for 1,000 users' daemons at a 60 s interval (information)
-  A5  P4/P5 through the fault proxy with 50 ms added to every round trip (information)
 """
 
 from __future__ import annotations
@@ -29,7 +18,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import bench
+from .harness import log
+from .server import Api, User, register_user
 
 IN_SLOT = "stage_in"
 OUT_SLOT = "stage_out"
@@ -65,7 +55,7 @@ STAGES = (
 class Account:
     """What was built, and what the server should now hold."""
 
-    user: bench.User
+    user: User
     site_id: int
     app_id: int
     job_ids: list[int]
@@ -90,8 +80,8 @@ class Builder:
     """Builds an account on the real server with the calls a site agent makes."""
 
     def __init__(self, api_root: str, n_jobs: int, seed: int = 9) -> None:
-        self.user = bench.register_user(api_root, "bench-acct")
-        self.api = bench.Api(self.user)
+        self.user = register_user(api_root, "bench-acct")
+        self.api = Api(self.user)
         self.n_jobs = n_jobs
         self.rng = random.Random(seed)
 
@@ -177,7 +167,7 @@ class Builder:
                 for i in chunk
             ]
             ids.extend(int(job["id"]) for job in self.api.call("POST", "/jobs/", json=payload))
-            bench.log(f"  account: created {len(ids)}/{self.n_jobs} jobs")
+            log(f"  account: created {len(ids)}/{self.n_jobs} jobs")
         return ids
 
     def _items(self) -> dict[int, tuple[int, int]]:
@@ -212,7 +202,7 @@ class Builder:
             if not jobs:
                 continue
             self._apply(acct, stage, jobs)
-            bench.log(f"  account: {len(jobs)} jobs reached '{STAGES[stage]}'")
+            log(f"  account: {len(jobs)} jobs reached '{STAGES[stage]}'")
 
     def _apply(self, acct: Account, stage: int, jobs: list[int]) -> None:
         bj_of = {

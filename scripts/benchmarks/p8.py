@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """P8: ``save()`` while the server cannot be reached, and the daemon's time to stop.
 
 * ``save()`` of one job, 100 times in a row, right after the link went away: a refused port
@@ -8,7 +7,7 @@
 * The daemon's time from SIGTERM to exit, mid-request on a silent link (its worst case) and
   idle between rounds. Target: <= 5 s.
 
-``scripts/bench.py`` runs this as P8; ``python scripts/bench_p8.py`` runs it alone.
+``python scripts/bench.py --only P8`` runs it alone.
 """
 
 from __future__ import annotations
@@ -18,22 +17,18 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
-import requests
+import balsam_sync
+from balsam_sync.testing.faultproxy import FaultProxy
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-import balsam_sync  # noqa: E402
-from balsam_sync.testing.faultproxy import FaultProxy  # noqa: E402
+from .context import Context
+from .harness import ROOT, Row, Stat
+from .server import register_user
 
 CALLS = 100
 MEDIAN_TARGET = 0.005
@@ -41,22 +36,11 @@ MAX_TARGET = 3.0
 STOP_TARGET = 5.0
 
 
-def new_user(api_root: str) -> tuple[str, int]:
-    """Register a user with one app; return (token, app id)."""
-    name, password = f"p8-{uuid.uuid4().hex[:12]}", "bench-password-0"
-    requests.post(
-        f"{api_root}/auth/password/register",
-        json={"username": name, "password": password},
-        timeout=30,
-    ).raise_for_status()
-    login = requests.post(
-        f"{api_root}/auth/password/login",
-        data={"username": name, "password": password},
-        timeout=30,
-    )
-    login.raise_for_status()
-    token = str(login.json()["access_token"])
-    client = balsam_sync.connect(api_root, token, home=tempfile.mkdtemp(prefix="p8-"))
+def new_user(api_root: str, home: Path) -> tuple[str, int]:
+    """Register a user with one app (made through a client at ``home``-user, so the run's
+    work folder holds it); return (token, app id)."""
+    token = register_user(api_root, "p8").token
+    client = balsam_sync.connect(api_root, token, home=str(home.with_name(home.name + "-user")))
     site = client.Site.objects.create(name=f"p8-{uuid.uuid4().hex[:6]}", path="/p8")
     app = client.App.objects.create(
         site_id=site.id, name="P8", serialized_class="txt", source_code="-"
@@ -69,7 +53,7 @@ def saves_while_unreachable(
     api_root: str, home: Path, breaks: Callable[[FaultProxy], None]
 ) -> list[float]:
     """Seconds of each of ``CALLS`` saves, the first right after ``breaks`` cut the link."""
-    token, app_id = new_user(api_root)
+    token, app_id = new_user(api_root, home)
     with FaultProxy(api_root) as proxy:
         client = balsam_sync.connect(proxy.url, token, home=str(home))
         job = client.Job.objects.create(workdir="p8/0", app_id=app_id)
@@ -112,7 +96,7 @@ def daemon(proxy: FaultProxy, token: str, home: Path) -> Iterator[subprocess.Pop
 
 def time_to_stop(api_root: str, home: Path, silent: bool) -> float:
     """Seconds from SIGTERM to the daemon's exit (mid-request on a silent link, or idle)."""
-    token, app_id = new_user(api_root)
+    token, app_id = new_user(api_root, home)
     with FaultProxy(api_root) as proxy:
         queued = balsam_sync.connect(proxy.url, token, home=str(home), offline=True)
         jobs = [queued.Job(workdir=f"p8/{i}", app_id=app_id) for i in range(5)]
@@ -145,45 +129,29 @@ def measure(api_root: str, workdir: Path, reps: int = 3) -> dict[str, list[float
     return results
 
 
-def into(bench: Any, row: Any, stat: Any) -> None:
-    """Add the P8 rows to ``scripts/bench.py``'s run (its ``Row`` and ``Stat`` classes)."""
-    found = measure(bench.opts.api_root, bench.home("p8"), bench.opts.reps_slow)
+def run(ctx: Context) -> None:
+    """Add the P8 rows to the run."""
+    found = measure(ctx.opts.api_root, ctx.home("p8"), ctx.opts.reps_slow)
     for key, what in (("refused", "a refused port"), ("silent", "a silent link")):
         samples = found[key]
-        r = row(
+        r = Row(
             "P8",
             f"{CALLS} save() calls in a row, the server behind {what}",
-            ours=stat(samples),
+            ours=Stat(samples),
             ours_label="per call",
             target=f"median ≤ {MEDIAN_TARGET * 1000:g} ms, max ≤ {MAX_TARGET:g} s",
         )
         r.met = statistics.median(samples) <= MEDIAN_TARGET and max(samples) <= MAX_TARGET
         r.ratio_text = f"max {max(samples):.2f} s (first call: {samples[0] * 1000:.0f} ms)"
-        bench.rows.append(r)
+        ctx.rows.append(r)
     for key, what in (("stop_silent", "mid-request, silent link"), ("stop_idle", "idle")):
         samples = found[key]
-        r = row(
+        r = Row(
             "P8",
             f"daemon: SIGTERM to exit, {what}",
-            ours=stat(samples),
+            ours=Stat(samples),
             ours_label="stop",
             target=f"≤ {STOP_TARGET:g} s",
         )
         r.met = max(samples) <= STOP_TARGET
-        bench.rows.append(r)
-
-
-def main() -> int:
-    api_root = os.environ.get("BALSAM_TEST_API_ROOT", "http://127.0.0.1:8765")
-    with tempfile.TemporaryDirectory(prefix="bench-p8-") as workdir:
-        found = measure(api_root, Path(workdir))
-    for name, samples in found.items():
-        print(
-            f"{name:12s} median {statistics.median(samples) * 1000:8.2f} ms   "
-            f"max {max(samples) * 1000:8.1f} ms   n={len(samples)}"
-        )
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+        ctx.rows.append(r)

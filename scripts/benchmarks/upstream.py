@@ -1,0 +1,55 @@
+"""Upstream ``balsam.api``, timed in a subprocess of the real server's venv (pydantic 1)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+from .harness import last_json, run_child
+from .server import User
+
+CHILD = Path(__file__).with_name("upstream_child.py")
+
+
+def upstream_python() -> Path:
+    """The python of the server's venv (``BALSAM_REAL_HOME``, as the server script has it)."""
+    base = Path(os.environ.get("BALSAM_REAL_HOME") or Path.home() / ".cache/balsam-real-server")
+    return base / "venv" / "bin" / "python"
+
+
+def client_yml(user: User, folder: Path) -> Path:
+    """An upstream ``client.yml`` logged in as ``user``."""
+    settings = {
+        "api_root": user.api_root,
+        "client_class": "balsam.client.BasicAuthRequestsClient",
+        "token": user.token,
+        "token_expiry": user.expiry,
+        "connect_timeout": 6.2,
+        "read_timeout": 600.0,
+        "retry_count": 3,
+    }
+    path = folder / "client.yml"
+    # JSON is YAML: one key per line, values JSON-quoted.
+    path.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in settings.items()))
+    path.chmod(0o600)
+    return path
+
+
+def run_upstream(user: User, workdir: Path, mode: str, reps: int) -> dict[str, Any]:
+    """Time a query (``upstream_child.py`` ``mode``) with upstream ``balsam.api``."""
+    python = upstream_python()
+    if not python.exists():
+        raise RuntimeError(f"upstream venv not found: {python}")
+    folder = workdir / f"upstream-{uuid.uuid4().hex[:6]}"
+    folder.mkdir(parents=True)
+    # A copy in its own folder: the script's folder comes first on the child's sys.path, and
+    # this package's modules must not shadow what upstream imports.
+    script = Path(shutil.copy(CHILD, folder / "upstream_bench.py"))
+    yml = client_yml(user, folder)
+    env = {**os.environ, "BALSAM_CLIENT_PATH": str(yml), "HOME": str(folder)}
+    argv = [str(python), str(script), mode, str(reps)]
+    return last_json(run_child(argv, env, f"upstream {mode}", folder))

@@ -1,0 +1,59 @@
+"""Timings of upstream ``balsam.api``: run by ``upstream.py`` in the real server's venv.
+
+Usage: ``python upstream_child.py p1|all REPS`` with ``BALSAM_CLIENT_PATH`` set; prints one JSON
+object. It runs with upstream ``balsam`` (pydantic 1), so it imports nothing of this repository.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any
+
+from balsam.api import Job  # type: ignore[import-not-found]
+
+P1_SLICE = 1000
+
+
+def p1_query() -> list[Any]:
+    q = Job.objects.filter(state="FAILED", tags={"exp": "p1"}).order_by("-last_update")
+    return list(q[0:P1_SLICE])
+
+
+def p1(reps: int) -> dict[str, Any]:
+    """The P1 query (and a count by state), ``reps`` times after a warm-up."""
+    out: dict[str, Any] = {"times": [], "count_times": []}
+    items = p1_query()  # warm-up: imports, connection
+    for _ in range(reps):
+        t = time.perf_counter()
+        items = p1_query()
+        out["times"].append(time.perf_counter() - t)
+    out["ids"] = [j.id for j in items]
+    for _ in range(reps):
+        t = time.perf_counter()
+        n = Job.objects.filter(state="FAILED").count()
+        out["count_times"].append(time.perf_counter() - t)
+    out["count"] = n
+    return out
+
+
+def every_job(reps: int) -> dict[str, Any]:
+    """``list(Job.objects.all())``, ``reps`` times."""
+    out: dict[str, Any] = {"times": []}
+    for _ in range(reps):
+        t = time.perf_counter()
+        items = list(Job.objects.all())
+        out["times"].append(time.perf_counter() - t)
+        out["n"] = len(items)
+        del items
+    return out
+
+
+def main() -> None:
+    mode, reps = sys.argv[1], int(sys.argv[2])
+    print(json.dumps({"p1": p1, "all": every_job}[mode](reps)))
+
+
+if __name__ == "__main__":
+    main()
