@@ -15,30 +15,30 @@ import threading
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .access import set_manager_resolver
 from .cache.mirror import Identity, Mirror, locate, open_mirror
 from .cache.neighbours import Neighbour, neighbours
 from .cache.outbox import Entry, EntryState, now_text
+from .compat.session import Session, set_default_client_factory
 from .config import ENV_HOME, Settings, load_settings
 from .errors import BalsamSyncError, ConfigError, OfflineError, UsageError
 from .freshness import AUTO, OFFLINE, ReadPolicy
 from .gateway import Gateway
-from .job import Job
-from .link import Link
-from .manager import Manager
-from .models import Model
-from .objects import App, BatchJob, EventLog, Site, TransferItem
-from .outcomes import Backoff
-from .remote import Remote
-from .retry import RetryPolicy
-from .serverclock import Clock
-from .session import Session, set_default_client_factory
-from .sync.dead import edited_payload
+from .orm.access import set_manager_resolver
+from .orm.dead import edited_payload
+from .orm.job import Job
+from .orm.manager import Manager
+from .orm.models import Model
+from .orm.records import App, BatchJob, EventLog, Site, TransferItem
+from .remote.jwt import user_of
+from .remote.link import Link
+from .remote.outcomes import Backoff
+from .remote.rest import Remote
+from .remote.retry import RetryPolicy
+from .remote.serverclock import Clock
+from .remote.transport import Transport
 from .sync.pull import Progress, Puller, PullOptions, PullReport
 from .sync.replay import PushReport
 from .sync.status import SyncStatus, sync_status
-from .token import user_of
-from .transport import Transport
 
 M = TypeVar("M", bound=Model)
 

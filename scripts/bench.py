@@ -61,7 +61,7 @@ import bench_pulls  # noqa: E402  (the account figures, A1-A5)
 
 import balsam_sync  # noqa: E402
 from balsam_sync.client import Client  # noqa: E402
-from balsam_sync.remote import normalize_row  # noqa: E402
+from balsam_sync.remote.rest import normalize_row  # noqa: E402
 from balsam_sync.resources import RESOURCES  # noqa: E402
 
 T = TypeVar("T")

@@ -29,9 +29,9 @@ import bench
 import bench_account
 
 from balsam_sync.client import Client
+from balsam_sync.remote.transport import Reply
 from balsam_sync.sync.daemon import SyncDaemon
 from balsam_sync.testing.faultproxy import FaultPlan, FaultProxy
-from balsam_sync.transport import Reply
 
 IDS = ("A1", "A2", "A3", "A4", "A5")
 KB = 1024

@@ -16,7 +16,7 @@ import balsam_sync
 import balsam_sync.api
 from balsam_sync import errors
 from balsam_sync.cache.filesystem import filesystem_type, on_network_fs
-from balsam_sync.transport.replies import mapped as _mapped
+from balsam_sync.remote.transport.replies import mapped as _mapped
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "balsam_sync"

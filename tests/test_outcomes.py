@@ -29,7 +29,7 @@ import balsam_sync
 from balsam_sync import errors
 from balsam_sync.cache.mirror import Identity, open_mirror
 from balsam_sync.client import Client
-from balsam_sync.retry import RetryPolicy
+from balsam_sync.remote.retry import RetryPolicy
 from balsam_sync.sync.daemon import SyncDaemon
 from balsam_sync.testing.faultproxy import FaultKind, FaultPlan, FaultProxy
 from tests.conftest import ROOT, SERVER_SCRIPT, User, server_jobs

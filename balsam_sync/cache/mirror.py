@@ -28,10 +28,10 @@ from sqlite_utils import Database
 
 from ..config import server_key
 from ..errors import MirrorBusy, MirrorDamaged, MirrorError
-from ..sync.lock import FileLock
 from .coverage import CoverageBook
 from .failures import SALVAGE, MirrorConnection, guard
 from .filesystem import choose_home, private_dir
+from .lock import FileLock
 from .outbox import Outbox
 from .schema import SCHEMA_VERSION, clear_packed, migrations
 from .store import Store

@@ -16,9 +16,9 @@ import click
 from ..cache.filesystem import private_file
 from ..client import Client
 from ..errors import BalsamSyncError, OfflineError
+from ..remote.jwt import claims
 from ..sync.daemon import SyncDaemon
 from ..sync.status import SyncStatus
-from ..token import claims
 from .app import (
     EXIT_ERROR,
     EXIT_NOT_AUTHENTICATED,

@@ -8,10 +8,10 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+from ..cache.lock import FileLock
 from ..cache.mirror import Mirror
 from ..freshness import PolicyArg, ReadPolicy, choose
-from ..remote import Remote
-from ..sync.lock import FileLock
+from ..remote.rest import Remote
 from ..sync.replay import Replayer
 
 log = logging.getLogger(__name__)

@@ -10,11 +10,11 @@ from datetime import datetime
 
 from ..errors import OfflineError, ServerUnreachable
 from ..freshness import Answer, PolicyArg, ReadMode, ReadPolicy
-from ..params import FILTER_CHUNK_SIZE
+from ..remote.params import FILTER_CHUNK_SIZE
 from ..resources import Resource
 from ..spec import QuerySpec
-from ..unmirrored import server_if_unmirrored
 from .core import GatewayCore, Row, log
+from .unmirrored import server_if_unmirrored
 
 
 class Reads(GatewayCore):

@@ -8,8 +8,8 @@ from ..errors import BalsamSyncError, NotAuthenticated, ServerUnreachable
 from ..resources import Resource
 from ..spec import QuerySpec
 from ..sync.undo import revive, withdraw
-from ..writing import WriteResult, provisional_row
 from .core import GatewayCore, Row
+from .writing import WriteResult, provisional_row
 
 
 class Writes(GatewayCore):

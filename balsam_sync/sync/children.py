@@ -25,8 +25,8 @@ from typing import Any
 
 from ..cache.mirror import Mirror
 from ..cache.pullstate import DONE_STATES, PullState, Unsynced
-from ..params import FILTER_CHUNK_SIZE
-from ..remote import Remote
+from ..remote.params import FILTER_CHUNK_SIZE
+from ..remote.rest import Remote
 from ..resources import RESOURCES
 from ..spec import QuerySpec
 

@@ -20,8 +20,8 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from ..cache.lock import FileLock
 from ..errors import BalsamSyncError, NotAuthenticated
-from .lock import FileLock
 
 if TYPE_CHECKING:
     from ..client import Client

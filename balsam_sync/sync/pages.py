@@ -24,7 +24,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from ..remote import Remote, canonical_time
+from ..remote.rest import Remote, canonical_time
 from ..resources import RESOURCES
 from ..spec import QuerySpec
 

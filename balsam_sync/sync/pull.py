@@ -35,12 +35,12 @@ from typing import Any
 
 from ..cache.mirror import Mirror
 from ..cache.pullstate import DONE_STATES, PullState
-from ..remote import Remote, canonical_time
+from ..remote.rest import Remote, canonical_time
+from ..remote.serverclock import Clock, utcnow
+from ..remote.transport import Reply
 from ..resources import RESOURCES
 from ..schemas import JobState
-from ..serverclock import Clock, utcnow
 from ..spec import QuerySpec
-from ..transport import Reply
 from .children import ChildrenReader, plan, urgent_in
 from .deletions import DeletedJobs
 from .pages import id_pages, job_pages, prefetched

@@ -24,6 +24,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..cache.lock import FileLock
 from ..cache.mirror import Mirror
 from ..cache.outbox import Entry, EntryState, Op, Outbox, now_text
 from ..cache.schema import REFERENCES
@@ -34,11 +35,10 @@ from ..errors import (
     ServerUnreachable,
     TransportError,
 )
-from ..outcomes import Backoff, Outcome, link_failed, outcome
-from ..remote import Remote
+from ..remote.outcomes import Backoff, Outcome, link_failed, outcome
+from ..remote.rest import Remote
 from ..resources import MARKER_KEY, MAX_BULK, RESOURCES, Resource
 from ..spec import QuerySpec
-from .lock import FileLock
 from .settle import Settler
 from .writes import followups, store_server_rows
 

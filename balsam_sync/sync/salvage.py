@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..cache.failures import guard
+from ..cache.lock import FileLock
 from ..cache.mirror import Mirror
 from ..cache.outbox import EntryState, Op
 from ..cache.salvage import Recovered, move_aside, recover, restore
@@ -24,7 +25,6 @@ from ..errors import BalsamSyncError, MirrorError
 from ..gateway import provisional_row
 from ..resources import RESOURCES
 from .daemon import DaemonAlreadyRunning
-from .lock import FileLock
 from .pull import PullReport
 
 if TYPE_CHECKING:

@@ -25,7 +25,7 @@ from typing import Any
 
 from ..cache.mirror import Mirror
 from ..cache.outbox import Entry, EntryState, Op, Outbox, now_text
-from ..remote import Remote
+from ..remote.rest import Remote
 from ..resources import MARKER_KEY, RESOURCES, Resource
 from ..spec import QuerySpec
 from .writes import followups, store_server_rows

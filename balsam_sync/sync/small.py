@@ -24,7 +24,7 @@ from typing import Any
 
 from ..cache.mirror import Mirror
 from ..cache.pullstate import ACTIVE_TRANSFER_STATES, UNFINISHED_BATCH_JOB_STATES, PullState
-from ..remote import Remote
+from ..remote.rest import Remote
 from ..resources import RESOURCES, Resource
 from ..spec import QuerySpec
 

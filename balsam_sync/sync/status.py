@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from ..cache.neighbours import Neighbour
 from ..errors import BalsamSyncError, MirrorError, NotAuthenticated
-from ..serverclock import SKEW_TOLERANCE
+from ..remote.serverclock import SKEW_TOLERANCE
 from ..spec import QuerySpec
 
 if TYPE_CHECKING:

@@ -12,8 +12,8 @@ from typing import Any
 
 from ..cache.mirror import Mirror
 from ..cache.outbox import EntryState, Op
+from ..gateway.writing import provisional_row
 from ..resources import RESOURCES
-from ..writing import provisional_row
 
 Row = dict[str, Any]
 

@@ -18,7 +18,7 @@ from typing import Any
 from ..cache.mirror import Mirror
 from ..cache.outbox import Outbox
 from ..errors import TransportError
-from ..remote import Remote
+from ..remote.rest import Remote
 from ..resources import RESOURCES, Resource
 from ..spec import QuerySpec
 

@@ -14,17 +14,17 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import ValidationError
 
-from .errors import OfflineError, UsageError
-from .fields import parse_datetime
-from .remote import normalize_row
-from .resources import EVENT_LOG, JOB
-from .schemas import SessionAcquire, SessionCreate, SessionOut
-from .schemas._enums import JobState
-from .serializer import register_upstream_names
+from ..errors import OfflineError, UsageError
+from ..orm.fields import parse_datetime
+from ..orm.serializer import register_upstream_names
+from ..remote.rest import normalize_row
+from ..resources import EVENT_LOG, JOB
+from ..schemas import SessionAcquire, SessionCreate, SessionOut
+from ..schemas._enums import JobState
 
 if TYPE_CHECKING:
-    from .client import Client
-    from .job import Job
+    from ..client import Client
+    from ..orm.job import Job
 
 RUNNABLE = frozenset({JobState.preprocessed, JobState.restart_ready})
 PATH = "/sessions/"

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 import requests
 
-from ..errors import (
+from ...errors import (
     UNAVAILABLE_STATUSES,
     ConfigError,
     ConnectFailed,
@@ -31,11 +31,11 @@ from ..errors import (
     TransportError,
 )
 from ..inflight import Job, Pool, Scopes
+from ..jwt import expiry
 from ..link import Link
 from ..outcomes import link_failed
 from ..retry import RetryPolicy
 from ..serverclock import Clock, ServerClock
-from ..token import expiry
 from .replies import decode, mapped, path_of
 
 Params = Sequence[tuple[str, str]]

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
-from .spec import TAG_FILTERS, QuerySpec
+from ..spec import TAG_FILTERS, QuerySpec
 
 FILTER_CHUNK_SIZE = 500
 """Longest value list sent in one request (upstream's FILTER_CHUNK_SIZE)."""

@@ -15,8 +15,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel
 
-from .access import ModelState, _Field, _ManagerAccess, _snapshot
-from .errors import (
+from ..errors import (
     FieldNotWritable,
     MultipleObjectsReturned,
     ObjectDoesNotExist,
@@ -24,9 +23,10 @@ from .errors import (
     UsageError,
     UsageTypeError,
 )
+from ..freshness import Provenanced, RowLayout
+from ..resources import Resource
+from .access import ModelState, _Field, _ManagerAccess, _snapshot
 from .fields import Converter, converters, json_fields, validate_field, validate_payload
-from .freshness import Provenanced, RowLayout
-from .resources import Resource
 
 __all__ = ["Model", "ModelState"]
 

@@ -13,10 +13,10 @@ from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
 from typing import Any
 
-from .errors import NotFound, Rejected, TransportError
+from ..errors import NotFound, Rejected, TransportError
+from ..resources import MAX_BULK, MAX_PAGE, RESOURCES, Resource
+from ..spec import QuerySpec
 from .params import FILTER_CHUNK_SIZE, Params, chunked_filter_params, filter_params
-from .resources import MAX_BULK, MAX_PAGE, RESOURCES, Resource
-from .spec import QuerySpec
 from .transport import Transport
 
 Row = dict[str, Any]

@@ -6,8 +6,8 @@ from typing import Any
 
 from ..cache.outbox import Entry, EntryState, Op
 from ..errors import UsageError
-from ..fields import validate_payload
-from ..models import Model
+from .fields import validate_payload
+from .models import Model
 
 Row = dict[str, Any]
 

@@ -19,7 +19,7 @@ from uuid import UUID
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from .errors import UsageError
+from ..errors import UsageError
 
 Converter = Callable[[Any], Any]
 

@@ -11,17 +11,17 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from pydantic import BaseModel
 
+from ..errors import ObjectStateError, UsageError, UsageTypeError
+from ..freshness import USE_CLIENT_DEFAULT, Answer, PolicyArg
+from ..resources import APP
+from ..spec import QuerySpec
 from .access import ModelState
-from .errors import ObjectStateError, UsageError, UsageTypeError
 from .fields import validate_field
-from .freshness import USE_CLIENT_DEFAULT, Answer, PolicyArg
 from .models import Model
 from .query import Query
-from .resources import APP
-from .spec import QuerySpec
 
 if TYPE_CHECKING:
-    from .gateway import Gateway, WriteResult
+    from ..gateway import Gateway, WriteResult
 
 M = TypeVar("M", bound=Model)
 Row = dict[str, Any]

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import BalsamSyncError
-from .resources import Resource
+from ..errors import BalsamSyncError
+from ..resources import Resource
 
 Row = dict[str, Any]
 

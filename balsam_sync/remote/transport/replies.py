@@ -13,7 +13,7 @@ from typing import Any
 import requests
 import urllib3.exceptions
 
-from ..errors import (
+from ...errors import (
     ConfigError,
     ConnectFailed,
     HTTPStatusError,

@@ -23,13 +23,13 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import jinja2
 import jinja2.meta
 
+from ..orm.serializer import deserialize, get_source, register_upstream_names, serialize
+from ..schemas import JobState
 from . import appruntime
-from .schemas import JobState
-from .serializer import deserialize, get_source, register_upstream_names, serialize
 
 if TYPE_CHECKING:
-    from .client import Client
-    from .job import Job
+    from ..client import Client
+    from ..orm.job import Job
 
 PARAM_PATTERN = re.compile(r"{{(.*?)}}")
 log = logging.getLogger(__name__)

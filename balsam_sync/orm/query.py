@@ -11,8 +11,8 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
-from .errors import SlicedQueryError, UsageError, UsageTypeError
-from .freshness import (
+from ..errors import SlicedQueryError, UsageError, UsageTypeError
+from ..freshness import (
     OFFLINE,
     ONLINE,
     USE_CLIENT_DEFAULT,
@@ -21,7 +21,7 @@ from .freshness import (
     Source,
     fresh,
 )
-from .spec import QuerySpec
+from ..spec import QuerySpec
 
 if TYPE_CHECKING:
     from .manager import Manager

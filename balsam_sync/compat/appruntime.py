@@ -12,9 +12,9 @@ import shlex
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
-from .job import Job
-from .objects import App, Site
-from .serializer import SerializeError
+from ..orm.job import Job
+from ..orm.records import App, Site
+from ..orm.serializer import SerializeError
 
 if TYPE_CHECKING:
     from .appdef import ApplicationDefinition

@@ -15,13 +15,13 @@ import weakref
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .errors import MirrorError, ServerUnreachable
-from .freshness import Answer, PolicyArg, ReadMode
-from .resources import Resource
-from .spec import QuerySpec
+from ..errors import MirrorError, ServerUnreachable
+from ..freshness import Answer, PolicyArg, ReadMode
+from ..resources import Resource
+from ..spec import QuerySpec
 
 if TYPE_CHECKING:
-    from .gateway import Gateway
+    from . import Gateway
 
 log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])

@@ -9,18 +9,18 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel
 
-from . import resources
+from .. import resources
+from ..errors import UsageError, UsageTypeError
+from ..schemas import JobState
+from ..schemas.attrs import JobAttrs
 from .access import _ManagerAccess
-from .errors import UsageError, UsageTypeError
 from .job_manager import JobManager
 from .models import Model
-from .objects import all_of, max_length
-from .schemas import JobState
-from .schemas.attrs import JobAttrs
+from .records import all_of, max_length
 from .serializer import deserialize, register_upstream_names, serialize_plain
 
 if TYPE_CHECKING:
-    from .appdef import ApplicationDefinition
+    from ..compat.appdef import ApplicationDefinition
     from .query import Query
 
 DONE_STATES = frozenset({JobState.job_finished, JobState.failed})
@@ -157,7 +157,7 @@ class Job(Model, JobAttrs):
     def app(self) -> type[ApplicationDefinition]:
         """The ApplicationDefinition class of this job's App (unpickled)."""
         # appdef builds Jobs (submit), so it imports this module: it is imported here, late.
-        from .appdef import ApplicationDefinition  # noqa: PLC0415
+        from ..compat.appdef import ApplicationDefinition  # noqa: PLC0415
 
         return ApplicationDefinition.load_by_id(self._saved_app_id())
 

@@ -7,10 +7,10 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import TimeoutError as FuturesTimeout
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from .freshness import USE_CLIENT_DEFAULT
+from ..freshness import USE_CLIENT_DEFAULT
+from ..resources import APP
+from ..spec import QuerySpec
 from .manager import Manager
-from .resources import APP
-from .spec import QuerySpec
 
 if TYPE_CHECKING:
     from .job import Job

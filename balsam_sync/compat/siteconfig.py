@@ -12,9 +12,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .client import Client, default_client
-from .config import read_client_yml
-from .errors import ConfigError
+from ..client import Client, default_client
+from ..config import read_client_yml
+from ..errors import ConfigError
 
 ENV_SITE_PATH = "BALSAM_SITE_PATH"
 

@@ -10,15 +10,15 @@ import posixpath
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-from . import resources
-from .models import Model
-from .schemas.attrs import (
+from .. import resources
+from ..schemas.attrs import (
     AppAttrs,
     BatchJobAttrs,
     EventLogAttrs,
     SiteAttrs,
     TransferItemAttrs,
 )
+from .models import Model
 from .serializer import register_upstream_names
 
 
