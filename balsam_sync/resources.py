@@ -47,7 +47,6 @@ class Resource:
         bulk_update_reply: what a PATCH answers.
         can_delete: the item route has DELETE.
         can_query_delete: ``DELETE <path>?<filters>`` exists (Job only).
-        can_query_put: ``PUT <path>?<filters>`` exists (Job only).
         default_ordering: the server's order when none is asked ("id" or "-timestamp").
         enum_filters: filters the server does not validate but we do (name -> enum).
         provisional: values of server-set fields in a row created offline, until the server
@@ -65,17 +64,12 @@ class Resource:
     bulk_update_reply: UpdateReply
     can_delete: bool
     can_query_delete: bool = False
-    can_query_put: bool = False
     default_ordering: str = "id"
     enum_filters: tuple[tuple[str, type[Enum]], ...] = ()
     provisional: tuple[tuple[str, Any], ...] = ()
 
     def item_path(self, obj_id: int) -> str:
         return f"{self.path}{obj_id}"
-
-    @property
-    def read_only(self) -> bool:
-        return self.update is None
 
 
 SITE = Resource(
@@ -96,7 +90,6 @@ JOB = Resource(
     "int",
     True,
     can_query_delete=True,
-    can_query_put=True,
     provisional=(
         ("state", "CREATED"),
         ("last_update", None),

@@ -24,7 +24,6 @@ if TYPE_CHECKING:
     from .query import Query
 
 DONE_STATES = frozenset({JobState.job_finished, JobState.failed})
-RUNNABLE_STATES = frozenset({JobState.preprocessed, JobState.restart_ready})
 _CLIENT_ARGS = ("site_name", "parameters")
 """Constructor arguments that are not wire fields, placed where upstream's constructor has them:
 after the fields every Job has, before ``parent_ids`` and ``transfers``."""

@@ -181,18 +181,6 @@ class Remote:
         fixed = {row["id"]: row for row in self._by_ids(res, dropped)}
         return [fixed.get(row["id"], row) for row in rows]
 
-    def query_update(self, res: Resource, spec: QuerySpec, changes: Row) -> list[Row]:
-        """Apply ``changes`` to every object matching ``spec`` (resolved to ids first)."""
-        return self.bulk_update(res, [(obj_id, changes) for obj_id in self.ids(res, spec)])
-
-    def delete(self, res: Resource, obj_id: int) -> bool:
-        """Delete one object; return False when the server kept it (a locked Job)."""
-        self.transport.request("DELETE", res.item_path(obj_id))
-        if res.can_query_delete:
-            # A job locked by a session is skipped while the reply is still 204 (§1.3).
-            return not self._by_ids(res, [obj_id])
-        return True
-
     def delete_ids(self, res: Resource, ids: list[int]) -> list[Row]:
         """Delete objects by id (an id already gone counts as deleted); return rows kept."""
         if not res.can_query_delete:
@@ -205,18 +193,6 @@ class Remote:
         for chunk in _chunks(ids, FILTER_CHUNK_SIZE):
             self.transport.request("DELETE", res.path, params=[("id", str(i)) for i in chunk])
         return self._by_ids(res, ids)
-
-    def query_delete(self, res: Resource, spec: QuerySpec) -> tuple[list[int], list[Row]]:
-        """Delete every object matching ``spec``; return (deleted ids, rows the server kept)."""
-        ids = self.ids(res, spec)
-        if not res.can_query_delete:
-            return [i for i in ids if self.delete(res, i)], []
-        for chunk in _chunks(ids, FILTER_CHUNK_SIZE):
-            params = [("id", str(i)) for i in chunk]
-            self.transport.request("DELETE", res.path, params=params)
-        kept = self._by_ids(res, ids)
-        kept_ids = {row["id"] for row in kept}
-        return [i for i in ids if i not in kept_ids], kept
 
 
 STATE_OUTCOMES = {
