@@ -14,6 +14,9 @@ from pydantic import BaseModel
 
 from . import schemas as s
 
+Row = dict[str, Any]
+"""One object, field name -> JSON value: as the server sends it and the mirror keeps it."""
+
 CreateRoute = Literal["object", "list", "none"]
 """How POST takes new objects: one object per call, a JSON list (Job), or not at all."""
 
@@ -70,6 +73,13 @@ class Resource:
 
     def item_path(self, obj_id: int) -> str:
         return f"{self.path}{obj_id}"
+
+    def provisional_row(self, temp_id: int, payload: Row) -> Row:
+        """The local row of an object created offline: its fields, server defaults, a temp id."""
+        row = {k: v for k, v in payload.items() if k in self.out.model_fields}
+        row.update(self.provisional)
+        row["id"] = temp_id
+        return row
 
 
 SITE = Resource(

@@ -30,7 +30,6 @@ import bench_account
 
 from balsam_sync.client import Client
 from balsam_sync.remote.transport import Reply
-from balsam_sync.sync.daemon import SyncDaemon
 from balsam_sync.testing.faultproxy import FaultPlan, FaultProxy
 
 IDS = ("A1", "A2", "A3", "A4", "A5")
@@ -176,7 +175,7 @@ class AccountBench:
         self.b.rows.append(row)
 
     def a4(self, client: Client, meter: Meter) -> None:
-        daemon = SyncDaemon(client, interval=60)
+        daemon = client.daemon(interval=60)
         meter.reset()
         seconds, _ = bench.timed(daemon.round)
         per_s = 1000 / 60

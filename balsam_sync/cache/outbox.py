@@ -16,11 +16,10 @@ from datetime import datetime, timedelta, timezone
 from enum import Enum
 from typing import Any
 
+from ..resources import Row
 from .failures import guarded
 from .schema import PARENTS_TABLE, REFERENCES, TABLES
 from .store import Store
-
-Row = dict[str, Any]
 
 
 class Op(Enum):

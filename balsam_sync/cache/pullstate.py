@@ -13,10 +13,9 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from ..resources import Row
 from .schema import MARKS_TABLE, TABLES
 from .store import Store
-
-Row = dict[str, Any]
 
 DONE_STATES = ("JOB_FINISHED", "FAILED")
 ACTIVE_TRANSFER_STATES = ("pending", "active", "inactive")

@@ -16,14 +16,12 @@ from typing import Any
 from sqlite_utils import Database
 
 from ..freshness import RowLayout
+from ..resources import Row
 from ..spec import QuerySpec
 from .failures import guarded
 from .packing import encode_json, pack, packer, unpack
 from .schema import PACKED, PARENTS_TABLE, TABLES, TableDef
 from .sql import compile_spec, count_sql
-
-Row = dict[str, Any]
-
 
 _writing = threading.local()
 

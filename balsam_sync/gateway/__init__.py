@@ -9,9 +9,9 @@ from __future__ import annotations
 from .core import DEFAULT_MAX_AGE
 from .reads import Reads
 from .writes import Writes
-from .writing import WriteResult, provisional_row
+from .writing import WriteResult
 
-__all__ = ["DEFAULT_MAX_AGE", "Gateway", "WriteResult", "provisional_row"]
+__all__ = ["DEFAULT_MAX_AGE", "Gateway", "WriteResult"]
 
 
 class Gateway(Reads, Writes):

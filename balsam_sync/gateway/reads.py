@@ -11,9 +11,9 @@ from datetime import datetime
 from ..errors import OfflineError, ServerUnreachable
 from ..freshness import Answer, PolicyArg, ReadMode, ReadPolicy
 from ..remote.params import FILTER_CHUNK_SIZE
-from ..resources import Resource
+from ..resources import Resource, Row
 from ..spec import QuerySpec
-from .core import GatewayCore, Row, log
+from .core import GatewayCore, log
 from .unmirrored import server_if_unmirrored
 
 

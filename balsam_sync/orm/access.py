@@ -1,21 +1,15 @@
-"""Pieces of a model instance that need no model: its state, its field and manager descriptors.
+"""Pieces of a model instance that need no model: its state and its field descriptor.
 
 ``ModelState`` values are upstream's ``obj._state`` strings; ``_Field`` reads convert and writes
-validate through the instance; ``Model.objects`` finds the manager of the bound client.
+validate through the instance. (``Model.objects`` is ``manager.ManagerAccess``.)
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
 from enum import Enum
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from .manager import Manager
-    from .models import Model
-
-_M = TypeVar("_M", bound="Model")
 _SCALARS = frozenset({str, int, float, bool, type(None)})
 
 
@@ -40,14 +34,12 @@ class ModelState(str, Enum):
     DELETED = "deleted"  # deleted through this instance; its id reads None
 
 
-ManagerResolver = Callable[[type["Model"]], "Manager[Any]"]
-_resolve_manager: ManagerResolver | None = None
+class _HasFields(Protocol):
+    """An instance whose fields ``_Field`` reads and writes (a ``Model``)."""
 
+    def _read(self, name: str) -> Any: ...
 
-def set_manager_resolver(resolver: ManagerResolver) -> None:
-    """Tell unbound model classes how to find the default client's manager (done by client)."""
-    global _resolve_manager
-    _resolve_manager = resolver
+    def _write(self, name: str, value: Any) -> None: ...
 
 
 class _Field:
@@ -57,24 +49,10 @@ class _Field:
         self.name = name
         self.__doc__ = doc
 
-    def __get__(self, obj: Model | None, owner: type[Model]) -> Any:
+    def __get__(self, obj: _HasFields | None, owner: type) -> Any:
         if obj is None:
             return self
         return obj._read(self.name)
 
-    def __set__(self, obj: Model, value: Any) -> None:
+    def __set__(self, obj: _HasFields, value: Any) -> None:
         obj._write(self.name, value)
-
-
-class _ManagerAccess:
-    """``Model.objects``: the manager of the client this model class is bound to."""
-
-    def __get__(self, obj: Model | None, owner: type[_M]) -> Manager[_M]:
-        if obj is not None:
-            raise AttributeError("the manager is reached through the class: use Model.objects")
-        bound = owner.__dict__.get("_manager")
-        if bound is not None:
-            return bound  # type: ignore[no-any-return]
-        if _resolve_manager is None:
-            raise RuntimeError("balsam_sync.client was not imported")
-        return _resolve_manager(owner)

@@ -24,13 +24,11 @@ from ..errors import (
     UsageTypeError,
 )
 from ..freshness import Provenanced, RowLayout
-from ..resources import Resource
-from .access import ModelState, _Field, _ManagerAccess, _snapshot
+from ..resources import Resource, Row
+from .access import ModelState, _Field, _snapshot
 from .fields import Converter, converters, json_fields, validate_field, validate_payload
 
 __all__ = ["Model", "ModelState"]
-
-Row = dict[str, Any]
 
 
 class Model(Provenanced):
@@ -58,7 +56,8 @@ class Model(Provenanced):
     """Checks the server makes (and we make first): field -> returns an error text or None."""
     DoesNotExist: ClassVar[type[ObjectDoesNotExist]] = ObjectDoesNotExist
     MultipleObjectsReturned: ClassVar[type[MultipleObjectsReturned]] = MultipleObjectsReturned
-    objects: ClassVar[_ManagerAccess] = _ManagerAccess()
+    objects: ClassVar[Any]
+    """The manager of the bound client (``manager.ManagerAccess``, attached by manager.py)."""
     _manager_class: ClassVar[Callable[..., Any]]
     """The manager class of this model (set below, once manager.py is importable)."""
 
@@ -228,7 +227,7 @@ class Model(Provenanced):
 
     def _resolve_id(self, name: str, temp_id: int) -> int:
         """A provisional id turns into the server's id once its creation is acknowledged."""
-        real: int = type(self).objects._gateway.real_id(temp_id)
+        real: int = type(self).objects.real_id(temp_id)
         if real != temp_id:
             self._data = {**self._data, name: real}
         return real

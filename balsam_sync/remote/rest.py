@@ -14,12 +14,10 @@ from datetime import datetime, timezone
 from typing import Any
 
 from ..errors import NotFound, Rejected, TransportError
-from ..resources import MAX_BULK, MAX_PAGE, RESOURCES, Resource
+from ..resources import MAX_BULK, MAX_PAGE, RESOURCES, Resource, Row
 from ..spec import QuerySpec
 from .params import FILTER_CHUNK_SIZE, Params, chunked_filter_params, filter_params
 from .transport import Transport
-
-Row = dict[str, Any]
 
 
 class Remote:

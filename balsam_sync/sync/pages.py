@@ -25,10 +25,9 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from ..remote.rest import Remote, canonical_time
-from ..resources import RESOURCES
+from ..resources import RESOURCES, Row
 from ..spec import QuerySpec
 
-Row = dict[str, Any]
 T = TypeVar("T")
 R = TypeVar("R")
 

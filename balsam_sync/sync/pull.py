@@ -38,7 +38,7 @@ from ..cache.pullstate import DONE_STATES, PullState
 from ..remote.rest import Remote, canonical_time
 from ..remote.serverclock import Clock, utcnow
 from ..remote.transport import Reply
-from ..resources import RESOURCES
+from ..resources import RESOURCES, Row
 from ..schemas import JobState
 from ..spec import QuerySpec
 from .children import ChildrenReader, plan, urgent_in
@@ -48,7 +48,6 @@ from .small import SmallResources
 
 __all__ = ["Progress", "PullOptions", "PullReport", "Puller", "prefetched"]
 
-Row = dict[str, Any]
 UNFINISHED_JOB_STATES = tuple(s.value for s in JobState if s.value not in DONE_STATES)
 WHOLE_WHEN_SHARE = 4
 """A first pull reads every transfer item and event at once when at least a quarter of the

@@ -22,7 +22,6 @@ import logging
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
 from ..cache.lock import FileLock
 from ..cache.mirror import Mirror
@@ -37,14 +36,13 @@ from ..errors import (
 )
 from ..remote.outcomes import Backoff, Outcome, link_failed, outcome
 from ..remote.rest import Remote
-from ..resources import MARKER_KEY, MAX_BULK, RESOURCES, Resource
+from ..resources import MARKER_KEY, MAX_BULK, RESOURCES, Resource, Row
 from ..spec import QuerySpec
 from .settle import Settler
 from .writes import followups, store_server_rows
 
 log = logging.getLogger(__name__)
 
-Row = dict[str, Any]
 
 ENTRY_BACKOFF_CAP = 300.0
 """Longest pause before a write's push resends a change the server failed (it starts at the

@@ -21,18 +21,16 @@ import logging
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
-from typing import Any
 
 from ..cache.mirror import Mirror
 from ..cache.outbox import Entry, EntryState, Op, Outbox, now_text
 from ..remote.rest import Remote
-from ..resources import MARKER_KEY, RESOURCES, Resource
+from ..resources import MARKER_KEY, RESOURCES, Resource, Row
 from ..spec import QuerySpec
 from .writes import followups, store_server_rows
 
 log = logging.getLogger(__name__)
 
-Row = dict[str, Any]
 Found = list[tuple[Entry, Row]]
 
 POLL_SECONDS = 1.0

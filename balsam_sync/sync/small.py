@@ -20,15 +20,13 @@ for it by id, does not return it: another process may have written it meanwhile.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 from ..cache.mirror import Mirror
 from ..cache.pullstate import ACTIVE_TRANSFER_STATES, UNFINISHED_BATCH_JOB_STATES, PullState
 from ..remote.rest import Remote
-from ..resources import RESOURCES, Resource
+from ..resources import RESOURCES, Resource, Row
 from ..spec import QuerySpec
 
-Row = dict[str, Any]
 Note = Callable[[str, int], None]
 """Called as (resource, rows fetched) after each listing, for the report and the progress."""
 

@@ -13,18 +13,16 @@ mirror never waits on the server.
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from ..cache.mirror import Mirror
 from ..cache.outbox import Outbox
 from ..errors import TransportError
 from ..remote.rest import Remote
-from ..resources import RESOURCES, Resource
+from ..resources import RESOURCES, Resource, Row
 from ..spec import QuerySpec
 
 log = logging.getLogger(__name__)
 
-Row = dict[str, Any]
 
 SIDE_EFFECTS = {"Job": ("EventLog", "TransferItem"), "TransferItem": ("Job", "EventLog")}
 """Writes to a resource that change other resources on the server in ways we cannot replay."""
