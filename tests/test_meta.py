@@ -16,6 +16,7 @@ import balsam_sync
 import balsam_sync.api
 from balsam_sync import errors
 from balsam_sync.cache.filesystem import filesystem_type, on_network_fs
+from balsam_sync.remote.transport.replies import REQUESTS_ERRORS
 from balsam_sync.remote.transport.replies import mapped as _mapped
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -233,15 +234,30 @@ def _request_exception_classes() -> list[type[BaseException]]:
     ]
 
 
+MAPPED_TO = {
+    "ConfigError": "InvalidHeader InvalidJSONError InvalidProxyURL InvalidSchema InvalidURL "
+    "JSONDecodeError MissingSchema URLRequired",
+    "ConnectFailed": "ConnectTimeout ProxyError",
+    "ReplyLost": "ChunkedEncodingError ConnectionError ContentDecodingError ReadTimeout",
+    "TransportError": "HTTPError RequestException RetryError SSLError StreamConsumedError "
+    "Timeout TooManyRedirects UnrewindableBodyError",
+}
+"""What each ``requests`` exception becomes (a ConnectionError that was never sent:
+ConnectFailed, see test_transport)."""
+
+
 @pytest.mark.parametrize("cls", _request_exception_classes(), ids=lambda c: c.__name__)
 def test_every_requests_exception_is_mapped(cls: type[BaseException]) -> None:
+    assert cls in REQUESTS_ERRORS, f"{cls.__name__} has no explicit entry in REQUESTS_ERRORS"
     try:
         exc = cls("boom")
     except TypeError:  # JSONDecodeError wants (msg, doc, pos)
         exc = cls("boom", "doc", 0)
     with pytest.raises(errors.BalsamSyncError) as caught, _mapped("GET", "http://x/jobs/"):
         raise exc
-    assert caught.value.__cause__ is not None
+    assert caught.value.__cause__ is exc
+    expected = [name for name, classes in MAPPED_TO.items() if cls.__name__ in classes.split()]
+    assert [type(caught.value).__name__] == expected
 
 
 def test_importing_the_api_does_no_io(tmp_path: Path) -> None:
