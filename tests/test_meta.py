@@ -195,6 +195,36 @@ def test_the_cycle_finder_finds_cycles() -> None:
     assert _cycles({"a": {"b"}, "b": set()}) == []
 
 
+def _readme_layout() -> set[str]:
+    """The files the README's layout section lists, as paths under balsam_sync/."""
+    text = (ROOT / "README.md").read_text().split("## Layout (the data flow)", 1)[1]
+    block = text.split("```", 2)[1]
+    listed: set[str] = set()
+    folder = ""
+    for line in block.splitlines()[2:]:  # after the fence's language line and balsam_sync/
+        if not line.strip():
+            continue
+        name = line.split()[0]
+        indent = len(line) - len(line.lstrip())
+        if indent == 2:
+            folder = name if name.endswith("/") else ""
+            listed.add(name)
+        else:
+            listed.add(folder + name)
+    return listed
+
+
+def test_the_readme_lists_every_module_in_its_layout() -> None:
+    modules = {
+        str(p.relative_to(PACKAGE))
+        for p in PACKAGE.rglob("*.py")
+        if p.relative_to(PACKAGE).parts[0] != "schemas"
+    }
+    folders = {str(p.relative_to(PACKAGE)) + "/" for p in PACKAGE.iterdir() if p.is_dir()}
+    folders -= {"__pycache__/"}
+    assert _readme_layout() == modules | folders
+
+
 SQL_WORDS = ("SELECT ", "INSERT ", "UPDATE ", "DELETE FROM", "CREATE TABLE", "CREATE INDEX")
 
 
