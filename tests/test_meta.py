@@ -91,7 +91,7 @@ LAYERS: tuple[frozenset[str], ...] = tuple(
         "sync",  # replay, settlement, pulls, the daemon's loop, status
         "cache",  # SQLite: mirror, outbox, coverage, lock
         "remote",  # the REST API's semantics, HTTP transport, retries, auth
-        "resources spec freshness config errors schemas",  # what every layer speaks
+        "resources spec freshness utc config errors schemas",  # what every layer speaks
     )
 )
 """The folders (and top-level modules) from top to bottom: each imports only from below."""

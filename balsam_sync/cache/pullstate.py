@@ -41,7 +41,7 @@ class PullState:
         self.conn = store.conn
 
     def _rows(self, sql: str, args: list[Any]) -> list[tuple[Any, ...]]:
-        with self.store._lock:
+        with self.store.reading():
             return [tuple(r) for r in self.conn.execute(sql, args)]
 
     # -- job marks -----------------------------------------------------------------------------

@@ -58,6 +58,12 @@ class Store:
     # -- transactions --------------------------------------------------------------------------
 
     @contextmanager
+    def reading(self) -> Iterator[sqlite3.Connection]:
+        """The connection, held for one read (the threads of a client share it)."""
+        with self._lock:
+            yield self.conn
+
+    @contextmanager
     def write(self) -> Iterator[None]:
         """One write transaction (nested calls join it through a savepoint).
 

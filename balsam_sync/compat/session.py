@@ -84,8 +84,7 @@ class SessionManager:
         rows = [normalize_row(JOB, row) for row in rows or []]
         mirror = self.client.mirror
         with mirror.store.write():
-            mirror.store.upsert(JOB.name, rows)
-            mirror.outbox.overlay(JOB.name, [row["id"] for row in rows])
+            mirror.accept(JOB.name, rows)
             mirror.coverage.forget_windows()
         return [self.client.Job._from_row(row) for row in rows]  # type: ignore[misc]
 

@@ -112,9 +112,7 @@ class Writes(GatewayCore):
         if not self.offline:
             try:
                 rows, _ = self.remote.select(res, spec.unsliced())
-                with self.mirror.store.write():
-                    self.mirror.store.upsert(res.name, rows)
-                    self.mirror.outbox.overlay(res.name, [r["id"] for r in rows])
+                self.mirror.accept(res.name, rows)
                 return [r["id"] for r in self.mirror.store.query(spec.unsliced())]
             except ServerUnreachable:
                 pass

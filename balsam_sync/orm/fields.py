@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import typing
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import datetime
 from enum import Enum
 from pathlib import Path
 from types import NoneType, UnionType
@@ -20,6 +20,7 @@ from uuid import UUID
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from ..errors import UsageError
+from ..utc import naive_utc, utc_text
 
 Converter = Callable[[Any], Any]
 
@@ -34,15 +35,12 @@ def parse_datetime(raw: Any) -> datetime:
     if type(raw) is str and raw.endswith("+00:00"):  # the mirror's (and last_update's) form
         return datetime.fromisoformat(raw[:-6])
     value = raw if isinstance(raw, datetime) else datetime.fromisoformat(raw)
-    if value.tzinfo is not None:
-        value = value.astimezone(timezone.utc).replace(tzinfo=None)
-    return value
+    return naive_utc(value)
 
 
 def wire_datetime(value: datetime) -> str:
     """Return the mirror's text of ``value``: ISO in UTC, microseconds, ``+00:00`` (naive: UTC)."""
-    aware = value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value
-    return aware.astimezone(timezone.utc).isoformat(timespec="microseconds")
+    return utc_text(value)
 
 
 def _strip_optional(annotation: Any) -> Any:

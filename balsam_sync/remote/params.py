@@ -12,6 +12,7 @@ FILTER_CHUNK_SIZE = 500
 """Longest value list sent in one request (upstream's FILTER_CHUNK_SIZE)."""
 
 Params = list[tuple[str, str]]
+"""REST query parameters, in order (a name may repeat: ``id=1&id=2``)."""
 
 
 def filter_params(spec: QuerySpec) -> Params:

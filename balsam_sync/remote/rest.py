@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable, Iterator
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 from ..errors import NotFound, Rejected, TransportError
 from ..resources import MAX_BULK, MAX_PAGE, RESOURCES, Resource, Row
 from ..spec import QuerySpec
+from ..utc import utc_text
 from .params import FILTER_CHUNK_SIZE, Params, chunked_filter_params, filter_params
 from .transport import Transport
 
@@ -39,7 +40,7 @@ class Remote:
         for params in chunks:
             rows, _ = self._window(res, params, spec.ordering, 0, None)
             merged.update((row["id"], row) for row in rows)
-        ordered = sort_rows(list(merged.values()), spec.ordering or res.default_ordering)
+        ordered = sort_rows(list(merged.values()), *res.order(spec.ordering))
         high = None if spec.limit is None else spec.low + spec.limit
         return ordered[spec.low : high], len(ordered)
 
@@ -209,10 +210,8 @@ def group_by_keys(items: dict[int, Row]) -> dict[frozenset[str], list[Row]]:
     return groups
 
 
-def sort_rows(rows: list[Row], ordering: str) -> list[Row]:
-    """Order rows as the server would: by the field (NULLs last ascending), then id ascending."""
-    field = ordering.lstrip("-")
-    descending = ordering.startswith("-")
+def sort_rows(rows: list[Row], field: str, descending: bool) -> list[Row]:
+    """Order rows as the server would (see ``Resource.order``)."""
     rows = sorted(rows, key=lambda r: r["id"])
     if field == "id":
         return rows[::-1] if descending else rows
@@ -256,6 +255,4 @@ def canonical_time(text: str) -> str:
         return text
     if len(text) == 26 and text[10] == "T":
         return text + "+00:00"
-    value = datetime.fromisoformat(text)
-    value = value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value
-    return value.astimezone(timezone.utc).isoformat(timespec="microseconds")
+    return utc_text(datetime.fromisoformat(text))

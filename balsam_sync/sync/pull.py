@@ -254,13 +254,10 @@ class Puller:
         """Store the listed jobs and queue the children of those that need them (unless
         ``children`` is None); return the listed ids and stamps."""
         listed: dict[int, str] = {}
-        store = self.mirror.store
         for page in pages:
             if children is not None:
                 children.submit(urgent_in(page, self.state.marks([r["id"] for r in page])))
-            with store.write():
-                written = store.merge("Job", page)
-                self.mirror.outbox.overlay("Job", written)
+            self.mirror.accept("Job", page, merge=True)
             if children is not None:
                 children.store_ready()
             listed.update((r["id"], r["last_update"]) for r in page)

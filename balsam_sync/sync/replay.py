@@ -266,7 +266,7 @@ class Replayer:
         if first.status is not None and first.status >= 500:  # isolate the entry at fault
             size = max(1, size >> min(first.attempts, 20))
         group = [first]
-        if first.op is Op.CREATE and first.resource != "Job":
+        if first.op is Op.CREATE and RESOURCES[first.resource].create_route != "list":
             return group
         seen = {first.obj_id}
         kind = (first.resource, first.op)
@@ -309,7 +309,7 @@ class Replayer:
         return len(group)
 
     def _send_creates(self, res: Resource, group: list[Entry]) -> None:
-        marker = uuid.uuid4().hex if res.name == "Job" else None
+        marker = uuid.uuid4().hex if res.marked_creates else None
         self.outbox.mark_in_flight([e.seq for e in group], marker)  # persisted before sending
         payloads = [_with_marker(e.payload, marker) for e in group]
         rows = self.remote.create(res, payloads)
@@ -321,7 +321,7 @@ class Replayer:
         children = followups(self.remote, res, rows)
         with self.mirror.store.write():
             self.outbox.ack([e.seq for e in group])
-            store_server_rows(self.mirror, self.outbox, res, rows, children)
+            store_server_rows(self.mirror, res, rows, children)
 
     def _send_deletes(
         self, res: Resource, group: list[Entry], mine: set[int], report: PushReport

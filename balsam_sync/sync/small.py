@@ -42,9 +42,7 @@ class SmallResources:
 
     def store(self, res: Resource, rows: list[Row]) -> None:
         """Write the server's rows that changed; pending local changes are laid back on top."""
-        with self.mirror.store.write():
-            written = self.mirror.store.merge(res.name, rows)
-            self.mirror.outbox.overlay(res.name, written)
+        self.mirror.accept(res.name, rows, merge=True)
 
     def whole(self, name: str) -> int:
         """Re-read every row of ``name``; return how many the server no longer has."""

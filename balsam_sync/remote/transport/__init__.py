@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from datetime import datetime
 from functools import partial
@@ -34,11 +34,11 @@ from ..inflight import Job, Pool, Scopes
 from ..jwt import expiry
 from ..link import Link
 from ..outcomes import link_failed
+from ..params import Params
 from ..retry import RetryPolicy
 from ..serverclock import Clock, ServerClock
 from .replies import decode, mapped, path_of
 
-Params = Sequence[tuple[str, str]]
 RequestHook = Callable[[str, str], None]
 """Called with (method, url) in the caller's thread before each attempt and probe (tests)."""
 
