@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from .appdef import ApplicationDefinition
 from .client import default_client
-from .job import Job
-from .objects import App, BatchJob, EventLog, Site, TransferItem
+from .compat.appdef import ApplicationDefinition
+from .compat.session import Session
+from .compat.siteconfig import SiteConfig, load_site_config
+from .orm.job import Job
+from .orm.records import App, BatchJob, EventLog, Site, TransferItem
 from .schemas import (
     AppParameter,
     BatchJobPartition,
@@ -24,8 +26,6 @@ from .schemas import (
     TransferItemState,
     TransferSlot,
 )
-from .session import Session
-from .siteconfig import SiteConfig, load_site_config
 from .sync.pull import PullReport
 
 _UNSET = object()

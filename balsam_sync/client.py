@@ -15,30 +15,32 @@ import threading
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .access import set_manager_resolver
 from .cache.mirror import Identity, Mirror, locate, open_mirror
 from .cache.neighbours import Neighbour, neighbours
 from .cache.outbox import Entry, EntryState, now_text
+from .compat.appdef import ApplicationDefinition
+from .compat.host import set_default_client_factory
+from .compat.session import Session
 from .config import ENV_HOME, Settings, load_settings
 from .errors import BalsamSyncError, ConfigError, OfflineError, UsageError
 from .freshness import AUTO, OFFLINE, ReadPolicy
 from .gateway import Gateway
-from .job import Job
-from .link import Link
-from .manager import Manager
-from .models import Model
-from .objects import App, BatchJob, EventLog, Site, TransferItem
-from .outcomes import Backoff
-from .remote import Remote
-from .retry import RetryPolicy
-from .serverclock import Clock
-from .session import Session, set_default_client_factory
-from .sync.dead import edited_payload
+from .orm.dead import edited_payload
+from .orm.job import Job, set_app_loader
+from .orm.manager import Manager, set_manager_resolver
+from .orm.models import Model
+from .orm.records import App, BatchJob, EventLog, Site, TransferItem
+from .remote.jwt import user_of
+from .remote.link import Link
+from .remote.outcomes import Backoff
+from .remote.rest import Remote
+from .remote.retry import RetryPolicy
+from .remote.serverclock import Clock
+from .remote.transport import Transport
+from .sync.daemon import SyncDaemon
 from .sync.pull import Progress, Puller, PullOptions, PullReport
 from .sync.pushreport import PushReport
 from .sync.status import SyncStatus, sync_status
-from .token import user_of
-from .transport import Transport
 
 M = TypeVar("M", bound=Model)
 
@@ -213,7 +215,21 @@ class Client:
         if check_server and not self.settings.offline:
             with contextlib.suppress(BalsamSyncError):  # a failed probe: shown as unreachable
                 self.transport.ensure_reachable()
-        return sync_status(self, check_server=check_server)
+        offline = self.settings.offline
+        return sync_status(
+            lambda: self.mirror.outbox,
+            self.remote,
+            mirror_file=lambda: self.mirror_file,
+            elsewhere=self.other_mirrors,
+            offline=offline,
+            ask_server=check_server and not offline and bool(self.settings.token),
+        )
+
+    def daemon(self, **options: Any) -> SyncDaemon:
+        """A sync daemon for this client's mirror (options: see ``SyncDaemon``)."""
+        return SyncDaemon(
+            lambda: self.mirror, self.gateway.replayer, self.transport, self.pull, **options
+        )
 
     def dead_letters(self) -> list[Entry]:
         """Mutations the server refused for good, with its reasons (oldest first)."""
@@ -246,10 +262,7 @@ class Client:
 
     def drop_mirror(self) -> None:
         """Close the mirror; the next use opens (or creates) the file again."""
-        if self.gateway._mirror is not None:
-            self.gateway._mirror.close()
-            self.gateway._mirror = None
-        self.gateway._replayer = None
+        self.gateway.close_mirror()
 
     def close(self) -> None:
         """Release connections and close the mirror."""
@@ -295,3 +308,4 @@ def set_default_client(client: Client | None) -> None:
 
 set_manager_resolver(lambda model: default_client().manager(model))
 set_default_client_factory(default_client)
+set_app_loader(ApplicationDefinition.load_by_id)

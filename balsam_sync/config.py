@@ -17,7 +17,7 @@ import os
 import re
 import stat
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -26,6 +26,7 @@ import platformdirs
 import yaml
 
 from .errors import ConfigError
+from .utc import naive_utc
 
 ENV_API_ROOT = "BALSAM_SYNC_API_ROOT"
 ENV_TOKEN = "BALSAM_SYNC_TOKEN"
@@ -212,8 +213,8 @@ def write_client_yml(path: Path, values: dict[str, Any]) -> None:
     os.chmod(path.parent, stat.S_IRWXU)
     merged = {**read_client_yml(path), **values}
     for key, value in list(merged.items()):
-        if isinstance(value, datetime) and value.tzinfo is not None:
-            merged[key] = value.astimezone(timezone.utc).replace(tzinfo=None)
+        if isinstance(value, datetime):
+            merged[key] = naive_utc(value)
     tmp = path.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:

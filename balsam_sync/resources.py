@@ -14,6 +14,9 @@ from pydantic import BaseModel
 
 from . import schemas as s
 
+Row = dict[str, Any]
+"""One object, field name -> JSON value: as the server sends it and the mirror keeps it."""
+
 CreateRoute = Literal["object", "list", "none"]
 """How POST takes new objects: one object per call, a JSON list (Job), or not at all."""
 
@@ -47,11 +50,15 @@ class Resource:
         bulk_update_reply: what a PATCH answers.
         can_delete: the item route has DELETE.
         can_query_delete: ``DELETE <path>?<filters>`` exists (Job only).
-        can_query_put: ``PUT <path>?<filters>`` exists (Job only).
         default_ordering: the server's order when none is asked ("id" or "-timestamp").
         enum_filters: filters the server does not validate but we do (name -> enum).
         provisional: values of server-set fields in a row created offline, until the server
             answers (a Job shows state CREATED, a state the server never stores).
+        marked_creates: creates carry the tag ``MARKER_KEY`` and are settled by looking it up
+            (exactly-once replay); other resources are found by their unique names.
+        side_effects: resources the server changes, in ways we cannot replay, when this one
+            is written (a job update writes events).
+        promotes_children: an object that finishes promotes its waiting children (Job).
     """
 
     name: str
@@ -65,17 +72,32 @@ class Resource:
     bulk_update_reply: UpdateReply
     can_delete: bool
     can_query_delete: bool = False
-    can_query_put: bool = False
     default_ordering: str = "id"
     enum_filters: tuple[tuple[str, type[Enum]], ...] = ()
     provisional: tuple[tuple[str, Any], ...] = ()
+    marked_creates: bool = False
+    side_effects: tuple[str, ...] = ()
+    promotes_children: bool = False
 
     def item_path(self, obj_id: int) -> str:
         return f"{self.path}{obj_id}"
 
-    @property
-    def read_only(self) -> bool:
-        return self.update is None
+    def order(self, ordering: str | None) -> tuple[str, bool]:
+        """``(field, descending)`` of ``ordering`` (None: the server's default order).
+
+        The server's sort, which the mirror copies: by the field, NULLs last ascending and first
+        descending, then by ``id`` ascending. ``rest.sort_rows`` (rows in memory) and
+        ``sql.order_clause`` (the mirror) both follow it.
+        """
+        ordering = ordering or self.default_ordering
+        return ordering.lstrip("-"), ordering.startswith("-")
+
+    def provisional_row(self, temp_id: int, payload: Row) -> Row:
+        """The local row of an object created offline: its fields, server defaults, a temp id."""
+        row = {k: v for k, v in payload.items() if k in self.out.model_fields}
+        row.update(self.provisional)
+        row["id"] = temp_id
+        return row
 
 
 SITE = Resource(
@@ -96,7 +118,9 @@ JOB = Resource(
     "int",
     True,
     can_query_delete=True,
-    can_query_put=True,
+    marked_creates=True,
+    side_effects=("EventLog", "TransferItem"),
+    promotes_children=True,
     provisional=(
         ("state", "CREATED"),
         ("last_update", None),
@@ -137,6 +161,7 @@ TRANSFER_ITEM = Resource(
     "object",
     "object",
     False,
+    side_effects=("Job", "EventLog"),
 )
 EVENT_LOG = Resource(
     "EventLog",

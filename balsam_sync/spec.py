@@ -10,13 +10,14 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from datetime import datetime
 from enum import Enum
 from typing import Any
 
 from .errors import UsageError, UsageTypeError
 from .resources import RESOURCES
 from .schemas.routes import FILTERS, ORDERINGS, FilterParam
+from .utc import as_utc
 
 TAG_FILTERS = frozenset({"tags", "filter_tags", "data"})
 """Filters whose values are ``key:value`` pairs matched by JSON containment."""
@@ -212,9 +213,7 @@ def to_utc(where: str, value: Any) -> datetime:
             raise UsageError(f"{where}: {value!r} is not an ISO 8601 datetime") from exc
     if not isinstance(value, datetime):
         raise UsageTypeError(f"{where}: expected a datetime, got {value!r}")
-    if value.tzinfo is None:
-        return value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc)
+    return as_utc(value)
 
 
 def _unknown(resource: str, what: str, name: str, allowed: list[str]) -> str:

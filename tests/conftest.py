@@ -18,7 +18,7 @@ import requests
 
 import balsam_sync
 from balsam_sync.client import Client
-from balsam_sync.retry import RetryPolicy
+from balsam_sync.remote.retry import RetryPolicy
 from balsam_sync.testing.guards import no_requests_in_transactions
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -11,11 +11,10 @@ from typing import Any
 
 def held(query: Any) -> list[Any]:
     """The mirror's rows of ``query`` as instances, in the query's order."""
-    manager = query._manager
-    store = manager._gateway.mirror.store
-    return [manager.model._from_row(row) for row in store.query(query._spec)]
+    store = query._gateway.mirror.store
+    return [query._model._from_row(row) for row in store.query(query._spec)]
 
 
 def held_count(query: Any) -> int:
     """How many mirror rows match ``query``'s filters."""
-    return int(query._manager._gateway.mirror.store.count(query._spec))
+    return int(query._gateway.mirror.store.count(query._spec))

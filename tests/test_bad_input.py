@@ -39,7 +39,7 @@ from balsam_sync.errors import (
     UsageError,
     UsageTypeError,
 )
-from balsam_sync.retry import RetryPolicy
+from balsam_sync.remote.retry import RetryPolicy
 from tests.conftest import User, register_user
 
 QUICK_RETRY = RetryPolicy(attempts=3, max_seconds=5.0, initial_wait=0.01, max_wait=0.05)

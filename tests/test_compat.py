@@ -308,7 +308,7 @@ def test_site_config_is_none_outside_a_site_and_found_inside(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import balsam_sync.api as api_module
-    from balsam_sync.siteconfig import load_site_config
+    from balsam_sync.compat.siteconfig import load_site_config
 
     monkeypatch.delenv("BALSAM_SITE_PATH", raising=False)
     monkeypatch.chdir(tmp_path)

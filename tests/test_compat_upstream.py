@@ -23,12 +23,12 @@ import yaml
 
 import balsam_sync
 import balsam_sync.api as api
-from balsam_sync.appdef import ApplicationDefinition
 from balsam_sync.client import Client
-from balsam_sync.job import Job
-from balsam_sync.objects import App, BatchJob, Site
+from balsam_sync.compat.appdef import ApplicationDefinition
+from balsam_sync.compat.session import Session
+from balsam_sync.orm.job import Job
+from balsam_sync.orm.records import App, BatchJob, Site
 from balsam_sync.schemas import _enums
-from balsam_sync.session import Session
 from tests.conftest import FAST_RETRY, PASSWORD, User
 from tests.upstream import run_upstream, upstream_cli
 

@@ -24,8 +24,8 @@ import balsam_sync
 from balsam_sync.cache.outbox import EntryState
 from balsam_sync.client import Client
 from balsam_sync.errors import NoEvidence, ServerError
+from balsam_sync.remote.retry import RetryPolicy
 from balsam_sync.resources import MARKER_KEY
-from balsam_sync.retry import RetryPolicy
 from balsam_sync.testing.faultproxy import FaultPlan, FaultProxy
 from tests.conftest import User, server_jobs
 from tests.mirror_view import held

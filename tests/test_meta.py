@@ -16,7 +16,8 @@ import balsam_sync
 import balsam_sync.api
 from balsam_sync import errors
 from balsam_sync.cache.filesystem import filesystem_type, on_network_fs
-from balsam_sync.transport.replies import mapped as _mapped
+from balsam_sync.remote.transport.replies import REQUESTS_ERRORS
+from balsam_sync.remote.transport.replies import mapped as _mapped
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "balsam_sync"
@@ -79,6 +80,151 @@ def test_each_dependency_has_one_owner(library: str, owners: set[str]) -> None:
     assert offenders == [], f"{library} imported outside {owners}: {offenders}"
 
 
+LAYERS: tuple[frozenset[str], ...] = tuple(
+    frozenset(layer.split())
+    for layer in (
+        "balsam_sync api cli testing",  # the surface, the command line, test helpers
+        "client",  # the composition root
+        "compat",  # upstream's API beyond the models
+        "orm",  # model -> manager -> query
+        "gateway",  # where a read is answered; how a write is queued and sent
+        "sync",  # replay, settlement, pulls, the daemon's loop, status
+        "cache",  # SQLite: mirror, outbox, coverage, lock
+        "remote",  # the REST API's semantics, HTTP transport, retries, auth
+        "resources spec freshness utc config errors schemas",  # what every layer speaks
+    )
+)
+"""The folders (and top-level modules) from top to bottom: each imports only from below."""
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """Module -> the package modules it imports anywhere (functions, TYPE_CHECKING included)."""
+    paths = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in paths.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        found: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found |= {a.name for a in node.names if a.name in paths}
+            elif isinstance(node, ast.ImportFrom):
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                module = ".".join(
+                    (base if node.level else []) + ([node.module] if node.module else [])
+                )
+                for alias in node.names:
+                    sub = f"{module}.{alias.name}"
+                    found.add(sub if sub in paths else module)
+        graph[name] = {m for m in found if m in paths and m != name}
+    return graph
+
+
+def _unit(module: str) -> str:
+    """The folder or top-level module a module belongs to (``balsam_sync`` for the root)."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else parts[0]
+
+
+def _layer(unit: str) -> int:
+    found = [i for i, layer in enumerate(LAYERS) if unit in layer]
+    assert found, f"{unit} is in no layer of LAYERS"
+    return found[0]
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one node (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = stack[stack.index(node) :]
+            del stack[stack.index(node) :]
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_every_folder_has_a_layer() -> None:
+    units = {_unit(m) for m in _import_graph()}
+    assert units == set().union(*LAYERS)
+
+
+def test_imports_go_down_the_layers() -> None:
+    upward = sorted(
+        f"{a} -> {b}"
+        for a, targets in _import_graph().items()
+        for b in targets
+        if _layer(_unit(a)) > _layer(_unit(b))
+    )
+    assert upward == []
+
+
+def test_no_import_cycles_between_modules() -> None:
+    assert _cycles(_import_graph()) == []
+
+
+def test_no_import_cycles_between_folders() -> None:
+    units: dict[str, set[str]] = {}
+    for a, targets in _import_graph().items():
+        units.setdefault(_unit(a), set()).update(_unit(b) for b in targets if _unit(b) != _unit(a))
+    assert _cycles(units) == []
+
+
+def test_the_cycle_finder_finds_cycles() -> None:
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert _cycles({"a": {"b"}, "b": set()}) == []
+
+
+def _readme_layout() -> set[str]:
+    """The files the README's layout section lists, as paths under balsam_sync/."""
+    text = (ROOT / "README.md").read_text().split("## Layout (the data flow)", 1)[1]
+    block = text.split("```", 2)[1]
+    listed: set[str] = set()
+    folder = ""
+    for line in block.splitlines()[2:]:  # after the fence's language line and balsam_sync/
+        if not line.strip():
+            continue
+        name = line.split()[0]
+        indent = len(line) - len(line.lstrip())
+        if indent == 2:
+            folder = name if name.endswith("/") else ""
+            listed.add(name)
+        else:
+            listed.add(folder + name)
+    return listed
+
+
+def test_the_readme_lists_every_module_in_its_layout() -> None:
+    modules = {
+        str(p.relative_to(PACKAGE))
+        for p in PACKAGE.rglob("*.py")
+        if p.relative_to(PACKAGE).parts[0] != "schemas"
+    }
+    folders = {str(p.relative_to(PACKAGE)) + "/" for p in PACKAGE.iterdir() if p.is_dir()}
+    folders -= {"__pycache__/"}
+    assert _readme_layout() == modules | folders
+
+
 SQL_WORDS = ("SELECT ", "INSERT ", "UPDATE ", "DELETE FROM", "CREATE TABLE", "CREATE INDEX")
 
 
@@ -97,7 +243,7 @@ def test_sql_only_under_cache() -> None:
 
 def test_modules_stay_small() -> None:
     sizes = {str(p.relative_to(ROOT)): len(p.read_text().splitlines()) for p in _modules()}
-    assert {k: v for k, v in sizes.items() if v > 450} == {}
+    assert {k: v for k, v in sizes.items() if v > 400} == {}
 
 
 def test_every_error_descends_from_the_root() -> None:
@@ -118,15 +264,30 @@ def _request_exception_classes() -> list[type[BaseException]]:
     ]
 
 
+MAPPED_TO = {
+    "ConfigError": "InvalidHeader InvalidJSONError InvalidProxyURL InvalidSchema InvalidURL "
+    "JSONDecodeError MissingSchema URLRequired",
+    "ConnectFailed": "ConnectTimeout ProxyError",
+    "ReplyLost": "ChunkedEncodingError ConnectionError ContentDecodingError ReadTimeout",
+    "TransportError": "HTTPError RequestException RetryError SSLError StreamConsumedError "
+    "Timeout TooManyRedirects UnrewindableBodyError",
+}
+"""What each ``requests`` exception becomes (a ConnectionError that was never sent:
+ConnectFailed, see test_transport)."""
+
+
 @pytest.mark.parametrize("cls", _request_exception_classes(), ids=lambda c: c.__name__)
 def test_every_requests_exception_is_mapped(cls: type[BaseException]) -> None:
+    assert cls in REQUESTS_ERRORS, f"{cls.__name__} has no explicit entry in REQUESTS_ERRORS"
     try:
         exc = cls("boom")
     except TypeError:  # JSONDecodeError wants (msg, doc, pos)
         exc = cls("boom", "doc", 0)
     with pytest.raises(errors.BalsamSyncError) as caught, _mapped("GET", "http://x/jobs/"):
         raise exc
-    assert caught.value.__cause__ is not None
+    assert caught.value.__cause__ is exc
+    expected = [name for name, classes in MAPPED_TO.items() if cls.__name__ in classes.split()]
+    assert [type(caught.value).__name__] == expected
 
 
 def test_importing_the_api_does_no_io(tmp_path: Path) -> None:

@@ -24,7 +24,7 @@ from balsam_sync.cache.mirror import Identity, mirror_path
 from balsam_sync.cache.schema import PACKED, TABLES
 from balsam_sync.client import Client
 from balsam_sync.errors import MirrorError
-from balsam_sync.token import user_of
+from balsam_sync.remote.jwt import user_of
 from tests.conftest import FAST_RETRY, RequestLog, User, register_user
 from tests.mirror_view import held, held_count
 

@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 
-import balsam_sync.models
+import balsam_sync.orm.models
 from balsam_sync.client import Client
-from balsam_sync.fields import to_path
 from balsam_sync.freshness import RowLayout
+from balsam_sync.orm.fields import to_path
 from tests.conftest import User, server_jobs
 
 
@@ -78,7 +78,7 @@ def test_a_json_field_is_decoded_on_its_first_read_only(
     client: Client, app: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     (job,) = cached_jobs(client, app, 1, tags={"k": "v"}, data={"a": [1, 2]})
-    decodes = counting(monkeypatch, balsam_sync.models, "decode_json")
+    decodes = counting(monkeypatch, balsam_sync.orm.models, "decode_json")
     assert (job.id, job.workdir, job.state, job.num_nodes) is not None
     assert decodes[0] == 0
     tags = job.tags

@@ -22,7 +22,8 @@ import pytest
 import balsam_sync
 from balsam_sync.client import Client
 from balsam_sync.errors import NoEvidence, OfflineError
-from balsam_sync.freshness import OFFLINE
+from balsam_sync.freshness import AUTO, OFFLINE, ONLINE, fresh
+from balsam_sync.gateway.plan import ReadPlan, Route, plan_read
 from balsam_sync.sync.pull import prefetched
 from balsam_sync.testing.faultproxy import FaultProxy
 from tests.conftest import FAST_RETRY, RequestLog, User
@@ -160,25 +161,40 @@ def test_auto_after_own_write_keeps_jobs_cached_but_rereads_events(
     assert events.source == "server"
 
 
+class MovableClock:
+    """This machine's clock, moved forward by the test (``ahead``) instead of sleeping."""
+
+    def __init__(self) -> None:
+        self.ahead = timedelta(0)
+
+    def __call__(self) -> datetime:
+        return datetime.now(timezone.utc) + self.ahead
+
+
 def test_auto_goes_back_to_server_once_the_pull_is_older_than_max_age(
-    client: Client, app: Any, sent: RequestLog
+    user: User, app: Any, tmp_path: Path
 ) -> None:
-    assert client.gateway.max_age == 30  # a polling loop sees a server change within 30 s
-    make_jobs(client, app, 1)
-    # The pull's as_of is when it started, so max_age must outlast the pull itself on a busy
-    # machine; the sleep then outlasts max_age.
-    client.gateway.max_age = 3.0
-    client.pull()
-    sent.clear()
-    q = client.Job.objects.all()
-    list(q)
-    assert q.source == "cache"
-    assert len(sent) == 0
-    time.sleep(3.1)
-    q = client.Job.objects.all()
-    list(q)
-    assert q.source == "server"
-    assert len(sent) >= 1
+    clock = MovableClock()
+    c = balsam_sync.connect(
+        user.api_root, user.token, home=str(tmp_path / "h"), retry=FAST_RETRY, clock=clock
+    )
+    sent = recorder(c)
+    try:
+        assert c.gateway.max_age == 30  # a polling loop sees a server change within 30 s
+        make_jobs(c, app, 1)
+        c.pull()
+        sent.clear()
+        q = c.Job.objects.all()
+        list(q)
+        assert q.source == "cache"
+        assert len(sent) == 0
+        clock.ahead = timedelta(seconds=31)  # the pull is now older than max_age
+        q = c.Job.objects.all()
+        list(q)
+        assert q.source == "server"
+        assert len(sent) >= 1
+    finally:
+        c.close()
 
 
 # -- fresh() ---------------------------------------------------------------------------------
@@ -823,3 +839,17 @@ def test_prefetch_thread_ends_when_the_pull_stops_early() -> None:
         time.sleep(0.05)
     assert not alive
     assert len(produced) <= 3  # it stopped fetching instead of reading every page
+
+
+def test_the_read_plan_follows_policy_coverage_and_clock() -> None:
+    now = datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc)
+    ago = now - timedelta(seconds=10)
+    assert plan_read(OFFLINE, None, now, 30).route is Route.MIRROR
+    assert plan_read(ONLINE, ago, now, 30).route is Route.SERVER
+    assert plan_read(AUTO, ago, now, 30) == ReadPlan(Route.CACHED, ago)
+    assert plan_read(AUTO, ago, now, 5).route is Route.SERVER  # older than max_age
+    assert plan_read(AUTO, None, now, 30).route is Route.SERVER  # never synced
+    assert plan_read(fresh(60), ago, now, 5).route is Route.CACHED  # its own max_age
+    assert plan_read(fresh(0), now, now, 30).route is Route.SERVER  # fresh(0): the server
+    ahead = now + timedelta(seconds=1)  # stamped by a clock that was set back since
+    assert plan_read(AUTO, ahead, now, 30).route is Route.SERVER

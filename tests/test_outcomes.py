@@ -29,8 +29,7 @@ import balsam_sync
 from balsam_sync import errors
 from balsam_sync.cache.mirror import Identity, open_mirror
 from balsam_sync.client import Client
-from balsam_sync.retry import RetryPolicy
-from balsam_sync.sync.daemon import SyncDaemon
+from balsam_sync.remote.retry import RetryPolicy
 from balsam_sync.testing.faultproxy import FaultKind, FaultPlan, FaultProxy
 from tests.conftest import ROOT, SERVER_SCRIPT, User, server_jobs
 
@@ -277,7 +276,7 @@ def test_one_process_failing_keeps_the_others_writes_off_the_link(
 def test_stopping_a_daemon_leaves_the_client_as_it_was(client: Client, app: Any) -> None:
     retry, replayer = client.transport.retry, client.gateway.replayer()
     batch = replayer.batch_size
-    daemon = SyncDaemon(client, interval=0.01, batch_size=7)
+    daemon = client.daemon(interval=0.01, batch_size=7)
     daemon.request_stop()
     daemon.run(max_rounds=3)
     assert client.transport.retry is retry and replayer.batch_size == batch

@@ -13,11 +13,11 @@ import pytest
 import balsam_sync
 from balsam_sync import errors
 from balsam_sync.client import Client
-from balsam_sync.link import Link
-from balsam_sync.outcomes import Backoff, Outcome, outcome
-from balsam_sync.retry import RetryPolicy, is_transient
+from balsam_sync.remote.link import Link
+from balsam_sync.remote.outcomes import Backoff, Outcome, outcome
+from balsam_sync.remote.retry import RetryPolicy, is_transient
+from balsam_sync.remote.transport import PATIENT, Transport
 from balsam_sync.testing.faultproxy import FaultKind, FaultProxy
-from balsam_sync.transport import PATIENT, Transport
 from tests.conftest import User
 
 NO_WAIT = RetryPolicy(attempts=4, max_seconds=10, initial_wait=0, max_wait=0)

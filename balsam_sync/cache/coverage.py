@@ -217,7 +217,7 @@ class CoverageBook:
             self.conn.execute("UPDATE sync_state SET full_at = NULL WHERE resource = ?", [resource])
 
     def _one(self, sql: str, args: list[Any]) -> tuple[Any, ...] | None:
-        with self.store._lock:
+        with self.store.reading():
             row = self.conn.execute(sql, args).fetchone()
         return tuple(row) if row is not None else None
 

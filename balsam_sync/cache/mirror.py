@@ -28,10 +28,11 @@ from sqlite_utils import Database
 
 from ..config import server_key
 from ..errors import MirrorBusy, MirrorDamaged, MirrorError
-from ..sync.lock import FileLock
+from ..resources import Row
 from .coverage import CoverageBook
 from .failures import SALVAGE, MirrorConnection, guard
 from .filesystem import choose_home, private_dir
+from .lock import FileLock
 from .outbox import Outbox
 from .schema import SCHEMA_VERSION, clear_packed, migrations
 from .store import Store
@@ -76,6 +77,22 @@ class Mirror:
     def lock_path(self) -> Path:
         """The replay lock: one process at a time sends this mirror's outbox."""
         return self.path.with_suffix(".replay.lock")
+
+    def accept(self, resource: str, rows: list[Row], *, merge: bool = False) -> list[int]:
+        """Write the server's ``rows``, then lay the queue's unacknowledged changes back on top.
+
+        The one way a server answer enters the mirror, in one transaction, so no read or pull
+        ever erases a local change. ``merge``: write only the rows that differ from the stored
+        copy. Returns the ids written.
+        """
+        with self.store.write():
+            if merge:
+                written = self.store.merge(resource, rows)
+            else:
+                self.store.upsert(resource, rows)
+                written = [row["id"] for row in rows]
+            self.outbox.overlay(resource, written)
+        return written
 
     def close(self) -> None:
         self.store.conn.close()

@@ -16,11 +16,10 @@ from datetime import datetime, timedelta, timezone
 from enum import Enum
 from typing import Any
 
+from ..resources import Row
 from .failures import guarded
 from .schema import PARENTS_TABLE, REFERENCES, TABLES
 from .store import Store
-
-Row = dict[str, Any]
 
 
 class Op(Enum):
@@ -141,11 +140,11 @@ class Outbox:
         if limit is not None:
             sql += " LIMIT ?"
             args.append(limit)
-        with self.store._lock:
+        with self.store.reading():
             return [_entry(r) for r in self.conn.execute(sql, args)]
 
     def get(self, seq: int) -> Entry | None:
-        with self.store._lock:
+        with self.store.reading():
             rec = self.conn.execute(
                 f"SELECT {_COLUMNS} FROM outbox WHERE seq = ?", [seq]
             ).fetchone()
@@ -157,13 +156,13 @@ class Outbox:
             f"SELECT {_COLUMNS} FROM outbox WHERE resource = ? AND state != 'dead' AND obj_id IN "
             "(SELECT value FROM json_each(?)) ORDER BY seq"
         )
-        with self.store._lock:
+        with self.store.reading():
             rows = self.conn.execute(sql, [resource, json.dumps(list(ids))]).fetchall()
         return (_entry(r) for r in rows)
 
     def stats(self) -> dict[str, Any]:
         """Counts per state and the creation time of the oldest unacknowledged entry."""
-        with self.store._lock:
+        with self.store.reading():
             counts = dict(self.conn.execute("SELECT state, count(*) FROM outbox GROUP BY state"))
             (oldest,) = self.conn.execute(
                 "SELECT min(created_at) FROM outbox WHERE state != 'dead'"
@@ -176,7 +175,7 @@ class Outbox:
         if resource is not None:
             sql += " AND resource = ?"
             args.append(resource)
-        with self.store._lock:
+        with self.store.reading():
             return self.conn.execute(sql + " LIMIT 1", args).fetchone() is not None
 
     # -- state changes -------------------------------------------------------------------------
@@ -263,7 +262,7 @@ class Outbox:
         """The server's ids of provisional ids whose creation was acknowledged."""
         if not temp_ids:
             return {}
-        with self.store._lock:
+        with self.store.reading():
             rows = self.conn.execute(
                 "SELECT temp_id, real_id FROM id_map WHERE temp_id IN "
                 "(SELECT value FROM json_each(?))",
@@ -375,7 +374,7 @@ class Outbox:
             )
 
     def read_log(self) -> dict[str, str]:
-        with self.store._lock:
+        with self.store.reading():
             return dict(self.conn.execute("SELECT key, value FROM sync_log"))
 
 

@@ -13,10 +13,9 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from ..resources import Row
 from .schema import MARKS_TABLE, TABLES
 from .store import Store
-
-Row = dict[str, Any]
 
 DONE_STATES = ("JOB_FINISHED", "FAILED")
 ACTIVE_TRANSFER_STATES = ("pending", "active", "inactive")
@@ -42,7 +41,7 @@ class PullState:
         self.conn = store.conn
 
     def _rows(self, sql: str, args: list[Any]) -> list[tuple[Any, ...]]:
-        with self.store._lock:
+        with self.store.reading():
             return [tuple(r) for r in self.conn.execute(sql, args)]
 
     # -- job marks -----------------------------------------------------------------------------

@@ -32,7 +32,8 @@ from ..resources import RESOURCES
 from .failures import guard
 from .mirror import Mirror
 
-Row = tuple[Any, ...]
+Record = tuple[Any, ...]
+"""One raw row of a damaged file, as SQLite returns it (not a ``resources.Row``)."""
 OUTBOX_COLUMNS = (
     "seq, resource, op, obj_id, payload, marker, state, attempts, status, error, "
     "created_at, updated_at"
@@ -47,8 +48,8 @@ _FAR = 2**62
 class Recovered:
     """What could be read from a damaged mirror, and what could not."""
 
-    entries: list[Row] = field(default_factory=list)
-    id_map: list[Row] = field(default_factory=list)
+    entries: list[Record] = field(default_factory=list)
+    id_map: list[Record] = field(default_factory=list)
     temp_counter: int | None = None
     sync_log: dict[str, str] = field(default_factory=dict)
     lost: list[str] = field(default_factory=list)
@@ -168,11 +169,11 @@ def _with_new_header(path: Path) -> Path | None:
     return copy
 
 
-def _scan(conn: sqlite3.Connection, table: str, columns: str) -> tuple[list[Row], int]:
+def _scan(conn: sqlite3.Connection, table: str, columns: str) -> tuple[list[Record], int]:
     """Every readable row of ``table`` in rowid order, skipping damaged ranges; and how many
     damaged ranges were skipped."""
     sql = f"SELECT rowid, {columns} FROM [{table}] NOT INDEXED WHERE rowid > ? ORDER BY rowid"
-    rows: list[Row] = []
+    rows: list[Record] = []
     last, skipped, batch = -_FAR, 0, 500
     while True:
         try:
@@ -236,7 +237,7 @@ def _index_entries(conn: sqlite3.Connection) -> dict[int, str]:
     return known
 
 
-def _valid(row: Row) -> bool:
+def _valid(row: Record) -> bool:
     seq, resource, op, obj_id, payload, *_rest = row
     state = row[6]
     try:
@@ -278,7 +279,7 @@ def _outbox(conn: sqlite3.Connection, found: Recovered) -> None:
     found.entries = [read[s] for s in sorted(read)]
 
 
-def _small(conn: sqlite3.Connection, table: str, columns: str, found: Recovered) -> list[Row]:
+def _small(conn: sqlite3.Connection, table: str, columns: str, found: Recovered) -> list[Record]:
     try:
         rows, skipped = _scan(conn, table, columns)
     except sqlite3.DatabaseError as exc:  # the table itself is gone from the schema

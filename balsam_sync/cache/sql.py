@@ -12,10 +12,12 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
+from ..resources import RESOURCES
 from ..spec import QuerySpec
+from ..utc import utc_text
 from .schema import PARENTS_TABLE, TABLES
 
 Fragment = tuple[str, list[Any]]
@@ -36,8 +38,7 @@ class Compiled:
 
 def sql_time(value: datetime) -> str:
     """Canonical text of a datetime, as stored in the mirror (UTC, microseconds, +00:00)."""
-    aware = value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value
-    return aware.astimezone(timezone.utc).isoformat(timespec="microseconds")
+    return utc_text(value)
 
 
 def like_contains_glob(value: str) -> str:
@@ -214,7 +215,6 @@ COMPILERS: dict[str, dict[str, Compiler]] = {
     },
 }
 
-DEFAULT_ORDERING = {"EventLog": "-timestamp"}
 NULLABLE_ORDERINGS = frozenset({"start_time"})
 """Ordering fields that can be NULL on the server (PostgreSQL puts NULLs last ascending and
 first descending; SQLite does the opposite). Other fields are never NULL on the server, so
@@ -222,10 +222,8 @@ their ORDER BY stays plain and an index can serve it (NULL is only in provisiona
 
 
 def order_clause(table: str, ordering: str | None, resource: str) -> str:
-    """ORDER BY text matching the server: the field, NULL placement, then ``id`` ascending."""
-    ordering = ordering or DEFAULT_ORDERING.get(resource, "id")
-    field = ordering.lstrip("-")
-    descending = ordering.startswith("-")
+    """ORDER BY text matching the server's sort (see ``Resource.order``)."""
+    field, descending = RESOURCES[resource].order(ordering)
     if field == "id":
         return f"{table}.id {'DESC' if descending else 'ASC'}"
     nulls = ""

@@ -16,14 +16,12 @@ from typing import Any
 from sqlite_utils import Database
 
 from ..freshness import RowLayout
+from ..resources import Row
 from ..spec import QuerySpec
 from .failures import guarded
 from .packing import encode_json, pack, packer, unpack
 from .schema import PACKED, PARENTS_TABLE, TABLES, TableDef
 from .sql import compile_spec, count_sql
-
-Row = dict[str, Any]
-
 
 _writing = threading.local()
 
@@ -61,6 +59,12 @@ class Store:
         return f"INSERT OR REPLACE INTO [{tdef.table}] ({cols}) VALUES ({marks})"
 
     # -- transactions --------------------------------------------------------------------------
+
+    @contextmanager
+    def reading(self) -> Iterator[sqlite3.Connection]:
+        """The connection, held for one read (the threads of a client share it)."""
+        with self._lock:
+            yield self.conn
 
     @contextmanager
     def write(self) -> Iterator[None]:

@@ -7,7 +7,6 @@ import sys
 
 import click
 
-from ..auth import password_login
 from ..config import (
     ENV_API_ROOT,
     ENV_TOKEN,
@@ -17,6 +16,7 @@ from ..config import (
     read_client_yml,
 )
 from ..errors import OfflineError
+from ..remote.auth import password_login
 from .app import State, main, pass_state
 from .show import expiry
 

@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from ..client import Client
-from ..query import Query
+from ..orm.query import Query
 from .app import State, main, pass_state
 from .show import echo_json, stamp, table
 

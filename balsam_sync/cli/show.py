@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 import click
+
+from ..utc import as_utc
 
 
 def duration(seconds: float) -> str:
@@ -22,8 +24,7 @@ def duration(seconds: float) -> str:
 
 
 def stamp(when: datetime | None) -> str:
-    when = when and (when if when.tzinfo else when.replace(tzinfo=timezone.utc))  # naive: UTC
-    return when.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC") if when else "-"
+    return as_utc(when).strftime("%Y-%m-%d %H:%M:%S UTC") if when else "-"  # naive: UTC
 
 
 def ago(when: datetime | None) -> str:

@@ -16,9 +16,8 @@ import click
 from ..cache.filesystem import private_file
 from ..client import Client
 from ..errors import BalsamSyncError, OfflineError
-from ..sync.daemon import SyncDaemon
+from ..remote.jwt import claims
 from ..sync.status import SyncStatus
-from ..token import claims
 from .app import (
     EXIT_ERROR,
     EXIT_NOT_AUTHENTICATED,
@@ -195,7 +194,7 @@ def daemon(ctx: click.Context, state: State, /, log_file: str | None, **opts: An
         raise OfflineError(f"{OFFLINE}: the daemon has nothing to do offline; unset it to sync")
     path = Path(log_file) if log_file else client.mirror.path.with_suffix(".daemon.log")
     once = opts.pop("once")
-    runner = SyncDaemon(client, **opts)
+    runner = client.daemon(**opts)
     level = logging.DEBUG if ctx.find_root().params.get("verbose", 0) > 1 else logging.INFO
     private_file(path)
     click.echo(f"syncing {client.mirror.path}; log: {path}", err=True)

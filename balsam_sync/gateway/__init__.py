@@ -6,12 +6,12 @@ the outbox, then to the server (``writes.py``); both share ``core.py``.
 
 from __future__ import annotations
 
-from ..writing import WriteResult, provisional_row
 from .core import DEFAULT_MAX_AGE
 from .reads import Reads
 from .writes import Writes
+from .writing import WriteResult
 
-__all__ = ["DEFAULT_MAX_AGE", "Gateway", "WriteResult", "provisional_row"]
+__all__ = ["DEFAULT_MAX_AGE", "Gateway", "WriteResult"]
 
 
 class Gateway(Reads, Writes):

@@ -6,17 +6,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
 
+from ..cache.lock import FileLock
 from ..cache.mirror import Mirror
 from ..freshness import PolicyArg, ReadPolicy, choose
-from ..remote import Remote
-from ..sync.lock import FileLock
+from ..remote.rest import Remote
 from ..sync.replay import Replayer
 
 log = logging.getLogger(__name__)
 
-Row = dict[str, Any]
 DEFAULT_MAX_AGE = 30.0
 """Seconds a full sync stays fresh enough to answer queries under the AUTO policy: a loop that
 polls with default-policy queries sees a change the server committed after the pull within
@@ -60,6 +58,13 @@ class GatewayCore:
         if self._mirror is None:
             self._mirror = self._mirror_factory()
         return self._mirror
+
+    def close_mirror(self) -> None:
+        """Close the mirror (and forget its replayer); the next use opens the file again."""
+        if self._mirror is not None:
+            self._mirror.close()
+            self._mirror = None
+        self._replayer = None
 
     def replayer(self) -> Replayer:
         """The replayer of this mirror's outbox (built on first use)."""

@@ -10,35 +10,28 @@ from datetime import datetime
 
 from ..errors import OfflineError, ServerUnreachable
 from ..freshness import Answer, PolicyArg, ReadMode, ReadPolicy
-from ..params import FILTER_CHUNK_SIZE
-from ..resources import Resource
+from ..remote.params import FILTER_CHUNK_SIZE
+from ..resources import Resource, Row
 from ..spec import QuerySpec
-from ..unmirrored import server_if_unmirrored
-from .core import GatewayCore, Row, log
+from .core import GatewayCore, log
+from .plan import ReadPlan, Route, coverage_kind, plan_read
+from .unmirrored import server_if_unmirrored
 
 
 class Reads(GatewayCore):
     """The read half of the gateway."""
 
-    def _cached_as_of(self, spec: QuerySpec, pol: ReadPolicy, count: bool) -> datetime | None:
-        """Return the coverage time when ``pol`` lets the mirror answer ``spec``, else None."""
-        if pol.mode in (ReadMode.ONLINE, ReadMode.OFFLINE):
-            return None
-        book = self.mirror.coverage
-        if pol.mode is ReadMode.AUTO:
+    def _plan(self, spec: QuerySpec, pol: ReadPolicy, count: bool) -> ReadPlan:
+        """Look up the coverage the policy needs, then plan (``plan.py``, pure)."""
+        kind = coverage_kind(pol)
+        book = self.mirror.coverage if kind is not None else None
+        when = None
+        if book is not None and kind == "full":
             when = book.full_sync_at(spec.resource)
-        else:
+        elif book is not None:
             cov = book.for_count(spec) if count else book.for_rows(spec)
             when = cov.as_of if cov else None
-        max_age = pol.max_age if pol.max_age is not None else self.max_age
-        # A stamp ahead of the clock (it was set back since) is never fresh.
-        if (
-            when is not None
-            and max_age > 0
-            and 0 <= (self.clock() - when).total_seconds() <= max_age
-        ):
-            return when
-        return None
+        return plan_read(pol, when, self.clock(), self.max_age)
 
     def _offline_as_of(self, spec: QuerySpec, count: bool) -> datetime | None:
         """When the server confirmed the mirror's answer; NoEvidence if it has none."""
@@ -53,12 +46,12 @@ class Reads(GatewayCore):
     ) -> Answer:
         """Return the rows of ``spec`` from wherever the policy allows."""
         pol = self._policy(policy, latest)
-        if pol.mode is ReadMode.OFFLINE:
+        plan = self._plan(spec, pol, count=False)
+        if plan.route is Route.MIRROR:
             ev = self.mirror.coverage.evidence(spec, False)
             return self._mirror_rows(spec, self._capped(ev.as_of), stale=ev.partial)
-        cached = self._cached_as_of(spec, pol, count=False)
-        if cached is not None:
-            return self._mirror_rows(spec, cached, stale=False)
+        if plan.route is Route.CACHED:
+            return self._mirror_rows(spec, plan.as_of, stale=False)
         try:
             self._reach(pol)
             now = self.clock()
@@ -82,12 +75,12 @@ class Reads(GatewayCore):
     def count(self, res: Resource, spec: QuerySpec, policy: PolicyArg) -> Answer:
         """Return how many objects match ``spec`` (rows are not fetched)."""
         pol = self._policy(policy)
-        if pol.mode is ReadMode.OFFLINE:
+        plan = self._plan(spec, pol, count=True)
+        if plan.route is Route.MIRROR:
             ev = self.mirror.coverage.evidence(spec, True)
             return self._mirror_count(spec, self._capped(ev.as_of), stale=ev.partial)
-        cached = self._cached_as_of(spec, pol, count=True)
-        if cached is not None:
-            return self._mirror_count(spec, cached, stale=False)
+        if plan.route is Route.CACHED:
+            return self._mirror_count(spec, plan.as_of, stale=False)
         try:
             self._reach(pol)
             now = self.clock()
@@ -134,7 +127,7 @@ class Reads(GatewayCore):
     ) -> Iterator[Row]:
         """Yield the rows of ``spec`` without holding them all."""
         pol = self._policy(policy)
-        if pol.mode is ReadMode.OFFLINE or self._cached_as_of(spec, pol, count=False):
+        if self._plan(spec, pol, count=False).route is not Route.SERVER:
             self.mirror.coverage.evidence(spec, False)
             yield from self.mirror.store.stream(spec, chunk_size)
             return
@@ -156,9 +149,7 @@ class Reads(GatewayCore):
             yield from self._stored(res, page)
 
     def _stored(self, res: Resource, page: list[Row]) -> list[Row]:
-        with self.mirror.store.write():
-            self.mirror.store.upsert(res.name, page)
-            self.mirror.outbox.overlay(res.name, [r["id"] for r in page])
+        self.mirror.accept(res.name, page)
         return page
 
     def _write_through_list(
@@ -175,8 +166,7 @@ class Reads(GatewayCore):
             found = self._missing(res, spec, seen)
         store = self.mirror.store
         with store.write():
-            store.upsert(res.name, rows)
-            self.mirror.outbox.overlay(res.name, list(seen))
+            self.mirror.accept(res.name, rows)
             if found is not None:  # else: unknown which were deleted, so no coverage claimed
                 missing, rows_now = found
                 store.upsert(res.name, rows_now)

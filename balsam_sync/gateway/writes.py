@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from ..cache.outbox import Op
 from ..errors import BalsamSyncError, NotAuthenticated, ServerUnreachable
-from ..resources import Resource
+from ..resources import Resource, Row
 from ..spec import QuerySpec
 from ..sync.undo import revive, withdraw
-from ..writing import WriteResult, provisional_row
-from .core import GatewayCore, Row
+from .core import GatewayCore
+from .writing import WriteResult
 
 
 class Writes(GatewayCore):
@@ -75,7 +75,7 @@ class Writes(GatewayCore):
     def create(self, res: Resource, payloads: list[Row]) -> WriteResult:
         """Create objects: provisional rows now, server rows once acknowledged."""
         temps = self.mirror.outbox.temp_ids(len(payloads))
-        rows = [provisional_row(res, temp, p) for temp, p in zip(temps, payloads, strict=True)]
+        rows = [res.provisional_row(temp, p) for temp, p in zip(temps, payloads, strict=True)]
         seqs = self._queue(res, Op.CREATE, list(zip(temps, payloads, strict=True)), rows)
         errors = self._push_now(res, Op.CREATE, seqs, {})
         current = self._current(res, temps)
@@ -83,7 +83,7 @@ class Writes(GatewayCore):
         # process deleted it): otherwise the next save() would create it a second time.
         for i, (temp, payload) in enumerate(zip(temps, payloads, strict=True)):
             if current[i] is None and i not in errors:
-                current[i] = provisional_row(res, self.real_id(temp), payload)
+                current[i] = res.provisional_row(self.real_id(temp), payload)
         return WriteResult(current, errors)
 
     def update(self, res: Resource, obj_id: int, changes: Row) -> WriteResult:
@@ -112,9 +112,7 @@ class Writes(GatewayCore):
         if not self.offline:
             try:
                 rows, _ = self.remote.select(res, spec.unsliced())
-                with self.mirror.store.write():
-                    self.mirror.store.upsert(res.name, rows)
-                    self.mirror.outbox.overlay(res.name, [r["id"] for r in rows])
+                self.mirror.accept(res.name, rows)
                 return [r["id"] for r in self.mirror.store.query(spec.unsliced())]
             except ServerUnreachable:
                 pass

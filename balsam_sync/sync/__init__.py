@@ -1,1 +1,1 @@
-"""Keeping mirror and server converged: pulls (and, later, replays)."""
+"""Keeping mirror and server converged: replay of the outbox, pulls, the daemon, status."""

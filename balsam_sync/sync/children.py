@@ -21,16 +21,14 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
 
 from ..cache.mirror import Mirror
 from ..cache.pullstate import DONE_STATES, PullState, Unsynced
-from ..params import FILTER_CHUNK_SIZE
-from ..remote import Remote
-from ..resources import RESOURCES
+from ..remote.params import FILTER_CHUNK_SIZE
+from ..remote.rest import Remote
+from ..resources import RESOURCES, Row
 from ..spec import QuerySpec
 
-Row = dict[str, Any]
 CHILDREN = ("TransferItem", "EventLog")
 
 

@@ -6,8 +6,8 @@ the batch in flight finish for a few seconds (``Transport.stop_grace``; its resu
 and then exits cleanly, within 5 s even on a link that never answers; a batch cut short, like
 a kill -9, loses nothing, because every entry stays in the outbox until the server's answer
 has been stored, and one that may have reached the server is settled first next time.
-The daemon leaves the client as it found it: its stop event and batch size apply to its own
-rounds only.
+The daemon leaves its parts as it found them: its stop event and batch size apply to its own
+rounds only. It is given its parts (``Client.daemon()`` wires them), not the client.
 """
 
 from __future__ import annotations
@@ -15,16 +15,17 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING
 
+from ..cache.lock import FileLock
+from ..cache.mirror import Mirror
 from ..errors import BalsamSyncError, NotAuthenticated
-from .lock import FileLock
-
-if TYPE_CHECKING:
-    from ..client import Client
+from ..remote.transport import Transport
+from .pull import PullReport
+from .replay import Replayer
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +46,13 @@ class RoundReport:
 
 
 class SyncDaemon:
-    """Keeps one client's mirror and server converged.
+    """Keeps one mirror and its server converged.
 
     Args:
-        client: the client whose mirror is synced.
+        mirror: opens (on first use) the mirror that is synced.
+        replayer: the replayer of its outbox.
+        transport: the transport whose requests a stop cuts short.
+        puller: one pull of the mirror (the client's ``pull``).
         interval: seconds between rounds while the server answers.
         batch_size: most outbox entries sent per request (5000 at most).
         max_backoff: longest pause while the server is unreachable.
@@ -57,14 +61,18 @@ class SyncDaemon:
 
     def __init__(
         self,
-        client: Client,
+        mirror: Callable[[], Mirror],
+        replayer: Callable[[], Replayer],
+        transport: Transport,
+        puller: Callable[[], PullReport],
         *,
         interval: float = 30.0,
         batch_size: int = 5000,
         max_backoff: float = 600.0,
         pull: bool = True,
     ) -> None:
-        self.client = client
+        self.mirror, self.replayer, self.transport = mirror, replayer, transport
+        self.puller = puller
         self.interval = interval
         self.max_backoff = max_backoff
         self.pull = pull
@@ -75,7 +83,7 @@ class SyncDaemon:
 
     @property
     def lock_path(self) -> Path:
-        return self.client.mirror.path.with_suffix(".daemon.lock")
+        return self.mirror().path.with_suffix(".daemon.lock")
 
     def request_stop(self, signum: int = 0, frame: FrameType | None = None) -> None:
         """Finish the batch in flight, then stop (also the SIGTERM/SIGINT handler)."""
@@ -86,14 +94,14 @@ class SyncDaemon:
         """Run rounds until stopped (or ``max_rounds``); return the process exit code."""
         lock = FileLock(self.lock_path)
         if not lock.acquire(0):
-            raise DaemonAlreadyRunning(f"a daemon already syncs {self.client.mirror.path}")
+            raise DaemonAlreadyRunning(f"a daemon already syncs {self.mirror().path}")
         previous = {}
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 previous[sig] = signal.signal(sig, self.request_stop)
         try:
             # A stop also cuts short requests in flight and the waits between retries.
-            with self.client.transport.stopping(self.stop):
+            with self.transport.stopping(self.stop):
                 self._loop(max_rounds)
         finally:
             for sig, handler in previous.items():
@@ -104,7 +112,7 @@ class SyncDaemon:
 
     def _loop(self, max_rounds: int | None) -> None:
         delay = self.interval
-        log.info("daemon started for %s", self.client.mirror.path)
+        log.info("daemon started for %s", self.mirror().path)
         while not self.stop.is_set():
             report = self.last_round = self.round()
             self.rounds += 1
@@ -119,7 +127,7 @@ class SyncDaemon:
         """One push (and pull); never raises for a network or server problem."""
         report = RoundReport()
         try:
-            pushed = self.client.gateway.replayer().push(batch_size=self.batch_size)
+            pushed = self.replayer().push(batch_size=self.batch_size)
             report.sent, report.dead = pushed.sent, pushed.dead
             report.reachable = pushed.failed == 0
             report.error = pushed.error
@@ -127,7 +135,7 @@ class SyncDaemon:
                 log.error("the server refused the token: log in again (balsam-sync login)")
                 report.reachable = False
             elif self.pull and report.reachable and not self.stop.is_set():
-                pulled = self.client.pull()
+                pulled = self.puller()
                 report.pulled = sum(pulled.fetched.values())
         except NotAuthenticated as exc:
             report.reachable, report.error = False, str(exc)

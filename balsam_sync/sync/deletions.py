@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..cache.pullstate import PullState
-from ..remote import Remote
+from ..remote.rest import Remote
 from ..resources import RESOURCES
 from ..spec import QuerySpec
 from .pages import job_spec, stamp_after, stamp_before

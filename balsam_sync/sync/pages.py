@@ -24,11 +24,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from ..remote import Remote, canonical_time
-from ..resources import RESOURCES
+from ..remote.rest import Remote, canonical_time
+from ..resources import RESOURCES, Row
 from ..spec import QuerySpec
 
-Row = dict[str, Any]
 T = TypeVar("T")
 R = TypeVar("R")
 

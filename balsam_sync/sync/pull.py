@@ -35,12 +35,12 @@ from typing import Any
 
 from ..cache.mirror import Mirror
 from ..cache.pullstate import DONE_STATES, PullState
-from ..remote import Remote, canonical_time
-from ..resources import RESOURCES
+from ..remote.rest import Remote, canonical_time
+from ..remote.serverclock import Clock, utcnow
+from ..remote.transport import Reply
+from ..resources import RESOURCES, Row
 from ..schemas import JobState
-from ..serverclock import Clock, utcnow
 from ..spec import QuerySpec
-from ..transport import Reply
 from .children import ChildrenReader, plan, urgent_in
 from .deletions import DeletedJobs
 from .pages import id_pages, job_pages, prefetched
@@ -48,7 +48,6 @@ from .small import SmallResources
 
 __all__ = ["Progress", "PullOptions", "PullReport", "Puller", "prefetched"]
 
-Row = dict[str, Any]
 UNFINISHED_JOB_STATES = tuple(s.value for s in JobState if s.value not in DONE_STATES)
 WHOLE_WHEN_SHARE = 4
 """A first pull reads every transfer item and event at once when at least a quarter of the
@@ -255,13 +254,10 @@ class Puller:
         """Store the listed jobs and queue the children of those that need them (unless
         ``children`` is None); return the listed ids and stamps."""
         listed: dict[int, str] = {}
-        store = self.mirror.store
         for page in pages:
             if children is not None:
                 children.submit(urgent_in(page, self.state.marks([r["id"] for r in page])))
-            with store.write():
-                written = store.merge("Job", page)
-                self.mirror.outbox.overlay("Job", written)
+            self.mirror.accept("Job", page, merge=True)
             if children is not None:
                 children.store_ready()
             listed.update((r["id"], r["last_update"]) for r in page)

@@ -21,8 +21,8 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Iterable
-from typing import Any
 
+from ..cache.lock import FileLock
 from ..cache.mirror import Mirror
 from ..cache.outbox import Entry, EntryState, Op, Outbox, now_text
 from ..cache.schema import REFERENCES
@@ -33,18 +33,16 @@ from ..errors import (
     ServerUnreachable,
     TransportError,
 )
-from ..outcomes import Backoff, Outcome, link_failed, outcome
-from ..remote import Remote
-from ..resources import MARKER_KEY, MAX_BULK, RESOURCES, Resource
+from ..remote.outcomes import Backoff, Outcome, link_failed, outcome
+from ..remote.rest import Remote
+from ..resources import MARKER_KEY, MAX_BULK, RESOURCES, Resource, Row
 from ..spec import QuerySpec
-from .lock import FileLock
 from .pushreport import PushReport
 from .settle import Settler
 from .writes import followups, store_server_rows
 
 log = logging.getLogger(__name__)
 
-Row = dict[str, Any]
 
 ENTRY_BACKOFF_CAP = 300.0
 """Longest pause before a write's push resends a change the server failed (it starts at the
@@ -235,7 +233,7 @@ class Replayer:
         if first.status is not None and first.status >= 500:  # isolate the entry at fault
             size = max(1, size >> min(first.attempts, 20))
         group = [first]
-        if first.op is Op.CREATE and first.resource != "Job":
+        if first.op is Op.CREATE and RESOURCES[first.resource].create_route != "list":
             return group
         seen = {first.obj_id}
         kind = (first.resource, first.op)
@@ -276,7 +274,7 @@ class Replayer:
         return len(group)
 
     def _send_creates(self, res: Resource, group: list[Entry]) -> None:
-        marker = uuid.uuid4().hex if res.name == "Job" else None
+        marker = uuid.uuid4().hex if res.marked_creates else None
         self.outbox.mark_in_flight([e.seq for e in group], marker)  # persisted before sending
         payloads = [_with_marker(e.payload, marker) for e in group]
         rows = self.remote.create(res, payloads)
@@ -288,7 +286,7 @@ class Replayer:
         children = followups(self.remote, res, rows)
         with self.mirror.store.write():
             self.outbox.ack([e.seq for e in group])
-            store_server_rows(self.mirror, self.outbox, res, rows, children)
+            store_server_rows(self.mirror, res, rows, children)
 
     def _send_deletes(
         self, res: Resource, group: list[Entry], mine: set[int], report: PushReport

@@ -14,21 +14,34 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from ..cache.failures import guard
+from ..cache.lock import FileLock
 from ..cache.mirror import Mirror
 from ..cache.outbox import EntryState, Op
 from ..cache.salvage import Recovered, move_aside, recover, restore
+from ..config import Settings
 from ..errors import BalsamSyncError, MirrorError
-from ..gateway import provisional_row
 from ..resources import RESOURCES
 from .daemon import DaemonAlreadyRunning
-from .lock import FileLock
 from .pull import PullReport
 
-if TYPE_CHECKING:
-    from ..client import Client
+
+class MirrorHost(Protocol):
+    """What salvage needs of its owner (a ``Client``): the mirror file, reopening it, a pull."""
+
+    settings: Settings
+
+    @property
+    def mirror_file(self) -> Path: ...
+
+    @property
+    def mirror(self) -> Mirror: ...
+
+    def drop_mirror(self) -> None: ...
+
+    def pull(self) -> PullReport: ...
 
 
 @dataclass
@@ -82,13 +95,13 @@ def _lay_local_view(mirror: Mirror, found: Recovered) -> None:
             resource, op, obj_id, payload, state = row[1], row[2], row[3], row[4], row[6]
             if op == Op.CREATE.value and state != EntryState.DEAD.value:
                 res = RESOURCES[resource]
-                store.upsert(res.name, [provisional_row(res, obj_id, json.loads(payload))])
+                store.upsert(res.name, [res.provisional_row(obj_id, json.loads(payload))])
                 creates.setdefault(resource, []).append(obj_id)
         for resource, ids in creates.items():
             mirror.outbox.overlay(resource, ids)
 
 
-def salvage(client: Client, *, pull: bool = True) -> SalvageReport:
+def salvage(client: MirrorHost, *, pull: bool = True) -> SalvageReport:
     """Move the mirror aside, rebuild it with every readable queued change, and pull again.
 
     Raises:
@@ -116,7 +129,7 @@ def salvage(client: Client, *, pull: bool = True) -> SalvageReport:
     return report
 
 
-def delete_mirror(client: Client) -> Path:
+def delete_mirror(client: MirrorHost) -> Path:
     """Delete the mirror file (and its WAL) for good; return where it was."""
     path = client.mirror_file
     with exclusive(path):

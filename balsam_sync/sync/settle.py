@@ -21,18 +21,16 @@ import logging
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
-from typing import Any
 
 from ..cache.mirror import Mirror
 from ..cache.outbox import Entry, EntryState, Op, Outbox, now_text
-from ..remote import Remote
-from ..resources import MARKER_KEY, RESOURCES, Resource
+from ..remote.rest import Remote
+from ..resources import MARKER_KEY, RESOURCES, Resource, Row
 from ..spec import QuerySpec
 from .writes import followups, store_server_rows
 
 log = logging.getLogger(__name__)
 
-Row = dict[str, Any]
 Found = list[tuple[Entry, Row]]
 
 POLL_SECONDS = 1.0
@@ -86,7 +84,7 @@ class Settler:
         found = self._lookup(res, group)
         if found:
             self.adopt(res, found)
-            if res.name == "Job":  # one POST: the marker's other jobs were made too (and
+            if res.marked_creates:  # one POST: the marker's other jobs were made too (and
                 left = [e for e in group if e.seq not in {f.seq for f, _ in found}]
                 self._made_then_deleted(res, left)  # deleted since)
             return len(found), 0
@@ -116,14 +114,14 @@ class Settler:
         with self.mirror.store.write():
             self.outbox.ack([e.seq for e, _ in created])
             self.outbox.remap(res.name, [(e.obj_id, row) for e, row in created])
-            store_server_rows(self.mirror, self.outbox, res, rows, children)
+            store_server_rows(self.mirror, res, rows, children)
 
     # -- lookups -------------------------------------------------------------------------------
 
     def _lookup(self, res: Resource, group: list[Entry]) -> Found:
         """Find rows the server created for in-flight creates (by marker, or unique names)."""
-        if res.name == "Job":
-            spec = QuerySpec("Job").with_filters({"tags": {MARKER_KEY: group[0].marker}})
+        if res.marked_creates:
+            spec = QuerySpec(res.name).with_filters({"tags": {MARKER_KEY: group[0].marker}})
             by_workdir = {r["workdir"]: r for r in self.remote.select(res, spec)[0]}
             return [
                 (e, by_workdir[e.payload["workdir"]])
@@ -161,6 +159,10 @@ _WAITING = "sent, no answer yet: the server may still be creating it"
 def _by_marker(entries: list[Entry]) -> dict[str, list[Entry]]:
     groups: dict[str, list[Entry]] = {}
     for entry in entries:
-        key = entry.marker if entry.resource == "Job" and entry.marker else f"seq:{entry.seq}"
+        key = (
+            entry.marker
+            if RESOURCES[entry.resource].marked_creates and entry.marker
+            else f"seq:{entry.seq}"
+        )
         groups.setdefault(key, []).append(entry)
     return groups

@@ -20,15 +20,13 @@ for it by id, does not return it: another process may have written it meanwhile.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 from ..cache.mirror import Mirror
 from ..cache.pullstate import ACTIVE_TRANSFER_STATES, UNFINISHED_BATCH_JOB_STATES, PullState
-from ..remote import Remote
-from ..resources import RESOURCES, Resource
+from ..remote.rest import Remote
+from ..resources import RESOURCES, Resource, Row
 from ..spec import QuerySpec
 
-Row = dict[str, Any]
 Note = Callable[[str, int], None]
 """Called as (resource, rows fetched) after each listing, for the report and the progress."""
 
@@ -44,9 +42,7 @@ class SmallResources:
 
     def store(self, res: Resource, rows: list[Row]) -> None:
         """Write the server's rows that changed; pending local changes are laid back on top."""
-        with self.mirror.store.write():
-            written = self.mirror.store.merge(res.name, rows)
-            self.mirror.outbox.overlay(res.name, written)
+        self.mirror.accept(res.name, rows, merge=True)
 
     def whole(self, name: str) -> int:
         """Re-read every row of ``name``; return how many the server no longer has."""

@@ -7,17 +7,18 @@ that does not exist yet, and a mirror that cannot be used is reported, not raise
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING
+from pathlib import Path
 
 from ..cache.neighbours import Neighbour
+from ..cache.outbox import Outbox
 from ..errors import BalsamSyncError, MirrorError, NotAuthenticated
-from ..serverclock import SKEW_TOLERANCE
+from ..remote.rest import Remote
+from ..remote.serverclock import SKEW_TOLERANCE
+from ..resources import SITE
 from ..spec import QuerySpec
-
-if TYPE_CHECKING:
-    from ..client import Client
 
 
 @dataclass(frozen=True)
@@ -61,12 +62,10 @@ def _when(text: str | None) -> datetime | None:
     return datetime.fromisoformat(text) if text else None
 
 
-def _ask_server(client: Client) -> tuple[bool | None, bool | None]:
+def _ask_server(remote: Remote) -> tuple[bool | None, bool | None]:
     """(reachable, token accepted), from one cheap request."""
-    if not client.settings.token:
-        return None, None
     try:
-        client.remote.count(client.Site._resource, QuerySpec("Site"))
+        remote.count(SITE, QuerySpec(SITE.name))
         return True, True
     except NotAuthenticated:
         return True, False
@@ -74,26 +73,39 @@ def _ask_server(client: Client) -> tuple[bool | None, bool | None]:
         return False, None
 
 
-def sync_status(client: Client, *, check_server: bool = True) -> SyncStatus:
-    """Read the status of ``client`` from its mirror (and ask the server when told to)."""
-    offline = client.settings.offline
-    reachable, accepted = _ask_server(client) if check_server and not offline else (None, None)
+def sync_status(
+    outbox: Callable[[], Outbox],
+    remote: Remote,
+    *,
+    mirror_file: Callable[[], Path],
+    elsewhere: Callable[[], list[Neighbour]],
+    offline: bool,
+    ask_server: bool,
+) -> SyncStatus:
+    """Read the sync state from the outbox (opened by ``outbox()``) and the transport.
+
+    Args:
+        outbox: opens the mirror and returns its outbox (only when there is a mirror file).
+        remote: the server (asked only when ``ask_server``), and the transport's token expiry
+            and clock estimate.
+        mirror_file: where the mirror is (nothing is opened).
+        elsewhere: other mirrors of this user that hold queued changes.
+        offline: the client is offline (shown as such).
+        ask_server: send one cheap request to see whether the server accepts the token.
+    """
+    reachable, accepted = _ask_server(remote) if ask_server else (None, None)
     counts: dict[str, int] = {}
     oldest, logged, problem = None, {}, None
     path = ""
     try:
-        path = str(client.mirror_file)
-        if accepted is not False or client.mirror_file.exists():
-            mirror = client.mirror
-            stats = mirror.outbox.stats()
-            counts, oldest, logged = (
-                stats["counts"],
-                _when(stats["oldest"]),
-                mirror.outbox.read_log(),
-            )
+        path = str(mirror_file())
+        if accepted is not False or mirror_file().exists():
+            opened = outbox()
+            stats = opened.stats()
+            counts, oldest, logged = stats["counts"], _when(stats["oldest"]), opened.read_log()
     except MirrorError as exc:
         problem = str(exc)
-    skew = client.transport.clock_offset
+    skew = remote.transport.clock_offset
     now = datetime.now(timezone.utc)  # the clock that stamped the entries (outbox.now_text)
     return SyncStatus(
         pending=counts.get("pending", 0) + counts.get("in_flight", 0),
@@ -102,12 +114,12 @@ def sync_status(client: Client, *, check_server: bool = True) -> SyncStatus:
         last_push=_when(logged.get("last_push")),
         last_pull=_when(logged.get("last_pull")),
         last_error=logged.get("last_error") or None,
-        token_expiry=client.transport.token_expiry,
+        token_expiry=remote.transport.token_expiry,
         server_reachable=reachable,
         mirror_path=path,
         token_accepted=accepted,
         offline=offline,
         mirror_error=problem,
         clock_skew=-skew if skew is not None and abs(skew) > SKEW_TOLERANCE else None,
-        elsewhere=tuple(client.other_mirrors()) if path else (),
+        elsewhere=tuple(elsewhere()) if path else (),
     )

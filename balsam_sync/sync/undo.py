@@ -8,14 +8,9 @@ applied. ``revive``: a dead letter is queued again and its change shown again.
 
 from __future__ import annotations
 
-from typing import Any
-
 from ..cache.mirror import Mirror
 from ..cache.outbox import EntryState, Op
-from ..resources import RESOURCES
-from ..writing import provisional_row
-
-Row = dict[str, Any]
+from ..resources import RESOURCES, Row
 
 
 def withdraw(
@@ -55,7 +50,7 @@ def revive(mirror: Mirror, seq: int) -> bool:
     with store.write():
         outbox.revive(seq)
         if entry.op is Op.CREATE:
-            store.upsert(res.name, [provisional_row(res, entry.obj_id, entry.payload)])
+            store.upsert(res.name, [res.provisional_row(entry.obj_id, entry.payload)])
         elif entry.op is Op.DELETE:
             store.delete_cascade(res.name, [entry.obj_id])
         else:

@@ -13,21 +13,14 @@ mirror never waits on the server.
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from ..cache.mirror import Mirror
-from ..cache.outbox import Outbox
 from ..errors import TransportError
-from ..remote import Remote
-from ..resources import RESOURCES, Resource
+from ..remote.rest import Remote
+from ..resources import RESOURCES, Resource, Row
 from ..spec import QuerySpec
 
 log = logging.getLogger(__name__)
-
-Row = dict[str, Any]
-
-SIDE_EFFECTS = {"Job": ("EventLog", "TransferItem"), "TransferItem": ("Job", "EventLog")}
-"""Writes to a resource that change other resources on the server in ways we cannot replay."""
 
 
 def followups(remote: Remote, res: Resource, rows: list[Row]) -> list[Row] | None:
@@ -36,7 +29,7 @@ def followups(remote: Remote, res: Resource, rows: list[Row]) -> list[Row] | Non
     The server promotes AWAITING_PARENTS children of a finished job (balsam-api.md §4).
     Returns None when they could not be read (the write itself did succeed).
     """
-    finished = [r["id"] for r in rows if res.name == "Job" and r.get("state") == "JOB_FINISHED"]
+    finished = [r["id"] for r in rows if res.promotes_children and r.get("state") == "JOB_FINISHED"]
     if not finished:
         return []
     spec = QuerySpec("Job").with_filters({"parent_id": finished})
@@ -48,24 +41,15 @@ def followups(remote: Remote, res: Resource, rows: list[Row]) -> list[Row] | Non
 
 
 def store_server_rows(
-    mirror: Mirror, outbox: Outbox, res: Resource, rows: list[Row], children: list[Row] | None
+    mirror: Mirror, res: Resource, rows: list[Row], children: list[Row] | None
 ) -> None:
     """Store ``rows`` (the server's answer to a write) and what ``followups`` found."""
     with mirror.store.write():
-        mirror.store.upsert(res.name, rows)
+        mirror.accept(res.name, rows)
         mirror.coverage.forget_windows()
-        for other in SIDE_EFFECTS.get(res.name, ()):
+        for other in res.side_effects:
             mirror.coverage.invalidate(other)
-        outbox.overlay(res.name, [r["id"] for r in rows])
         if children is None:
             mirror.coverage.invalidate("Job")
         elif children:
-            mirror.store.upsert("Job", children)
-            outbox.overlay("Job", [r["id"] for r in children])
-
-
-def apply_server_rows(
-    remote: Remote, mirror: Mirror, outbox: Outbox, res: Resource, rows: list[Row]
-) -> None:
-    """Fetch the follow-ups of a write, then store everything (never inside a transaction)."""
-    store_server_rows(mirror, outbox, res, rows, followups(remote, res, rows))
+            mirror.accept("Job", children)

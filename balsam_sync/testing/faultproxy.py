@@ -328,7 +328,7 @@ class FaultProxy:
             return
         session.thread.start()
 
-    def _forget(self, session: _Session) -> None:
+    def forget(self, session: _Session) -> None:
         with self._lock:
             self._sessions.discard(session)
 
@@ -337,7 +337,7 @@ class FaultProxy:
             self._counters.faults[kind.value] += 1
         self._log.append(LogEntry(method, path, kind))
 
-    def _decide(self, method: str, path: str) -> _Decision:
+    def decide(self, method: str, path: str) -> _Decision:
         with self._lock:
             self._counters.requests += 1
             plan = self._plan
@@ -372,16 +372,16 @@ class FaultProxy:
                 return injection
         return None
 
-    def _count_forwarded(self, method: str, path: str) -> None:
+    def count_forwarded(self, method: str, path: str) -> None:
         with self._lock:
             self._counters.forwarded += 1
             self._forwards.append(LogEntry(method, path, FaultKind.NONE))
             self._forwarded.notify_all()
 
-    def _count_upstream_error(self) -> None:
+    def count_upstream_error(self) -> None:
         with self._lock:
             self._counters.upstream_errors += 1
 
-    def _sleep(self, seconds: float) -> bool:
+    def pause(self, seconds: float) -> bool:
         """Sleep unless the proxy stops first; True if the full time elapsed."""
         return not self._stopping.wait(seconds)

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from .. import transport
 from ..cache.store import writing_here
+from ..remote import transport
 
 
 class RequestInTransaction(AssertionError):

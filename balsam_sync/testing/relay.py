@@ -8,11 +8,8 @@ import select
 import socket
 import struct
 import threading
-from typing import TYPE_CHECKING
+from typing import Protocol
 from urllib.parse import urlsplit
-
-if TYPE_CHECKING:
-    from .faultproxy import FaultProxy
 
 from .faultplan import (
     FaultKind,
@@ -124,13 +121,40 @@ def _parse_upstream(upstream: str | tuple[str, int]) -> tuple[str, int]:
 
 # --------------------------------------------------------------------------- per connection
 
+
+class Switchboard(Protocol):
+    """What a session asks of its proxy (a ``FaultProxy``): the proxy's public face to it."""
+
+    upstream_address: tuple[str, int]
+    io_timeout: float
+
+    @property
+    def stopping(self) -> bool: ...
+
+    def decide(self, method: str, path: str) -> _Decision:
+        """Count one request and choose its fault."""
+        ...
+
+    def pause(self, seconds: float) -> bool:
+        """Sleep unless the proxy stops first; True if the full time elapsed."""
+        ...
+
+    def count_forwarded(self, method: str, path: str) -> None: ...
+
+    def count_upstream_error(self) -> None: ...
+
+    def forget(self, session: _Session) -> None:
+        """The session ended."""
+        ...
+
+
 _HOLD_CHUNK = 65536
 
 
 class _Session:
     """Serves one client connection, one request at a time."""
 
-    def __init__(self, proxy: FaultProxy, client: _Endpoint, name: str) -> None:
+    def __init__(self, proxy: Switchboard, client: _Endpoint, name: str) -> None:
         self.proxy = proxy
         self.client = client
         self.upstream: _Endpoint | None = None
@@ -143,13 +167,13 @@ class _Session:
             while not self.proxy.stopping and self._serve_one():
                 pass
         except _UpstreamError:
-            self.proxy._count_upstream_error()
+            self.proxy.count_upstream_error()
             self.client.reset()
         except (OSError, _ProtocolError):
             self.client.reset()
         finally:
             self._close_all()
-            self.proxy._forget(self)
+            self.proxy.forget(self)
 
     def shutdown(self) -> None:
         with self._lock:
@@ -169,7 +193,7 @@ class _Session:
         if head is None:
             return False
         method, target, version = _request_line(head)
-        decision = self.proxy._decide(method, target)
+        decision = self.proxy.decide(method, target)
         if decision.kind in (FaultKind.REFUSE, FaultKind.DOWN):
             self.client.reset()
             return False
@@ -198,7 +222,7 @@ class _Session:
         if kind in (FaultKind.HTTP_5XX_AFTER, FaultKind.HANG_AFTER):
             self._forward(request, raw, relay=False)  # the server has committed
             if kind is FaultKind.HANG_AFTER:
-                self.proxy._sleep(plan.hang_seconds)
+                self.proxy.pause(plan.hang_seconds)
                 return False
             close = plan.close_on_5xx or not keep_alive
             self.client.send(_local_response(decision.status, kind, close))
@@ -207,7 +231,7 @@ class _Session:
             self.client.reset()
             return False
         if kind is FaultKind.TIMEOUT:
-            self.proxy._sleep(plan.hang_seconds)
+            self.proxy.pause(plan.hang_seconds)
             return False
         if kind in (FaultKind.HTTP_5XX, FaultKind.BURST_5XX):
             close = plan.close_on_5xx or not keep_alive
@@ -217,7 +241,7 @@ class _Session:
             self._forward(request, raw, relay=False)
             self.client.reset()
             return False
-        if kind is FaultKind.DELAY and not self.proxy._sleep(plan.delay_seconds):
+        if kind is FaultKind.DELAY and not self.proxy.pause(plan.delay_seconds):
             return False
         return self._forward(request, raw, relay=True) and keep_alive
 
@@ -253,7 +277,7 @@ class _Session:
     ) -> tuple[_Head, bytes]:
         try:
             upstream.send(raw)
-            self.proxy._count_forwarded(*request)
+            self.proxy.count_forwarded(*request)
             return _read_final_head(upstream.rfile)
         except (OSError, _ProtocolError) as exc:
             raise _UpstreamError(str(exc)) from exc

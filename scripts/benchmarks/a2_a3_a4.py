@@ -5,7 +5,6 @@ server (A4, information), an incremental pull after 100 changes vs a full pull (
 from __future__ import annotations
 
 from balsam_sync.client import Client
-from balsam_sync.sync.daemon import SyncDaemon
 
 from .account import KB, AccountBench, Meter, holds, metered
 from .harness import Row, Stat, fraction, log, timed
@@ -56,7 +55,7 @@ def idle_row(ab: AccountBench, seconds: list[float], requests: list[int], sizes:
 
 
 def a4(ab: AccountBench, client: Client, meter: Meter) -> None:
-    daemon = SyncDaemon(client, interval=INTERVAL)
+    daemon = client.daemon(interval=INTERVAL)
     meter.reset()
     seconds, _ = timed(daemon.round)
     per_s = USERS / INTERVAL

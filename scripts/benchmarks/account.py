@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from balsam_sync.client import Client
-from balsam_sync.transport import Reply
+from balsam_sync.remote.transport import Reply
 
 from .context import Context
 from .data_account import Account, Builder

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta, timezone
 from functools import partial
 from typing import Any
 
-from balsam_sync.remote import normalize_row
+from balsam_sync.remote.rest import normalize_row
 from balsam_sync.resources import RESOURCES
 
 from .harness import log, timed

@@ -1,7 +1,7 @@
-"""Pieces of a model instance that need no model: its state, its field and manager descriptors.
+"""Pieces of a model instance that need no model: its state and its field descriptor.
 
 ``ModelState`` values are upstream's ``obj._state`` strings; ``_Field`` reads convert and writes
-validate through the instance; ``Model.objects`` finds the manager of the bound client.
+validate through the instance. (``Model.objects`` is ``manager.ManagerAccess``.)
 """
 
 from __future__ import annotations
@@ -9,14 +9,11 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from enum import Enum
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from .freshness import RowLayout
-    from .manager import Manager
-    from .models import Model
+    from ..freshness import RowLayout
 
-_M = TypeVar("_M", bound="Model")
 _SCALARS = frozenset({str, int, float, bool, type(None)})
 
 
@@ -41,14 +38,12 @@ class ModelState(str, Enum):
     DELETED = "deleted"  # deleted through this instance; its id reads None
 
 
-ManagerResolver = Callable[[type["Model"]], "Manager[Any]"]
-_resolve_manager: ManagerResolver | None = None
+class _HasFields(Protocol):
+    """An instance whose fields ``_Field`` reads and writes (a ``Model``)."""
 
+    def _read(self, name: str) -> Any: ...
 
-def set_manager_resolver(resolver: ManagerResolver) -> None:
-    """Tell unbound model classes how to find the default client's manager (done by client)."""
-    global _resolve_manager
-    _resolve_manager = resolver
+    def _write(self, name: str, value: Any) -> None: ...
 
 
 class _Field:
@@ -76,7 +71,7 @@ class _Field:
         self._where: tuple[RowLayout | None, int | None] = (None, None)
         """The last row layout seen and this field's position in it (one tuple: thread-safe)."""
 
-    def __get__(self, obj: Model | None, owner: type[Model]) -> Any:
+    def __get__(self, obj: Any, owner: type) -> Any:
         if obj is None:
             return self
         if obj._d is not None or obj._changes is not None:
@@ -94,7 +89,7 @@ class _Field:
                 return None
             vals = obj._vals
             if vals is None:
-                vals = obj._vals = layout.unpack(obj._row)  # type: ignore[union-attr]
+                vals = obj._vals = layout.unpack(obj._row)
             raw = vals[at]
             if raw.__class__ is str and self.json:
                 raw = obj._decode_packed(self.name, at)
@@ -105,19 +100,5 @@ class _Field:
         conv = self.conv
         return raw if conv is None else conv(raw)
 
-    def __set__(self, obj: Model, value: Any) -> None:
+    def __set__(self, obj: _HasFields, value: Any) -> None:
         obj._write(self.name, value)
-
-
-class _ManagerAccess:
-    """``Model.objects``: the manager of the client this model class is bound to."""
-
-    def __get__(self, obj: Model | None, owner: type[_M]) -> Manager[_M]:
-        if obj is not None:
-            raise AttributeError("the manager is reached through the class: use Model.objects")
-        bound = owner.__dict__.get("_manager")
-        if bound is not None:
-            return bound  # type: ignore[no-any-return]
-        if _resolve_manager is None:
-            raise RuntimeError("balsam_sync.client was not imported")
-        return _resolve_manager(owner)

@@ -23,13 +23,13 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import jinja2
 import jinja2.meta
 
+from ..orm.serializer import deserialize, get_source, register_upstream_names, serialize
+from ..schemas import JobState
 from . import appruntime
-from .schemas import JobState
-from .serializer import deserialize, get_source, register_upstream_names, serialize
+from .host import Host
 
 if TYPE_CHECKING:
-    from .client import Client
-    from .job import Job
+    from ..orm.job import Job
 
 PARAM_PATTERN = re.compile(r"{{(.*?)}}")
 log = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ class ApplicationDefinitionMeta(type):
     parameters: dict[str, Any]
     _default_params: dict[str, Any]
     _app_type: AppType
-    _client: Client | None
+    _client: Host | None
 
     def __new__(
         mcls, name: str, bases: tuple[Any, ...], attrs: dict[str, Any]
@@ -179,7 +179,7 @@ class ApplicationDefinition(metaclass=ApplicationDefinitionMeta):
     site: ClassVar[Any]
     python_exe: ClassVar[str] = sys.executable
     _site_id: ClassVar[int | None] = None
-    _client: ClassVar[Client | None] = None
+    _client: ClassVar[Host | None] = None
     _app_type: ClassVar[AppType]
     __app_id__: ClassVar[int | None] = None
     _app_name_cache: ClassVar[dict[tuple[str | None, str], type[ApplicationDefinition]]] = {}
@@ -187,7 +187,7 @@ class ApplicationDefinition(metaclass=ApplicationDefinitionMeta):
     _serialized_class: ClassVar[str | None] = None
 
     @staticmethod
-    def _set_client(client: Client | None) -> None:
+    def _set_client(client: Host | None) -> None:
         """Use ``client`` (a ``balsam_sync.Client``) instead of the default client."""
         ApplicationDefinition._client = client
 

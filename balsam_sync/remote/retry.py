@@ -19,7 +19,7 @@ import tenacity
 
 from .outcomes import NOT_APPLIED_STATUSES, is_transient
 
-__all__ = ["NOT_APPLIED_STATUSES", "NO_RETRY", "RetryPolicy", "is_transient"]
+__all__ = ["NOT_APPLIED_STATUSES", "RetryPolicy", "is_transient"]
 
 T = TypeVar("T")
 _SLICE = 0.05
@@ -90,6 +90,3 @@ class RetryPolicy:
             reraise=True,
         )
         return retrying(fn)
-
-
-NO_RETRY = RetryPolicy(attempts=1)

@@ -14,29 +14,25 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel
 
-from .access import ModelState, _Field, _ManagerAccess, _snapshot
-from .errors import (
+from ..errors import (
     FieldNotWritable,
     MultipleObjectsReturned,
     ObjectDoesNotExist,
     ObjectStateError,
     UsageError,
-    UsageTypeError,
 )
+from ..freshness import Answer, Provenanced
+from ..resources import Resource, Row
+from .access import ModelState, _Field, _snapshot
+from .classes import constructor_order, install_fields, named_arguments, own_exceptions
 from .fields import (
     Converter,
-    converters,
     decode_json,
-    json_fields,
     validate_field,
     validate_payload,
 )
-from .freshness import Answer, Provenanced
-from .resources import Resource
 
 __all__ = ["Model", "ModelState"]
-
-Row = dict[str, Any]
 
 
 class Model(Provenanced):
@@ -66,7 +62,8 @@ class Model(Provenanced):
     """Checks the server makes (and we make first): field -> returns an error text or None."""
     DoesNotExist: ClassVar[type[ObjectDoesNotExist]] = ObjectDoesNotExist
     MultipleObjectsReturned: ClassVar[type[MultipleObjectsReturned]] = MultipleObjectsReturned
-    objects: ClassVar[_ManagerAccess] = _ManagerAccess()
+    objects: ClassVar[Any]
+    """The manager of the bound client (``manager.ManagerAccess``, attached by manager.py)."""
     _manager_class: ClassVar[Callable[..., Any]]
     """The manager class of this model (set below, once manager.py is importable)."""
 
@@ -80,53 +77,14 @@ class Model(Provenanced):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        cls.DoesNotExist = type(
-            "DoesNotExist",
-            (cls.DoesNotExist,),
-            {"__module__": cls.__module__, "__qualname__": f"{cls.__qualname__}.DoesNotExist"},
-        )
-        cls.MultipleObjectsReturned = type(
-            "MultipleObjectsReturned",
-            (cls.MultipleObjectsReturned,),
-            {
-                "__module__": cls.__module__,
-                "__qualname__": f"{cls.__qualname__}.MultipleObjectsReturned",
-            },
-        )
+        own_exceptions(cls)
         if "_resource" in cls.__dict__:
-            cls._install_fields(cls._resource)
-
-    @classmethod
-    def _install_fields(cls, res: Resource) -> None:
-        schemas = [sch for sch in (res.out, res.create, res.update) if sch is not None]
-        names: dict[str, str | None] = {}
-        for sch in schemas:
-            for name, info in sch.model_fields.items():
-                if not names.get(name):
-                    names[name] = info.description
-        cls._fields = frozenset(names)
-        # A field the server never returns (Job.transfers, state_timestamp) still reads typed.
-        cls._conv = {k: v for sch in reversed(schemas) for k, v in converters(sch).items()}
-        cls._json = json_fields(res.out)
-        cls._bools = frozenset(n for n, conv in cls._conv.items() if conv is bool)
-        cls._refs = frozenset({"id", "app_id", "site_id", "batch_job_id"}) & cls._fields
-        cls._readers = {
-            name: _Field(name, doc, cls._conv.get(name), name in cls._json, name in cls._refs)
-            for name, doc in names.items()
-        }
-        for name, reader in cls._readers.items():
-            if name not in cls.__dict__:  # Job.app_id is a property (reading through _read)
-                setattr(cls, name, reader)
-        cls._create_fields = frozenset(res.create.model_fields) if res.create else frozenset()
-        cls._update_fields = frozenset(res.update.model_fields) if res.update else frozenset()
-        cls._positional = cls._constructor_order(res.create) if res.create else ()
+            install_fields(cls, cls._resource)
 
     @classmethod
     def _constructor_order(cls, schema: type[BaseModel]) -> tuple[str, ...]:
-        """Upstream's generated constructor order: required fields first, each in schema order."""
-        fields = schema.model_fields
-        required = [n for n, info in fields.items() if info.is_required()]
-        return (*required, *(n for n in fields if n not in required))
+        """Upstream's generated constructor order (``Job`` leaves a field out)."""
+        return constructor_order(schema)
 
     # -- construction --------------------------------------------------------------------------
 
@@ -140,7 +98,7 @@ class Model(Provenanced):
         if res.create is None:
             raise UsageError(f"{name} is read-only: the server creates them")
         if args:
-            fields = self._named(args, fields)
+            fields = named_arguments(type(self), args, fields)
         fields = {k: v for k, v in fields.items() if v is not None}
         unknown = set(fields) - self._create_fields - self._client_only
         if unknown:
@@ -155,22 +113,6 @@ class Model(Provenanced):
         self._state = ModelState.CREATING
         self._changes = None
         self._seen = None
-
-    @classmethod
-    def _named(cls, args: tuple[Any, ...], fields: dict[str, Any]) -> dict[str, Any]:
-        """Name positional arguments by upstream's constructor order."""
-        order = cls._positional
-        if len(args) > len(order):
-            raise UsageTypeError(
-                f"{cls.__name__}() takes {len(order)} positional arguments "
-                f"({', '.join(order)}) but {len(args)} were given"
-            )
-        named = dict(fields)
-        for key, value in zip(order, args, strict=False):
-            if key in fields:
-                raise UsageTypeError(f"{cls.__name__}() got multiple values for argument {key!r}")
-            named[key] = value
-        return named
 
     def _prepare_create(self, fields: dict[str, Any]) -> dict[str, Any]:
         """Turn client-only creation arguments into wire fields (overridden by Job)."""
@@ -282,7 +224,7 @@ class Model(Provenanced):
 
     def _resolve_id(self, name: str, temp_id: int) -> int:
         """A provisional id turns into the server's id once its creation is acknowledged."""
-        real: int = type(self).objects._gateway.real_id(temp_id)
+        real: int = type(self).objects.real_id(temp_id)
         if real != temp_id:
             self._data = {**self._data, name: real}
         return real

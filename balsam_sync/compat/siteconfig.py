@@ -12,9 +12,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .client import Client, default_client
-from .config import read_client_yml
-from .errors import ConfigError
+from ..config import read_client_yml
+from ..errors import ConfigError
+from .host import Host, default_client
 
 ENV_SITE_PATH = "BALSAM_SITE_PATH"
 
@@ -63,7 +63,7 @@ class SiteConfig:
         return None
 
     @property
-    def client(self) -> Client:
+    def client(self) -> Host:
         """The default client (the site's user, from client.yml or the environment)."""
         return default_client()
 

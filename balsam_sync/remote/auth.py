@@ -6,10 +6,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from .config import client_yml_path, write_client_yml
-from .errors import ConfigError, NotAuthenticated
+from ..config import client_yml_path, write_client_yml
+from ..errors import ConfigError, NotAuthenticated
+from .jwt import expiry
 from .retry import RetryPolicy
-from .token import expiry
 from .transport import Transport
 
 

@@ -6,12 +6,13 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
-from .spec import TAG_FILTERS, QuerySpec
+from ..spec import TAG_FILTERS, QuerySpec
 
 FILTER_CHUNK_SIZE = 500
 """Longest value list sent in one request (upstream's FILTER_CHUNK_SIZE)."""
 
 Params = list[tuple[str, str]]
+"""REST query parameters, in order (a name may repeat: ``id=1&id=2``)."""
 
 
 def filter_params(spec: QuerySpec) -> Params:

@@ -1,14 +1,11 @@
-"""What a write hands back to the manager, and the local row of an object created offline."""
+"""What a write hands back to the manager: rows, and rejections by item index."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
-from .errors import BalsamSyncError
-from .resources import Resource
-
-Row = dict[str, Any]
+from ..errors import BalsamSyncError
+from ..resources import Row
 
 
 @dataclass
@@ -30,11 +27,3 @@ class WriteResult:
             if len(self.errors) > 1:
                 exc.add_note(f"{len(self.errors)} of {len(self.rows)} items were refused")
             raise exc
-
-
-def provisional_row(res: Resource, temp_id: int, payload: Row) -> Row:
-    """The local row of an object created offline: its fields, the server's defaults, a temp id."""
-    row = {k: v for k, v in payload.items() if k in res.out.model_fields}
-    row.update(res.provisional)
-    row["id"] = temp_id
-    return row

@@ -13,7 +13,7 @@ import os
 import sys
 import typing
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import datetime
 from enum import Enum
 from pathlib import Path, PosixPath
 from types import NoneType, UnionType
@@ -22,7 +22,8 @@ from uuid import UUID
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from .errors import UsageError
+from ..errors import UsageError
+from ..utc import naive_utc, utc_text
 
 Converter = Callable[[Any], Any]
 
@@ -37,9 +38,7 @@ def parse_datetime(raw: Any) -> datetime:
     if type(raw) is str and raw.endswith("+00:00"):  # the mirror's (and last_update's) form
         return datetime.fromisoformat(raw[:-6])
     value = raw if isinstance(raw, datetime) else datetime.fromisoformat(raw)
-    if value.tzinfo is not None:
-        value = value.astimezone(timezone.utc).replace(tzinfo=None)
-    return value
+    return naive_utc(value)
 
 
 _SCAN: Callable[[str, int], tuple[Any, int]] = vars(json.JSONDecoder())["scan_once"]
@@ -101,8 +100,7 @@ to_path = _path_converter()
 
 def wire_datetime(value: datetime) -> str:
     """Return the mirror's text of ``value``: ISO in UTC, microseconds, ``+00:00`` (naive: UTC)."""
-    aware = value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value
-    return aware.astimezone(timezone.utc).isoformat(timespec="microseconds")
+    return utc_text(value)
 
 
 def _strip_optional(annotation: Any) -> Any:

@@ -15,20 +15,20 @@ import weakref
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .errors import MirrorError, ServerUnreachable
-from .freshness import Answer, PolicyArg, ReadMode
-from .resources import Resource
-from .spec import QuerySpec
+from ..errors import MirrorError, ServerUnreachable
+from ..freshness import Answer, PolicyArg, ReadMode
+from ..resources import Resource
+from ..spec import QuerySpec
 
 if TYPE_CHECKING:
-    from .gateway import Gateway
+    from .core import GatewayCore
 
 log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
-_warned: weakref.WeakSet[Gateway] = weakref.WeakSet()
+_warned: weakref.WeakSet[GatewayCore] = weakref.WeakSet()
 
 
-def server_answer(gateway: Gateway, res: Resource, spec: QuerySpec, count: bool) -> Answer:
+def server_answer(gateway: GatewayCore, res: Resource, spec: QuerySpec, count: bool) -> Answer:
     """The server's answer to ``spec``, as of no later than the server's clock, not stored."""
     started = gateway.clock()
     if count:
@@ -40,7 +40,12 @@ def server_answer(gateway: Gateway, res: Resource, spec: QuerySpec, count: bool)
 
 
 def _instead(
-    gateway: Gateway, exc: MirrorError, res: Resource, spec: QuerySpec, policy: PolicyArg, n: bool
+    gateway: GatewayCore,
+    exc: MirrorError,
+    res: Resource,
+    spec: QuerySpec,
+    policy: PolicyArg,
+    n: bool,
 ) -> Answer:
     if gateway._policy(policy).mode is ReadMode.OFFLINE:
         raise exc
@@ -59,7 +64,7 @@ def server_if_unmirrored(count: bool = False) -> Callable[[F], F]:
     def wrap(read: F) -> F:
         @functools.wraps(read)
         def plain(
-            self: Gateway, res: Resource, spec: QuerySpec, policy: PolicyArg, *rest: Any
+            self: GatewayCore, res: Resource, spec: QuerySpec, policy: PolicyArg, *rest: Any
         ) -> Answer:
             try:
                 answer: Answer = read(self, res, spec, policy, *rest)
@@ -69,7 +74,7 @@ def server_if_unmirrored(count: bool = False) -> Callable[[F], F]:
 
         @functools.wraps(read)
         def stream(
-            self: Gateway, res: Resource, spec: QuerySpec, policy: PolicyArg, chunk: int
+            self: GatewayCore, res: Resource, spec: QuerySpec, policy: PolicyArg, chunk: int
         ) -> Iterator[Any]:
             started = False
             try:

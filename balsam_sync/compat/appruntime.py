@@ -10,16 +10,14 @@ import json
 import logging
 import shlex
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .job import Job
-from .objects import App, Site
-from .serializer import SerializeError
+from ..orm.job import Job
+from ..orm.records import App, Site
+from ..orm.serializer import SerializeError
 
-if TYPE_CHECKING:
-    from .appdef import ApplicationDefinition
-
-    AppDef = type[ApplicationDefinition]
+AppDef = type[Any]
+"""An ApplicationDefinition subclass (appdef.py imports this module, so it is not imported here)."""
 
 log = logging.getLogger(__name__)
 _UNBOUND = SimpleNamespace(Site=Site, App=App, Job=Job)
@@ -43,8 +41,9 @@ def _app_type(cls: Any) -> type[App]:
 
 def resolve_site_id(cls: AppDef) -> int:
     """The id of ``cls.site`` (name, id or Site), remembered on the class."""
-    if cls._site_id is not None and cls._site_id > 0:
-        return cls._site_id
+    known: int | None = cls._site_id
+    if known is not None and known > 0:
+        return known
     site = cls.site
     if isinstance(site, str):
         found = _site_type(cls).objects.get(name=site).id
@@ -87,13 +86,15 @@ def load_by_name(cls: AppDef, app_name: str, site_name: str | None) -> AppDef:
         found = cls.from_serialized(app)
         cls._app_name_cache[key] = found
         cls._app_id_cache[app.id] = found
-    return cls._app_name_cache[key]
+    cached: AppDef = cls._app_name_cache[key]
+    return cached
 
 
 def load_by_id(cls: AppDef, app_id: int) -> AppDef:
     if app_id not in cls._app_id_cache:
         cls._app_id_cache[app_id] = cls.from_serialized(_app_type(cls).objects.get(id=app_id))
-    return cls._app_id_cache[app_id]
+    cached: AppDef = cls._app_id_cache[app_id]
+    return cached
 
 
 def sync(cls: AppDef, rename_from: str | None) -> None:
@@ -140,10 +141,10 @@ def app_id_of(cls: AppDef) -> int:
     """The App's id: ``sync()`` first if it has none; a provisional id turns into the real one."""
     if cls.__app_id__ is None:
         cls.sync()
-    app_id = cls.__app_id__
+    app_id: int | None = cls.__app_id__
     assert app_id is not None
     if app_id < 0:
-        app_id = _app_type(cls).objects._gateway.real_id(app_id)
+        app_id = _app_type(cls).objects.real_id(app_id)
         cls.__app_id__ = app_id
     return app_id
 
@@ -169,7 +170,7 @@ def wire_parameters(parameters: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def pyrunner_command(app: ApplicationDefinition) -> str:
+def pyrunner_command(app: Any) -> str:
     """The command that runs a Python App's ``run()`` through upstream's runner on the site."""
     app_id = app.__app_id__
     payload = app._serialized_class

@@ -46,7 +46,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from .errors import (
+from ..errors import (
     ConnectFailed,
     HTTPStatusError,
     NotAuthenticated,

@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable, Iterator
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
-from .errors import NotFound, Rejected, TransportError
+from ..errors import NotFound, Rejected, TransportError
+from ..resources import MAX_BULK, MAX_PAGE, RESOURCES, Resource, Row
+from ..spec import QuerySpec
+from ..utc import utc_text
 from .params import FILTER_CHUNK_SIZE, Params, chunked_filter_params, filter_params
-from .resources import MAX_BULK, MAX_PAGE, RESOURCES, Resource
-from .spec import QuerySpec
 from .transport import Transport
-
-Row = dict[str, Any]
 
 
 class Remote:
@@ -41,7 +40,7 @@ class Remote:
         for params in chunks:
             rows, _ = self._window(res, params, spec.ordering, 0, None)
             merged.update((row["id"], row) for row in rows)
-        ordered = sort_rows(list(merged.values()), spec.ordering or res.default_ordering)
+        ordered = sort_rows(list(merged.values()), *res.order(spec.ordering))
         high = None if spec.limit is None else spec.low + spec.limit
         return ordered[spec.low : high], len(ordered)
 
@@ -181,18 +180,6 @@ class Remote:
         fixed = {row["id"]: row for row in self._by_ids(res, dropped)}
         return [fixed.get(row["id"], row) for row in rows]
 
-    def query_update(self, res: Resource, spec: QuerySpec, changes: Row) -> list[Row]:
-        """Apply ``changes`` to every object matching ``spec`` (resolved to ids first)."""
-        return self.bulk_update(res, [(obj_id, changes) for obj_id in self.ids(res, spec)])
-
-    def delete(self, res: Resource, obj_id: int) -> bool:
-        """Delete one object; return False when the server kept it (a locked Job)."""
-        self.transport.request("DELETE", res.item_path(obj_id))
-        if res.can_query_delete:
-            # A job locked by a session is skipped while the reply is still 204 (§1.3).
-            return not self._by_ids(res, [obj_id])
-        return True
-
     def delete_ids(self, res: Resource, ids: list[int]) -> list[Row]:
         """Delete objects by id (an id already gone counts as deleted); return rows kept."""
         if not res.can_query_delete:
@@ -205,18 +192,6 @@ class Remote:
         for chunk in _chunks(ids, FILTER_CHUNK_SIZE):
             self.transport.request("DELETE", res.path, params=[("id", str(i)) for i in chunk])
         return self._by_ids(res, ids)
-
-    def query_delete(self, res: Resource, spec: QuerySpec) -> tuple[list[int], list[Row]]:
-        """Delete every object matching ``spec``; return (deleted ids, rows the server kept)."""
-        ids = self.ids(res, spec)
-        if not res.can_query_delete:
-            return [i for i in ids if self.delete(res, i)], []
-        for chunk in _chunks(ids, FILTER_CHUNK_SIZE):
-            params = [("id", str(i)) for i in chunk]
-            self.transport.request("DELETE", res.path, params=params)
-        kept = self._by_ids(res, ids)
-        kept_ids = {row["id"] for row in kept}
-        return [i for i in ids if i not in kept_ids], kept
 
 
 STATE_OUTCOMES = {
@@ -235,10 +210,8 @@ def group_by_keys(items: dict[int, Row]) -> dict[frozenset[str], list[Row]]:
     return groups
 
 
-def sort_rows(rows: list[Row], ordering: str) -> list[Row]:
-    """Order rows as the server would: by the field (NULLs last ascending), then id ascending."""
-    field = ordering.lstrip("-")
-    descending = ordering.startswith("-")
+def sort_rows(rows: list[Row], field: str, descending: bool) -> list[Row]:
+    """Order rows as the server would (see ``Resource.order``)."""
     rows = sorted(rows, key=lambda r: r["id"])
     if field == "id":
         return rows[::-1] if descending else rows
@@ -282,6 +255,4 @@ def canonical_time(text: str) -> str:
         return text
     if len(text) == 26 and text[10] == "T":
         return text + "+00:00"
-    value = datetime.fromisoformat(text)
-    value = value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value
-    return value.astimezone(timezone.utc).isoformat(timespec="microseconds")
+    return utc_text(datetime.fromisoformat(text))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from datetime import datetime
 from functools import partial
@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 import requests
 
-from ..errors import (
+from ...errors import (
     UNAVAILABLE_STATUSES,
     ConfigError,
     ConnectFailed,
@@ -31,14 +31,14 @@ from ..errors import (
     TransportError,
 )
 from ..inflight import Job, Pool, Scopes
+from ..jwt import expiry
 from ..link import Link
 from ..outcomes import link_failed
+from ..params import Params
 from ..retry import RetryPolicy
 from ..serverclock import Clock, ServerClock
-from ..token import expiry
 from .replies import decode, mapped, path_of
 
-Params = Sequence[tuple[str, str]]
 RequestHook = Callable[[str, str], None]
 """Called with (method, url) in the caller's thread before each attempt and probe (tests)."""
 

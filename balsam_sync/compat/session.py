@@ -8,23 +8,22 @@ jobs a session acquires are written through to the mirror, like any other server
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import ValidationError
 
-from .errors import OfflineError, UsageError
-from .fields import parse_datetime
-from .remote import normalize_row
-from .resources import EVENT_LOG, JOB
-from .schemas import SessionAcquire, SessionCreate, SessionOut
-from .schemas._enums import JobState
-from .serializer import register_upstream_names
+from ..errors import OfflineError, UsageError
+from ..orm.fields import parse_datetime
+from ..orm.serializer import register_upstream_names
+from ..remote.rest import normalize_row
+from ..resources import EVENT_LOG, JOB
+from ..schemas import SessionAcquire, SessionCreate, SessionOut
+from ..schemas._enums import JobState
+from .host import Host, default_client
 
 if TYPE_CHECKING:
-    from .client import Client
-    from .job import Job
+    from ..orm.job import Job
 
 RUNNABLE = frozenset({JobState.preprocessed, JobState.restart_ready})
 PATH = "/sessions/"
@@ -33,7 +32,7 @@ PATH = "/sessions/"
 class SessionManager:
     """``Session.objects``: sessions of one client, straight from the server."""
 
-    def __init__(self, model: type[Session], client: Client) -> None:
+    def __init__(self, model: type[Session], client: Host) -> None:
         self.model = model
         self.client = client
 
@@ -85,8 +84,7 @@ class SessionManager:
         rows = [normalize_row(JOB, row) for row in rows or []]
         mirror = self.client.mirror
         with mirror.store.write():
-            mirror.store.upsert(JOB.name, rows)
-            mirror.outbox.overlay(JOB.name, [row["id"] for row in rows])
+            mirror.accept(JOB.name, rows)
             mirror.coverage.forget_windows()
         return [self.client.Job._from_row(row) for row in rows]  # type: ignore[misc]
 
@@ -100,22 +98,11 @@ class SessionManager:
             self.client.mirror.coverage.invalidate(res.name)
 
 
-_default_client: Callable[[], Client] | None = None
-
-
-def set_default_client_factory(factory: Callable[[], Client]) -> None:
-    """Tell the unbound Session class how to find the default client (done by client.py)."""
-    global _default_client
-    _default_client = factory
-
-
 class _Access:
     def __get__(self, obj: Session | None, owner: type[Session]) -> SessionManager:
         client = owner._client
         if client is None:
-            if _default_client is None:
-                raise RuntimeError("balsam_sync.client was not imported")
-            client = _default_client()
+            client = default_client()
         return SessionManager(owner, client)
 
 
@@ -123,7 +110,7 @@ class Session:
     """A launcher session at a Site: acquires runnable jobs and keeps them locked."""
 
     objects: ClassVar[_Access] = _Access()
-    _client: ClassVar[Client | None] = None
+    _client: ClassVar[Host | None] = None
 
     class DoesNotExist(UsageError):
         """No session has that id."""

@@ -22,8 +22,8 @@ from typing import Any
 import dill
 import dill.source
 
-from .errors import UsageError
-from .schemas import _enums
+from ..errors import UsageError
+from ..schemas import _enums
 
 Target = tuple[str, str]
 _PLAIN = (str, int, float, bool, type(None))

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from ..cache.outbox import Entry, EntryState, Op
 from ..errors import UsageError
-from ..fields import validate_payload
-from ..models import Model
-
-Row = dict[str, Any]
+from ..resources import Row
+from .changes import wire_changes
+from .fields import validate_payload
+from .models import Model
 
 
 def edited_payload(entry: Entry, model: type[Model], changes: Row, unset: list[str]) -> Row:
@@ -39,7 +37,7 @@ def edited_payload(entry: Entry, model: type[Model], changes: Row, unset: list[s
             raise UsageError(f"{name} has no field(s) {unknown} to create with")
         valid = validate_payload(res.create, name, payload)
     else:
-        valid = model.objects._wire_changes(payload)
+        valid = wire_changes(model, payload)
     for field, value in valid.items():
         model._check_rule(field, value)
     return valid

@@ -1,30 +1,28 @@
-"""``Model.objects``: starts queries and carries out saves, bulk operations and deletes.
+"""``Model.objects``: a factory of queries plus the write API (saves, bulk operations, deletes).
 
 The manager validates what the user asked for and hands it to the gateway, which decides
-between the mirror, the outbox and the server. It never talks HTTP or SQL itself.
+between the mirror, the outbox and the server. It never talks HTTP or SQL itself. Queries it
+starts own their backend (model and gateway) and never call back into it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from pydantic import BaseModel
-
+from ..errors import ObjectStateError, UsageError, UsageTypeError
+from ..freshness import USE_CLIENT_DEFAULT
+from ..resources import APP, Row
+from ..spec import QuerySpec
 from .access import ModelState
-from .errors import ObjectStateError, UsageError, UsageTypeError
-from .fields import validate_field
-from .freshness import USE_CLIENT_DEFAULT, Answer, PolicyArg
+from .changes import require_delete, require_update
 from .models import Model
 from .query import Query
-from .resources import APP
-from .spec import QuerySpec
 
 if TYPE_CHECKING:
-    from .gateway import Gateway, WriteResult
+    from ..gateway import Gateway, WriteResult
 
 M = TypeVar("M", bound=Model)
-Row = dict[str, Any]
 
 
 class Manager(Generic[M]):
@@ -41,7 +39,7 @@ class Manager(Generic[M]):
     # -- queries -------------------------------------------------------------------------------
 
     def _query(self) -> Query[M]:
-        return Query(self, QuerySpec(self._resource.name))
+        return Query(self.model, self._gateway, QuerySpec(self._resource.name))
 
     def all(self) -> Query[M]:
         """Return a lazy query over every object."""
@@ -144,6 +142,10 @@ class Manager(Generic[M]):
         app_id: int = rows[0]["id"]
         return app_id
 
+    def real_id(self, temp_id: int) -> int:
+        """The server's id of an object created offline (``temp_id`` until it is sent)."""
+        return self._gateway.real_id(temp_id)
+
     # -- updates -------------------------------------------------------------------------------
 
     def bulk_update(self, objs: Sequence[M]) -> int:
@@ -163,31 +165,11 @@ class Manager(Generic[M]):
                 changed.append((obj, changes))
         if not changed:
             return 0
-        self._require_update()
+        require_update(self.model)
         items = [(obj._saved_id(), changes) for obj, changes in changed]
         result = self._gateway.bulk_update(self._resource, items)
         self._load_all([obj for obj, _ in changed], result)
         return len(changed)
-
-    def _require_update(self) -> type[BaseModel]:
-        schema = self._resource.update
-        if schema is None:
-            raise UsageError(f"{self.model.__name__} is read-only")
-        return schema
-
-    def _wire_changes(self, fields: dict[str, Any]) -> Row:
-        schema = self._require_update()
-        name = self.model.__name__
-        out = {}
-        for key, value in fields.items():
-            if key not in self.model._update_fields:
-                raise UsageError(
-                    f"{name}.objects.update(): {key!r} cannot be updated "
-                    f"(updatable: {', '.join(sorted(self.model._update_fields))})"
-                )
-            out[key] = validate_field(schema, name, key, value)
-            self.model._check_rule(key, out[key])
-        return out
 
     # -- instance lifecycle (called by Model) --------------------------------------------------
 
@@ -201,14 +183,14 @@ class Manager(Generic[M]):
             raise ObjectStateError(f"cannot save a deleted {self.model.__name__}")
         changes = obj._pending_changes()
         if changes:
-            self._require_update()
+            require_update(self.model)
             self._load_all([obj], self._gateway.update(self._resource, obj._saved_id(), changes))
 
     def _refresh(self, obj: M) -> None:
         """Reload ``obj`` from the server (from the mirror, marked stale, when unreachable)."""
         obj_id = obj._saved_id()
         spec = QuerySpec(self._resource.name).with_filters({"id": [obj_id]})
-        answer = self._fetch(spec, latest=True)
+        answer = self._gateway.fetch(self._resource, spec, USE_CLIENT_DEFAULT, True)
         rows = answer.dicts()
         if not rows:
             raise self.model.DoesNotExist(f"{self.model.__name__} {obj_id} no longer exists")
@@ -216,40 +198,36 @@ class Manager(Generic[M]):
         obj._prov = answer
 
     def _delete(self, obj: M) -> None:
-        if not self._resource.can_delete:
-            raise UsageError(f"{self.model.__name__} objects cannot be deleted through the API")
+        require_delete(self.model)
         self._gateway.delete(self._resource, obj._saved_id()).raise_first()
         obj._mark_deleted()
 
-    # -- plumbing for Query --------------------------------------------------------------------
 
-    def _fetch(
-        self, spec: QuerySpec, policy: PolicyArg = USE_CLIENT_DEFAULT, latest: bool = False
-    ) -> Answer:
-        return self._gateway.fetch(self._resource, spec, policy, latest)
-
-    def _count(self, spec: QuerySpec, policy: PolicyArg = USE_CLIENT_DEFAULT) -> Answer:
-        return self._gateway.count(self._resource, spec, policy)
-
-    def _stream(self, spec: QuerySpec, policy: PolicyArg, chunk_size: int) -> Iterator[Row]:
-        return self._gateway.stream(self._resource, spec, policy, chunk_size)
-
-    def _query_update(self, spec: QuerySpec, fields: dict[str, Any]) -> int:
-        changes = self._wire_changes(fields)
-        if spec.empty:
-            return 0
-        result = self._gateway.query_update(self._resource, spec, changes)
-        result.raise_first()
-        return result.count
-
-    def _query_delete(self, spec: QuerySpec) -> int:
-        if not self._resource.can_delete:
-            raise UsageError(f"{self.model.__name__} objects cannot be deleted through the API")
-        if spec.empty:
-            return 0
-        result = self._gateway.query_delete(self._resource, spec)
-        result.raise_first()
-        return result.count
+ManagerResolver = Callable[[type[Model]], Manager[Any]]
+_resolve_manager: ManagerResolver | None = None
 
 
+def set_manager_resolver(resolver: ManagerResolver) -> None:
+    """Tell unbound model classes how to find the default client's manager (done by client)."""
+    global _resolve_manager
+    _resolve_manager = resolver
+
+
+class ManagerAccess:
+    """``Model.objects``: the manager of the client this model class is bound to."""
+
+    def __get__(self, obj: Model | None, owner: type[M]) -> Manager[M]:
+        if obj is not None:
+            raise AttributeError("the manager is reached through the class: use Model.objects")
+        bound = owner.__dict__.get("_manager")
+        if bound is not None:
+            return bound  # type: ignore[no-any-return]
+        if _resolve_manager is None:
+            raise RuntimeError("balsam_sync.client was not imported")
+        return _resolve_manager(owner)
+
+
+# The model layer's bottom (models.py) cannot import this module, which builds on it: the
+# manager is attached to the base class here, as Django's ``contribute_to_class`` does.
 Model._manager_class = Manager
+Model.objects = ManagerAccess()

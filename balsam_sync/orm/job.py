@@ -1,30 +1,33 @@
-"""The Job class: fields, plus parameters, results, App resolution and transfer short forms."""
+"""The Job class (fields, parameters, results, App resolution, transfer short forms) and
+``Job.objects``: the common manager plus upstream's Job helpers (wait, as_completed)."""
 
 from __future__ import annotations
 
 import concurrent.futures
 import posixpath
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import TimeoutError as FuturesTimeout
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 from pydantic import BaseModel
 
-from . import resources
-from .access import _ManagerAccess
-from .errors import UsageError, UsageTypeError
-from .job_manager import JobManager
+from .. import resources
+from ..errors import UsageError, UsageTypeError
+from ..freshness import USE_CLIENT_DEFAULT
+from ..schemas import JobState
+from ..schemas.attrs import JobAttrs
+from ..spec import QuerySpec
+from .manager import Manager, ManagerAccess
 from .models import Model
-from .objects import all_of, max_length
-from .schemas import JobState
-from .schemas.attrs import JobAttrs
+from .records import all_of, max_length
 from .serializer import deserialize, register_upstream_names, serialize_plain
 
 if TYPE_CHECKING:
-    from .appdef import ApplicationDefinition
     from .query import Query
 
 DONE_STATES = frozenset({JobState.job_finished, JobState.failed})
-RUNNABLE_STATES = frozenset({JobState.preprocessed, JobState.restart_ready})
 _CLIENT_ARGS = ("site_name", "parameters")
 """Constructor arguments that are not wire fields, placed where upstream's constructor has them:
 after the fields every Job has, before ``parent_ids`` and ``transfers``."""
@@ -44,7 +47,87 @@ def encode_parameters(params: dict[str, Any]) -> str:
     return serialize_plain(params)
 
 
-class _JobManagerAccess(_ManagerAccess):
+_DONE = frozenset({"JOB_FINISHED", "FAILED"})
+
+
+class JobWaitResult(NamedTuple):
+    done: list[Job]
+    not_done: list[Job]
+
+
+class JobManager(Manager["Job"]):
+    """Manager of Job: queries and writes, plus the Future-like helpers of upstream."""
+
+    def bulk_refresh(self, jobs: Sequence[Job]) -> None:
+        """Reload every saved job of ``jobs`` from the server (the mirror when offline)."""
+        by_id = {job.id: job for job in jobs if job.id is not None}
+        if not by_id:
+            return
+        for fetched in self.filter(id=list(by_id)).fresh(0):
+            assert fetched.id is not None
+            by_id[fetched.id]._load(dict(fetched._decoded()))
+
+    def wait(
+        self,
+        jobs: Sequence[Job],
+        timeout: float | None = None,
+        poll_interval: float = 1.0,
+        return_when: str = "ALL_COMPLETED",
+    ) -> JobWaitResult:
+        """Poll until all jobs (or, ``FIRST_COMPLETED``, any) finished or failed, or timeout."""
+        start = time.time()
+        done = [job for job in jobs if job.state in _DONE]
+        pending = [job for job in jobs if job.state not in _DONE]
+
+        def finished() -> bool:
+            late = timeout is not None and time.time() - start > timeout
+            return late or (not pending if return_when == "ALL_COMPLETED" else bool(done))
+
+        while not finished():
+            time.sleep(poll_interval)
+            self.bulk_refresh(pending)
+            done.extend(job for job in pending if job.state in _DONE)
+            pending[:] = [job for job in pending if job.state not in _DONE]
+        return JobWaitResult(done=done, not_done=pending)
+
+    def as_completed(
+        self, jobs: Sequence[Job], timeout: float | None = None, poll_interval: float = 1.0
+    ) -> Iterator[Job]:
+        """Yield jobs as they finish or fail; ``TimeoutError`` after ``timeout`` seconds."""
+        start = time.time()
+        pending = []
+        for job in jobs:
+            if job.state in _DONE:
+                yield job
+            else:
+                pending.append(job)
+        while pending and (timeout is None or time.time() - start <= timeout):
+            time.sleep(poll_interval)
+            self.bulk_refresh(pending)
+            yield from (job for job in pending if job.state in _DONE)
+            pending = [job for job in pending if job.state not in _DONE]
+        if pending:
+            raise FuturesTimeout(f"{len(pending)} Jobs are still pending after {timeout} sec.")
+
+    def _app_site_id(self, app_id: int) -> Any:
+        spec = QuerySpec(resources.APP.name).with_filters({"id": [app_id]})
+        rows = self._gateway.fetch(resources.APP, spec, USE_CLIENT_DEFAULT).dicts()
+        if not rows:
+            raise ValueError(f"no App with id {app_id}")
+        return rows[0]["site_id"]
+
+
+_app_loader: Callable[[int], type[Any]] | None = None
+
+
+def set_app_loader(loader: Callable[[int], type[Any]]) -> None:
+    """How ``job.app`` loads an ApplicationDefinition by App id (set by ``balsam_sync.client``:
+    the compat layer, which builds Jobs, sits above this module)."""
+    global _app_loader
+    _app_loader = loader
+
+
+class _JobManagerAccess(ManagerAccess):
     def __get__(self, obj: Any, owner: Any) -> JobManager:  # type: ignore[override]
         manager = super().__get__(obj, owner)
         assert isinstance(manager, JobManager)
@@ -154,12 +237,11 @@ class Job(Model, JobAttrs):
         return self.result_nowait()
 
     @property
-    def app(self) -> type[ApplicationDefinition]:
+    def app(self) -> type[Any]:
         """The ApplicationDefinition class of this job's App (unpickled)."""
-        # appdef builds Jobs (submit), so it imports this module: it is imported here, late.
-        from .appdef import ApplicationDefinition  # noqa: PLC0415
-
-        return ApplicationDefinition.load_by_id(self._saved_app_id())
+        if _app_loader is None:
+            raise RuntimeError("balsam_sync.client was not imported")
+        return _app_loader(self._saved_app_id())
 
     @property
     def site_id(self) -> int:

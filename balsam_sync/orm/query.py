@@ -11,8 +11,8 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
-from .errors import SlicedQueryError, UsageError, UsageTypeError
-from .freshness import (
+from ..errors import SlicedQueryError, UsageError, UsageTypeError
+from ..freshness import (
     OFFLINE,
     ONLINE,
     USE_CLIENT_DEFAULT,
@@ -21,26 +21,32 @@ from .freshness import (
     Source,
     fresh,
 )
-from .spec import QuerySpec
+from ..spec import QuerySpec
+from .changes import query_delete, query_update
 
 if TYPE_CHECKING:
-    from .manager import Manager
+    from ..gateway import Gateway
     from .models import Model
 
 M = TypeVar("M", bound="Model")
 
 
 class Query(Generic[M]):
-    """A lazy query over one resource (see the module docstring)."""
+    """A lazy query over one resource (see the module docstring).
+
+    It owns its backend: the model class it builds, and the gateway that answers it.
+    """
 
     def __init__(
         self,
-        manager: Manager[M],
+        model: type[M],
+        gateway: Gateway,
         spec: QuerySpec,
         policy: PolicyArg = USE_CLIENT_DEFAULT,
         explicit_all: bool = False,
     ) -> None:
-        self._manager = manager
+        self._model = model
+        self._gateway = gateway
         self._spec = spec
         self._policy = policy
         self._explicit_all = explicit_all
@@ -52,7 +58,8 @@ class Query(Generic[M]):
 
     def _chain(self, spec: QuerySpec | None = None, **changes: Any) -> Query[M]:
         q: Query[M] = Query(
-            self._manager,
+            self._model,
+            self._gateway,
             spec or self._spec,
             changes.get("policy", self._policy),
             changes.get("explicit_all", self._explicit_all),
@@ -113,15 +120,15 @@ class Query(Generic[M]):
         one = self._chain(self._spec.with_window(k, k + 1))
         items = list(one)
         if not items:
-            raise IndexError(f"{self._manager.model.__name__} query index {k} out of range")
+            raise IndexError(f"{self._model.__name__} query index {k} out of range")
         return items[0]
 
     # -- evaluation ----------------------------------------------------------------------------
 
     def _fetch_all(self) -> list[M]:
         if self._result is None:
-            answer = self._manager._fetch(self._spec, self._policy)
-            model = self._manager.model
+            answer = self._gateway.fetch(self._model._resource, self._spec, self._policy)
+            model = self._model
             result: list[M]
             if answer.layout is not None:
                 result = model._from_packed(answer)  # type: ignore[assignment]
@@ -147,12 +154,14 @@ class Query(Generic[M]):
         items = list(self[:21]) if self._result is None else self._result[:21]
         shown = ", ".join(repr(i) for i in items[:20])
         more = ", ..." if len(items) > 20 else ""
-        return f"<Query {self._manager.model.__name__} [{shown}{more}]>"
+        return f"<Query {self._model.__name__} [{shown}{more}]>"
 
     def iterator(self, chunk_size: int = 2000) -> Iterator[M]:
         """Stream the matching objects without keeping them all (and without caching them)."""
-        build = self._manager.model._from_row
-        for row in self._manager._stream(self._spec, self._policy, chunk_size):
+        build = self._model._from_row
+        for row in self._gateway.stream(
+            self._model._resource, self._spec, self._policy, chunk_size
+        ):
             yield build(row)  # type: ignore[misc]
 
     @property
@@ -179,7 +188,7 @@ class Query(Generic[M]):
         if self._result is not None:
             return len(self._result)
         if self._count is None:
-            answer = self._manager._count(self._spec.unsliced(), self._policy)
+            answer = self._gateway.count(self._model._resource, self._spec.unsliced(), self._policy)
             total = answer.count or 0
             spec = self._spec
             windowed = max(0, total - spec.low)
@@ -202,8 +211,10 @@ class Query(Generic[M]):
         self._refuse_if_sliced("get from")
         q = self.filter(**filters) if filters else self
         # Like upstream, get() asks the server whenever it can (unless a policy was chosen).
-        answer = self._manager._fetch(q._spec.with_window(0, 2), q._policy, latest=True)
-        model = self._manager.model
+        answer = self._gateway.fetch(
+            self._model._resource, q._spec.with_window(0, 2), q._policy, True
+        )
+        model = self._model
         rows = answer.dicts()
         if not rows:
             raise model.DoesNotExist(
@@ -223,7 +234,7 @@ class Query(Generic[M]):
     def _refuse_unbounded(self, action: str) -> None:
         self._refuse_if_sliced(action)
         if not self._spec.filters and not self._spec.empty and not self._explicit_all:
-            name = self._manager.model.__name__
+            name = self._model.__name__
             raise UsageError(
                 f"refusing to {action} every {name}: this query has no filters. "
                 f"Say {name}.objects.all().{action}(...) if that is what you mean"
@@ -234,9 +245,9 @@ class Query(Generic[M]):
         if not fields:
             raise UsageError("update() needs at least one field")
         self._refuse_unbounded("update")
-        return self._manager._query_update(self._spec, fields)
+        return query_update(self._model, self._gateway, self._spec, fields)
 
     def delete(self) -> int:
         """Delete every matching object; return how many were deleted."""
         self._refuse_unbounded("delete")
-        return self._manager._query_delete(self._spec)
+        return query_delete(self._model, self._gateway, self._spec)

@@ -10,15 +10,16 @@ import posixpath
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-from . import resources
-from .models import Model
-from .schemas.attrs import (
+from .. import resources
+from ..schemas.attrs import (
     AppAttrs,
     BatchJobAttrs,
     EventLogAttrs,
     SiteAttrs,
     TransferItemAttrs,
 )
+from .manager import ManagerAccess
+from .models import Model
 from .serializer import register_upstream_names
 
 
@@ -53,6 +54,7 @@ class Site(Model, SiteAttrs):
 
     __slots__ = ()
     _resource = resources.SITE
+    objects: ClassVar[ManagerAccess] = ManagerAccess()
     _rules: ClassVar[dict[str, Any]] = {
         "name": max_length(100),
         "path": all_of(_absolute, max_length(512)),
@@ -64,6 +66,7 @@ class App(Model, AppAttrs):
 
     __slots__ = ()
     _resource = resources.APP
+    objects: ClassVar[ManagerAccess] = ManagerAccess()
     _rules: ClassVar[dict[str, Any]] = {
         "name": all_of(_identifier, max_length(200)),
         "serialized_class": max_length(262144),
@@ -75,6 +78,7 @@ class BatchJob(Model, BatchJobAttrs):
 
     __slots__ = ()
     _resource = resources.BATCH_JOB
+    objects: ClassVar[ManagerAccess] = ManagerAccess()
     _rules: ClassVar[dict[str, Any]] = {"project": max_length(64), "queue": max_length(64)}
 
 
@@ -83,6 +87,7 @@ class TransferItem(Model, TransferItemAttrs):
 
     __slots__ = ()
     _resource = resources.TRANSFER_ITEM
+    objects: ClassVar[ManagerAccess] = ManagerAccess()
 
 
 class EventLog(Model, EventLogAttrs):
@@ -90,6 +95,7 @@ class EventLog(Model, EventLogAttrs):
 
     __slots__ = ()
     _resource = resources.EVENT_LOG
+    objects: ClassVar[ManagerAccess] = ManagerAccess()
 
 
 register_upstream_names(

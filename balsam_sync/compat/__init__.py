@@ -1,0 +1,1 @@
+"""Upstream's API beyond the models: ApplicationDefinition, Session, site_config."""

@@ -1,0 +1,1 @@
+"""The model layer: instances, their fields, managers and lazy queries (Django's shape)."""

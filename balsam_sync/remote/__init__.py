@@ -1,0 +1,1 @@
+"""The server: REST semantics and quirks, HTTP transport, retries, the link's state, auth."""
