@@ -190,7 +190,7 @@ class Client:
         """Send what is queued now; returns what was sent, what failed and what died.
 
         Creates whose earlier POST may still be running on the server are waited for (at most
-        ``max_request_seconds``) before anything else is sent (see ``balsam_sync.outcomes``).
+        ``max_request_seconds``) before anything else is sent (see ``balsam_sync.remote.outcomes``).
 
         Raises:
             OfflineError: the client is offline (``BALSAM_SYNC_OFFLINE=1``).

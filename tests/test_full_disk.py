@@ -20,6 +20,7 @@ import balsam_sync
 from balsam_sync.cache.salvage import check
 from balsam_sync.client import Client
 from balsam_sync.errors import MirrorError, MirrorFull
+from balsam_sync.spec import QuerySpec
 from tests.clienv import Run, make_app, queue_offline, use_env
 from tests.conftest import FAST_RETRY, User, register_user, server_jobs
 
@@ -85,7 +86,8 @@ def test_a_full_disk_gives_one_clear_line_and_loses_nothing(
     client = balsam_sync.connect(retry=FAST_RETRY)
     mirror = client.mirror.path
     offline = balsam_sync.connect(offline=True)
-    assert offline.Job.objects.count() == 3  # opened before the disk fills
+    # Never pulled, so queries refuse offline; the mirror's own rows are counted instead.
+    assert offline.mirror.store.count(QuerySpec("Job")) == 3  # opened before the disk fills
     filler = fill(small_disk)
 
     pulled = cli("pull")
@@ -98,7 +100,7 @@ def test_a_full_disk_gives_one_clear_line_and_loses_nothing(
         offline.Job.objects.bulk_create(
             [offline.Job(workdir=f"late/{i}", app_id=app.id) for i in range(200)]
         )
-    assert offline.Job.objects.count() == 3  # the refused write left no trace
+    assert offline.mirror.store.count(QuerySpec("Job")) == 3  # the refused write left no trace
     assert offline.status(check_server=False).pending == 3
     offline.close()
     client.close()
