@@ -32,6 +32,7 @@ from balsam_sync.client import Client
 from balsam_sync.remote.retry import RetryPolicy
 from balsam_sync.testing.faultproxy import FaultKind, FaultPlan, FaultProxy
 from tests.conftest import ROOT, SERVER_SCRIPT, User, server_jobs
+from tests.mirror_view import held
 
 QUICK = RetryPolicy(attempts=3, max_seconds=3, initial_wait=0.01, max_wait=0.05)
 
@@ -109,7 +110,7 @@ def test_a_5xx_after_a_delete_committed_is_not_a_dead_letter(
     gone.delete()
     drain(proxied)
     assert workdirs(user, "d5/") == Counter({"d5/0": 1})
-    assert [j.id for j in proxied.Job.objects.offline()] == [kept.id]
+    assert [j.id for j in held(proxied.Job.objects.all())] == [kept.id]
 
 
 def test_a_500_before_the_commit_is_sent_again_once(
@@ -181,7 +182,7 @@ def test_a_refused_token_during_create_leaves_nothing_then_login_and_retry_creat
         c.Job.objects.create(workdir="auth/1", app_id=app.id)
     assert "outbox" not in str(caught.value)  # it says nothing is kept, because nothing is
     assert c.status(check_server=False).pending == 0
-    assert list(c.Job.objects.offline()) == []
+    assert held(c.Job.objects.all()) == []
     c.transport.set_token(server_signed(user, time.time() + 3600))  # logged in again
     job = c.Job.objects.create(workdir="auth/1", app_id=app.id)
     assert workdirs(user, "auth/") == Counter({"auth/1": 1})
