@@ -12,10 +12,13 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
 import balsam_sync
 from balsam_sync.client import Client
@@ -190,9 +193,24 @@ def account(user: User, rest: Rest, tmp_path: Path) -> Iterator[tuple[Client, Re
     bjs = rest.rows("/batch-jobs/")
     rest.call("PATCH", "/batch-jobs/", json=[{"id": bjs[0]["id"], "state": "finished"}])
     client = connect(user, tmp_path / "home", max_request_seconds=1)
-    time.sleep(3.5)  # every row is older than max_request_seconds (and the Date's second)
+    newest = max(datetime.fromisoformat(j["last_update"]) for j in rest.rows("/jobs/"))
+    wait_for_server_clock(user.api_root, newest + timedelta(seconds=1 + 2))
     yield client, rest, jobs
     client.close()
+
+
+def wait_for_server_clock(api_root: str, moment: datetime, timeout: float = 60.0) -> None:
+    """Wait until the server's clock (its Date header, which lags on a busy server) has
+    passed ``moment``: every row is then older than a pull's overlap."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        date = parsedate_to_datetime(
+            requests.get(api_root + "/auth/how", timeout=30).headers["Date"]
+        )
+        if date > moment.replace(tzinfo=moment.tzinfo or timezone.utc):
+            return
+        time.sleep(0.25)
+    raise AssertionError(f"the server's clock did not pass {moment} within {timeout} s")
 
 
 def test_an_idle_pull_reads_only_what_is_in_motion(account: tuple[Client, Rest, list[Any]]) -> None:
