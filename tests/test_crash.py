@@ -87,7 +87,9 @@ def test_r2_kill_9_during_replay_loses_and_duplicates_nothing(
     offline.Job.objects.bulk_create(jobs)
     offline.close()
     rng = random.Random(2026)
-    env = env_for(user, home)
+    # Batches of at most 25 jobs commit within a second: a create in flight when its daemon
+    # was killed is resent after 10 s, not the default 120 s (what the final push waits).
+    env = {**env_for(user, home), "BALSAM_SYNC_MAX_REQUEST_SECONDS": "10"}
     kills, progress = 0, [R2_JOBS]
     for _ in range(R2_ROUNDS):
         proc = daemon(env, tmp_path / "daemon.log", batch=rng.choice([5, 10, 25]))
@@ -97,7 +99,9 @@ def test_r2_kill_9_during_replay_loses_and_duplicates_nothing(
             kills += 1
         proc.wait(timeout=30)
         progress.append(pending(home, user))
-    client = balsam_sync.connect(user.api_root, user.token, home=str(home), retry=FAST_RETRY)
+    client = balsam_sync.connect(
+        user.api_root, user.token, home=str(home), retry=FAST_RETRY, max_request_seconds=10
+    )
     report = client.push()
     seen = server_workdirs(user)
     print(

@@ -72,6 +72,8 @@ def test_last_error_shows_a_settling_failure_and_clears_on_success(
 ) -> None:
     with FaultProxy(user.api_root) as proxy:
         monkeypatch.setenv("BALSAM_SYNC_API_ROOT", proxy.url)
+        # A create that may have reached the server is resent only after this (README).
+        monkeypatch.setenv("BALSAM_SYNC_MAX_REQUEST_SECONDS", "2")
         queued = queue_offline(monkeypatch, app, 1)
         (entry,) = queued.mirror.outbox.entries([EntryState.PENDING])
         queued.mirror.outbox.mark_in_flight([entry.seq], marker="f" * 32)  # sent, reply lost
@@ -92,6 +94,8 @@ def test_daemon_once_exits_1_when_it_cannot_reach_the_server(
 ) -> None:
     with FaultProxy(user.api_root) as proxy:
         monkeypatch.setenv("BALSAM_SYNC_API_ROOT", proxy.url)
+        # A create that may have reached the server is resent only after this (README).
+        monkeypatch.setenv("BALSAM_SYNC_MAX_REQUEST_SECONDS", "2")
         queue_offline(monkeypatch, app, 1).close()
         proxy.set_down(True)
         out = Run(user.token)("daemon", "--once", code=1)
