@@ -57,9 +57,7 @@ def constructor_order(schema: type[BaseModel]) -> tuple[str, ...]:
     return (*required, *(n for n in fields if n not in required))
 
 
-def named_arguments(
-    cls: Any, args: tuple[Any, ...], fields: dict[str, Any]
-) -> dict[str, Any]:
+def named_arguments(cls: Any, args: tuple[Any, ...], fields: dict[str, Any]) -> dict[str, Any]:
     """Name positional arguments by upstream's constructor order."""
     order = cls._positional
     if len(args) > len(order):
