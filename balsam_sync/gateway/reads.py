@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from datetime import datetime
+from typing import TypeVar
 
 from ..errors import OfflineError, ServerUnreachable
 from ..freshness import Answer, PolicyArg, ReadMode, ReadPolicy
@@ -16,6 +17,8 @@ from ..spec import QuerySpec
 from .core import GatewayCore, log
 from .plan import ReadPlan, Route, coverage_kind, plan_read
 from .unmirrored import server_if_unmirrored
+
+T = TypeVar("T")
 
 
 class Reads(GatewayCore):
@@ -45,27 +48,23 @@ class Reads(GatewayCore):
         self, res: Resource, spec: QuerySpec, policy: PolicyArg, latest: bool = False
     ) -> Answer:
         """Return the rows of ``spec`` from wherever the policy allows."""
-        pol = self._policy(policy, latest)
-        plan = self._plan(spec, pol, count=False)
-        if plan.route is Route.MIRROR:
-            ev = self.mirror.coverage.evidence(spec, False)
-            return self._mirror_rows(spec, self._capped(ev.as_of), stale=ev.partial)
-        if plan.route is Route.CACHED:
-            return self._mirror_rows(spec, plan.as_of, stale=False)
-        try:
-            self._reach(pol)
-            now = self.clock()
-            rows, count = self.remote.select(res, spec)
-            now = min(now, self.clock())  # the reply may show that our clock runs ahead
-        except ServerUnreachable as exc:
-            return self._fallback(
-                spec, pol, exc, False, lambda at: self._mirror_rows(spec, at, True)
-            )
-        self._write_through_list(res, spec, rows, count, now)
-        if self.mirror.outbox.has_pending(res.name):
-            # Queued local changes are part of the local view: answer with them laid on top.
-            return Answer(self.mirror.store.query(spec), count, "server", now)
-        return Answer(rows, count, "server", now)
+
+        def stored(got: tuple[list[Row], int], now: datetime) -> Answer:
+            rows, count = got
+            self._write_through_list(res, spec, rows, count, now)
+            if self.mirror.outbox.has_pending(res.name):
+                # Queued local changes are part of the local view: answer with them on top.
+                return Answer(self.mirror.store.query(spec), count, "server", now)
+            return Answer(rows, count, "server", now)
+
+        return self._route(
+            spec,
+            self._policy(policy, latest),
+            False,
+            lambda at, stale: self._mirror_rows(spec, at, stale),
+            lambda: self.remote.select(res, spec),
+            stored,
+        )
 
     def _mirror_rows(self, spec: QuerySpec, as_of: datetime | None, stale: bool) -> Answer:
         layout, rows = self.mirror.store.query_packed(spec)
@@ -74,24 +73,45 @@ class Reads(GatewayCore):
     @server_if_unmirrored(count=True)
     def count(self, res: Resource, spec: QuerySpec, policy: PolicyArg) -> Answer:
         """Return how many objects match ``spec`` (rows are not fetched)."""
-        pol = self._policy(policy)
-        plan = self._plan(spec, pol, count=True)
+
+        def recorded(n: int, now: datetime) -> Answer:
+            self.mirror.coverage.record_fetch(spec, now, n, rows=False)
+            return Answer([], n, "server", now)
+
+        return self._route(
+            spec,
+            self._policy(policy),
+            True,
+            lambda at, stale: self._mirror_count(spec, at, stale),
+            lambda: self.remote.count(res, spec),
+            recorded,
+        )
+
+    def _route(
+        self,
+        spec: QuerySpec,
+        pol: ReadPolicy,
+        count: bool,
+        local: Callable[[datetime | None, bool], Answer],
+        ask: Callable[[], T],
+        store: Callable[[T, datetime], Answer],
+    ) -> Answer:
+        """Answer from the mirror when the plan says so, else ask the server, then store
+        (plan, fetch, then store); an unreachable server falls back to the mirror."""
+        plan = self._plan(spec, pol, count=count)
         if plan.route is Route.MIRROR:
-            ev = self.mirror.coverage.evidence(spec, True)
-            return self._mirror_count(spec, self._capped(ev.as_of), stale=ev.partial)
+            ev = self.mirror.coverage.evidence(spec, count)
+            return local(self._capped(ev.as_of), ev.partial)
         if plan.route is Route.CACHED:
-            return self._mirror_count(spec, plan.as_of, stale=False)
+            return local(plan.as_of, False)
         try:
             self._reach(pol)
             now = self.clock()
-            n = self.remote.count(res, spec)
-            now = min(now, self.clock())
+            got = ask()
+            now = min(now, self.clock())  # the reply may show that our clock runs ahead
         except ServerUnreachable as exc:
-            return self._fallback(
-                spec, pol, exc, True, lambda at: self._mirror_count(spec, at, True)
-            )
-        self.mirror.coverage.record_fetch(spec, now, n, rows=False)
-        return Answer([], n, "server", now)
+            return self._fallback(spec, pol, exc, count, lambda at: local(at, True))
+        return store(got, now)
 
     def _mirror_count(self, spec: QuerySpec, as_of: datetime | None, stale: bool) -> Answer:
         cov = self.mirror.coverage.for_count(spec)
