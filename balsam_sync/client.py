@@ -15,9 +15,7 @@ import threading
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .cache.mirror import Identity, Mirror, locate, open_mirror
-from .cache.neighbours import Neighbour, neighbours
-from .cache.outbox import Entry, EntryState, now_text
+from .cache import Entry, EntryState, Identity, Mirror, Neighbour, locate, neighbours, open_mirror
 from .compat.appdef import ApplicationDefinition
 from .compat.host import set_default_client_factory
 from .compat.session import Session
@@ -39,8 +37,9 @@ from .remote.serverclock import Clock
 from .remote.transport import Transport
 from .sync.daemon import SyncDaemon
 from .sync.pull import Progress, Puller, PullOptions, PullReport
-from .sync.pushreport import PushReport
+from .sync.push import PushReport
 from .sync.status import SyncStatus, sync_status
+from .utc import now_text
 
 M = TypeVar("M", bound=Model)
 
@@ -108,10 +107,11 @@ class Client:
 
     def _open_mirror(self) -> Mirror:
         home, explicit = self.settings.mirror_home, self._explicit_home
-        mirror = open_mirror(home, self._identity(), explicit_home=explicit)
-        mirror.coverage.clock = self.transport.server_now
+        mirror = open_mirror(
+            home, self._identity(), explicit_home=explicit, clock=self.transport.server_now
+        )
         # Processes sharing the mirror share what they know of the link (see link.py).
-        self.transport.link.share(mirror.path.with_suffix(".link.json"))
+        self.transport.link.share(mirror.companion(".link.json"))
         return mirror
 
     @property
@@ -182,7 +182,7 @@ class Client:
         except BalsamSyncError as exc:
             self._note_error(f"pull failed: {exc}")
             raise
-        mirror.outbox.log("last_pull", now_text())
+        mirror.note("last_pull", now_text())
         self._note_error(None)
         return report
 
@@ -208,7 +208,7 @@ class Client:
     def _note_error(self, error: str | None) -> None:
         """Record the last sync error for ``status()``; a sync that succeeds clears it."""
         with contextlib.suppress(BalsamSyncError):  # a failing mirror: its error is raised
-            self.mirror.outbox.log("last_error", error or "")
+            self.mirror.note("last_error", error or "")
 
     def status(self, *, check_server: bool = True) -> SyncStatus:
         """A snapshot of the outbox, the last push/pull, the token and the server's reachability."""
@@ -217,7 +217,7 @@ class Client:
                 self.transport.ensure_reachable()
         offline = self.settings.offline
         return sync_status(
-            lambda: self.mirror.outbox,
+            lambda: self.mirror,
             self.remote,
             mirror_file=lambda: self.mirror_file,
             elsewhere=self.other_mirrors,
@@ -233,7 +233,7 @@ class Client:
 
     def dead_letters(self) -> list[Entry]:
         """Mutations the server refused for good, with its reasons (oldest first)."""
-        return self.mirror.outbox.entries([EntryState.DEAD])
+        return self.mirror.queued([EntryState.DEAD])
 
     def retry_dead(self, seq: int) -> bool:
         """Queue a dead letter again (its local change is re-applied); False if unknown."""
@@ -246,19 +246,16 @@ class Client:
         Raises:
             UsageError: no such dead letter, a delete (no payload), or an invalid payload.
         """
-        entry = self.mirror.outbox.get(seq)
+        entry = self.mirror.entry(seq)
         if entry is None or entry.state is not EntryState.DEAD:
             raise UsageError(f"no dead letter with seq {seq} (see `balsam-sync dead list`)")
         payload = edited_payload(entry, getattr(self, entry.resource), changes, unset)
-        self.mirror.outbox.set_payload(seq, payload)
+        self.mirror.edit(seq, payload)
         return dataclasses.replace(entry, payload=payload)
 
     def discard_dead(self, seq: int) -> bool:
         """Drop a dead letter for good (the mirror already holds the server's truth)."""
-        entry = self.mirror.outbox.get(seq)
-        if entry is None or entry.state is not EntryState.DEAD:
-            return False
-        return self.mirror.outbox.forget(seq)
+        return self.mirror.discard(seq)
 
     def drop_mirror(self) -> None:
         """Close the mirror; the next use opens (or creates) the file again."""

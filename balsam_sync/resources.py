@@ -59,6 +59,17 @@ class Resource:
         side_effects: resources the server changes, in ways we cannot replay, when this one
             is written (a job update writes events).
         promotes_children: an object that finishes promotes its waiting children (Job).
+        done_states: states in which an object is history: nothing moves it any more (a
+            finished or failed Job), so what hangs off it (items, events) is history too.
+        moving_states: states in which the site agent moves an object without any change of
+            the object it belongs to (transfer items in motion, unfinished batch jobs): an
+            incremental pull re-reads these.
+        references: fields holding another object's id, and that object's resource. A
+            provisional (negative) id in them becomes the server's id once that object exists.
+        settle_by: fields a create that may have reached the server is looked up by (when
+            its creates are not marked): unique names for Site and App...
+        settle_same: ...or, for a resource without a unique key (BatchJob), further fields
+            that must be equal for a found object to be the one created.
     """
 
     name: str
@@ -78,6 +89,15 @@ class Resource:
     marked_creates: bool = False
     side_effects: tuple[str, ...] = ()
     promotes_children: bool = False
+    done_states: tuple[str, ...] = ()
+    moving_states: tuple[str, ...] = ()
+    references: tuple[tuple[str, str], ...] = ()
+    settle_by: tuple[str, ...] = ()
+    settle_same: tuple[str, ...] = ()
+
+    @property
+    def reference_fields(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self.references)
 
     def item_path(self, obj_id: int) -> str:
         return f"{self.path}{obj_id}"
@@ -101,10 +121,31 @@ class Resource:
 
 
 SITE = Resource(
-    "Site", "/sites/", s.SiteOut, s.SiteCreate, s.SiteUpdate, None, "object", "object", "none", True
+    "Site",
+    "/sites/",
+    s.SiteOut,
+    s.SiteCreate,
+    s.SiteUpdate,
+    None,
+    "object",
+    "object",
+    "none",
+    True,
+    settle_by=("name",),
 )
 APP = Resource(
-    "App", "/apps/", s.AppOut, s.AppCreate, s.AppUpdate, None, "object", "object", "none", True
+    "App",
+    "/apps/",
+    s.AppOut,
+    s.AppCreate,
+    s.AppUpdate,
+    None,
+    "object",
+    "object",
+    "none",
+    True,
+    references=(("site_id", "Site"),),
+    settle_by=("site_id", "name"),
 )
 JOB = Resource(
     "Job",
@@ -121,6 +162,8 @@ JOB = Resource(
     marked_creates=True,
     side_effects=("EventLog", "TransferItem"),
     promotes_children=True,
+    done_states=("JOB_FINISHED", "FAILED"),
+    references=(("app_id", "App"), ("parent_ids", "Job"), ("batch_job_id", "BatchJob")),
     provisional=(
         ("state", "CREATED"),
         ("last_update", None),
@@ -142,6 +185,10 @@ BATCH_JOB = Resource(
     "object",
     True,
     enum_filters=(("state", s.BatchJobState),),
+    moving_states=("pending_submission", "queued", "running", "pending_deletion"),
+    references=(("site_id", "Site"),),
+    settle_by=("site_id", "queue"),
+    settle_same=("project", "num_nodes", "job_mode"),
     provisional=(
         ("state", "pending_submission"),
         ("scheduler_id", None),
@@ -162,6 +209,7 @@ TRANSFER_ITEM = Resource(
     "object",
     False,
     side_effects=("Job", "EventLog"),
+    moving_states=("pending", "active", "inactive"),
 )
 EVENT_LOG = Resource(
     "EventLog",

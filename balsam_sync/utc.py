@@ -7,7 +7,7 @@ which sorts as time sorts.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 
 def as_utc(value: datetime) -> datetime:
@@ -27,3 +27,18 @@ def naive_utc(value: datetime) -> datetime:
 def utc_text(value: datetime) -> str:
     """The stored and sent text of ``value``: ISO 8601 in UTC, microseconds, ``+00:00``."""
     return as_utc(value).isoformat(timespec="microseconds")
+
+
+def now() -> datetime:
+    """This machine's clock, as an aware UTC datetime (the one place it is read)."""
+    return datetime.now(timezone.utc)
+
+
+def now_text() -> str:
+    """``now()`` as stored text."""
+    return utc_text(now())
+
+
+def later_text(seconds: float) -> str:
+    """The stored text of ``seconds`` from now."""
+    return utc_text(now() + timedelta(seconds=seconds))

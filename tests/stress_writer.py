@@ -76,7 +76,7 @@ def _rebind(online: Any, jobs: list[Any]) -> list[Any]:
     for job in jobs:
         try:
             found.append(online.Job.objects.offline().get(id=job.id))
-        except Exception:  # noqa: BLE001 - any refusal: keep the instance the writer holds
+        except Exception:
             found.append(job)
     return found
 

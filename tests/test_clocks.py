@@ -17,6 +17,7 @@ import requests
 
 import balsam_sync
 from tests.conftest import FAST_RETRY, User
+from tests.mirror_view import sql
 
 
 class Clock:
@@ -79,7 +80,7 @@ def test_a_future_sync_time_is_never_fresh(user: User, tmp_path: Path, app: Any)
         c.pull()
         # Written by another process whose clock ran two hours ahead:
         ahead = (true_now() + timedelta(hours=2)).isoformat()
-        c.mirror.store.conn.execute("UPDATE sync_state SET full_at = ?", [ahead])
+        sql(c).execute("UPDATE sync_state SET full_at = ?", [ahead])
         change_on_server(user, job.id, 3)
         auto = c.Job.objects.filter(id=job.id)
         assert [j.num_nodes for j in auto] == [3] and auto.source == "server"

@@ -37,6 +37,7 @@ from balsam_sync.api import (
 from balsam_sync.client import Client
 from balsam_sync.errors import OfflineError
 from tests.conftest import User, server_jobs
+from tests.mirror_view import sql
 
 
 def _uid() -> str:
@@ -423,7 +424,7 @@ def test_the_mirror_keeps_aware_utc_text_while_models_read_naive(
     bj.start_time = datetime(2024, 5, 1, 12, 0)  # naive: UTC
     bj.save()
     assert bj.start_time == datetime(2024, 5, 1, 12, 0)
-    conn = offline.mirror.store.conn
+    conn = sql(offline)
     (text,) = conn.execute("SELECT start_time FROM batch_jobs WHERE id = ?", [bj.id]).fetchone()
     assert text == "2024-05-01T12:00:00.000000+00:00"
     assert api.push().remaining == 0

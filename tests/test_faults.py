@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 import balsam_sync
-from balsam_sync.cache.outbox import EntryState
+from balsam_sync.cache import EntryState
 from balsam_sync.client import Client
 from balsam_sync.errors import NoEvidence, ServerError
 from balsam_sync.remote.retry import RetryPolicy
@@ -227,6 +227,6 @@ def test_r5_a_refusal_becomes_a_dead_letter_and_later_work_goes_on(
     assert names == sorted(s.name for s in other.Site.objects.online())
     assert client.discard_dead(dead[0].seq)
     assert client.status(check_server=False).dead == 0
-    assert client.mirror.outbox.entries([EntryState.DEAD]) == []
+    assert client.mirror.queued([EntryState.DEAD]) == []
     other.close()
     client.close()

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 import balsam_sync
-from balsam_sync.cache.outbox import EntryState
+from balsam_sync.cache import EntryState
 from balsam_sync.testing.faultproxy import FaultProxy
 from tests.clienv import Run, make_app, queue_offline, use_env
 from tests.conftest import User, register_user
@@ -75,8 +75,8 @@ def test_last_error_shows_a_settling_failure_and_clears_on_success(
         # A create that may have reached the server is resent only after this (README).
         monkeypatch.setenv("BALSAM_SYNC_MAX_REQUEST_SECONDS", "2")
         queued = queue_offline(monkeypatch, app, 1)
-        (entry,) = queued.mirror.outbox.entries([EntryState.PENDING])
-        queued.mirror.outbox.mark_in_flight([entry.seq], marker="f" * 32)  # sent, reply lost
+        (entry,) = queued.mirror.queued([EntryState.PENDING])
+        queued.mirror.sending([entry.seq], marker="f" * 32)  # sent, reply lost
         queued.close()
         run = Run(user.token)
         proxy.set_down(True)

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import balsam_sync
-from balsam_sync.cache.salvage import check
+from balsam_sync.cache import check
 from balsam_sync.client import Client
 from balsam_sync.errors import MirrorError, MirrorFull
 from balsam_sync.spec import QuerySpec
@@ -87,7 +87,7 @@ def test_a_full_disk_gives_one_clear_line_and_loses_nothing(
     mirror = client.mirror.path
     offline = balsam_sync.connect(offline=True)
     # Never pulled, so queries refuse offline; the mirror's own rows are counted instead.
-    assert offline.mirror.store.count(QuerySpec("Job")) == 3  # opened before the disk fills
+    assert offline.mirror.count(QuerySpec("Job")) == 3  # opened before the disk fills
     filler = fill(small_disk)
 
     pulled = cli("pull")
@@ -100,7 +100,7 @@ def test_a_full_disk_gives_one_clear_line_and_loses_nothing(
         offline.Job.objects.bulk_create(
             [offline.Job(workdir=f"late/{i}", app_id=app.id) for i in range(200)]
         )
-    assert offline.mirror.store.count(QuerySpec("Job")) == 3  # the refused write left no trace
+    assert offline.mirror.count(QuerySpec("Job")) == 3  # the refused write left no trace
     assert offline.status(check_server=False).pending == 3
     offline.close()
     client.close()

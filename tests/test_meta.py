@@ -241,9 +241,14 @@ def test_sql_only_under_cache() -> None:
     assert offenders == []
 
 
-def test_modules_stay_small() -> None:
+MODULE_ALARM = 700
+"""Lines at which a module deserves a second look: an alarm, not a target (a concept may be
+long; a sliver cut off to stay short is worse)."""
+
+
+def test_no_module_grows_past_the_alarm() -> None:
     sizes = {str(p.relative_to(ROOT)): len(p.read_text().splitlines()) for p in _modules()}
-    assert {k: v for k, v in sizes.items() if v > 400} == {}
+    assert {k: v for k, v in sizes.items() if v > MODULE_ALARM} == {}
 
 
 def test_every_error_descends_from_the_root() -> None:
@@ -328,16 +333,16 @@ def test_network_file_systems_are_recognised(tmp_path: Path) -> None:
 def test_an_explicit_mirror_home_on_a_network_fs_is_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from balsam_sync.cache import filesystem, mirror
+    from balsam_sync.cache import filesystem, opening
 
     monkeypatch.setattr(filesystem, "on_network_fs", lambda path: True)
     monkeypatch.setattr(filesystem, "filesystem_type", lambda path: "nfs4")
-    identity = mirror.Identity("http://127.0.0.1:1", "u#1")
+    identity = opening.Identity("http://127.0.0.1:1", "u#1")
     with pytest.raises(errors.MirrorError, match="network file system"):
-        mirror.open_mirror(tmp_path, identity, explicit_home=True)
+        opening.open_mirror(tmp_path, identity, explicit_home=True)
     assert list(tmp_path.iterdir()) == []
     monkeypatch.setenv(filesystem.ENV_ALLOW, "1")
-    opened = mirror.open_mirror(tmp_path, identity, explicit_home=True)
-    journal = opened.store.conn.execute("PRAGMA journal_mode").fetchone()[0]
+    opened = opening.open_mirror(tmp_path, identity, explicit_home=True)
+    journal = opened._store.conn.execute("PRAGMA journal_mode").fetchone()[0]
     opened.close()
     assert journal == "delete"

@@ -20,13 +20,13 @@ from typing import Any
 import pytest
 
 import balsam_sync
-from balsam_sync.cache.mirror import Identity, mirror_path
+from balsam_sync.cache.opening import Identity, mirror_path
 from balsam_sync.cache.schema import PACKED, TABLES
 from balsam_sync.client import Client
 from balsam_sync.errors import MirrorError
 from balsam_sync.remote.jwt import user_of
 from tests.conftest import FAST_RETRY, RequestLog, User, register_user
-from tests.mirror_view import held, held_count
+from tests.mirror_view import held, held_count, sql
 
 Row = dict[str, Any]
 
@@ -170,7 +170,7 @@ def test_offline_rows_equal_online_rows_field_by_field(rich: Client, model: str)
 
 def assert_packed_copies_are_exact(client: Client) -> int:
     """Every packed row copy equals its columns as SQLite holds them; return how many exist."""
-    conn = client.mirror.store.conn
+    conn = sql(client)
     packed = 0
     for tdef in TABLES.values():
         cols = ", ".join(f"[{c}]" for c in tdef.columns)
@@ -211,7 +211,7 @@ def test_packed_row_copies_never_go_stale(
     online = {str(j.workdir): set(j.parent_ids) for j in rich.Job.objects.online()}
     assert online["w/off-c"] == {rows["w/off-p"].id}
     # Any UPDATE that does not write the packed copy clears it, and reads repack the row.
-    conn = rich.mirror.store.conn
+    conn = sql(rich)
     target = rows["w/off-c"].id
     conn.execute("UPDATE jobs SET workdir = 'w/edited' WHERE id = ?", [target])
     assert conn.execute(f"SELECT [{PACKED}] FROM jobs WHERE id = ?", [target]).fetchone() == (None,)
@@ -499,7 +499,7 @@ def test_mirror_file_location_and_permissions(client: Client, user: User, tmp_pa
 
 def test_mirror_is_in_wal_mode(client: Client) -> None:
     client.Site.objects.create(name="w", path="/w")
-    (mode,) = client.mirror.store.conn.execute("PRAGMA journal_mode").fetchone()
+    (mode,) = sql(client).execute("PRAGMA journal_mode").fetchone()
     assert mode.lower() == "wal"
     other = sqlite3.connect(str(client.mirror.path))
     try:

@@ -23,7 +23,7 @@ import balsam_sync
 from balsam_sync.client import Client
 from balsam_sync.errors import NoEvidence, OfflineError
 from balsam_sync.freshness import AUTO, OFFLINE, ONLINE, fresh
-from balsam_sync.gateway.plan import ReadPlan, Route, plan_read
+from balsam_sync.gateway.plan import Route, plan_read
 from balsam_sync.sync.pull import prefetched
 from balsam_sync.testing.faultproxy import FaultProxy
 from tests.conftest import FAST_RETRY, RequestLog, User
@@ -846,7 +846,9 @@ def test_the_read_plan_follows_policy_coverage_and_clock() -> None:
     ago = now - timedelta(seconds=10)
     assert plan_read(OFFLINE, None, now, 30).route is Route.MIRROR
     assert plan_read(ONLINE, ago, now, 30).route is Route.SERVER
-    assert plan_read(AUTO, ago, now, 30) == ReadPlan(Route.CACHED, ago)
+    cached = plan_read(AUTO, ago, now, 30)
+    assert (cached.route, cached.as_of) == (Route.CACHED, ago)
+    assert "10.0 s old" in cached.why  # what the DEBUG line of the read says
     assert plan_read(AUTO, ago, now, 5).route is Route.SERVER  # older than max_age
     assert plan_read(AUTO, None, now, 30).route is Route.SERVER  # never synced
     assert plan_read(fresh(60), ago, now, 5).route is Route.CACHED  # its own max_age

@@ -27,12 +27,12 @@ import pytest
 
 import balsam_sync
 from balsam_sync import errors
-from balsam_sync.cache.mirror import Identity, open_mirror
+from balsam_sync.cache import Identity, open_mirror
 from balsam_sync.client import Client
 from balsam_sync.remote.retry import RetryPolicy
 from balsam_sync.testing.faultproxy import FaultKind, FaultPlan, FaultProxy
 from tests.conftest import ROOT, SERVER_SCRIPT, User, server_jobs
-from tests.mirror_view import held
+from tests.mirror_view import held, sql
 
 QUICK = RetryPolicy(attempts=3, max_seconds=3, initial_wait=0.01, max_wait=0.05)
 
@@ -337,7 +337,7 @@ def test_no_request_starts_inside_a_mirror_transaction(
     other.Job.objects.filter(id=[doomed.id]).delete()
     other.close()
     inside: list[str] = []
-    conn = client.mirror.store.conn
+    conn = sql(client)
     client.transport.on_request.append(
         lambda method, url: inside.append(f"{method} {url}") if conn.in_transaction else None
     )
@@ -355,7 +355,7 @@ def test_no_request_starts_inside_a_mirror_transaction(
 
 def test_a_failed_commit_is_rolled_back(tmp_path: Path) -> None:
     mirror = open_mirror(tmp_path, Identity("http://127.0.0.1:1", "u#1"))
-    store = mirror.store
+    store = mirror._store
     store.conn.execute("PRAGMA foreign_keys = ON")
     store.conn.execute("CREATE TABLE a (id INTEGER PRIMARY KEY)")
     store.conn.execute(

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 import balsam_sync
-from balsam_sync.cache.outbox import EntryState
+from balsam_sync.cache import EntryState
 from balsam_sync.client import Client
 from balsam_sync.errors import MirrorDamaged
 from tests.clienv import Run, leaf_pages, make_app, queue_offline, smash, smash_header, use_env
@@ -45,7 +45,7 @@ def app(user: User, tmp_path: Path) -> Iterator[Any]:
 def queued(monkeypatch: pytest.MonkeyPatch, app: Any, n: int) -> tuple[Path, dict[int, str]]:
     """Queue ``n`` creates offline; return the mirror path and seq -> workdir of each."""
     c = queue_offline(monkeypatch, app, n, prefix="salvage")
-    seqs = {e.seq: e.payload["workdir"] for e in c.mirror.outbox.entries([EntryState.PENDING])}
+    seqs = {e.seq: e.payload["workdir"] for e in c.mirror.queued([EntryState.PENDING])}
     path = c.mirror.path
     c.close()
     assert len(seqs) == n

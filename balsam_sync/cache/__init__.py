@@ -1,1 +1,45 @@
-"""The local SQLite mirror and outbox: the only package that writes SQL."""
+"""The local SQLite mirror and its queue: the only package that writes SQL.
+
+Its front door is ``Mirror`` (``mirror.py``); everything else here is its parts. Other layers
+import from this package only, never from its modules.
+"""
+
+from .coverage import Coverage, Evidence
+from .failures import guard
+from .filesystem import private_file
+from .lock import FileLock
+from .mirror import Clock, Mirror, QueueCounts, Queued
+from .neighbours import Neighbour, neighbours
+from .opening import Identity, MirrorMissing, locate, open_mirror
+from .outbox import Entry, EntryState, Op
+from .pullstate import Unsynced
+from .salvage import Recovered, check, move_aside, recover, restore
+from .store import writing_here
+
+__all__ = [
+    "Clock",
+    "Coverage",
+    "Entry",
+    "EntryState",
+    "Evidence",
+    "FileLock",
+    "Identity",
+    "Mirror",
+    "MirrorMissing",
+    "Neighbour",
+    "Op",
+    "QueueCounts",
+    "Queued",
+    "Recovered",
+    "Unsynced",
+    "check",
+    "guard",
+    "locate",
+    "move_aside",
+    "neighbours",
+    "open_mirror",
+    "private_file",
+    "recover",
+    "restore",
+    "writing_here",
+]

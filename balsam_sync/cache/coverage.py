@@ -30,11 +30,12 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 from ..errors import NoEvidence
 from ..spec import QuerySpec
+from ..utc import now
 from .failures import guarded
 from .schema import MARKS_TABLE
 from .store import Store
@@ -77,7 +78,7 @@ class CoverageBook:
     def __init__(self, store: Store, clock: Callable[[], datetime] | None = None) -> None:
         self.store = store
         self.conn = store.conn
-        self.clock = clock or (lambda: datetime.now(timezone.utc))
+        self.clock = clock or now
 
     def _capped(self, at: datetime) -> str:
         """``at`` as stored: never later than the clock (the server's, when the client knows)."""

@@ -1,244 +1,569 @@
-"""Open (or create) the mirror file of one user on one server, safely.
+"""The mirror: the one front door of ``balsam_sync.cache``.
 
-One SQLite file per (server, user) under the home folder: folder 0700, file 0600 (its WAL and
-shared-memory files inherit that mode), WAL journal, a busy timeout so concurrent processes
-wait instead of failing. The file records whose it is; opening it for another server or user
-raises ``MirrorError``. A schema older than this code is migrated on open.
+Callers say what happened, in the domain's words — the server answered these rows for this
+query, the user changed these objects, the server confirmed these queued changes, withdraw this
+change, revive this dead letter — and the mirror applies every consequence in one transaction
+of its own: the rows, the overlay of changes still queued, what it may claim to know
+(coverage), and the mapping of provisional ids to the server's.
 
-A new mirror is built whole under a temporary name and then moved into place, so a complete
-mirror is never empty: a zero-length file at the mirror's path was cut short or truncated (and
-whatever it held is gone), and opening it raises ``MirrorDamaged`` instead of silently starting
-over. Every SQLite or file-system error is mapped by ``cache/failures.py``.
+Rules it keeps, whoever calls:
+
+* **Queued changes stay visible.** Rows written from the server are overlaid with the changes
+  still queued for them, in the same transaction, so no read or pull erases a local change.
+* **Never older.** A server row never replaces a stored copy whose ``last_update`` is newer: a
+  pull that read a job before one of our writes committed cannot undo that write locally.
+* **Ids are resolved where they are used.** A provisional id is translated to the server's id
+  inside the transaction that queues the change naming it, so a process that sends the create
+  meanwhile (the daemon, another script) can never leave a change pointing at an id that no
+  longer exists.
+* **No request inside a transaction.** Nothing here talks to the server: callers fetch first,
+  then tell the mirror what they found (plan, fetch, then store).
+
+The parts behind the door (``store``, ``outbox``, ``coverage``, ``pullstate``) are this
+package's own; nothing outside ``balsam_sync.cache`` reaches them.
 """
 
 from __future__ import annotations
 
-import hashlib
-import marshal
-import os
-import re
-import sqlite3
-import stat
-import sys
+import json
+import logging
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
-from urllib.parse import urlsplit
 
-from sqlite_utils import Database
-
-from ..config import server_key
-from ..errors import MirrorBusy, MirrorDamaged, MirrorError
-from ..resources import Row
-from .coverage import CoverageBook
-from .failures import SALVAGE, MirrorConnection, guard
-from .filesystem import choose_home, private_dir
+from ..freshness import RowLayout
+from ..resources import RESOURCES, Resource, Row
+from ..spec import QuerySpec
+from .coverage import Coverage, CoverageBook, Evidence
 from .lock import FileLock
-from .outbox import Outbox
-from .schema import SCHEMA_VERSION, clear_packed, migrations
+from .outbox import Entry, EntryState, Op, Outbox
+from .pullstate import PullState, Unsynced
+from .salvage import Recovered, restore
 from .store import Store
 
-BUSY_TIMEOUT_MS = 60_000
-PACKED_FORMAT = f"marshal {marshal.version}, python {sys.version_info[0]}.{sys.version_info[1]}"
-"""Packed row copies are only read by the Python that wrote them (see cache/schema.py)."""
-CACHE_KIB = 65_536
-"""SQLite page cache per connection: index walks of large mirrors stay in memory."""
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+"""The time now, as the server's clock would say (stamps never run ahead of it)."""
 
 
 @dataclass(frozen=True)
-class Identity:
-    """Whose mirror a file is: the server and the user (from the token's claims)."""
+class Queued:
+    """A change the user made, as the mirror applied and queued it.
 
-    api_root: str
-    user: str
+    Attributes:
+        resource: the resource changed.
+        op: what was asked.
+        ids: the objects' ids, provisional ids resolved (for creates: the new provisional ids).
+        seqs: the queued entries, one per object, in order.
+        before: each object's row before the change (None: the mirror had none).
+    """
 
-    def __post_init__(self) -> None:
-        # One server under any spelling of its URL (see config.server_key).
-        object.__setattr__(self, "api_root", server_key(self.api_root))
-
-    @property
-    def file_name(self) -> str:
-        parts = urlsplit(self.api_root)
-        host = re.sub(r"[^A-Za-z0-9.-]+", "_", parts.netloc or "server")
-        user = re.sub(r"[^A-Za-z0-9.-]+", "_", self.user)[:40]
-        digest = hashlib.sha256(f"{self.api_root}\n{self.user}".encode()).hexdigest()[:10]
-        return f"{host}-{user}-{digest}.sqlite3"
+    resource: str
+    op: Op
+    ids: list[int]
+    seqs: list[int]
+    before: dict[int, Row | None]
 
 
-@dataclass
+@dataclass(frozen=True)
+class QueueCounts:
+    """How many queued changes are in each state, and when the oldest unsent one was queued."""
+
+    pending: int
+    in_flight: int
+    dead: int
+    oldest: datetime | None
+
+
 class Mirror:
-    """An open mirror: its rows (``store``), its coverage book and where it lives."""
+    """An open mirror of one user on one server (see the module docstring).
 
-    path: Path
-    store: Store
-    coverage: CoverageBook
-    outbox: Outbox
+    Args:
+        path: the mirror file.
+        store: its rows (the database connection).
+        clock: the server's clock as the client knows it; stamps are capped by it.
+    """
 
-    @property
-    def lock_path(self) -> Path:
-        """The replay lock: one process at a time sends this mirror's outbox."""
-        return self.path.with_suffix(".replay.lock")
-
-    def accept(self, resource: str, rows: list[Row], *, merge: bool = False) -> list[int]:
-        """Write the server's ``rows``, then lay the queue's unacknowledged changes back on top.
-
-        The one way a server answer enters the mirror, in one transaction, so no read or pull
-        ever erases a local change. ``merge``: write only the rows that differ from the stored
-        copy. Returns the ids written.
-        """
-        with self.store.write():
-            if merge:
-                written = self.store.merge(resource, rows)
-            else:
-                self.store.upsert(resource, rows)
-                written = [row["id"] for row in rows]
-            self.outbox.overlay(resource, written)
-        return written
+    def __init__(self, path: Path, store: Store, clock: Clock | None = None) -> None:
+        self.path = path
+        self._store = store
+        self._coverage = CoverageBook(store, clock)
+        self._outbox = Outbox(store)
+        self._pulls = PullState(store)
 
     def close(self) -> None:
-        self.store.conn.close()
+        self._store.conn.close()
 
+    def companion(self, suffix: str) -> Path:
+        """A file kept next to the mirror (``.daemon.log``, ``.link.json``, ...)."""
+        return self.path.with_suffix(suffix)
 
-def mirror_path(home: Path, identity: Identity) -> Path:
-    return home / "mirrors" / identity.file_name
+    def lock(self, purpose: str) -> FileLock:
+        """The lock one process at a time holds for ``purpose`` ("replay", "daemon")."""
+        return FileLock(self.companion(f".{purpose}.lock"))
 
+    # -- reading ---------------------------------------------------------------------------------
 
-def locate(home: Path, identity: Identity, explicit_home: bool = True) -> Path:
-    """Where the mirror of ``identity`` is (or would be) kept; nothing is created."""
-    return mirror_path(choose_home(home, explicit_home)[0], identity)
+    def full_sync_at(self, resource: str) -> datetime | None:
+        """When every row of ``resource`` was last pulled (None: never, or since invalidated)."""
+        return self._coverage.full_sync_at(resource)
 
+    def covered(self, spec: QuerySpec, count: bool = False) -> Coverage | None:
+        """The newest evidence that the mirror holds the answer to ``spec`` (or its count)."""
+        return self._coverage.for_count(spec) if count else self._coverage.for_rows(spec)
 
-class MirrorMissing(MirrorError):
-    """``open_mirror(create=False)`` found no mirror file."""
+    def evidence(self, spec: QuerySpec, count: bool = False) -> Evidence:
+        """What entitles the mirror to answer ``spec`` on its own.
 
+        Raises:
+            NoEvidence: the mirror was never told what matches ``spec``.
+        """
+        return self._coverage.evidence(spec, count)
 
-def open_mirror(
-    home: Path, identity: Identity, explicit_home: bool = True, create: bool = True
-) -> Mirror:
-    """Open the mirror of ``identity`` under ``home``, creating and migrating it as needed.
+    def rows(self, spec: QuerySpec) -> tuple[RowLayout, list[tuple[int, bytes]]]:
+        """The rows of ``spec`` in the server's order, packed (cheapest to turn into objects)."""
+        return self._store.query_packed(spec)
 
-    Raises:
-        MirrorError: the folder cannot be used, the file belongs to another server or user,
-            or was written by a newer balsam_sync (``MirrorDamaged``: the file is damaged;
-            ``MirrorFull``: the disk is full; ``MirrorMissing``: none, and ``create`` is off).
-    """
-    home, wal = choose_home(home, explicit_home)
-    path = mirror_path(home, identity)
-    with guard(home):
-        private_dir(path.parent)
-    with guard(path):
-        # Processes opening one new mirror together would race on its creation and the
-        # migrations (SQLite answers "locked" at once there): one opens it at a time.
-        opening = FileLock(path.with_suffix(".open.lock"))
-        if not opening.acquire(BUSY_TIMEOUT_MS / 1000):
-            raise MirrorBusy(f"another process keeps {path} busy: try again")
-        try:
-            if not path.exists():
-                if not create:
-                    raise MirrorMissing(f"there is no mirror at {path} yet")
-                _create(path, identity, wal)
-            return _open(path, identity, wal)
-        finally:
-            opening.release()
+    def dicts(self, spec: QuerySpec) -> list[Row]:
+        """The rows of ``spec`` in the server's order, as dicts (JSON columns left as text)."""
+        return self._store.query(spec)
 
+    def ids(self, spec: QuerySpec) -> list[int]:
+        """The ids of the rows of ``spec``, in the server's order."""
+        return [r["id"] for r in self._store.query(spec)]
 
-def _connect(path: Path, wal: bool) -> sqlite3.Connection:
-    conn = sqlite3.connect(
-        str(path),
-        timeout=BUSY_TIMEOUT_MS / 1000,
-        isolation_level=None,
-        check_same_thread=False,
-        factory=MirrorConnection,
-    )
-    conn.path = path
-    try:
-        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        conn.execute(f"PRAGMA journal_mode = {'WAL' if wal else 'DELETE'}")
-        conn.execute("PRAGMA synchronous = NORMAL")
-        conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
-    except BaseException:
-        conn.close()
-        raise
-    return conn
+    def count(self, spec: QuerySpec) -> int:
+        """How many rows match the filters of ``spec`` (its window ignored)."""
+        return self._store.count(spec)
 
+    def stream(self, spec: QuerySpec, chunk_size: int) -> Iterator[Row]:
+        """The rows of ``spec`` a page at a time (memory does not grow with the result)."""
+        return self._store.stream(spec, chunk_size)
 
-def _create(path: Path, identity: Identity, wal: bool) -> None:
-    """Build a new mirror under a temporary name, then move it into place whole."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.new")
-    parts = [Path(f"{tmp}{suffix}") for suffix in ("", "-wal", "-shm", "-journal")]
-    try:
-        for part in parts:
-            part.unlink(missing_ok=True)
-        os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
-        conn = _connect(tmp, wal)
-        try:
-            _migrate_and_stamp(Store(Database(conn)), identity, {})
-        finally:
-            conn.close()  # the last close checkpoints the WAL into the file
-        os.replace(tmp, path)
-    finally:
-        for part in parts:
-            part.unlink(missing_ok=True)
+    def current(self, resource: str, ids: list[int]) -> list[Row | None]:
+        """The decoded rows of these objects (provisional ids resolved), in order."""
+        with self._store.reading():
+            return self._current(resource, ids)
 
+    def real_id(self, obj_id: int) -> int:
+        """The server's id of a provisional id once its creation is acknowledged."""
+        if obj_id >= 0:
+            return obj_id
+        return self._outbox.real_ids([obj_id]).get(obj_id, obj_id)
 
-def _open(path: Path, identity: Identity, wal: bool) -> Mirror:
-    if path.stat().st_size == 0:
-        raise MirrorDamaged(
-            f"the mirror {path} is empty (0 bytes): it was cut short or truncated, and whatever "
-            f"it held is gone (a mirror is never created empty). {SALVAGE}"
+    def has_queued(self, resource: str | None = None) -> bool:
+        """Whether changes (of ``resource``) wait to be sent."""
+        return self._outbox.has_pending(resource)
+
+    # -- what the server said --------------------------------------------------------------------
+
+    def server_rows(self, resource: str, rows: list[Row], *, merge: bool = False) -> list[int]:
+        """The server holds these rows now: store them, queued changes laid back on top.
+
+        ``merge``: write only rows that differ from the stored copy. Returns the ids written.
+        """
+        with self._store.write():
+            return self._accept(resource, rows, merge)
+
+    def server_listed(
+        self,
+        spec: QuerySpec,
+        rows: list[Row],
+        count: int,
+        at: datetime,
+        rechecked: tuple[list[int], list[Row]] | None,
+    ) -> list[Row]:
+        """The server answered ``spec`` with ``rows`` (``count`` in all) at ``at``.
+
+        ``rechecked``, for an unsliced answer: the stored rows that matched but were not
+        listed (their ids) and what the server holds of them now (asked by id); those it no
+        longer holds are gone. Then the answer covers ``spec`` from now on. None: the rest
+        could not be checked, so nothing is claimed.
+
+        Returns the rows to hand out: the server's, or, while changes of this resource are
+        queued, the local view (the server's rows with those changes on top).
+        """
+        name = spec.resource
+        with self._store.write():
+            self._accept(name, rows, merge=False)
+            if rechecked is not None:
+                missing, still_there = rechecked
+                self._accept(name, still_there, merge=False)
+                gone = set(missing) - {r["id"] for r in still_there}
+                self._store.delete_cascade(name, sorted(gone))
+                self._coverage.record_fetch(spec, at, count, rows=True)
+            if self._outbox.has_pending(name):
+                return self._store.query(spec)
+        return rows
+
+    def server_counted(self, spec: QuerySpec, n: int, at: datetime) -> None:
+        """The server counted ``n`` objects matching ``spec`` at ``at``."""
+        self._coverage.record_fetch(spec, at, n, rows=False)
+
+    def server_gone(self, resource: str, ids: Iterable[int]) -> None:
+        """The server no longer holds these objects: remove them as its deletes cascade."""
+        with self._store.write():
+            self._store.delete_cascade(resource, sorted(set(ids)))
+
+    def server_changed(self, *resources: str) -> None:
+        """The server changed these resources in ways the mirror did not see: forget what it
+        claimed to know of them (the next read asks the server)."""
+        with self._store.write():
+            for name in resources:
+                self._coverage.invalidate(name)
+
+    def jobs_acquired(self, rows: list[Row]) -> None:
+        """A session locked these jobs to itself (the server answered with their rows)."""
+        with self._store.write():
+            self._accept("Job", rows, merge=False)
+            self._coverage.forget_windows()
+
+    # -- what the user changed -------------------------------------------------------------------
+
+    def user_created(self, resource: str, payloads: list[Row]) -> Queued:
+        """The user created objects: provisional rows now (negative ids), creates queued."""
+        res = RESOURCES[resource]
+        with self._store.write():
+            temps = self._outbox.temp_ids(len(payloads))
+            payloads = [self._outbox.resolve_refs(resource, p) for p in payloads]
+            rows = [res.provisional_row(t, p) for t, p in zip(temps, payloads, strict=True)]
+            self._store.upsert(resource, rows)
+            seqs = self._outbox.enqueue(
+                resource, Op.CREATE, list(zip(temps, payloads, strict=True))
+            )
+            self._coverage.forget_windows()
+        return Queued(resource, Op.CREATE, temps, seqs, dict.fromkeys(temps))
+
+    def user_updated(self, resource: str, items: list[tuple[int, Row]]) -> Queued:
+        """The user changed fields of objects: the rows show the changes, which are queued."""
+        with self._store.write():
+            ids, items = self._resolved(resource, items)
+            before = dict(zip(ids, self._current(resource, ids), strict=True))
+            after = dict(before)
+            for obj_id, changes in items:
+                base = after.get(obj_id)
+                if base is not None:
+                    after[obj_id] = {**base, **changes}
+            changed = [after[i] for i in dict.fromkeys(ids) if after[i] is not None]
+            self._store.upsert(resource, changed)  # type: ignore[arg-type]
+            seqs = self._outbox.enqueue(resource, Op.UPDATE, items)
+            self._coverage.forget_windows()
+        return Queued(resource, Op.UPDATE, ids, seqs, before)
+
+    def user_deleted(self, resource: str, ids: list[int]) -> Queued:
+        """The user deleted objects: they (and what cascades) leave the mirror; queued."""
+        with self._store.write():
+            ids, items = self._resolved(resource, [(i, {}) for i in ids])
+            before = dict(zip(ids, self._current(resource, ids), strict=True))
+            self._store.delete_cascade(resource, ids)
+            seqs = self._outbox.enqueue(resource, Op.DELETE, items)
+            self._coverage.forget_windows()
+        return Queued(resource, Op.DELETE, ids, seqs, before)
+
+    def withdraw(self, change: Queued) -> int:
+        """Take back a change that was not sent: its entries, and its rows as they were.
+
+        Entries already sent are kept (they may have been applied). Returns how many entries
+        were taken back.
+        """
+        name = change.resource
+        with self._store.write():
+            entries = [
+                e
+                for s in change.seqs
+                if (e := self._outbox.get(s)) and e.state is EntryState.PENDING
+            ]
+            for entry in entries:
+                self._outbox.forget(entry.seq)
+            ids = [e.obj_id for e in entries]
+            if change.op is Op.CREATE:
+                self._store.delete(name, ids)
+                return len(entries)
+            self._store.upsert(name, [row for i in ids if (row := change.before.get(i))])
+            self._outbox.overlay(name, ids)
+            if change.op is Op.DELETE:
+                # The local delete cascaded (jobs of an app, events of a job, ...): what the
+                # mirror knows of the other resources is incomplete now.
+                for other in RESOURCES:
+                    self._coverage.invalidate(other)
+        return len(entries)
+
+    # -- the queue, as the replayer sends it ----------------------------------------------------
+
+    def queued(self, states: Iterable[EntryState], limit: int | None = None) -> list[Entry]:
+        """Queued changes in these states, oldest first."""
+        return self._outbox.entries(states, limit)
+
+    def entry(self, seq: int) -> Entry | None:
+        return self._outbox.get(seq)
+
+    def queue_counts(self) -> QueueCounts:
+        """How many changes are queued, in flight and dead (raises when the queue is damaged)."""
+        stats = self._outbox.stats()
+        counts = stats["counts"]
+        oldest = stats["oldest"]
+        return QueueCounts(
+            counts.get("pending", 0),
+            counts.get("in_flight", 0),
+            counts.get("dead", 0),
+            datetime.fromisoformat(oldest) if oldest else None,
         )
-    os.chmod(path, stat.S_IRUSR | stat.S_IWUSR)
-    conn = _connect(path, wal)
-    try:
-        store = Store(Database(conn))
-        meta = _check_identity(store.db, path, identity)
-        if migrations.pending(store.db) or meta != _stamp_of(identity):
-            _migrate_and_stamp(store, identity, meta)
-    except BaseException:
-        conn.close()
-        raise
-    return Mirror(path, store, CoverageBook(store), Outbox(store))
 
+    def sending(self, seqs: list[int], marker: str | None = None) -> None:
+        """These entries are about to reach the server (recorded before the request leaves)."""
+        self._outbox.mark_in_flight(seqs, marker)
 
-def _check_identity(db: Database, path: Path, identity: Identity) -> dict[str, str]:
-    """Refuse a file of another user, server or newer schema; return its stamp."""
-    if "meta" not in db.table_names():
-        return {}
-    meta = {row["key"]: row["value"] for row in db["meta"].rows}
-    owner = (meta.get("api_root"), meta.get("user"))
-    if owner != (None, None) and owner != (identity.api_root, identity.user):
-        raise MirrorError(
-            f"{path} is the mirror of user {owner[1]!r} on {owner[0]!r}, not of "
-            f"{identity.user!r} on {identity.api_root!r}; a mirror never mixes users or servers"
-        )
-    version = int(meta.get("schema_version", "0") or 0)
-    if version > SCHEMA_VERSION:
-        raise MirrorError(
-            f"{path} was written by a newer balsam_sync (schema {version} > {SCHEMA_VERSION}); "
-            "upgrade balsam_sync or use another BALSAM_SYNC_HOME"
-        )
-    return meta
+    def answered(self, seqs: list[int]) -> None:
+        """The server answered these entries' request: it can no longer be running it."""
+        self._outbox.finished(seqs)
 
+    def not_applied(self, seqs: list[int]) -> None:
+        """These entries' earlier attempt cannot have been applied: send them from scratch."""
+        self._outbox.reset(seqs)
 
-def _stamp_of(identity: Identity) -> dict[str, str]:
-    return {
-        "api_root": identity.api_root,
-        "user": identity.user,
-        "schema_version": str(SCHEMA_VERSION),
-        "packed_format": PACKED_FORMAT,
-    }
+    def retry_later(self, seqs: list[int], seconds: float, status: int | None, error: str) -> None:
+        """Do not try these entries again for ``seconds``; remember why."""
+        self._outbox.defer(seqs, seconds, status, error)
 
+    def confirmed(
+        self,
+        resource: str,
+        seqs: list[int],
+        rows: list[Row],
+        promoted: list[Row] | None = None,
+    ) -> None:
+        """The server applied these entries and holds ``rows`` now (none for deletes).
 
-def _migrate_and_stamp(store: Store, identity: Identity, meta: dict[str, str]) -> None:
-    """Migrate and stamp in one write transaction taken up front (``Store.write``).
+        ``promoted``: jobs the write promoted on the server (children of a job that finished),
+        as re-read; None when they could not be read. The resources the server changed as a
+        side effect (events of a job) lose what the mirror claimed of them.
+        """
+        res = RESOURCES[resource]
+        with self._store.write():
+            self._outbox.ack(seqs)
+            self._applied(res, rows, promoted)
 
-    Other processes may be writing the mirror (a daemon, a script): a deferred transaction that
-    reads the schema and then writes would fail at once with "locked" when they commit in
-    between, while a write lock taken up front waits for the busy timeout instead.
-    """
-    db = store.db
-    with store.write():
-        migrations.apply(db)
-        if meta.get("packed_format", PACKED_FORMAT) != PACKED_FORMAT:
-            clear_packed(db)
-        rows = [{"key": k, "value": v} for k, v in _stamp_of(identity).items()]
-        db["meta"].upsert_all(rows, pk="key")  # type: ignore[union-attr]
+    def created(
+        self, resource: str, made: list[tuple[Entry, Row]], promoted: list[Row] | None = None
+    ) -> None:
+        """The server created these queued entries as these rows: their provisional ids
+        become the server's everywhere (rows, references, queued changes, the id map)."""
+        res = RESOURCES[resource]
+        rows = [row for _, row in made]
+        with self._store.write():
+            self._outbox.ack([e.seq for e, _ in made])
+            self._outbox.remap(resource, [(e.obj_id, row) for e, row in made])
+            self._applied(res, rows, promoted)
+
+    def created_then_deleted(self, resource: str, entries: list[Entry]) -> None:
+        """The server created these entries in a batch found applied, and they are gone since."""
+        if entries:
+            with self._store.write():
+                self._outbox.ack([e.seq for e in entries])
+                self._store.delete(resource, [e.obj_id for e in entries])
+
+    def refused(
+        self,
+        entry: Entry,
+        status: int | None,
+        reason: str,
+        truth: list[Row] | None,
+        *,
+        own: bool,
+    ) -> None:
+        """The server refused ``entry`` for good; put its object back to the server's truth.
+
+        ``truth``: the server's rows of the object, read just now (empty: it has none; None:
+        it could not be read, so the mirror stops claiming to know the resource). ``own``: the
+        caller is the write that made the change and raises the refusal to the user, so the
+        entry is dropped; otherwise it becomes a dead letter with ``reason``.
+        """
+        name = entry.resource
+        with self._store.write():
+            if entry.op is Op.CREATE or entry.obj_id < 0:
+                self._store.delete(name, [entry.obj_id])
+            elif truth is None:
+                self._coverage.invalidate(name)
+            elif truth:
+                self._accept(name, truth, merge=False, skip=entry.seq)
+            else:
+                self._store.delete_cascade(name, [entry.obj_id])
+            if own:
+                self._outbox.forget(entry.seq)
+            else:
+                self._outbox.bury(entry.seq, status, reason)
+
+    # -- dead letters ----------------------------------------------------------------------------
+
+    def revive(self, seq: int) -> bool:
+        """Queue dead letter ``seq`` again and lay its change back on the mirror."""
+        with self._store.write():
+            entry = self._outbox.get(seq)
+            if entry is None or entry.state is not EntryState.DEAD:
+                return False
+            res = RESOURCES[entry.resource]
+            self._outbox.revive(seq)
+            if entry.op is Op.CREATE:
+                self._store.upsert(res.name, [res.provisional_row(entry.obj_id, entry.payload)])
+            elif entry.op is Op.DELETE:
+                self._store.delete_cascade(res.name, [entry.obj_id])
+            else:
+                self._outbox.overlay(res.name, [entry.obj_id])
+        return True
+
+    def edit(self, seq: int, payload: Row) -> None:
+        """Replace the payload of dead letter ``seq`` (it stays dead until revived)."""
+        self._outbox.set_payload(seq, payload)
+
+    def discard(self, seq: int) -> bool:
+        """Drop dead letter ``seq`` for good (the mirror already shows the server's truth)."""
+        with self._store.write():
+            entry = self._outbox.get(seq)
+            if entry is None or entry.state is not EntryState.DEAD:
+                return False
+            return self._outbox.forget(seq)
+
+    def restore(self, found: Recovered) -> None:
+        """Take in the queue recovered from a damaged mirror (``salvage``): its entries, id
+        map, provisional-id counter and log; objects created offline show again, with their
+        provisional ids and the updates queued for them on top."""
+        with self._store.write():
+            restore(self._store, found)
+            creates: dict[str, list[int]] = {}
+            for row in found.entries:
+                resource, op, obj_id, payload, state = row[1], row[2], row[3], row[4], row[6]
+                if op == Op.CREATE.value and state != EntryState.DEAD.value:
+                    res = RESOURCES[resource]
+                    self._store.upsert(res.name, [res.provisional_row(obj_id, json.loads(payload))])
+                    creates.setdefault(resource, []).append(obj_id)
+            for resource, ids in creates.items():
+                self._outbox.overlay(resource, ids)
+
+    # -- the sync log ----------------------------------------------------------------------------
+
+    def note(self, key: str, value: str) -> None:
+        """Record a sync event (``last_push``, ``last_pull``, ``last_error``) for ``status``."""
+        self._outbox.log(key, value)
+
+    def noted(self) -> dict[str, str]:
+        return self._outbox.read_log()
+
+    # -- what a pull needs ----------------------------------------------------------------------
+
+    def watermark(self, resource: str) -> str | None:
+        """Where the next incremental pull of ``resource`` starts (None: a first pull)."""
+        return self._coverage.watermark(resource)
+
+    def reconciled_at(self) -> datetime | None:
+        """When a pull last re-read everything (None: never)."""
+        return self._coverage.reconciled_at()
+
+    def confirmed_ids(self, resource: str) -> set[int]:
+        """Ids of the rows the server confirmed (provisional rows have negative ids)."""
+        return self._store.all_ids(resource)
+
+    def count_confirmed(self, resource: str) -> int:
+        return self._store.count_confirmed(resource)
+
+    def held(self, resource: str, ids: list[int]) -> set[int]:
+        """Which of ``ids`` the mirror holds."""
+        return self._pulls.existing(resource, ids)
+
+    def ids_in_states(self, resource: str, states: tuple[str, ...]) -> set[int]:
+        return self._pulls.ids_in_states(resource, states)
+
+    def newest_job_update(self) -> str | None:
+        return self._pulls.newest_job_update()
+
+    def marks(self, ids: list[int]) -> dict[int, str]:
+        """When the children of these jobs were last read: each job's ``last_update`` then."""
+        return self._pulls.marks(ids)
+
+    def unsynced_jobs(self) -> list[Unsynced]:
+        """Jobs whose transfer items and events are not known to match the server's."""
+        return self._pulls.unsynced_jobs()
+
+    def children_read(self, jobs: list[Unsynced], found: dict[str, list[Row]], at: str) -> None:
+        """The server listed every transfer item and event of ``jobs`` (``found``, by
+        resource): the mirror's children of those jobs become exactly these, and the jobs are
+        marked as read at their current ``last_update`` (jobs gone meanwhile are skipped)."""
+        with self._store.write():
+            held = self._pulls.existing("Job", [u.id for u in jobs])
+            kept = [u for u in jobs if u.id in held]
+            ids = [u.id for u in kept]
+            for name, listed in found.items():
+                rows = [r for r in listed if r["job_id"] in held]
+                written = self._pulls.replace_children(name, ids, rows)
+                self._outbox.overlay(name, written)
+            self._pulls.set_marks([(u.id, u.stamp) for u in kept], at)
+
+    def children_in_sync(self, listed: dict[int, str], at: str) -> None:
+        """Every transfer item and event was just re-read: the listed jobs (id -> the
+        ``last_update`` they were listed with) have theirs in the mirror."""
+        held = self._pulls.existing("Job", list(listed))
+        self._pulls.set_marks([(i, s) for i, s in listed.items() if i in held], at)
+
+    def pull_done(
+        self, at: datetime, watermark: str | None, *, full: bool, marks_checked: bool
+    ) -> None:
+        """A pull that started at ``at`` finished: the resources it read whole are fully
+        synced as of then, the jobs' next pull starts at ``watermark``. Transfer items and
+        events count as synced once no job's children are left to read. ``full``: everything
+        was re-read and deletions reconciled; ``marks_checked``: marks of jobs gone dropped."""
+        with self._store.write():
+            if marks_checked:
+                self._pulls.drop_stray_marks()
+            for name in ("Site", "App", "BatchJob"):
+                self._coverage.mark_full_sync(name, at)
+            self._coverage.mark_full_sync("Job", at, watermark=watermark)
+            if self._pulls.count_unsynced() == 0:
+                for name in ("TransferItem", "EventLog"):
+                    self._coverage.mark_full_sync(name, at)
+            if full:
+                self._coverage.mark_reconciled(at)
+
+    # -- behind the door -------------------------------------------------------------------------
+
+    def _accept(
+        self, resource: str, rows: list[Row], merge: bool, skip: int | None = None
+    ) -> list[int]:
+        if merge:
+            written = self._store.merge(resource, rows)
+        else:
+            self._store.upsert(resource, rows, newer_only=True)
+            written = [row["id"] for row in rows]
+        self._outbox.overlay(resource, written, skip=skip)
+        return written
+
+    def _applied(self, res: Resource, rows: list[Row], promoted: list[Row] | None) -> None:
+        self._accept(res.name, rows, merge=False)
+        self._coverage.forget_windows()
+        for other in res.side_effects:
+            self._coverage.invalidate(other)
+        if promoted is None:
+            self._coverage.invalidate("Job")
+        elif promoted:
+            self._accept("Job", promoted, merge=False)
+
+    def _resolved(
+        self, resource: str, items: list[tuple[int, Row]]
+    ) -> tuple[list[int], list[tuple[int, Row]]]:
+        """Items with every provisional id (the object's, and references) mapped to the
+        server's where it is known — read in the caller's write transaction."""
+        temps = [i for i, _ in items if i < 0]
+        mapping = self._outbox.real_ids(temps)
+        resolved = [
+            (mapping.get(i, i), self._outbox.resolve_refs(resource, changes))
+            for i, changes in items
+        ]
+        return [i for i, _ in resolved], resolved
+
+    def _current(self, resource: str, ids: list[int]) -> list[Row | None]:
+        mapping = self._outbox.real_ids([i for i in ids if i < 0])
+        ids = [mapping.get(i, i) for i in ids]
+        spec = QuerySpec(resource).with_filters({"id": ids}) if ids else None
+        store = self._store
+        found = {r["id"]: store.decode(resource, r) for r in store.query(spec)} if spec else {}
+        return [found.get(i) for i in ids]

@@ -12,11 +12,11 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
 from enum import Enum
 from typing import Any
 
 from ..resources import Row
+from ..utc import later_text, now_text
 from .failures import guarded
 from .schema import PARENTS_TABLE, REFERENCES, TABLES
 from .store import Store
@@ -55,25 +55,16 @@ class Entry:
     created_at: str = ""
     sent_at: str | None = None  # when last sent; None once the server cannot be running it
     next_try_at: str | None = None  # not sent again before this (capped back-off)
+    failing_since: str | None = None  # when the server first failed it with an error of its own
 
     def due(self, now: str) -> bool:
         """True when its back-off period (if any) is over."""
         return self.next_try_at is None or self.next_try_at <= now
 
 
-def now_text() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
-
-
-def later_text(seconds: float) -> str:
-    return (datetime.now(timezone.utc) + timedelta(seconds=seconds)).isoformat(
-        timespec="microseconds"
-    )
-
-
 _COLUMNS = (
     "seq, resource, op, obj_id, payload, marker, state, attempts, status, error, created_at, "
-    "sent_at, next_try_at"
+    "sent_at, next_try_at, failing_since"
 )
 
 
@@ -161,12 +152,18 @@ class Outbox:
         return (_entry(r) for r in rows)
 
     def stats(self) -> dict[str, Any]:
-        """Counts per state and the creation time of the oldest unacknowledged entry."""
+        """Counts per state and the creation time of the oldest unacknowledged entry.
+
+        Read from the table itself, never from an index alone: a damaged page of the queue
+        raises (``MirrorDamaged``) instead of being counted as no entries.
+        """
         with self.store.reading():
-            counts = dict(self.conn.execute("SELECT state, count(*) FROM outbox GROUP BY state"))
-            (oldest,) = self.conn.execute(
-                "SELECT min(created_at) FROM outbox WHERE state != 'dead'"
-            ).fetchone()
+            rows = self.conn.execute(
+                "SELECT state, count(*), min(created_at), sum(length(payload)) "
+                "FROM outbox NOT INDEXED GROUP BY state"
+            ).fetchall()
+        counts = {r[0]: r[1] for r in rows}
+        oldest = min((r[2] for r in rows if r[0] != "dead" and r[2]), default=None)
         return {"counts": counts, "oldest": oldest}
 
     def has_pending(self, resource: str | None = None) -> bool:
@@ -202,10 +199,13 @@ class Outbox:
     def defer(self, seqs: list[int], seconds: float, status: int | None, error: str) -> None:
         """Do not try these entries again for ``seconds``; note why (status shows it)."""
         with self.store.write():
+            stamp = now_text()
+            failing = stamp if status is not None and status >= 500 else None
             self.conn.execute(
-                "UPDATE outbox SET next_try_at = ?, status = ?, error = ?, updated_at = ? "
+                "UPDATE outbox SET next_try_at = ?, status = ?, error = ?, updated_at = ?, "
+                "failing_since = coalesce(failing_since, ?) "
                 "WHERE seq IN (SELECT value FROM json_each(?)) AND state != 'dead'",
-                [later_text(seconds), status, error, now_text(), json.dumps(seqs)],
+                [later_text(seconds), status, error, stamp, failing, json.dumps(seqs)],
             )
 
     def set_payload(self, seq: int, payload: Row) -> None:
@@ -236,7 +236,8 @@ class Outbox:
         with self.store.write():
             cur = self.conn.execute(
                 "UPDATE outbox SET state = 'pending', status = NULL, error = NULL, updated_at = ?,"
-                " next_try_at = NULL, sent_at = NULL WHERE seq = ? AND state = 'dead'",
+                " next_try_at = NULL, sent_at = NULL, failing_since = NULL "
+                "WHERE seq = ? AND state = 'dead'",
                 [now_text(), seq],
             )
         return cur.rowcount == 1
@@ -269,6 +270,22 @@ class Outbox:
                 [json.dumps(temp_ids)],
             ).fetchall()
         return {int(t): int(r) for t, r in rows}
+
+    def resolve_refs(self, resource: str, payload: Row) -> Row:
+        """``payload`` with provisional ids in its reference fields replaced by the server's
+        ids where they are known (call inside the transaction that uses the result)."""
+        names = [field for (owner, field) in REFERENCES if owner == resource]
+        temps: list[int] = []
+        for name in names:
+            value = payload.get(name)
+            values = value if isinstance(value, list) else [value]
+            temps += [v for v in values if type(v) is int and v < 0]
+        mapping = self.real_ids(temps)
+        if not mapping:
+            return payload
+        swapped = dict(payload)
+        _swap_refs(swapped, names, mapping)
+        return swapped
 
     def remap(self, resource: str, created: list[tuple[int, Row]]) -> None:
         """The server created each provisional id as the paired row: swap ids everywhere.

@@ -13,14 +13,9 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from ..resources import Row
+from ..resources import JOB, Row
 from .schema import MARKS_TABLE, TABLES
 from .store import Store
-
-DONE_STATES = ("JOB_FINISHED", "FAILED")
-ACTIVE_TRANSFER_STATES = ("pending", "active", "inactive")
-"""Transfer items the site agent's transfer service moves without touching their job."""
-UNFINISHED_BATCH_JOB_STATES = ("pending_submission", "queued", "running", "pending_deletion")
 
 
 @dataclass(frozen=True)
@@ -48,7 +43,7 @@ class PullState:
 
     def unsynced_jobs(self) -> list[Unsynced]:
         """Jobs whose children are not known to match the server's."""
-        done = ", ".join(f"'{s}'" for s in DONE_STATES)
+        done = ", ".join(f"'{s}'" for s in JOB.done_states)
         rows = self._rows(
             f"SELECT j.id, j.last_update, m.stamp IS NOT NULL, j.state IN ({done}) "
             f"FROM jobs j LEFT JOIN [{MARKS_TABLE}] m ON m.id = j.id WHERE j.id > 0 "

@@ -24,13 +24,13 @@ import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from ..resources import RESOURCES
+from ..utc import now
 from .failures import guard
-from .mirror import Mirror
+from .store import Store
 
 Record = tuple[Any, ...]
 """One raw row of a damaged file, as SQLite returns it (not a ``resources.Row``)."""
@@ -78,7 +78,7 @@ def check(path: Path) -> list[str]:
 
 def move_aside(path: Path) -> Path:
     """Rename ``path`` (with its -wal and -shm files) to ``<name>.damaged-<time>``; return it."""
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = now().strftime("%Y%m%dT%H%M%SZ")
     dest = path.with_name(f"{path.name}.damaged-{stamp}")
     with guard(path):
         for suffix in ("-wal", "-shm", ""):
@@ -324,11 +324,11 @@ def _lowest_temp_id(found: Recovered) -> int:
     return min([0, *seen])
 
 
-def restore(mirror: Mirror, found: Recovered) -> None:
-    """Write the recovered outbox, id map, counter and log into ``mirror`` (one transaction)."""
-    conn = mirror.store.conn
+def restore(store: Store, found: Recovered) -> None:
+    """Write the recovered outbox, id map, counter and log (inside the caller's transaction)."""
+    conn = store.conn
     marks = ", ".join("?" for _ in OUTBOX_COLUMNS.split(","))
-    with guard(mirror.path), mirror.store.write():
+    with store.write():
         conn.executemany(f"INSERT INTO outbox ({OUTBOX_COLUMNS}) VALUES ({marks})", found.entries)
         conn.executemany(
             "INSERT OR REPLACE INTO id_map (temp_id, resource, real_id) VALUES (?, ?, ?)",

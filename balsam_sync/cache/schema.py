@@ -22,7 +22,7 @@ from sqlite_utils.migrations import Migrations
 
 from ..resources import RESOURCES, Resource
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 """Bump with a new migration whenever the layout below changes."""
 
 PACKED = "_packed"
@@ -131,14 +131,10 @@ PARENTS_TABLE = "job_parents"
 """One row per (job, parent): the index behind the ``parent_id`` overlap filter."""
 
 REFERENCES: dict[tuple[str, str], str] = {
-    ("Job", "app_id"): "App",
-    ("Job", "parent_ids"): "Job",
-    ("Job", "batch_job_id"): "BatchJob",
-    ("App", "site_id"): "Site",
-    ("BatchJob", "site_id"): "Site",
+    (res.name, name): target for res in RESOURCES.values() for name, target in res.references
 }
-"""Fields that hold another object's id: (resource, field) -> referenced resource. A
-provisional (negative) id in them is replaced by the server's id once that object exists."""
+"""Fields that hold another object's id: (resource, field) -> referenced resource
+(``Resource.references``)."""
 
 migrations = Migrations("balsam_sync_mirror")
 
@@ -240,6 +236,13 @@ def m005_pull_marks(db: Database) -> None:
     # A pull of the earlier layout left a watermark that may have skipped late commits: the
     # next pull reads everything again.
     db.execute("UPDATE sync_state SET watermark = NULL")
+
+
+@migrations()
+def m006_outbox_failing_since(db: Database) -> None:
+    """Record when the server first failed a queued change (a change it fails every time
+    becomes a dead letter after a while, instead of holding others back)."""
+    db.execute("ALTER TABLE outbox ADD COLUMN failing_since TEXT")
 
 
 def clear_packed(db: Database) -> None:

@@ -25,6 +25,10 @@ from .sql import compile_spec, count_sql
 
 _writing = threading.local()
 
+STAMP = "last_update"
+"""The column the server stamps on every change of a row (Job): a row with an older stamp
+than the stored one was read before the stored one was written."""
+
 LAYOUTS = {name: RowLayout(tuple(t.columns), unpack) for name, t in TABLES.items()}
 """One layout per resource for every store, so a field descriptor finds its column once."""
 
@@ -107,9 +111,13 @@ class Store:
 
     # -- writing rows --------------------------------------------------------------------------
 
-    def upsert(self, resource: str, rows: Iterable[Row]) -> int:
-        """Store the server's rows (replacing older copies); return how many were written."""
-        return len(self._write_rows(resource, rows, changed_only=False))
+    def upsert(self, resource: str, rows: Iterable[Row], newer_only: bool = False) -> int:
+        """Store rows (replacing the stored copies); return how many were written.
+
+        ``newer_only``: rows of the server, which never replace a stored copy whose
+        ``last_update`` is newer (a listing read before one of our writes committed).
+        """
+        return len(self._write_rows(resource, rows, changed_only=False, newer_only=newer_only))
 
     def merge(self, resource: str, rows: Iterable[Row]) -> list[int]:
         """Store the rows that differ from the mirror's copy; return the ids written.
@@ -117,9 +125,11 @@ class Store:
         A row equal to the stored one (its packed values compare equal) is not rewritten, so
         reading an unchanged row again costs the pull its bytes and nothing more.
         """
-        return self._write_rows(resource, rows, changed_only=True)
+        return self._write_rows(resource, rows, changed_only=True, newer_only=True)
 
-    def _write_rows(self, resource: str, rows: Iterable[Row], changed_only: bool) -> list[int]:
+    def _write_rows(
+        self, resource: str, rows: Iterable[Row], changed_only: bool, newer_only: bool = False
+    ) -> list[int]:
         tdef = TABLES[resource]
         columns = list(tdef.columns)
         json_at = [i for i, c in enumerate(columns) if c in tdef.json_columns]
@@ -146,8 +156,8 @@ class Store:
         if not records:
             return []
         with self.write():
-            if changed_only:
-                records, ids, kept = self._changed(tdef, records, ids, kept)
+            if changed_only or (newer_only and STAMP in tdef.columns):
+                records, ids, kept = self._changed(tdef, records, ids, kept, changed_only)
                 if not records:
                     return []
             side_values: dict[str, list[Any]] = {name: [] for name in side}
@@ -160,22 +170,39 @@ class Store:
         return ids
 
     def _changed(
-        self, tdef: TableDef, records: list[tuple[Any, ...]], ids: list[int], rows: list[Row]
+        self,
+        tdef: TableDef,
+        records: list[tuple[Any, ...]],
+        ids: list[int],
+        rows: list[Row],
+        changed_only: bool,
     ) -> tuple[list[tuple[Any, ...]], list[int], list[Row]]:
-        """Keep the records whose packed values differ from the stored ones (or are new)."""
-        stored = dict(
-            self.conn.execute(
-                f"SELECT id, [{PACKED}] FROM [{tdef.table}] "
+        """Keep the records that are not older than the stored ones (by ``last_update``) and,
+        when ``changed_only``, whose packed values differ from the stored ones (or are new)."""
+        stamped = STAMP in tdef.columns
+        stamp = f"[{STAMP}]" if stamped else "NULL"
+        stored = {
+            r[0]: (r[1], r[2])
+            for r in self.conn.execute(
+                f"SELECT id, [{PACKED}], {stamp} FROM [{tdef.table}] "
                 "WHERE id IN (SELECT value FROM json_each(?))",
                 [json.dumps(ids)],
             )
-        )
-        keep = [
-            i
-            for i, (obj_id, rec) in enumerate(zip(ids, records, strict=True))
-            if rec[-1] is None or stored.get(obj_id) != rec[-1]
+        }
+        at = list(tdef.columns).index(STAMP) if stamped else -1
+
+        def keep(obj_id: int, rec: tuple[Any, ...]) -> bool:
+            old = stored.get(obj_id)
+            if old is None:
+                return True
+            if stamped and old[1] is not None and rec[at] is not None and rec[at] < old[1]:
+                return False  # the stored copy is newer: this row was read before it
+            return not changed_only or rec[-1] is None or old[0] != rec[-1]
+
+        kept = [
+            i for i, (obj_id, rec) in enumerate(zip(ids, records, strict=True)) if keep(obj_id, rec)
         ]
-        return [records[i] for i in keep], [ids[i] for i in keep], [rows[i] for i in keep]
+        return [records[i] for i in kept], [ids[i] for i in kept], [rows[i] for i in kept]
 
     def _write_side_tables(
         self, tdef: TableDef, ids: list[int], values: dict[str, list[Any]]

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from ..cache.outbox import Entry, EntryState
+from ..cache import Entry, EntryState
 from ..client import Client
 from ..errors import BalsamSyncError, UsageError
 from .app import State, main, pass_state
@@ -60,7 +60,7 @@ def dead_list(state: State, as_json: bool) -> None:
 
 
 def _letter(client: Client, seq: int) -> Entry:
-    entry = client.mirror.outbox.get(seq)
+    entry = client.mirror.entry(seq)
     if entry is None or entry.state is not EntryState.DEAD:
         raise BalsamSyncError(f"no dead letter with seq {seq} (see `balsam-sync dead list`)")
     return entry

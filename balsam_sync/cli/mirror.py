@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ..cache.salvage import check as integrity_check
+from ..cache import check as integrity_check
 from ..errors import MirrorDamaged, MirrorError
 from ..sync.salvage import SalvageReport, delete_mirror, salvage
 from .app import EXIT_ERROR, State, main, pass_state
@@ -101,7 +101,7 @@ def rebuild(state: State, force: bool, yes: bool) -> None:
     if st.pending and not force:
         text = f"{st.pending} change(s) are not sent yet: `balsam-sync push` first (or --force)"
         raise MirrorError(text)
-    lost = st.pending + st.dead
+    lost = (st.pending or 0) + (st.dead or 0)
     if st.mirror_error:
         warning = " (it is damaged: whatever it still queues is lost)"
     else:

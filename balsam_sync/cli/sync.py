@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from ..cache.filesystem import private_file
+from ..cache import private_file
 from ..client import Client
 from ..errors import BalsamSyncError, OfflineError
 from ..remote.jwt import claims
@@ -59,14 +59,17 @@ def _status(client: Client, st: SyncStatus) -> list[tuple[str, Any, str | None]]
     oldest = f" (oldest {duration(age)})" if age is not None else ""
     mirror = st.mirror_path + (f" (UNUSABLE: {st.mirror_error})" if st.mirror_error else "")
     expired = None if st.token_accepted is None else not st.token_accepted
+    unknown = "UNKNOWN: the mirror cannot be read (`balsam-sync salvage` keeps what it can)"
+    pending = unknown if st.pending is None else f"{st.pending}{oldest}"
+    dead = unknown if st.dead is None else f"{st.dead}"
     return [
         ("server", root, f"{root} as {user or '?'}"),
         ("user", user, None),
         ("mirror", st.mirror_path, mirror),
         ("mirror_error", st.mirror_error, None),
-        ("pending", st.pending, f"{st.pending}{oldest}"),
+        ("pending", st.pending, pending),
         ("oldest_pending_age", age, None),
-        ("dead letters", st.dead, f"{st.dead}" + (" (`balsam-sync dead list`)" if st.dead else "")),
+        ("dead letters", st.dead, dead + (" (`balsam-sync dead list`)" if st.dead else "")),
         ("last_push", st.last_push, ago(st.last_push)),
         ("last_pull", st.last_pull, ago(st.last_pull)),
         ("last_error", st.last_error, st.last_error or "-"),

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
-from ..cache.mirror import Mirror
+from ..cache import Mirror
 from ..gateway import Gateway
 from ..orm.job import Job
 from ..orm.records import App, Site

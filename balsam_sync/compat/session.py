@@ -82,10 +82,7 @@ class SessionManager:
     def _acquire(self, session: Session, acquire: dict[str, Any]) -> list[Job]:
         rows = self._request("POST", f"{PATH}{session._saved_id()}", json_body=acquire)
         rows = [normalize_row(JOB, row) for row in rows or []]
-        mirror = self.client.mirror
-        with mirror.store.write():
-            mirror.accept(JOB.name, rows)
-            mirror.coverage.forget_windows()
+        self.client.mirror.jobs_acquired(rows)
         return [self.client.Job._from_row(row) for row in rows]  # type: ignore[misc]
 
     def _tick(self, session: Session) -> None:
@@ -94,8 +91,7 @@ class SessionManager:
     def _delete(self, session: Session) -> None:
         self._request("DELETE", f"{PATH}{session._saved_id()}")
         # The server timed out the session's running jobs (and logged it): unseen changes.
-        for res in (JOB, EVENT_LOG):
-            self.client.mirror.coverage.invalidate(res.name)
+        self.client.mirror.server_changed(JOB.name, EVENT_LOG.name)
 
 
 class _Access:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..cache.outbox import Entry, EntryState, Op
+from ..cache import Entry, EntryState, Op
 from ..errors import UsageError
 from ..resources import Row
 from .changes import wire_changes

@@ -22,11 +22,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from types import TracebackType
 
-from ..cache.mirror import Mirror
-from ..cache.pullstate import DONE_STATES, PullState, Unsynced
+from ..cache import Mirror, Unsynced
 from ..remote.params import FILTER_CHUNK_SIZE
 from ..remote.rest import Remote
-from ..resources import RESOURCES, Row
+from ..resources import JOB, RESOURCES, Row
 from ..spec import QuerySpec
 
 CHILDREN = ("TransferItem", "EventLog")
@@ -69,7 +68,7 @@ def urgent_in(rows: list[Row], marks: dict[int, str]) -> list[Unsynced]:
 
 
 def _done(row: Row) -> bool:
-    return str(row.get("state")) in DONE_STATES
+    return str(row.get("state")) in JOB.done_states
 
 
 class ChildrenReader:
@@ -90,7 +89,6 @@ class ChildrenReader:
     ) -> None:
         self.remote = remote
         self.mirror = mirror
-        self.state = PullState(mirror.store)
         self.at = at
         self.progress = progress or (lambda _r, _n: None)
         self.fetched = {name: 0 for name in CHILDREN}
@@ -142,16 +140,7 @@ class ChildrenReader:
 
     def _store(self, got: Fetched) -> None:
         arrived = {name: future.result() for name, future in got.rows.items()}  # no waiting
-        store = self.mirror.store  # for the network inside the write transaction below
-        with store.write():
-            held = self.state.existing("Job", [u.id for u in got.jobs])
-            jobs = [u for u in got.jobs if u.id in held]
-            ids = [u.id for u in jobs]
-            for name in CHILDREN:
-                listed = arrived[name]
-                rows = [r for r in listed if r["job_id"] in held]
-                written = self.state.replace_children(name, ids, rows)
-                self.mirror.outbox.overlay(name, written)
-                self.fetched[name] += len(listed)
-                self.progress(name, self.fetched[name])
-            self.state.set_marks([(u.id, u.stamp) for u in jobs], self.at)
+        self.mirror.children_read(got.jobs, arrived, self.at)
+        for name in CHILDREN:
+            self.fetched[name] += len(arrived[name])
+            self.progress(name, self.fetched[name])

@@ -20,12 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
-from ..cache.lock import FileLock
-from ..cache.mirror import Mirror
+from ..cache import FileLock, Mirror
 from ..errors import BalsamSyncError, NotAuthenticated
 from ..remote.transport import Transport
 from .pull import PullReport
-from .replay import Replayer
+from .push import Replayer
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +82,7 @@ class SyncDaemon:
 
     @property
     def lock_path(self) -> Path:
-        return self.mirror().path.with_suffix(".daemon.lock")
+        return self.mirror().companion(".daemon.lock")
 
     def request_stop(self, signum: int = 0, frame: FrameType | None = None) -> None:
         """Finish the batch in flight, then stop (also the SIGTERM/SIGINT handler)."""

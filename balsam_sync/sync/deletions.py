@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..cache.pullstate import PullState
 from ..remote.rest import Remote
 from ..resources import RESOURCES
 from ..spec import QuerySpec
@@ -34,13 +33,13 @@ class DeletedJobs:
     def __init__(self, remote: Remote, small: SmallResources) -> None:
         self.remote = remote
         self.small = small
-        self.store = small.mirror.store
+        self.mirror = small.mirror
 
     def find(self, server_count: int | None) -> int:
         """Compare with ``server_count`` (taken before the listing); return jobs deleted."""
-        if server_count is not None and server_count == self.store.count_confirmed("Job"):
+        if server_count is not None and server_count == self.mirror.count_confirmed("Job"):
             return 0
-        top = PullState(self.store).newest_job_update()
+        top = self.mirror.newest_job_update()
         if top is None:
             return 0
         only_here, only_there = self._bisect(None, top)
@@ -52,14 +51,14 @@ class DeletedJobs:
     def _bisect(self, low: str | None, high: str) -> tuple[set[int], set[int]]:
         """Ids in ``[low, high]`` only the mirror holds, and only the server holds."""
         spec = job_spec(low, high)
-        local = self.store.count(spec)
+        local = self.mirror.count(spec)
         remote = self.remote.count(RESOURCES["Job"], spec)
         if local == remote:
             return set(), set()
         apart = abs(local - remote) > LIST_WHEN_APART * max(local, remote)
         if max(local, remote) <= COMPARE_IDS_BELOW or low == high or apart:
             there = set(self.remote.ids(RESOURCES["Job"], spec))
-            here = {r["id"] for r in self.store.query(spec) if r["id"] > 0}
+            here = {i for i in self.mirror.ids(spec) if i > 0}
             return here - there, there - here
         middle = self._median(spec, local)
         if middle == high:
@@ -74,6 +73,6 @@ class DeletedJobs:
         return here, there
 
     def _median(self, spec: QuerySpec, n: int) -> str:
-        rows = self.store.query(QuerySpec("Job", spec.filters, "last_update", n // 2, n // 2 + 1))
+        rows = self.mirror.dicts(QuerySpec("Job", spec.filters, "last_update", n // 2, n // 2 + 1))
         value: Any = rows[0]["last_update"]
         return str(value)

@@ -33,12 +33,11 @@ from datetime import datetime, timedelta, timezone
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-from ..cache.mirror import Mirror
-from ..cache.pullstate import DONE_STATES, PullState
+from ..cache import Mirror
 from ..remote.rest import Remote, canonical_time
 from ..remote.serverclock import Clock, utcnow
 from ..remote.transport import Reply
-from ..resources import RESOURCES, Row
+from ..resources import JOB, RESOURCES, Row
 from ..schemas import JobState
 from ..spec import QuerySpec
 from .children import ChildrenReader, plan, urgent_in
@@ -48,7 +47,7 @@ from .small import SmallResources
 
 __all__ = ["Progress", "PullOptions", "PullReport", "Puller", "prefetched"]
 
-UNFINISHED_JOB_STATES = tuple(s.value for s in JobState if s.value not in DONE_STATES)
+UNFINISHED_JOB_STATES = tuple(s.value for s in JobState if s.value not in JOB.done_states)
 WHOLE_WHEN_SHARE = 4
 """A first pull reads every transfer item and event at once when at least a quarter of the
 jobs need theirs: by job, each 500 jobs cost two requests with a fixed cost on the server."""
@@ -134,7 +133,6 @@ class Puller:
         self.mirror = mirror
         self.progress = progress or (lambda _r, _n, _t: None)
         self.options = options or PullOptions()
-        self.state = PullState(mirror.store)
 
     def pull(self, full: bool = False) -> PullReport:
         """Pull every resource; ``full`` re-reads everything instead of what can have changed."""
@@ -151,7 +149,7 @@ class Puller:
 
     def _reconcile_due(self, now: datetime) -> bool:
         """A full pull is due when the last one (or the first pull) is older than the setting."""
-        last = self.mirror.coverage.reconciled_at()
+        last = self.mirror.reconciled_at()
         return last is not None and (now - last).total_seconds() >= self.options.reconcile_seconds
 
     def _note(self, report: PullReport, jobs: Future[int]) -> Callable[[str, int], None]:
@@ -171,7 +169,7 @@ class Puller:
         """``full``: re-read everything. A first pull lists everything too, but reads the
         history of finished jobs ``history_per_pull`` at a time, as incremental pulls do."""
         started = report.started_at or self.clock()
-        watermark = None if full else self.mirror.coverage.watermark("Job")
+        watermark = None if full else self.mirror.watermark("Job")
         report.full = watermark is None
         for name in ("Job", "TransferItem", "EventLog"):
             report.fetched.setdefault(name, 0)
@@ -195,15 +193,14 @@ class Puller:
             if whole:
                 self._whole_children(report, small, listed, started)
             children.store_ready()
-            unsynced = [u for u in self.state.unsynced_jobs() if u.id not in children.queued]
+            unsynced = [u for u in self.mirror.unsynced_jobs() if u.id not in children.queued]
             budget = None if full else self.options.history
             rest, report.history_left = plan(unsynced, budget, first=report.full)
             children.submit(rest)
             for name, rows in children.finish().items():
                 report.fetched[name] += rows
-        if full:
-            self.state.drop_stray_marks()
-        self._finish(report, started, self._next_watermark(meter.sent, listed, watermark))
+        watermark = self._next_watermark(meter.sent, listed, watermark)
+        self.mirror.pull_done(started, watermark, full=report.full, marks_checked=full)
 
     def _count(self, filters: dict[str, Any]) -> int:
         return self.remote.count(RESOURCES["Job"], QuerySpec("Job").with_filters(filters))
@@ -234,8 +231,7 @@ class Puller:
         """Re-read every transfer item and event; the listed jobs are then in sync."""
         for name in ("TransferItem", "EventLog"):
             report.deleted[name] = report.deleted.get(name, 0) + small.whole(name)
-        held = self.state.existing("Job", list(listed))
-        self.state.set_marks([(i, s) for i, s in listed.items() if i in held], at.isoformat())
+        self.mirror.children_in_sync(listed, at.isoformat())
 
     def _children(self, report: PullReport, started: datetime) -> ChildrenReader:
         def progress(name: str, rows: int) -> None:
@@ -256,8 +252,8 @@ class Puller:
         listed: dict[int, str] = {}
         for page in pages:
             if children is not None:
-                children.submit(urgent_in(page, self.state.marks([r["id"] for r in page])))
-            self.mirror.accept("Job", page, merge=True)
+                children.submit(urgent_in(page, self.mirror.marks([r["id"] for r in page])))
+            self.mirror.server_rows("Job", page, merge=True)
             if children is not None:
                 children.store_ready()
             listed.update((r["id"], r["last_update"]) for r in page)
@@ -265,7 +261,7 @@ class Puller:
         return listed
 
     def _replace_jobs(self, small: SmallResources, listed: dict[int, str]) -> int:
-        missing = self.mirror.store.all_ids("Job") - set(listed)
+        missing = self.mirror.confirmed_ids("Job") - set(listed)
         return small.settle(RESOURCES["Job"], missing)
 
     def _next_watermark(
@@ -280,15 +276,3 @@ class Puller:
             newest = datetime.fromisoformat(max(listed.values()))
             return canonical_time((newest - margin).isoformat())
         return previous
-
-    def _finish(self, report: PullReport, started: datetime, watermark: str | None) -> None:
-        book = self.mirror.coverage
-        with self.mirror.store.write():
-            for name in ("Site", "App", "BatchJob"):
-                book.mark_full_sync(name, started)
-            book.mark_full_sync("Job", started, watermark=watermark)
-            if self.state.count_unsynced() == 0:
-                for name in ("TransferItem", "EventLog"):
-                    book.mark_full_sync(name, started)
-            if report.full:
-                book.mark_reconciled(started)

@@ -9,21 +9,15 @@ so no other process of this machine uses the mirror meanwhile.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from ..cache.failures import guard
-from ..cache.lock import FileLock
-from ..cache.mirror import Mirror
-from ..cache.outbox import EntryState, Op
-from ..cache.salvage import Recovered, move_aside, recover, restore
+from ..cache import FileLock, Mirror, guard, move_aside, recover
 from ..config import Settings
 from ..errors import BalsamSyncError, MirrorError
-from ..resources import RESOURCES
 from .daemon import DaemonAlreadyRunning
 from .pull import PullReport
 
@@ -86,21 +80,6 @@ def exclusive(path: Path) -> Iterator[None]:
             lock.release()
 
 
-def _lay_local_view(mirror: Mirror, found: Recovered) -> None:
-    """Show queued creates as provisional rows again, with their queued updates on top."""
-    store = mirror.store
-    creates: dict[str, list[int]] = {}
-    with store.write():
-        for row in found.entries:
-            resource, op, obj_id, payload, state = row[1], row[2], row[3], row[4], row[6]
-            if op == Op.CREATE.value and state != EntryState.DEAD.value:
-                res = RESOURCES[resource]
-                store.upsert(res.name, [res.provisional_row(obj_id, json.loads(payload))])
-                creates.setdefault(resource, []).append(obj_id)
-        for resource, ids in creates.items():
-            mirror.outbox.overlay(resource, ids)
-
-
 def salvage(client: MirrorHost, *, pull: bool = True) -> SalvageReport:
     """Move the mirror aside, rebuild it with every readable queued change, and pull again.
 
@@ -115,9 +94,7 @@ def salvage(client: MirrorHost, *, pull: bool = True) -> SalvageReport:
         client.drop_mirror()
         damaged = move_aside(path)
         found = recover(damaged)
-        mirror = client.mirror
-        restore(mirror, found)
-        _lay_local_view(mirror, found)
+        client.mirror.restore(found)
     report = SalvageReport(damaged, lost=found.lost, notes=found.notes)
     report.pending, report.in_flight = found.count("pending"), found.count("in_flight")
     report.dead = found.count("dead")

@@ -21,10 +21,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ..cache.mirror import Mirror
-from ..cache.pullstate import ACTIVE_TRANSFER_STATES, UNFINISHED_BATCH_JOB_STATES, PullState
+from ..cache import Mirror
 from ..remote.rest import Remote
-from ..resources import RESOURCES, Resource, Row
+from ..resources import BATCH_JOB, RESOURCES, TRANSFER_ITEM, Resource, Row
 from ..spec import QuerySpec
 
 Note = Callable[[str, int], None]
@@ -37,12 +36,11 @@ class SmallResources:
     def __init__(self, remote: Remote, mirror: Mirror, note: Note) -> None:
         self.remote = remote
         self.mirror = mirror
-        self.state = PullState(mirror.store)
         self.note = note
 
     def store(self, res: Resource, rows: list[Row]) -> None:
         """Write the server's rows that changed; pending local changes are laid back on top."""
-        self.mirror.accept(res.name, rows, merge=True)
+        self.mirror.server_rows(res.name, rows, merge=True)
 
     def whole(self, name: str) -> int:
         """Re-read every row of ``name``; return how many the server no longer has."""
@@ -50,7 +48,7 @@ class SmallResources:
         rows, _ = self.remote.select(res, QuerySpec(name))
         self.store(res, rows)
         self.note(name, len(rows))
-        missing = self.mirror.store.all_ids(name) - {r["id"] for r in rows}
+        missing = self.mirror.confirmed_ids(name) - {r["id"] for r in rows}
         return self.settle(res, missing)
 
     def settle(self, res: Resource, ids: set[int]) -> int:
@@ -60,16 +58,15 @@ class SmallResources:
         spec = QuerySpec(res.name).with_filters({"id": sorted(ids)})
         found, _ = self.remote.select(res, spec)
         self.note(res.name, len(found))
-        gone = sorted(ids - {r["id"] for r in found})
-        with self.mirror.store.write():
-            self.store(res, found)
-            self.mirror.store.delete_cascade(res.name, gone)
+        gone = ids - {r["id"] for r in found}
+        self.store(res, found)
+        self.mirror.server_gone(res.name, gone)
         return len(gone)
 
     def in_states(self, name: str, states: tuple[str, ...]) -> tuple[int, int]:
         """Re-read the rows in ``states`` and those that left them; return (gone, server count)."""
         res = RESOURCES[name]
-        held = self.state.ids_in_states(name, states)
+        held = self.mirror.ids_in_states(name, states)
         rows, count = self.remote.select(res, QuerySpec(name).with_filters({"state": states}))
         self.store(res, rows)
         self.note(name, len(rows))
@@ -79,12 +76,12 @@ class SmallResources:
         """Bring batch jobs up to date; return how many were deleted."""
         if full:
             return self.whole("BatchJob")
-        gone, _ = self.in_states("BatchJob", UNFINISHED_BATCH_JOB_STATES)
-        total = self.remote.count(RESOURCES["BatchJob"], QuerySpec("BatchJob"))
-        if total != self.mirror.store.count_confirmed("BatchJob"):
+        gone, _ = self.in_states(BATCH_JOB.name, BATCH_JOB.moving_states)
+        total = self.remote.count(BATCH_JOB, QuerySpec(BATCH_JOB.name))
+        if total != self.mirror.count_confirmed(BATCH_JOB.name):
             gone += self.whole("BatchJob")
         return gone
 
     def moving_transfer_items(self) -> int:
         """Re-read the transfer items in motion; return how many were deleted."""
-        return self.in_states("TransferItem", ACTIVE_TRANSFER_STATES)[0]
+        return self.in_states(TRANSFER_ITEM.name, TRANSFER_ITEM.moving_states)[0]

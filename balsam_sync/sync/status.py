@@ -9,16 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 
-from ..cache.neighbours import Neighbour
-from ..cache.outbox import Outbox
+from ..cache import Mirror, MirrorMissing, Neighbour
 from ..errors import BalsamSyncError, MirrorError, NotAuthenticated
 from ..remote.rest import Remote
 from ..remote.serverclock import SKEW_TOLERANCE
 from ..resources import SITE
 from ..spec import QuerySpec
+from ..utc import now
 
 
 @dataclass(frozen=True)
@@ -26,9 +26,10 @@ class SyncStatus:
     """A snapshot of one client's sync state.
 
     Attributes:
-        pending: mutations queued and not yet acknowledged by the server.
+        pending: mutations queued and not yet acknowledged by the server (None: unknown, the
+            queue cannot be read — ``mirror_error`` says why; never a 0 that was not counted).
         oldest_pending_age: seconds since the oldest of them was queued (None when empty).
-        dead: mutations the server refused for good (see ``balsam-sync dead``).
+        dead: mutations the server refused for good (see ``balsam-sync dead``; None: unknown).
         last_push / last_pull: when they last succeeded (None: never).
         last_error: the error of the last sync that failed (None once one succeeds).
         token_expiry: when the token says it stops working (None: unknown).
@@ -42,9 +43,9 @@ class SyncStatus:
         elsewhere: other mirrors of this user in the same folder that hold queued changes.
     """
 
-    pending: int
+    pending: int | None
     oldest_pending_age: float | None
-    dead: int
+    dead: int | None
     last_push: datetime | None
     last_pull: datetime | None
     last_error: str | None
@@ -74,7 +75,7 @@ def _ask_server(remote: Remote) -> tuple[bool | None, bool | None]:
 
 
 def sync_status(
-    outbox: Callable[[], Outbox],
+    mirror: Callable[[], Mirror],
     remote: Remote,
     *,
     mirror_file: Callable[[], Path],
@@ -82,10 +83,10 @@ def sync_status(
     offline: bool,
     ask_server: bool,
 ) -> SyncStatus:
-    """Read the sync state from the outbox (opened by ``outbox()``) and the transport.
+    """Read the sync state from the mirror (opened by ``mirror()``) and the transport.
 
     Args:
-        outbox: opens the mirror and returns its outbox (only when there is a mirror file).
+        mirror: opens the mirror (only when there is a mirror file).
         remote: the server (asked only when ``ask_server``), and the transport's token expiry
             and clock estimate.
         mirror_file: where the mirror is (nothing is opened).
@@ -94,23 +95,27 @@ def sync_status(
         ask_server: send one cheap request to see whether the server accepts the token.
     """
     reachable, accepted = _ask_server(remote) if ask_server else (None, None)
-    counts: dict[str, int] = {}
+    pending: int | None = 0
+    dead: int | None = 0
     oldest, logged, problem = None, {}, None
     path = ""
     try:
         path = str(mirror_file())
         if accepted is not False or mirror_file().exists():
-            opened = outbox()
-            stats = opened.stats()
-            counts, oldest, logged = stats["counts"], _when(stats["oldest"]), opened.read_log()
+            opened = mirror()
+            counts = opened.queue_counts()
+            pending, dead = counts.pending + counts.in_flight, counts.dead
+            oldest, logged = counts.oldest, opened.noted()
+    except MirrorMissing:
+        pass  # no mirror yet: nothing is queued
     except MirrorError as exc:
+        pending = dead = None  # unknown: a count of 0 would tell the user nothing is queued
         problem = str(exc)
     skew = remote.transport.clock_offset
-    now = datetime.now(timezone.utc)  # the clock that stamped the entries (outbox.now_text)
     return SyncStatus(
-        pending=counts.get("pending", 0) + counts.get("in_flight", 0),
-        oldest_pending_age=max((now - oldest).total_seconds(), 0.0) if oldest else None,
-        dead=counts.get("dead", 0),
+        pending=pending,
+        oldest_pending_age=max((now() - oldest).total_seconds(), 0.0) if oldest else None,
+        dead=dead,
         last_push=_when(logged.get("last_push")),
         last_pull=_when(logged.get("last_pull")),
         last_error=logged.get("last_error") or None,

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from ..cache.store import writing_here
+from ..cache import writing_here
 from ..remote import transport
 
 

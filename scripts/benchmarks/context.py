@@ -6,12 +6,12 @@ import contextlib
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import balsam_sync
 from balsam_sync.client import Client
+from balsam_sync.utc import now
 
 from .data_jobs import Dataset, create_dataset, fill_big_mirror, template_row
 from .harness import MB, Row, Stat, fmt_phases, log, timed_pull
@@ -133,10 +133,12 @@ class Context:
             user, template = template_row(self.opts.api_root)
             home = self.home("big")
             client = self.connect(user, home, offline=True)
-            store = client.mirror.store
+            mirror = client.mirror
             n = self.opts.big
-            expected, seconds = fill_big_mirror(lambda rows: store.upsert("Job", rows), template, n)
-            client.mirror.coverage.mark_full_sync("Job", datetime.now(timezone.utc))  # as a pull
+            expected, seconds = fill_big_mirror(
+                lambda rows: mirror.server_rows("Job", rows), template, n
+            )
+            mirror.pull_done(now(), None, full=False, marks_checked=False)  # as a pull would
             self.info["big_mirror"] = {
                 "rows": n,
                 "upsert_seconds": seconds,
