@@ -70,6 +70,9 @@ class Resource:
             its creates are not marked): unique names for Site and App...
         settle_same: ...or, for a resource without a unique key (BatchJob), further fields
             that must be equal for a found object to be the one created.
+        cascade: what the server deletes with an object: (resource, field naming it).
+        detach: what outlives an object's deletion with the field naming it set to null.
+        links: a list field of ids kept in a side table for the overlap filter (``parent_ids``).
     """
 
     name: str
@@ -94,6 +97,9 @@ class Resource:
     references: tuple[tuple[str, str], ...] = ()
     settle_by: tuple[str, ...] = ()
     settle_same: tuple[str, ...] = ()
+    cascade: tuple[tuple[str, str], ...] = ()
+    detach: tuple[tuple[str, str], ...] = ()
+    links: str | None = None
 
     @property
     def reference_fields(self) -> tuple[str, ...]:
@@ -132,6 +138,7 @@ SITE = Resource(
     "none",
     True,
     settle_by=("name",),
+    cascade=(("App", "site_id"), ("BatchJob", "site_id")),
 )
 APP = Resource(
     "App",
@@ -146,6 +153,7 @@ APP = Resource(
     True,
     references=(("site_id", "Site"),),
     settle_by=("site_id", "name"),
+    cascade=(("Job", "app_id"),),
 )
 JOB = Resource(
     "Job",
@@ -164,6 +172,8 @@ JOB = Resource(
     promotes_children=True,
     done_states=("JOB_FINISHED", "FAILED"),
     references=(("app_id", "App"), ("parent_ids", "Job"), ("batch_job_id", "BatchJob")),
+    cascade=(("TransferItem", "job_id"), ("EventLog", "job_id")),
+    links="parent_ids",
     provisional=(
         ("state", "CREATED"),
         ("last_update", None),
@@ -189,6 +199,7 @@ BATCH_JOB = Resource(
     references=(("site_id", "Site"),),
     settle_by=("site_id", "queue"),
     settle_same=("project", "num_nodes", "job_mode"),
+    detach=(("Job", "batch_job_id"),),
     provisional=(
         ("state", "pending_submission"),
         ("scheduler_id", None),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import inspect
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -238,6 +239,72 @@ def test_sql_only_under_cache() -> None:
                 continue
             if any(word in node.value for word in SQL_WORDS):
                 offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert offenders == []
+
+
+def _outside_cache() -> list[tuple[Path, ast.Module]]:
+    return [
+        (p, ast.parse(p.read_text()))
+        for p in _modules()
+        if "cache" not in p.relative_to(PACKAGE).parts
+    ]
+
+
+def test_only_the_front_door_of_the_cache_is_imported() -> None:
+    """Other layers import ``balsam_sync.cache`` (the door and its value types), never one of
+    its modules."""
+    offenders = []
+    for path, tree in _outside_cache():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                name = node.module if node.level == 0 else "." * node.level + node.module
+                if "cache." in name:
+                    offenders.append(f"{path.relative_to(ROOT)}:{node.lineno} {name}")
+    assert offenders == []
+
+
+PARTS = {"store", "outbox", "coverage", "pulls", "conn", "db"}
+"""The mirror's parts: no chain reaches them from outside ``balsam_sync.cache``."""
+
+
+def _names_the_mirror(node: ast.expr) -> bool:
+    if isinstance(node, ast.Name):
+        return "mirror" in node.id
+    if isinstance(node, ast.Attribute):
+        return "mirror" in node.attr
+    if isinstance(node, ast.Call):
+        return _names_the_mirror(node.func)
+    return False
+
+
+def test_nothing_reaches_through_the_mirror_into_its_parts() -> None:
+    offenders = [
+        f"{path.relative_to(ROOT)}:{node.lineno}"
+        for path, tree in _outside_cache()
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute)
+        and node.attr.lstrip("_") in PARTS
+        and _names_the_mirror(node.value)
+    ]
+    assert offenders == []
+
+
+TRANSACTION_SQL = re.compile(r"(BEGIN|COMMIT|ROLLBACK|SAVEPOINT|RELEASE SAVEPOINT)\b")
+
+
+def test_no_transaction_is_opened_outside_the_cache() -> None:
+    """Transactions are the mirror's: no BEGIN, COMMIT or ``.write()`` block elsewhere."""
+    offenders = []
+    for path, tree in _outside_cache():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                if TRANSACTION_SQL.match(node.value.strip()):
+                    offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+            if isinstance(node, ast.withitem):
+                call = node.context_expr
+                if isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute):
+                    if call.func.attr in ("write", "atomic", "reading"):
+                        offenders.append(f"{path.relative_to(ROOT)}:{call.lineno}")
     assert offenders == []
 
 

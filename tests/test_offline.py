@@ -22,8 +22,7 @@ import pytest
 import balsam_sync
 from balsam_sync.client import Client
 from balsam_sync.errors import NoEvidence, OfflineError
-from balsam_sync.freshness import AUTO, OFFLINE, ONLINE, fresh
-from balsam_sync.gateway.plan import Route, plan_read
+from balsam_sync.freshness import AUTO, OFFLINE, ONLINE, Route, fresh, plan_read
 from balsam_sync.sync.pull import prefetched
 from balsam_sync.testing.faultproxy import FaultProxy
 from tests.conftest import FAST_RETRY, RequestLog, User

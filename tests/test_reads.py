@@ -7,6 +7,7 @@ through it from the start), as in test_offline.py.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -202,3 +203,31 @@ def test_history_read_over_several_pulls_is_claimed_only_job_by_job(
         assert c.EventLog.objects.offline().count() == 11  # 6 creations, 5 failures
     finally:
         c.close()
+
+
+# -- every read says where it was answered and why ------------------------------------------
+
+
+def test_every_read_logs_where_it_was_answered_and_why(
+    via_proxy: Client, proxy: FaultProxy, app: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    make_jobs(via_proxy, app, 3)
+    caplog.set_level(logging.DEBUG, logger="balsam_sync.gateway")
+
+    def said() -> str:
+        lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("read ")]
+        caplog.clear()
+        assert len(lines) == 1, lines  # one line per read
+        return lines[0]
+
+    assert len(via_proxy.Job.objects.all()) == 3
+    assert "read Job rows all: server (policy auto: the mirror has no full sync" in said()
+    via_proxy.pull()
+    assert len(via_proxy.Job.objects.all()) == 3
+    line = said()
+    assert "read Job rows all: mirror (policy auto: full sync " in line and "s old" in line
+    assert via_proxy.Job.objects.filter(state="STAGED_IN").count() == 3
+    assert "read Job count {'state': ('STAGED_IN',)}: mirror" in said()
+    proxy.set_down(True)
+    assert len(via_proxy.Job.objects.all().fresh(0)) == 3
+    assert "mirror, stale (the server could not be reached" in said()

@@ -7,6 +7,7 @@ arrived is checked on the real server with plain HTTP, not with the client under
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import Iterator
@@ -54,6 +55,29 @@ def queued(monkeypatch: pytest.MonkeyPatch, app: Any, n: int) -> tuple[Path, dic
 
 def lost_seqs(text: str) -> set[int]:
     return {int(m) for m in re.findall(r"outbox entry (\d+)", text)}
+
+
+def test_status_never_counts_a_damaged_queue_as_empty(
+    user: User, run: Run, app: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path, _ = queued(monkeypatch, app, 200)
+    pages = leaf_pages(path, "outbox")
+    smash(path, pages[len(pages) // 2])
+    client = balsam_sync.connect()
+    try:
+        st = client.status(check_server=False)
+        # Not a count of 0: a user who trusted it would delete a mirror that holds the queue.
+        assert st.pending is None and st.dead is None
+        assert st.mirror_error is not None and str(path) in st.mirror_error
+    finally:
+        client.close()
+    out = run("status", "--json", code=1)  # 1: the mirror cannot be used
+    shown = json.loads(out.stdout)
+    assert shown["pending"] is None and shown["mirror_error"]
+    text = run("status", code=1).stdout
+    assert "UNKNOWN" in text and "salvage" in text
+    refused = run("rebuild", "--yes", code=1)
+    assert "cannot be counted" in refused.stderr  # never deleted on the word of a broken count
 
 
 def test_a_damaged_outbox_page_loses_only_its_entries_and_says_which(

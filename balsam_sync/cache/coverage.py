@@ -34,9 +34,9 @@ from datetime import datetime
 from typing import Any
 
 from ..errors import NoEvidence
+from ..resources import JOB
 from ..spec import QuerySpec
 from ..utc import now
-from .failures import guarded
 from .schema import MARKS_TABLE
 from .store import Store
 
@@ -71,7 +71,6 @@ def _at(text: str) -> datetime:
     return datetime.fromisoformat(text)
 
 
-@guarded
 class CoverageBook:
     """Reads and writes the ``sync_state`` and ``fetches`` tables of a mirror."""
 
@@ -189,7 +188,8 @@ class CoverageBook:
         """Transfer items or events of given jobs, all read since the jobs last changed (their
         marks, see cache/pullstate.py): the mirror holds exactly theirs, as of that read."""
         jobs = spec.filter_dict.get("job_id")
-        if spec.resource not in ("TransferItem", "EventLog") or not jobs or len(spec.filters) > 1:
+        children = {name for name, _ in JOB.cascade}  # what hangs off a job: items, events
+        if spec.resource not in children or not jobs or len(spec.filters) > 1:
             return None
         row = self._one(
             f"SELECT count(*), min(m.at) FROM [{MARKS_TABLE}] m JOIN jobs j ON j.id = m.id "

@@ -2,26 +2,21 @@
 
 Every error names the mirror file and says what to do: a damaged file is salvaged
 (``balsam-sync salvage``), a full disk is freed, a locked file is retried, an unusable folder is
-replaced (``BALSAM_SYNC_HOME``). ``open_mirror`` runs inside ``guard``; ``Store``, ``Outbox`` and
-``CoverageBook`` are ``@guarded``, so no ``sqlite3`` exception ever leaves ``balsam_sync.cache``.
+replaced (``BALSAM_SYNC_HOME``). ``open_mirror`` runs inside ``guard``, and every method of the
+front door (``Mirror``) maps the errors of its parts, so no ``sqlite3`` exception ever leaves
+``balsam_sync.cache``.
 """
 
 from __future__ import annotations
 
 import errno
-import functools
-import inspect
 import shutil
 import sqlite3
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from types import TracebackType
-from typing import Any, TypeVar
 
 from ..errors import MirrorBusy, MirrorDamaged, MirrorError, MirrorFull
-
-T = TypeVar("T")
 
 _DAMAGED = ("SQLITE_CORRUPT", "SQLITE_NOTADB")
 _DAMAGED_TEXT = ("malformed", "not a database", "corrupt")
@@ -116,68 +111,3 @@ def guard(path: Path | None, files: bool = True) -> Iterator[None]:
         raise
     except kinds as exc:
         raise mirror_error(path, exc) from exc
-
-
-def _path_of(owner: Any) -> Path | None:
-    return getattr(getattr(owner, "conn", None), "path", None)
-
-
-class _GuardedContext(AbstractContextManager[Any]):
-    """A context manager whose enter and exit (BEGIN, COMMIT) have their errors mapped."""
-
-    def __init__(self, inner: AbstractContextManager[Any], path: Path | None) -> None:
-        self.inner = inner
-        self.path = path
-
-    def __enter__(self) -> Any:
-        with guard(self.path, files=False):
-            return self.inner.__enter__()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool | None:
-        try:
-            return self.inner.__exit__(exc_type, exc, tb)
-        except sqlite3.Error as raised:
-            if raised is exc:  # the body's own error: mapped where it was raised, if at all
-                raise
-            raise mirror_error(self.path, raised) from raised
-
-
-def _guard_function(fn: Callable[..., Any]) -> Callable[..., Any]:
-    wrapped = getattr(fn, "__wrapped__", None)
-    if inspect.isgeneratorfunction(fn):
-
-        @functools.wraps(fn)
-        def generator(self: Any, *args: Any, **kwargs: Any) -> Iterator[Any]:
-            with guard(_path_of(self), files=False):
-                yield from fn(self, *args, **kwargs)
-
-        return generator
-    if wrapped is not None and inspect.isgeneratorfunction(wrapped):  # a @contextmanager
-
-        @functools.wraps(fn)
-        def context(self: Any, *args: Any, **kwargs: Any) -> _GuardedContext:
-            return _GuardedContext(fn(self, *args, **kwargs), _path_of(self))
-
-        return context
-
-    @functools.wraps(fn)
-    def plain(self: Any, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(self, *args, **kwargs)
-        except sqlite3.Error as exc:
-            raise mirror_error(_path_of(self), exc) from exc
-
-    return plain
-
-
-def guarded(cls: type[T]) -> type[T]:
-    """Map the SQLite errors of every public method of ``cls`` (its ``conn`` names the file)."""
-    for name, member in list(vars(cls).items()):
-        if not name.startswith("_") and inspect.isfunction(member):
-            setattr(cls, name, _guard_function(member))
-    return cls

@@ -25,17 +25,22 @@ package's own; nothing outside ``balsam_sync.cache`` reaches them.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import logging
+import sqlite3
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any, TypeVar
 
 from ..freshness import RowLayout
 from ..resources import RESOURCES, Resource, Row
 from ..spec import QuerySpec
 from .coverage import Coverage, CoverageBook, Evidence
+from .failures import guard, mirror_error
 from .lock import FileLock
 from .outbox import Entry, EntryState, Op, Outbox
 from .pullstate import PullState, Unsynced
@@ -44,6 +49,7 @@ from .store import Store
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 Clock = Callable[[], datetime]
 """The time now, as the server's clock would say (stamps never run ahead of it)."""
 
@@ -77,6 +83,36 @@ class QueueCounts:
     oldest: datetime | None
 
 
+def _guard(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Map the SQLite errors of one door method to the ``MirrorError`` naming the file."""
+    if inspect.isgeneratorfunction(fn):
+
+        @functools.wraps(fn)
+        def generator(self: Mirror, *args: Any, **kwargs: Any) -> Iterator[Any]:
+            with guard(self.path, files=False):
+                yield from fn(self, *args, **kwargs)
+
+        return generator
+
+    @functools.wraps(fn)
+    def plain(self: Mirror, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(self, *args, **kwargs)
+        except sqlite3.Error as exc:
+            raise mirror_error(self.path, exc) from exc
+
+    return plain
+
+
+def _guarded(cls: type[T]) -> type[T]:
+    """Guard every public method of the door (its parts are reached only through it)."""
+    for name, member in list(vars(cls).items()):
+        if not name.startswith("_") and inspect.isfunction(member):
+            setattr(cls, name, _guard(member))
+    return cls
+
+
+@_guarded
 class Mirror:
     """An open mirror of one user on one server (see the module docstring).
 
@@ -140,7 +176,7 @@ class Mirror:
 
     def stream(self, spec: QuerySpec, chunk_size: int) -> Iterator[Row]:
         """The rows of ``spec`` a page at a time (memory does not grow with the result)."""
-        return self._store.stream(spec, chunk_size)
+        yield from self._store.stream(spec, chunk_size)
 
     def current(self, resource: str, ids: list[int]) -> list[Row | None]:
         """The decoded rows of these objects (provisional ids resolved), in order."""

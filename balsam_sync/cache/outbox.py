@@ -17,7 +17,6 @@ from typing import Any
 
 from ..resources import Row
 from ..utc import later_text, now_text
-from .failures import guarded
 from .schema import PARENTS_TABLE, REFERENCES, TABLES
 from .store import Store
 
@@ -85,7 +84,6 @@ def _entry(rec: tuple[Any, ...]) -> Entry:
     )
 
 
-@guarded
 class Outbox:
     """Queued mutations of one mirror (shares the store's connection and transactions)."""
 

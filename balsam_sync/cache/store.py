@@ -16,9 +16,8 @@ from typing import Any
 from sqlite_utils import Database
 
 from ..freshness import RowLayout
-from ..resources import Row
+from ..resources import RESOURCES, Row
 from ..spec import QuerySpec
-from .failures import guarded
 from .packing import encode_json, pack, packer, unpack
 from .schema import PACKED, PARENTS_TABLE, TABLES, TableDef
 from .sql import compile_spec, count_sql
@@ -41,7 +40,6 @@ def writing_here() -> bool:
     return getattr(_writing, "depth", 0) > 0
 
 
-@guarded
 class Store:
     """Rows of every resource in one SQLite database (thread-safe within a process)."""
 
@@ -134,7 +132,8 @@ class Store:
         columns = list(tdef.columns)
         json_at = [i for i, c in enumerate(columns) if c in tdef.json_columns]
         int_at = [i for i, kind in enumerate(tdef.columns.values()) if kind is int]
-        side = [kv.field for kv in tdef.key_values] + (["parent_ids"] if resource == "Job" else [])
+        links = RESOURCES[resource].links
+        side = [kv.field for kv in tdef.key_values] + ([links] if links else [])
         records = []
         ids = []
         pack_row = self._packers[resource]
@@ -222,14 +221,15 @@ class Store:
             self.conn.executemany(
                 f"INSERT INTO [{kv.table}] (owner_id, key, value) VALUES (?, ?, ?)", pairs
             )
-        if tdef.resource == "Job":
+        field = RESOURCES[tdef.resource].links
+        if field:
             self.conn.execute(
                 f"DELETE FROM [{PARENTS_TABLE}] WHERE job_id IN (SELECT value FROM json_each(?))",
                 [id_list],
             )
             links = [
                 (obj_id, parent)
-                for obj_id, parents in zip(ids, values["parent_ids"], strict=True)
+                for obj_id, parents in zip(ids, values[field], strict=True)
                 for parent in parents or ()
             ]
             self.conn.executemany(
@@ -250,7 +250,7 @@ class Store:
                     f"DELETE FROM [{kv.table}] WHERE owner_id IN (SELECT value FROM json_each(?))",
                     [id_list],
                 )
-            if resource == "Job":
+            if RESOURCES[resource].links:
                 self.conn.execute(
                     f"DELETE FROM [{PARENTS_TABLE}] WHERE job_id IN "
                     "(SELECT value FROM json_each(?))",
@@ -259,29 +259,23 @@ class Store:
         return cur.rowcount
 
     def delete_cascade(self, resource: str, ids: list[int]) -> None:
-        """Remove rows the way the server's deletes cascade (balsam-api.md §1.1-§1.4).
-
-        Site → its apps (→ their jobs), batch jobs; App → its jobs; Job → its transfer items
-        and events; BatchJob → jobs that pointed at it keep living with ``batch_job_id`` null.
-        """
+        """Remove rows the way the server's deletes cascade (``Resource.cascade``, ``detach``;
+        balsam-api.md §1.1-§1.4): a site takes its apps and batch jobs, an app its jobs, a job
+        its transfer items and events; jobs outlive their batch job, which they stop naming."""
+        if not ids:
+            return
+        res = RESOURCES[resource]
         each = "(SELECT value FROM json_each(?))"
         with self.write():
-            if resource == "Site":
-                app_ids = self._ids(f"SELECT id FROM apps WHERE site_id IN {each}", ids)
-                self.delete_cascade("App", app_ids)
-                bj_ids = self._ids(f"SELECT id FROM batch_jobs WHERE site_id IN {each}", ids)
-                self.delete_cascade("BatchJob", bj_ids)
-            elif resource == "App":
-                job_ids = self._ids(f"SELECT id FROM jobs WHERE app_id IN {each}", ids)
-                self.delete_cascade("Job", job_ids)
-            elif resource == "Job":
-                for child in ("TransferItem", "EventLog"):
-                    table = TABLES[child].table
-                    child_ids = self._ids(f"SELECT id FROM [{table}] WHERE job_id IN {each}", ids)
-                    self.delete(child, child_ids)
-            elif resource == "BatchJob":
+            for child, field in res.cascade:
+                table = TABLES[child].table
+                self.delete_cascade(
+                    child, self._ids(f"SELECT id FROM [{table}] WHERE [{field}] IN {each}", ids)
+                )
+            for child, field in res.detach:
+                table = TABLES[child].table
                 self.conn.execute(
-                    f"UPDATE jobs SET batch_job_id = NULL WHERE batch_job_id IN {each}",
+                    f"UPDATE [{table}] SET [{field}] = NULL WHERE [{field}] IN {each}",
                     [json.dumps(ids)],
                 )
             self.delete(resource, ids)
@@ -343,7 +337,8 @@ class Store:
         orderings page by offset.
         """
         names = list(TABLES[spec.resource].columns)
-        by_id = spec.ordering in (None, "id") and spec.resource != "EventLog" and not spec.is_sliced
+        default = RESOURCES[spec.resource].default_ordering
+        by_id = (spec.ordering or default) == "id" and not spec.is_sliced
         if by_id:
             yield from self._stream_by_id(spec, names, chunk_size)
             return

@@ -1,7 +1,7 @@
 """The gateway: where each read of the managers is answered, and how each write is queued and
 sent — the one object managers talk to.
 
-**Reads** follow the query's policy: the plan (``plan.py``, pure) looks at what the mirror can
+**Reads** follow the query's policy: the plan (``freshness.py``, pure) looks at what the mirror can
 vouch for and says mirror or server; a server answer is handed to the mirror, which stores it
 with every consequence (plan, fetch, then store: no request inside a mirror transaction). When
 the server cannot be reached the mirror answers instead, marked stale, with one warning; when
@@ -27,13 +27,23 @@ from ..errors import (
     OfflineError,
     ServerUnreachable,
 )
-from ..freshness import Answer, PolicyArg, ReadMode, ReadPolicy, choose
+from ..freshness import (
+    Answer,
+    Needed,
+    PolicyArg,
+    ReadMode,
+    ReadPlan,
+    ReadPolicy,
+    Route,
+    choose,
+    evidence_needed,
+    plan_read,
+)
 from ..remote.params import FILTER_CHUNK_SIZE
 from ..remote.rest import Remote
 from ..resources import Resource, Row
 from ..spec import QuerySpec
 from ..sync.push import Replayer
-from .plan import Needed, ReadPlan, Route, evidence_needed, plan_read
 
 __all__ = ["DEFAULT_MAX_AGE", "Gateway", "WriteResult"]
 
@@ -168,7 +178,7 @@ class Gateway:
             yield from self._without_mirror(exc, res, spec, pol, count=False).dicts()
 
     def _plan(self, spec: QuerySpec, pol: ReadPolicy, count: bool) -> ReadPlan:
-        """Ask the mirror for the evidence the policy needs, then plan (``plan.py``)."""
+        """Ask the mirror for the evidence the policy needs, then plan (``freshness.plan_read``)."""
         needed = evidence_needed(pol)
         when = None
         if needed is Needed.FULL_SYNC:
