@@ -297,14 +297,19 @@ def test_no_transaction_is_opened_outside_the_cache() -> None:
     offenders = []
     for path, tree in _outside_cache():
         for node in ast.walk(tree):
-            if isinstance(node, ast.Constant) and isinstance(node.value, str):
-                if TRANSACTION_SQL.match(node.value.strip()):
-                    offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
-            if isinstance(node, ast.withitem):
-                call = node.context_expr
-                if isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute):
-                    if call.func.attr in ("write", "atomic", "reading"):
-                        offenders.append(f"{path.relative_to(ROOT)}:{call.lineno}")
+            if (
+                isinstance(node, ast.Constant)
+                and isinstance(node.value, str)
+                and TRANSACTION_SQL.match(node.value.strip())
+            ):
+                offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+            call = node.context_expr if isinstance(node, ast.withitem) else None
+            if (
+                isinstance(call, ast.Call)
+                and isinstance(call.func, ast.Attribute)
+                and call.func.attr in ("write", "atomic", "reading")
+            ):
+                offenders.append(f"{path.relative_to(ROOT)}:{call.lineno}")
     assert offenders == []
 
 
