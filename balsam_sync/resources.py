@@ -73,6 +73,16 @@ class Resource:
         cascade: what the server deletes with an object: (resource, field naming it).
         detach: what outlives an object's deletion with the field naming it set to null.
         links: a list field of ids kept in a side table for the overlap filter (``parent_ids``).
+        state_rewrites: requested states the server stores as another when every transfer
+            item of one direction is done (balsam-api.md §4): (requested, stored, direction).
+        state_aliases: requested states the server always stores as another.
+        server_set: fields the server sets itself when an object changes (Job: its stamp, and
+            the state it stores for a requested one). When its reply to a change carries no
+            row, these are the fields the mirror may not know until it reads the row again.
+        finished_state: the state in which an object promotes its waiting children...
+        waiting_state: ...which wait in this state, and are asked for this one once every
+            parent has finished:
+        promoted_state: ...
     """
 
     name: str
@@ -100,10 +110,41 @@ class Resource:
     cascade: tuple[tuple[str, str], ...] = ()
     detach: tuple[tuple[str, str], ...] = ()
     links: str | None = None
+    state_rewrites: tuple[tuple[str, str, str], ...] = ()
+    state_aliases: tuple[tuple[str, str], ...] = ()
+    server_set: tuple[str, ...] = ()
+    finished_state: str | None = None
+    waiting_state: str | None = None
+    promoted_state: str = ""
 
     @property
     def reference_fields(self) -> tuple[str, ...]:
         return tuple(name for name, _ in self.references)
+
+    def stored_states(self, requested: str) -> tuple[str, ...]:
+        """The states the server may store when ``requested`` is asked for."""
+        alias = dict(self.state_aliases).get(requested)
+        if alias is not None:
+            return (alias,)
+        rewritten = [stored for asked, stored, _ in self.state_rewrites if asked == requested]
+        return (requested, *rewritten)
+
+    def stored_state(self, requested: str, done: dict[str, bool] | None) -> str | None:
+        """The state the server stores for ``requested``, given whether every transfer item of
+        each direction is done (``done``; None: unknown); None when it cannot be told."""
+        alias = dict(self.state_aliases).get(requested)
+        if alias is not None:
+            return alias
+        for asked, stored, direction in self.state_rewrites:
+            if asked == requested:
+                return None if done is None else (stored if done[direction] else requested)
+        return requested
+
+    def may_finish(self, requested: str) -> bool:
+        """Whether asking for ``requested`` may leave the object finished (children promoted)."""
+        return self.finished_state is not None and self.finished_state in self.stored_states(
+            requested
+        )
 
     def item_path(self, obj_id: int) -> str:
         return f"{self.path}{obj_id}"
@@ -170,6 +211,12 @@ JOB = Resource(
     marked_creates=True,
     side_effects=("EventLog", "TransferItem"),
     promotes_children=True,
+    server_set=("last_update", "state"),
+    finished_state="JOB_FINISHED",
+    waiting_state="AWAITING_PARENTS",
+    promoted_state="READY",
+    state_rewrites=(("READY", "STAGED_IN", "in"), ("POSTPROCESSED", "JOB_FINISHED", "out")),
+    state_aliases=(("STAGED_OUT", "JOB_FINISHED"),),
     done_states=("JOB_FINISHED", "FAILED"),
     references=(("app_id", "App"), ("parent_ids", "Job"), ("batch_job_id", "BatchJob")),
     cascade=(("TransferItem", "job_id"), ("EventLog", "job_id")),
@@ -221,6 +268,7 @@ TRANSFER_ITEM = Resource(
     False,
     side_effects=("Job", "EventLog"),
     moving_states=("pending", "active", "inactive"),
+    done_states=("done",),
 )
 EVENT_LOG = Resource(
     "EventLog",

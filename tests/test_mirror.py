@@ -156,6 +156,7 @@ def rich(client: Client) -> Client:
 @pytest.mark.parametrize("model", ["Site", "App", "Job", "BatchJob", "TransferItem", "EventLog"])
 def test_offline_rows_equal_online_rows_field_by_field(rich: Client, model: str) -> None:
     manager = getattr(rich, model).objects
+    list(manager.all())  # a read the mirror answers confirms what the server changed unseen
     offline = by_id(manager.offline())
     online = by_id(manager.online())
     assert online
@@ -238,13 +239,16 @@ def test_save_postprocessed_ends_job_finished_everywhere(client: Client, app: An
     before = job.last_update
     job.state = "POSTPROCESSED"
     job.save()
-    assert job.state == "JOB_FINISHED"
+    assert job.state == "JOB_FINISHED"  # the mirror knows the job has no stage-out items
     cached = offline_job(client, job.id)
-    server = client.Job.objects.online().get(id=job.id)
     assert cached.state == "JOB_FINISHED"
+    assert cached.stale  # the server's new stamp is not known offline
+    assert job.last_update > before  # read on first use (one request)
+    server = client.Job.objects.online().get(id=job.id)
     assert server.state == "JOB_FINISHED"
+    cached = offline_job(client, job.id)
     assert cached.last_update == server.last_update == job.last_update
-    assert cached.last_update > before
+    assert not cached.stale
     assert held_count(client.Job.objects.filter(state="JOB_FINISHED")) == 1
     assert held_count(client.Job.objects.filter(state="POSTPROCESSED")) == 0
 
@@ -259,7 +263,8 @@ def test_ready_is_stored_as_staged_in_offline(client: Client, app: Any) -> None:
     assert job.state == "STAGED_IN"
     cached = offline_job(client, job.id)
     assert cached.state == "STAGED_IN"
-    assert cached.last_update == client.Job.objects.online().get(id=job.id).last_update
+    assert job.last_update == client.Job.objects.online().get(id=job.id).last_update
+    assert offline_job(client, job.id).last_update == job.last_update
 
 
 def test_bulk_update_writes_server_rows_through(client: Client, app: Any) -> None:

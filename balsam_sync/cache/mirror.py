@@ -45,7 +45,7 @@ from .lock import FileLock
 from .outbox import Entry, EntryState, Op, Outbox
 from .pullstate import PullState, Unsynced
 from .salvage import Recovered, restore
-from .store import Store
+from .store import STAMP, Store
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +81,10 @@ class QueueCounts:
     in_flight: int
     dead: int
     oldest: datetime | None
+
+
+def _state(row: Row | None) -> Any:
+    return None if row is None else row.get("state")
 
 
 def _guard(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -363,27 +367,71 @@ class Mirror:
         """Do not try these entries again for ``seconds``; remember why."""
         self._outbox.defer(seqs, seconds, status, error)
 
-    def confirmed(
-        self,
-        resource: str,
-        seqs: list[int],
-        rows: list[Row],
-        promoted: list[Row] | None = None,
-    ) -> None:
-        """The server applied these entries and holds ``rows`` now (none for deletes).
+    def confirmed(self, resource: str, seqs: list[int], rows: list[Row]) -> None:
+        """The server applied these entries and holds ``rows`` now (none for deletes). The
+        resources it changed as a side effect (events of a job) lose what the mirror claimed
+        of them; waiting children of jobs that finished are re-read by the next read."""
+        res = RESOURCES[resource]
+        with self._store.write():
+            self._outbox.ack(seqs)
+            self._applied(res, rows)
+            if res.finished_state is not None:
+                done = [r["id"] for r in rows if r.get("state") == res.finished_state]
+                self._children_unconfirmed(res, done)
 
-        ``promoted``: jobs the write promoted on the server (children of a job that finished),
-        as re-read; None when they could not be read. The resources the server changed as a
-        side effect (events of a job) lose what the mirror claimed of them.
+    def applied(self, resource: str, seqs: list[int], sent: list[tuple[int, Row]]) -> None:
+        """The server applied these entries (``sent``: the changes, by object) and answered
+        without the rows (a job PATCH answers a count), so nothing more was read.
+
+        The rows keep the changes, with the state the server stores for a requested one
+        where the mirror knows enough to tell (STAGED_OUT is stored as JOB_FINISHED; READY as
+        STAGED_IN when every stage-in item is done, ...), and the children the server
+        promotes when the last of their parents finishes; all of them are marked
+        unconfirmed: no server copy read before the change can replace them, and the next
+        read the mirror answers asks the server for them first (one request, by id).
         """
         res = RESOURCES[resource]
         with self._store.write():
             self._outbox.ack(seqs)
-            self._applied(res, rows, promoted)
+            ids = [obj_id for obj_id, _ in sent]
+            current = dict(zip(ids, self._current(resource, ids), strict=True))
+            done = self._pulls.items_done(ids) if res.state_rewrites else {}
+            finishing = []
+            unknown: dict[int, set[str]] = {}
+            for obj_id, changes in sent:
+                row = current.get(obj_id)
+                if row is None:
+                    continue
+                row = current[obj_id] = {**row, **changes}
+                unknown.setdefault(obj_id, {STAMP} & set(res.server_set))
+                asked = changes.get("state")
+                if asked is not None:
+                    stored = res.stored_state(asked, done.get(obj_id))
+                    row["state"] = stored or asked
+                    if stored is None:
+                        unknown[obj_id].add("state")
+                    if res.may_finish(asked):
+                        finishing.append(obj_id)
+            rows = [row for row in current.values() if row is not None]
+            self._store.upsert(resource, rows)
+            self._mark_unconfirmed(
+                res, [(r["id"], r.get(STAMP), ",".join(sorted(unknown[r["id"]]))) for r in rows]
+            )
+            self._applied(res, [])
+            self._promote_children(
+                res, [i for i in finishing if _state(current[i]) == res.finished_state], finishing
+            )
 
-    def created(
-        self, resource: str, made: list[tuple[Entry, Row]], promoted: list[Row] | None = None
-    ) -> None:
+    def unconfirmed(self, resource: str) -> list[int]:
+        """Ids of rows holding a change the server applied without sending them back."""
+        return self._pulls.unconfirmed(resource)
+
+    def unknown_fields(self, resource: str, ids: list[int]) -> dict[int, frozenset[str]]:
+        """Of these rows, the fields the server set that the mirror does not know yet (rows
+        it knows whole are left out)."""
+        return self._pulls.unknown_fields(resource, ids)
+
+    def created(self, resource: str, made: list[tuple[Entry, Row]]) -> None:
         """The server created these queued entries as these rows: their provisional ids
         become the server's everywhere (rows, references, queued changes, the id map)."""
         res = RESOURCES[resource]
@@ -391,7 +439,9 @@ class Mirror:
         with self._store.write():
             self._outbox.ack([e.seq for e, _ in made])
             self._outbox.remap(resource, [(e.obj_id, row) for e, row in made])
-            self._applied(res, rows, promoted)
+            self._applied(res, rows)
+            if res.state_rewrites:
+                self._pulls.itemless([r["id"] for (e, r) in made if not e.payload.get("transfers")])
 
     def created_then_deleted(self, resource: str, entries: list[Entry]) -> None:
         """The server created these entries in a batch found applied, and they are gone since."""
@@ -568,20 +618,55 @@ class Mirror:
         if merge:
             written = self._store.merge(resource, rows)
         else:
-            self._store.upsert(resource, rows, newer_only=True)
-            written = [row["id"] for row in rows]
+            written = self._store.upsert(resource, rows, newer_only=True)
+        self._pulls.drop_unconfirmed(resource, written)
         self._outbox.overlay(resource, written, skip=skip)
         return written
 
-    def _applied(self, res: Resource, rows: list[Row], promoted: list[Row] | None) -> None:
+    def _applied(self, res: Resource, rows: list[Row]) -> None:
         self._accept(res.name, rows, merge=False)
         self._coverage.forget_windows()
         for other in res.side_effects:
             self._coverage.invalidate(other)
-        if promoted is None:
-            self._coverage.invalidate("Job")
-        elif promoted:
-            self._accept("Job", promoted, merge=False)
+
+    def _mark_unconfirmed(self, res: Resource, rows: list[tuple[int, Any, str]]) -> None:
+        """These rows hold changes the server applied unseen (each: id, stamp before, the
+        fields not known); what hangs off them (a job's transfer items and events) changed
+        with them, so it is no longer known either."""
+        self._pulls.mark_unconfirmed(res.name, rows)
+        if res.cascade:
+            self._pulls.drop_marks([obj_id for obj_id, _, _ in rows])
+
+    def _children_unconfirmed(self, res: Resource, parents: list[int]) -> None:
+        """The server may have promoted the waiting children of these jobs (balsam-api.md §4):
+        the ones the mirror holds are re-read before it answers with them."""
+        if parents and res.promotes_children:
+            every = ",".join(res.server_set)
+            children = self._pulls.waiting_children(parents)
+            self._mark_unconfirmed(res, [(c, stamp, every) for c, stamp in children])
+
+    def _promote_children(self, res: Resource, finished: list[int], maybe: list[int]) -> None:
+        """Lay on the mirror what the server does when jobs finish: a waiting child whose
+        parents have all finished is asked for READY (stored as the server would, where the
+        mirror can tell). Children of ``maybe`` finished jobs are marked unconfirmed."""
+        self._children_unconfirmed(res, maybe)
+        if not finished or res.waiting_state is None:
+            return
+        children = [i for i, _ in self._pulls.waiting_children(finished)]
+        known = self._pulls.parent_states(children)
+        parents = self._pulls.parent_states(sorted({p for ps, _ in known.values() for p in ps}))
+        done = self._pulls.items_done(children)
+        ready = [
+            c
+            for c, (ps, _) in known.items()
+            if ps
+            and all(parents.get(p, ([], None))[1] == res.finished_state for p in ps)
+            and c in done
+        ]
+        rows = [r for r in self._current(res.name, ready) if r is not None]
+        for row in rows:
+            row["state"] = res.stored_state(res.promoted_state, done[row["id"]])
+        self._store.upsert(res.name, rows)
 
     def _resolved(
         self, resource: str, items: list[tuple[int, Row]]

@@ -13,8 +13,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from ..resources import JOB, Row
-from .schema import MARKS_TABLE, TABLES
+from ..resources import JOB, TRANSFER_ITEM, Row
+from .schema import ITEMLESS_TABLE, MARKS_TABLE, PARENTS_TABLE, TABLES, UNCONFIRMED_TABLE
 from .store import Store
 
 
@@ -85,6 +85,13 @@ class PullState:
                 f"INSERT OR REPLACE INTO [{MARKS_TABLE}] (id, stamp, at) VALUES (?, ?, ?)", rows
             )
 
+    def drop_marks(self, ids: list[int]) -> None:
+        """Forget the marks of these jobs: their children must be read again."""
+        self.conn.execute(
+            f"DELETE FROM [{MARKS_TABLE}] WHERE id IN (SELECT value FROM json_each(?))",
+            [json.dumps(ids)],
+        )
+
     def drop_stray_marks(self) -> None:
         """Forget the marks of jobs that left the mirror."""
         with self.store.write():
@@ -110,6 +117,92 @@ class PullState:
             if gone:
                 self.store.delete(resource, gone)
             return self.store.merge(resource, rows)
+
+    # -- rows the server changed without sending them back -------------------------------------
+
+    def mark_unconfirmed(self, resource: str, rows: list[tuple[int, Any, str]]) -> None:
+        """These rows hold changes the server applied after it stamped them ``after``; the
+        comma-separated ``fields`` are not known (kept apart: a later mark adds to them)."""
+        with self.store.write():
+            self.conn.executemany(
+                f"INSERT INTO [{UNCONFIRMED_TABLE}] (resource, id, after, fields) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT (resource, id) DO UPDATE SET "
+                "after = max(after, excluded.after), fields = CASE WHEN instr(',' || fields || "
+                "',', ',' || excluded.fields || ',') THEN fields ELSE fields || ',' || "
+                "excluded.fields END",
+                [(resource, obj_id, after, fields) for obj_id, after, fields in rows],
+            )
+
+    def unknown_fields(self, resource: str, ids: list[int]) -> dict[int, frozenset[str]]:
+        """The fields the mirror does not know of these rows (rows it knows are left out)."""
+        rows = self._rows(
+            f"SELECT id, fields FROM [{UNCONFIRMED_TABLE}] WHERE resource = ? AND id IN "
+            "(SELECT value FROM json_each(?))",
+            [resource, json.dumps(ids)],
+        )
+        return {r[0]: frozenset(r[1].split(",")) for r in rows}
+
+    def drop_unconfirmed(self, resource: str, ids: list[int]) -> None:
+        """The server sent these rows (newer than any change it applied unseen)."""
+        if ids:
+            self.conn.execute(
+                f"DELETE FROM [{UNCONFIRMED_TABLE}] WHERE resource = ? AND id IN "
+                "(SELECT value FROM json_each(?))",
+                [resource, json.dumps(ids)],
+            )
+
+    def unconfirmed(self, resource: str) -> list[int]:
+        rows = self._rows(
+            f"SELECT id FROM [{UNCONFIRMED_TABLE}] WHERE resource = ? ORDER BY id", [resource]
+        )
+        return [r[0] for r in rows]
+
+    def waiting_children(self, parents: list[int]) -> list[tuple[int, Any]]:
+        """The jobs waiting for any of ``parents`` (AWAITING_PARENTS), with their stamps."""
+        return self._rows(
+            f"SELECT j.id, j.last_update FROM [{PARENTS_TABLE}] p JOIN jobs j ON j.id = p.job_id "
+            "WHERE p.parent_id IN (SELECT value FROM json_each(?)) AND j.state = ?",
+            [json.dumps(parents), JOB.waiting_state],
+        )
+
+    def itemless(self, ids: list[int]) -> None:
+        """These jobs were created without transfer items (so they will never have any)."""
+        self.conn.executemany(
+            f"INSERT OR IGNORE INTO [{ITEMLESS_TABLE}] (id) VALUES (?)", [(i,) for i in ids]
+        )
+
+    def items_done(self, ids: list[int]) -> dict[int, dict[str, bool]]:
+        """For the jobs whose transfer items the mirror knows (read since the job last changed,
+        or created without any): whether every item of each direction is done."""
+        known = {
+            r[0]
+            for r in self._rows(
+                f"SELECT j.id FROM jobs j LEFT JOIN [{MARKS_TABLE}] m ON m.id = j.id "
+                f"WHERE j.id IN (SELECT value FROM json_each(?)) AND (m.stamp = j.last_update "
+                f"OR j.id IN (SELECT id FROM [{ITEMLESS_TABLE}]))",
+                [json.dumps(ids)],
+            )
+        }
+        done = {i: {"in": True, "out": True} for i in known}
+        for job_id, direction, state in self._rows(
+            "SELECT job_id, direction, state FROM transfer_items "
+            "WHERE job_id IN (SELECT value FROM json_each(?))",
+            [json.dumps(sorted(known))],
+        ):
+            finished = state in TRANSFER_ITEM.done_states
+            done[job_id][direction] = done[job_id].get(direction, True) and finished
+        return done
+
+    def parent_states(self, ids: list[int]) -> dict[int, tuple[list[int], str]]:
+        """Each of these jobs' parents and state."""
+        return {
+            r[0]: (json.loads(r[1] or "[]"), r[2])
+            for r in self._rows(
+                "SELECT id, parent_ids, state FROM jobs "
+                "WHERE id IN (SELECT value FROM json_each(?))",
+                [json.dumps(ids)],
+            )
+        }
 
     # -- rows in motion ------------------------------------------------------------------------
 

@@ -22,7 +22,7 @@ from sqlite_utils.migrations import Migrations
 
 from ..resources import RESOURCES, Resource
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 """Bump with a new migration whenever the layout below changes."""
 
 PACKED = "_packed"
@@ -126,6 +126,14 @@ MARKS_TABLE = "job_marks"
 """One row per job whose transfer items and events were read from the server: the job's
 ``last_update`` at that time. A job whose ``last_update`` differs from its mark (or that has
 none) needs its transfer items and events read again (see sync/children.py)."""
+
+UNCONFIRMED_TABLE = "unconfirmed"
+"""One row per mirror row holding a change the server applied without sending the row back
+(see m007)."""
+
+ITEMLESS_TABLE = "itemless_jobs"
+"""Jobs created here without transfer items: they never have any (items are only made with
+their job), so the state the server derives for them is known."""
 
 PARENTS_TABLE = "job_parents"
 """One row per (job, parent): the index behind the ``parent_id`` overlap filter."""
@@ -243,6 +251,19 @@ def m006_outbox_failing_since(db: Database) -> None:
     """Record when the server first failed a queued change (a change it fails every time
     becomes a dead letter after a while, instead of holding others back)."""
     db.execute("ALTER TABLE outbox ADD COLUMN failing_since TEXT")
+
+
+@migrations()
+def m007_unconfirmed_rows(db: Database) -> None:
+    """Rows whose change the server acknowledged without sending them back (a job's PATCH
+    answers a count): ``after`` is the row's ``last_update`` before that change, so a server
+    copy stamped no later was read before it and cannot replace the row; ``fields`` are those
+    the mirror does not know (the server sets them: the new stamp, a state it may rewrite)."""
+    db.execute(
+        f"CREATE TABLE [{UNCONFIRMED_TABLE}] (resource TEXT NOT NULL, id INTEGER NOT NULL, "
+        "after TEXT, fields TEXT NOT NULL, PRIMARY KEY (resource, id)) WITHOUT ROWID"
+    )
+    db.execute(f"CREATE TABLE [{ITEMLESS_TABLE}] (id INTEGER PRIMARY KEY)")
 
 
 def clear_packed(db: Database) -> None:

@@ -19,7 +19,7 @@ from ..freshness import RowLayout
 from ..resources import RESOURCES, Row
 from ..spec import QuerySpec
 from .packing import encode_json, pack, packer, unpack
-from .schema import PACKED, PARENTS_TABLE, TABLES, TableDef
+from .schema import PACKED, PARENTS_TABLE, TABLES, UNCONFIRMED_TABLE, TableDef
 from .sql import compile_spec, count_sql
 
 _writing = threading.local()
@@ -109,13 +109,14 @@ class Store:
 
     # -- writing rows --------------------------------------------------------------------------
 
-    def upsert(self, resource: str, rows: Iterable[Row], newer_only: bool = False) -> int:
-        """Store rows (replacing the stored copies); return how many were written.
+    def upsert(self, resource: str, rows: Iterable[Row], newer_only: bool = False) -> list[int]:
+        """Store rows (replacing the stored copies); return the ids written.
 
         ``newer_only``: rows of the server, which never replace a stored copy whose
-        ``last_update`` is newer (a listing read before one of our writes committed).
+        ``last_update`` is newer (a listing read before one of our writes committed), nor one
+        holding a change the server applied after the row was read (``UNCONFIRMED_TABLE``).
         """
-        return len(self._write_rows(resource, rows, changed_only=False, newer_only=newer_only))
+        return self._write_rows(resource, rows, changed_only=False, newer_only=newer_only)
 
     def merge(self, resource: str, rows: Iterable[Row]) -> list[int]:
         """Store the rows that differ from the mirror's copy; return the ids written.
@@ -179,13 +180,14 @@ class Store:
         """Keep the records that are not older than the stored ones (by ``last_update``) and,
         when ``changed_only``, whose packed values differ from the stored ones (or are new)."""
         stamped = STAMP in tdef.columns
-        stamp = f"[{STAMP}]" if stamped else "NULL"
+        stamp = f"t.[{STAMP}]" if stamped else "NULL"
         stored = {
-            r[0]: (r[1], r[2])
+            r[0]: (r[1], r[2], r[3])
             for r in self.conn.execute(
-                f"SELECT id, [{PACKED}], {stamp} FROM [{tdef.table}] "
-                "WHERE id IN (SELECT value FROM json_each(?))",
-                [json.dumps(ids)],
+                f"SELECT t.id, t.[{PACKED}], {stamp}, u.after FROM [{tdef.table}] t "
+                f"LEFT JOIN [{UNCONFIRMED_TABLE}] u ON u.resource = ? AND u.id = t.id "
+                "WHERE t.id IN (SELECT value FROM json_each(?))",
+                [tdef.resource, json.dumps(ids)],
             )
         }
         at = list(tdef.columns).index(STAMP) if stamped else -1
@@ -194,8 +196,11 @@ class Store:
             old = stored.get(obj_id)
             if old is None:
                 return True
-            if stamped and old[1] is not None and rec[at] is not None and rec[at] < old[1]:
+            new = rec[at] if stamped else None
+            if new is not None and old[1] is not None and new < old[1]:
                 return False  # the stored copy is newer: this row was read before it
+            if new is not None and old[2] is not None and new <= old[2]:
+                return False  # read before a change the server applied to the stored copy
             return not changed_only or rec[-1] is None or old[0] != rec[-1]
 
         kept = [

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from ..cache import Mirror, Queued
@@ -61,6 +61,9 @@ class WriteResult:
 
     rows: list[Row | None]
     errors: dict[int, BalsamSyncError]
+    unknown: dict[int, frozenset[str]] = field(default_factory=dict)
+    """Of the objects written, by id: fields the server set that it did not send back (read
+    when first asked for, ``Gateway.confirm``)."""
 
     @property
     def count(self) -> int:
@@ -194,12 +197,16 @@ class Gateway:
         mirror = self.mirror
         plan = self._plan(spec, pol, count)
         if plan.route is not Route.SERVER:
-            as_of, partial = plan.as_of, False
+            as_of, stale = plan.as_of, False
             if plan.route is Route.MIRROR:
                 ev = mirror.evidence(spec, count)
-                as_of, partial = self._capped(ev.as_of), ev.partial
+                # Rows holding a change the server applied unseen make the answer stale.
+                stale = ev.partial or bool(mirror.unconfirmed(res.name))
+                as_of = self._capped(ev.as_of)
+            else:
+                stale = not self._confirm(res)
             _said(spec, count, "mirror", plan.why, as_of)
-            return self._cached(spec, count, as_of, partial)
+            return self._cached(spec, count, as_of, stale)
         try:
             self._reach(pol)
             asked = self.clock()
@@ -226,6 +233,21 @@ class Gateway:
         if cov is not None and cov.count is not None and not stale:
             return Answer([], cov.count, "cache", min(cov.as_of, self.clock()))
         return Answer([], mirror.count(spec), "cache", as_of, stale)
+
+    def _confirm(self, res: Resource) -> bool:
+        """Before the mirror answers: re-read the rows it holds that the server changed without
+        sending them back (a job PATCH answers a count), in one request by id. False when the
+        server could not be asked (the answer is then stale)."""
+        ids = self.mirror.unconfirmed(res.name)
+        if not ids:
+            return True
+        try:
+            rows, _ = self.remote.select(res, QuerySpec(res.name).with_filters({"id": ids}))
+        except ServerUnreachable:
+            return False
+        self.mirror.server_rows(res.name, rows)
+        self.mirror.server_gone(res.name, set(ids) - {r["id"] for r in rows})
+        return True
 
     def _recheck(
         self, res: Resource, spec: QuerySpec, rows: list[Row]
@@ -272,6 +294,8 @@ class Gateway:
         plan = self._plan(spec, pol, count=False)
         if plan.route is not Route.SERVER:
             mirror.evidence(spec, False)
+            if plan.route is Route.CACHED:
+                self._confirm(res)
             _said(spec, False, "mirror", plan.why, plan.as_of)
             yield from mirror.stream(spec, chunk_size)
             return
@@ -369,9 +393,23 @@ class Gateway:
 
     def bulk_update(self, res: Resource, items: list[tuple[int, Row]]) -> WriteResult:
         """Apply per-object changes locally, queue them and send them."""
-        change = self.mirror.user_updated(res.name, items)
+        mirror = self.mirror
+        change = mirror.user_updated(res.name, items)
         errors = self._push_now(change)
-        return WriteResult(self.mirror.current(res.name, change.ids), errors)
+        unknown = mirror.unknown_fields(res.name, change.ids) if res.server_set else {}
+        return WriteResult(mirror.current(res.name, change.ids), errors, unknown)
+
+    def confirm(self, res: Resource, ids: list[int]) -> dict[int, Row]:
+        """The rows of these objects as the server holds them: those the server changed
+        without sending them back are read now (one request); {} when it cannot be reached."""
+        mirror = self.mirror
+        if mirror.unknown_fields(res.name, ids) and not self.offline:
+            try:
+                rows, _ = self.remote.select(res, QuerySpec(res.name).with_filters({"id": ids}))
+            except ServerUnreachable:
+                return {}
+            mirror.server_rows(res.name, rows)
+        return {row["id"]: row for row in mirror.current(res.name, ids) if row is not None}
 
     def delete(self, res: Resource, obj_id: int) -> WriteResult:
         change = self.mirror.user_deleted(res.name, [obj_id])

@@ -16,7 +16,7 @@ from ..resources import APP, Row
 from ..spec import QuerySpec
 from .access import ModelState
 from .changes import require_delete, require_update
-from .models import Model
+from .models import Model, Unconfirmed
 from .query import Query
 
 if TYPE_CHECKING:
@@ -115,13 +115,23 @@ class Manager(Generic[M]):
         self._load_all(objs, result)
         return objs
 
-    @staticmethod
-    def _load_all(objs: Sequence[Model], result: WriteResult) -> None:
-        """Load each instance with its row, except refused ones; then raise the refusal."""
+    def _load_all(self, objs: Sequence[Model], result: WriteResult) -> None:
+        """Load each instance with its row, except refused ones; then raise the refusal.
+
+        Fields the server set without sending them back (a job's new ``last_update``) are
+        read when first asked for, once for all the instances of this write.
+        """
+        loaded = []
         for index, (obj, row) in enumerate(zip(objs, result.rows, strict=True)):
             if row is not None and index not in result.errors:
                 obj._load(row)
+                loaded.append(obj)
+        if result.unknown:
+            Unconfirmed(self._confirm_rows, loaded, result.unknown)
         result.raise_first()
+
+    def _confirm_rows(self, ids: list[int]) -> dict[int, Row]:
+        return self._gateway.confirm(self._resource, ids)
 
     @staticmethod
     def _creation_payload(obj: Model, names: dict[Any, int] | None = None) -> Row:

@@ -9,6 +9,7 @@ that assigned it. Persistence (save, delete, refresh) is delegated to the model'
 from __future__ import annotations
 
 import copy
+import weakref
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -32,7 +33,65 @@ from .fields import (
     validate_payload,
 )
 
-__all__ = ["Model", "ModelState"]
+__all__ = ["Model", "ModelState", "Unconfirmed"]
+
+_unconfirmed: dict[int, tuple[weakref.ref[Model], Unconfirmed, frozenset[str]]] = {}
+"""Instances (by ``id()``; models are unhashable) holding fields the server set without
+sending them back: the instance, its write, and which fields."""
+
+
+def _forgetting(key: int) -> Callable[[weakref.ref[Model]], None]:
+    """A callback that drops the entry of an instance once it is collected."""
+
+    def forget(_ref: weakref.ref[Model]) -> None:
+        _unconfirmed.pop(key, None)
+
+    return forget
+
+
+def _pending(obj: Model) -> tuple[Unconfirmed, frozenset[str]] | None:
+    found = _unconfirmed.get(id(obj))
+    if found is None or found[0]() is not obj:
+        return None
+    return found[1], found[2]
+
+
+class Unconfirmed:
+    """The instances of one write whose server-set fields are not known yet.
+
+    The first read of such a field (``job.last_update`` after ``save()``) reads the rows of
+    the whole write once (``confirm``), so a loop of saves costs one request per save, and a
+    loop that reads the new stamps costs one more request in all.
+    """
+
+    def __init__(
+        self,
+        confirm: Callable[[list[int]], dict[int, Row]],
+        objs: list[Model],
+        unknown: dict[int, frozenset[str]],
+    ) -> None:
+        self._confirm = confirm
+        self._objs: list[weakref.ref[Model]] = []
+        for obj in objs:
+            fields = unknown.get(obj.id)  # type: ignore[arg-type]
+            if fields:
+                key = id(obj)
+                ref = weakref.ref(obj, _forgetting(key))
+                self._objs.append(ref)
+                _unconfirmed[key] = (ref, self, fields)
+
+    def confirm(self) -> None:
+        """Read the rows of this write; the fields the server set replace the guesses."""
+        live = [obj for ref in self._objs if (obj := ref()) is not None]
+        rows = self._confirm([obj._saved_id() for obj in live])
+        if not rows:
+            return  # the server cannot be asked now: the guesses stand, asked again next read
+        for obj in live:
+            entry = _pending(obj)
+            _unconfirmed.pop(id(obj), None)
+            row = rows.get(obj._saved_id())
+            if entry is not None and row is not None:
+                obj._take_server_set(row, entry[1])
 
 
 class Model(Provenanced):
@@ -198,6 +257,10 @@ class Model(Provenanced):
         return raw
 
     def _read(self, name: str) -> Any:
+        if name in self._resource.server_set and id(self) in _unconfirmed:
+            found = _pending(self)
+            if found is not None and name in found[1]:
+                found[0].confirm()
         if self._d is None and self._changes is None and name in self._readers:
             return self._readers[name].__get__(self, type(self))
         state = self._state
@@ -311,6 +374,10 @@ class Model(Provenanced):
         self._state = ModelState.CLEAN
         self._changes = None
         self._seen = None
+
+    def _take_server_set(self, row: Row, fields: frozenset[str]) -> None:
+        """Take the values the server set (``fields``) from its ``row``; the rest stays."""
+        self._data = {**self._data, **{name: row.get(name) for name in fields}}
 
     def _mark_deleted(self) -> None:
         self._data = {**self._data, "id": None}

@@ -138,8 +138,14 @@ class Remote:
             )
         return rows[0]
 
-    def bulk_update(self, res: Resource, items: list[tuple[int, Row]]) -> list[Row]:
-        """Apply per-object changes and return the rows the server now holds."""
+    def bulk_update(self, res: Resource, items: list[tuple[int, Row]]) -> list[Row] | None:
+        """Apply per-object changes; return the rows the server now holds, or None when its
+        reply carries no rows (Job: an int) and reading them again would only cost a request.
+
+        Like upstream's ``save()``, one request in the common case. A PATCH of several jobs
+        that changes states is read back, because the server may drop its state changes
+        (``_repair_dropped_states``).
+        """
         merged: dict[int, Row] = {}
         for obj_id, changes in items:
             merged[obj_id] = {**merged.get(obj_id, {}), **changes}
@@ -151,10 +157,12 @@ class Remote:
                 reply = self.transport.request("PATCH", res.path, json_body=chunk)
                 if res.bulk_update_reply == "object":
                     rows.extend(normalize_row(res, row) for row in reply)
-        if res.bulk_update_reply == "int":
-            rows = self._by_ids(res, merged)
-            rows = self._repair_dropped_states(res, merged, rows)
-        return rows
+        if res.bulk_update_reply != "int":
+            return rows
+        if len(merged) == 1 or not any("state" in changes for changes in merged.values()):
+            return None
+        rows = self._by_ids(res, merged)
+        return self._repair_dropped_states(res, merged, rows)
 
     def _repair_dropped_states(
         self, res: Resource, sent: dict[int, Row], rows: list[Row]
@@ -170,8 +178,7 @@ class Remote:
             row["id"]
             for row in rows
             if "state" in sent.get(row["id"], {})
-            and row["state"]
-            not in STATE_OUTCOMES.get(sent[row["id"]]["state"], {sent[row["id"]]["state"]})
+            and row["state"] not in res.stored_states(sent[row["id"]]["state"])
         ]
         if not dropped:
             return rows
@@ -192,14 +199,6 @@ class Remote:
         for chunk in _chunks(ids, FILTER_CHUNK_SIZE):
             self.transport.request("DELETE", res.path, params=[("id", str(i)) for i in chunk])
         return self._by_ids(res, ids)
-
-
-STATE_OUTCOMES = {
-    "READY": {"READY", "STAGED_IN"},
-    "POSTPROCESSED": {"POSTPROCESSED", "JOB_FINISHED"},
-    "STAGED_OUT": {"JOB_FINISHED"},
-}
-"""States the server may store for a requested one (it rewrites these three, §4)."""
 
 
 def group_by_keys(items: dict[int, Row]) -> dict[frozenset[str], list[Row]]:

@@ -340,8 +340,7 @@ class Replayer:
 
     def _adopt(self, res: Resource, made: list[tuple[Entry, Row]]) -> None:
         """The server created these entries as these rows: the mirror takes them in."""
-        promoted = self._promoted(res, [row for _, row in made])
-        self.mirror.created(res.name, made, promoted)
+        self.mirror.created(res.name, made)
 
     def _lookup(self, res: Resource, group: list[Entry]) -> list[tuple[Entry, Row]]:
         """Find rows the server created for in-flight creates (by marker, or unique names)."""
@@ -465,8 +464,13 @@ class Replayer:
             self._adopt(res, list(zip(group, rows, strict=True)))
         elif op is Op.UPDATE:
             self.mirror.sending([e.seq for e in group])
-            rows = self.remote.bulk_update(res, [(e.obj_id, e.payload) for e in group])
-            self.mirror.confirmed(res.name, [e.seq for e in group], rows, self._promoted(res, rows))
+            sent = [(e.obj_id, e.payload) for e in group]
+            seqs = [e.seq for e in group]
+            found = self.remote.bulk_update(res, sent)
+            if found is None:  # one request, as upstream's save(); the next read confirms
+                self.mirror.applied(res.name, seqs, sent)
+            else:
+                self.mirror.confirmed(res.name, seqs, found)
         else:
             return self._send_deletes(res, group, mine, report)
         return len(group)
@@ -483,7 +487,7 @@ class Replayer:
         """
         self.mirror.sending([e.seq for e in group])
         kept = {row["id"] for row in self.remote.delete_ids(res, [e.obj_id for e in group])}
-        self.mirror.confirmed(res.name, [e.seq for e in group if e.obj_id not in kept], [], [])
+        self.mirror.confirmed(res.name, [e.seq for e in group if e.obj_id not in kept], [])
         for entry in (e for e in group if e.obj_id in kept):
             reason = f"{res.name} {entry.obj_id} is locked: the server kept it"
             if entry.attempts + 1 < KEPT_TRIES:
@@ -501,23 +505,6 @@ class Replayer:
             )
             self._reject(entry, locked, mine, report)
         return len(group) - len(kept)
-
-    def _promoted(self, res: Resource, rows: list[Row]) -> list[Row] | None:
-        """Jobs the server promoted because these rows finished (their waiting children),
-        read now, outside any transaction; None when they could not be read."""
-        finished = [
-            r["id"] for r in rows if res.promotes_children and r.get("state") == "JOB_FINISHED"
-        ]
-        if not finished:
-            return []
-        spec = QuerySpec(res.name).with_filters({"parent_id": finished})
-        try:
-            return self.remote.select(res, spec)[0]
-        except TransportError as exc:
-            log.info(
-                "children of finished jobs not re-read (%s): the next read asks the server", exc
-            )
-            return None
 
     # -- refusals ----------------------------------------------------------------------------
 
