@@ -59,6 +59,11 @@ class Resource:
         side_effects: resources the server changes, in ways we cannot replay, when this one
             is written (a job update writes events).
         promotes_children: an object that finishes promotes its waiting children (Job).
+        text_limits: the most characters the server stores in a text value (its database's
+            ``String(n)`` columns, and its checks of pickled payloads), by field or by a
+            dotted path into a nested value (``*``: any key), e.g. ``transfers.*.path``; a
+            filter on another resource's column names that column's limit (App's
+            ``site_name``). Longer values are refused before anything is queued.
     """
 
     name: str
@@ -78,6 +83,7 @@ class Resource:
     marked_creates: bool = False
     side_effects: tuple[str, ...] = ()
     promotes_children: bool = False
+    text_limits: tuple[tuple[str, int], ...] = ()
 
     def item_path(self, obj_id: int) -> str:
         return f"{self.path}{obj_id}"
@@ -101,10 +107,36 @@ class Resource:
 
 
 SITE = Resource(
-    "Site", "/sites/", s.SiteOut, s.SiteCreate, s.SiteUpdate, None, "object", "object", "none", True
+    "Site",
+    "/sites/",
+    s.SiteOut,
+    s.SiteCreate,
+    s.SiteUpdate,
+    None,
+    "object",
+    "object",
+    "none",
+    True,
+    text_limits=(("name", 100), ("path", 512)),
 )
 APP = Resource(
-    "App", "/apps/", s.AppOut, s.AppCreate, s.AppUpdate, None, "object", "object", "none", True
+    "App",
+    "/apps/",
+    s.AppOut,
+    s.AppCreate,
+    s.AppUpdate,
+    None,
+    "object",
+    "object",
+    "none",
+    True,
+    text_limits=(
+        ("name", 200),
+        ("serialized_class", 262_144),  # upstream's MAX_APP_SERIALIZED_SIZE
+        ("transfers.*.local_path", 256),  # becomes each job's TransferItem.local_path
+        ("site_name", 100),
+        ("site_path", 512),
+    ),
 )
 JOB = Resource(
     "Job",
@@ -121,6 +153,14 @@ JOB = Resource(
     marked_creates=True,
     side_effects=("EventLog", "TransferItem"),
     promotes_children=True,
+    text_limits=(
+        ("workdir", 256),
+        ("serialized_parameters", 512_000),  # upstream's MAX_SERIALIZED_PARAMS_SIZE
+        ("serialized_return_value", 512_000),
+        ("serialized_exception", 512_000),
+        ("transfers.*.path", 256),  # becomes a TransferItem's remote_path
+        ("transfers.*.location_alias", 256),
+    ),
     provisional=(
         ("state", "CREATED"),
         ("last_update", None),
@@ -142,6 +182,7 @@ BATCH_JOB = Resource(
     "object",
     True,
     enum_filters=(("state", s.BatchJobState),),
+    text_limits=(("project", 64), ("queue", 64)),
     provisional=(
         ("state", "pending_submission"),
         ("scheduler_id", None),
@@ -162,6 +203,13 @@ TRANSFER_ITEM = Resource(
     "object",
     False,
     side_effects=("Job", "EventLog"),
+    text_limits=(
+        ("task_id", 100),
+        ("local_path", 256),
+        ("remote_path", 256),
+        ("location_alias", 256),
+        ("job_state", 32),
+    ),
 )
 EVENT_LOG = Resource(
     "EventLog",
@@ -175,6 +223,7 @@ EVENT_LOG = Resource(
     "none",
     False,
     default_ordering="-timestamp",
+    text_limits=(("from_state", 32), ("to_state", 32)),
 )
 
 RESOURCES: dict[str, Resource] = {
