@@ -9,11 +9,11 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import click
 
-from ..cache.filesystem import private_file
+from ..cache.filesystem import append_own
 from ..client import Client
 from ..errors import BalsamSyncError, OfflineError
 from ..remote.jwt import claims
@@ -164,6 +164,17 @@ def pull(state: State, full: bool) -> None:
     table(["resource", "fetched", "deleted"], rows)
 
 
+class _LogFile(logging.StreamHandler[TextIO]):
+    """The daemon's log: a file opened safely, closed with the handler."""
+
+    def close(self) -> None:
+        try:
+            self.flush()
+            self.stream.close()
+        finally:
+            super().close()
+
+
 @contextmanager
 def _own_signals() -> Iterator[None]:
     """Give the previous SIGTERM/SIGINT handlers back afterwards (for in-process callers)."""
@@ -196,10 +207,10 @@ def daemon(ctx: click.Context, state: State, /, log_file: str | None, **opts: An
     once = opts.pop("once")
     runner = client.daemon(**opts)
     level = logging.DEBUG if ctx.find_root().params.get("verbose", 0) > 1 else logging.INFO
-    private_file(path)
+    handler = _LogFile(append_own(path))  # never through a link planted at its name
     click.echo(f"syncing {client.mirror.path}; log: {path}", err=True)
     fmt = "%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"
-    with logging_to(logging.FileHandler(path), level, fmt), _own_signals():
+    with logging_to(handler, level, fmt), _own_signals():
         code = runner.run(max_rounds=1 if once else None)
     if once:
         st = client.status(check_server=False)
