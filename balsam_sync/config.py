@@ -79,6 +79,21 @@ def normalize_url(url: str) -> str:
     return f"{scheme}://{netloc}{re.sub('/+', '/', parts.path).rstrip('/')}"
 
 
+def origin(url: str) -> str:
+    """``scheme://host:port`` of a URL, the port always shown (what a connection is tried to);
+    the text itself when it is no URL."""
+    parts = urlsplit(url)
+    try:
+        port = parts.port or DEFAULT_PORTS.get(parts.scheme.lower())
+    except ValueError:
+        port = None
+    host = parts.hostname or ""
+    if not parts.scheme or not host:
+        return redact_url(url)
+    host = f"[{host}]" if ":" in host else host
+    return f"{parts.scheme.lower()}://{host}" + (f":{port}" if port else "")
+
+
 def server_key(url: str) -> str:
     """Return the server's identity for the mirror: the normalised URL, loopback as localhost.
 
