@@ -217,7 +217,8 @@ def test_a_planted_link_at_the_daemon_log_is_refused(
     monkeypatch.setenv("BALSAM_SYNC_HOME", str(home))
     monkeypatch.setenv("BALSAM_CLIENT_PATH", str(tmp_path / "client.yml"))
     monkeypatch.delenv("BALSAM_SYNC_OFFLINE", raising=False)
-    c = connect(home)
+    c = connect(home, offline=True)
+    _create_job(c)  # the mirror exists: the daemon starts without asking the server
     log = c.mirror_file.with_suffix(".daemon.log")
     c.close()
     target = victim(tmp_path / "theirs.log", other)
