@@ -12,7 +12,8 @@
     ├── MirrorError                 the local mirror file is foreign or unusable (names the file)
     │   ├── MirrorDamaged           its content is damaged: `balsam-sync salvage`
     │   ├── MirrorFull              its disk is full: nothing was written
-    │   └── MirrorBusy              another process kept it locked past the busy timeout
+    │   ├── MirrorBusy              another process kept it locked past the busy timeout
+    │   └── UnsafeFile              a link, or another user's file or folder, where ours belongs
     ├── OfflineError                the answer needs the server, but the client is offline
     │   └── NoEvidence              ...and the mirror cannot tell either (never pulled or asked)
     └── TransportError              the server could not be asked or answered badly
@@ -91,6 +92,11 @@ class MirrorFull(MirrorError):
 
 class MirrorBusy(MirrorError):
     """Another process kept the mirror locked for longer than the busy timeout."""
+
+
+class UnsafeFile(MirrorError):
+    """A link, or a file or folder of another user, where balsam_sync keeps its own (the
+    message names the path): it is never followed or used."""
 
 
 class OfflineError(BalsamSyncError):

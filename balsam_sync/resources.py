@@ -73,6 +73,11 @@ class Resource:
         cascade: what the server deletes with an object: (resource, field naming it).
         detach: what outlives an object's deletion with the field naming it set to null.
         links: a list field of ids kept in a side table for the overlap filter (``parent_ids``).
+        text_limits: the most characters the server stores in a text value (its database's
+            ``String(n)`` columns, and its checks of pickled payloads), by field or by a
+            dotted path into a nested value (``*``: any key), e.g. ``transfers.*.path``; a
+            filter on another resource's column names that column's limit (App's
+            ``site_name``). Longer values are refused before anything is queued.
     """
 
     name: str
@@ -100,6 +105,8 @@ class Resource:
     cascade: tuple[tuple[str, str], ...] = ()
     detach: tuple[tuple[str, str], ...] = ()
     links: str | None = None
+
+    text_limits: tuple[tuple[str, int], ...] = ()
 
     @property
     def reference_fields(self) -> tuple[str, ...]:
@@ -139,6 +146,7 @@ SITE = Resource(
     True,
     settle_by=("name",),
     cascade=(("App", "site_id"), ("BatchJob", "site_id")),
+    text_limits=(("name", 100), ("path", 512)),
 )
 APP = Resource(
     "App",
@@ -154,6 +162,13 @@ APP = Resource(
     references=(("site_id", "Site"),),
     settle_by=("site_id", "name"),
     cascade=(("Job", "app_id"),),
+    text_limits=(
+        ("name", 200),
+        ("serialized_class", 262_144),  # upstream's MAX_APP_SERIALIZED_SIZE
+        ("transfers.*.local_path", 256),  # becomes each job's TransferItem.local_path
+        ("site_name", 100),
+        ("site_path", 512),
+    ),
 )
 JOB = Resource(
     "Job",
@@ -174,6 +189,14 @@ JOB = Resource(
     references=(("app_id", "App"), ("parent_ids", "Job"), ("batch_job_id", "BatchJob")),
     cascade=(("TransferItem", "job_id"), ("EventLog", "job_id")),
     links="parent_ids",
+    text_limits=(
+        ("workdir", 256),
+        ("serialized_parameters", 512_000),  # upstream's MAX_SERIALIZED_PARAMS_SIZE
+        ("serialized_return_value", 512_000),
+        ("serialized_exception", 512_000),
+        ("transfers.*.path", 256),  # becomes a TransferItem's remote_path
+        ("transfers.*.location_alias", 256),
+    ),
     provisional=(
         ("state", "CREATED"),
         ("last_update", None),
@@ -200,6 +223,7 @@ BATCH_JOB = Resource(
     settle_by=("site_id", "queue"),
     settle_same=("project", "num_nodes", "job_mode"),
     detach=(("Job", "batch_job_id"),),
+    text_limits=(("project", 64), ("queue", 64)),
     provisional=(
         ("state", "pending_submission"),
         ("scheduler_id", None),
@@ -221,6 +245,13 @@ TRANSFER_ITEM = Resource(
     False,
     side_effects=("Job", "EventLog"),
     moving_states=("pending", "active", "inactive"),
+    text_limits=(
+        ("task_id", 100),
+        ("local_path", 256),
+        ("remote_path", 256),
+        ("location_alias", 256),
+        ("job_state", 32),
+    ),
 )
 EVENT_LOG = Resource(
     "EventLog",
@@ -234,6 +265,7 @@ EVENT_LOG = Resource(
     "none",
     False,
     default_ordering="-timestamp",
+    text_limits=(("from_state", 32), ("to_state", 32)),
 )
 
 RESOURCES: dict[str, Resource] = {

@@ -23,6 +23,8 @@ from uuid import UUID
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from ..errors import UsageError
+from ..resources import Row
+from ..spec import check_storable, storable_problem, text_limits
 from ..utc import naive_utc, utc_text
 
 Converter = Callable[[Any], Any]
@@ -181,31 +183,66 @@ def validate_field(schema: type[BaseModel], model: str, name: str, value: Any) -
     """Validate one assigned value against ``schema`` and return its wire form.
 
     Raises:
-        UsageError: the value does not fit the field's type.
+        UsageError: the value does not fit the field's type, or the server cannot store it.
     """
     adapter = _adapter(schema, name)
+    check_storable(f"{model}.{name}", value)  # first: pydantic mangles or chokes on a bad key
     try:
         checked = adapter.validate_python(value)
     except ValidationError as exc:
         raise UsageError(f"{model}.{name}: {_first_error(exc)}") from exc
     if isinstance(checked, datetime):  # naive means UTC; stored and sent with its offset
         return wire_datetime(checked)
-    return adapter.dump_python(checked, mode="json")
+    wire = adapter.dump_python(checked, mode="json")
+    check_storable(f"{model}.{name}", wire, text_limits(model).get(name))
+    return wire
 
 
 def validate_payload(schema: type[BaseModel], model: str, data: dict[str, Any]) -> dict[str, Any]:
     """Validate a whole creation payload and return it in wire form, defaults filled in.
 
     Raises:
-        UsageError: naming each bad or missing field.
+        UsageError: naming each bad or missing field, or a value the server cannot store.
     """
+    check_text(model, data)  # first: pydantic mangles or chokes on a dict key that is not UTF-8
     try:
-        return schema.model_validate(data).model_dump(mode="json")
+        wire = schema.model_validate(data).model_dump(mode="json")
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
         )
         raise UsageError(f"invalid {model}: {problems}") from exc
+    check_lengths(model, wire)
+    return wire
+
+
+def check_wire(model: str, row: Row) -> None:
+    """Refuse values the server cannot store: bad text anywhere, text over its limits.
+
+    Raises:
+        UsageError: naming the field and the path to the bad text inside it.
+    """
+    check_text(model, row)
+    check_lengths(model, row)
+
+
+def check_text(model: str, row: Row) -> None:
+    """Refuse text the server cannot store (NUL, lone surrogates) anywhere in ``row``."""
+    for name, value in row.items():
+        _refuse(model, name, storable_problem(value))
+
+
+def check_lengths(model: str, row: Row) -> None:
+    """Refuse text in ``row`` longer than the server's columns (the wire form: a ``Path`` as
+    the text it is sent as), and bad text in those fields."""
+    limits = text_limits(model)
+    for name in limits.keys() & row.keys():
+        _refuse(model, name, storable_problem(row[name], limits[name]))
+
+
+def _refuse(model: str, name: str, problem: str | None) -> None:
+    if problem is not None:
+        raise UsageError(f"{model}.{name}{problem}")
 
 
 def _first_error(exc: ValidationError) -> str:

@@ -21,7 +21,6 @@ from ..schemas.attrs import JobAttrs
 from ..spec import QuerySpec
 from .manager import Manager, ManagerAccess
 from .models import Model
-from .records import all_of, max_length
 from .serializer import deserialize, register_upstream_names, serialize_plain
 
 if TYPE_CHECKING:
@@ -142,12 +141,7 @@ class Job(Model, JobAttrs):
     _manager_class = JobManager
     _client_only = frozenset(_CLIENT_ARGS)
     _hidden: ClassVar[dict[str, str]] = {"tags": resources.MARKER_KEY}
-    _rules: ClassVar[dict[str, Any]] = {
-        "workdir": all_of(_relative, max_length(256)),
-        "serialized_parameters": max_length(512000),
-        "serialized_return_value": max_length(512000),
-        "serialized_exception": max_length(512000),
-    }
+    _rules: ClassVar[dict[str, Any]] = {"workdir": _relative}
     objects: ClassVar[_JobManagerAccess] = _JobManagerAccess()
     _app_ref: tuple[str, str | None] | None
 

@@ -127,7 +127,7 @@ class Manager(Generic[M]):
     def _creation_payload(obj: Model, names: dict[Any, int] | None = None) -> Row:
         """The wire fields of an unsaved object (references given by name resolved now)."""
         obj._before_create({} if names is None else names)
-        return dict(obj._data)
+        return obj._creation_fields()
 
     def _resolve_app_id(self, name: str, site_name: str | None) -> int:
         """Find an App's id by its name (and site name when one is given), not by unpickling."""

@@ -27,6 +27,7 @@ from .access import ModelState, _Field, _snapshot
 from .classes import constructor_order, install_fields, named_arguments, own_exceptions
 from .fields import (
     Converter,
+    check_wire,
     decode_json,
     validate_field,
     validate_payload,
@@ -295,8 +296,16 @@ class Model(Provenanced):
         for name, before in (self._seen or {}).items():
             now = data.get(name)
             if name not in changes and now != before:
+                check_wire(type(self).__name__, {name: now})  # changed in place: not checked yet
                 changes[name] = now
         return changes
+
+    def _creation_fields(self) -> Row:
+        """The wire fields of an unsaved object, its dicts and lists checked again (they may
+        have been changed in place since they were validated)."""
+        row = dict(self._data)
+        check_wire(type(self).__name__, {k: row[k] for k in self._json if k in row})
+        return row
 
     # -- lifecycle (delegated to the manager) --------------------------------------------------
 
