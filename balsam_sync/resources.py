@@ -20,6 +20,10 @@ Row = dict[str, Any]
 CreateRoute = Literal["object", "list", "none"]
 """How POST takes new objects: one object per call, a JSON list (Job), or not at all."""
 
+BulkOp = Literal["create", "update", "delete"]
+"""An operation on many objects at once: ``bulk_create``; ``bulk_update`` and a query's
+``update()``; a query's ``delete()``."""
+
 UpdateReply = Literal["object", "int", "none"]
 """What PUT/PATCH answer: the updated object(s), an int (Job: re-read needed), or no route."""
 
@@ -59,6 +63,8 @@ class Resource:
         side_effects: resources the server changes, in ways we cannot replay, when this one
             is written (a job update writes events).
         promotes_children: an object that finishes promotes its waiting children (Job).
+        bulk: the operations on many objects upstream's API offers for this resource; the
+            others raise NotImplementedError there, and ``NotOffered`` here.
     """
 
     name: str
@@ -78,6 +84,7 @@ class Resource:
     marked_creates: bool = False
     side_effects: tuple[str, ...] = ()
     promotes_children: bool = False
+    bulk: frozenset[BulkOp] = frozenset()
 
     def item_path(self, obj_id: int) -> str:
         return f"{self.path}{obj_id}"
@@ -121,6 +128,7 @@ JOB = Resource(
     marked_creates=True,
     side_effects=("EventLog", "TransferItem"),
     promotes_children=True,
+    bulk=frozenset({"create", "update", "delete"}),
     provisional=(
         ("state", "CREATED"),
         ("last_update", None),
@@ -142,6 +150,7 @@ BATCH_JOB = Resource(
     "object",
     True,
     enum_filters=(("state", s.BatchJobState),),
+    bulk=frozenset({"update"}),
     provisional=(
         ("state", "pending_submission"),
         ("scheduler_id", None),
@@ -162,6 +171,7 @@ TRANSFER_ITEM = Resource(
     "object",
     False,
     side_effects=("Job", "EventLog"),
+    bulk=frozenset({"update"}),
 )
 EVENT_LOG = Resource(
     "EventLog",

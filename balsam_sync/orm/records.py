@@ -79,6 +79,8 @@ class BatchJob(Model, BatchJobAttrs):
     __slots__ = ()
     _resource = resources.BATCH_JOB
     objects: ClassVar[ManagerAccess] = ManagerAccess()
+    # Upstream's BatchJob schema uses its enums' values: ``bj.state == "queued"`` is a str.
+    _as_text: ClassVar[frozenset[str]] = frozenset({"state", "job_mode"})
     _rules: ClassVar[dict[str, Any]] = {"project": max_length(64), "queue": max_length(64)}
 
 
