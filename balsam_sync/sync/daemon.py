@@ -24,6 +24,7 @@ from ..cache.lock import FileLock
 from ..cache.mirror import Mirror
 from ..errors import BalsamSyncError, NotAuthenticated
 from ..remote.transport import Transport
+from .cost import metered
 from .pull import PullReport
 from .replay import Replayer
 
@@ -126,6 +127,20 @@ class SyncDaemon:
     def round(self) -> RoundReport:
         """One push (and pull); never raises for a network or server problem."""
         report = RoundReport()
+        with metered(self.transport) as cost:
+            self._round(report)
+        log.info(
+            "round %d: sent %d, dead %d, pulled %d; %s%s",
+            self.rounds + 1,
+            report.sent,
+            report.dead,
+            report.pulled,
+            cost,
+            f", error: {report.error}" if report.error else "",
+        )
+        return report
+
+    def _round(self, report: RoundReport) -> None:
         try:
             pushed = self.replayer().push(batch_size=self.batch_size)
             report.sent, report.dead = pushed.sent, pushed.dead
@@ -143,12 +158,3 @@ class SyncDaemon:
         except BalsamSyncError as exc:
             report.reachable, report.error = False, str(exc)
             log.warning("round failed: %s", exc)
-        log.info(
-            "round %d: sent %d, dead %d, pulled %d%s",
-            self.rounds + 1,
-            report.sent,
-            report.dead,
-            report.pulled,
-            f", error: {report.error}" if report.error else "",
-        )
-        return report
