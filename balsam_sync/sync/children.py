@@ -30,6 +30,8 @@ from ..resources import RESOURCES, Row
 from ..spec import QuerySpec
 
 CHILDREN = ("TransferItem", "EventLog")
+JOBS_PHASE = "TransferItem+EventLog (jobs)"
+"""The progress name of reading children by job: counted in jobs, out of the jobs queued."""
 
 
 @dataclass
@@ -86,15 +88,17 @@ class ChildrenReader:
         mirror: Mirror,
         at: str,
         workers: int = 2,
-        progress: Callable[[str, int], None] | None = None,
+        progress: Callable[[str, int, int | None], None] | None = None,
     ) -> None:
         self.remote = remote
         self.mirror = mirror
         self.state = PullState(mirror.store)
         self.at = at
-        self.progress = progress or (lambda _r, _n: None)
+        self.progress = progress or (lambda _r, _n, _t: None)
+        """Called as (resource, rows, None) and (``JOBS_PHASE``, jobs read, jobs queued)."""
         self.fetched = {name: 0 for name in CHILDREN}
         self.queued: set[int] = set()
+        self.read = 0
         self._buffer: list[Unsynced] = []
         self._pending: deque[Fetched] = deque()
         self._pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix="balsam-sync-pull")
@@ -153,5 +157,7 @@ class ChildrenReader:
                 written = self.state.replace_children(name, ids, rows)
                 self.mirror.outbox.overlay(name, written)
                 self.fetched[name] += len(listed)
-                self.progress(name, self.fetched[name])
+                self.progress(name, self.fetched[name], None)
             self.state.set_marks([(u.id, u.stamp) for u in jobs], self.at)
+        self.read += len(got.jobs)
+        self.progress(JOBS_PHASE, self.read, len(self.queued))
