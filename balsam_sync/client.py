@@ -36,6 +36,7 @@ from .remote.rest import Remote
 from .remote.retry import RetryPolicy
 from .remote.serverclock import Clock
 from .remote.transport import Transport
+from .sync.cost import metered
 from .sync.daemon import SyncDaemon
 from .sync.pull import Progress, Puller, PullOptions, PullReport
 from .sync.push import PushReport
@@ -199,7 +200,9 @@ class Client:
         """
         self._refuse_offline("push()")
         try:
-            report = self.gateway.replayer().push(lock_wait=lock_wait)
+            with metered(self.transport) as cost:
+                report = self.gateway.replayer().push(lock_wait=lock_wait)
+            report.requests, report.bytes, report.seconds = cost.requests, cost.bytes, cost.seconds
         except BalsamSyncError as exc:
             self._note_error(f"push failed: {exc}")
             raise

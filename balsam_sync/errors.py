@@ -6,7 +6,8 @@
     │   ├── UsageTypeError (TypeError)       wrong type (e.g. bulk_create given a generator)
     │   ├── FieldNotWritable (AttributeError) read-only field, or not updatable after creation
     │   ├── ObjectStateError (AttributeError)  refresh/delete of an unsaved or deleted object
-    │   └── SlicedQueryError (AttributeError, TypeError)  filter/order/delete after a slice
+    │   ├── SlicedQueryError (AttributeError, TypeError)  filter/order/delete after a slice
+    │   └── NotOffered (NotImplementedError)  an operation upstream's API has not for this model
     ├── ObjectDoesNotExist          Model.DoesNotExist is a per-model subclass
     ├── MultipleObjectsReturned     Model.MultipleObjectsReturned is a per-model subclass
     ├── MirrorError                 the local mirror file is foreign or unusable (names the file)
@@ -68,6 +69,10 @@ class ObjectStateError(UsageError, AttributeError):
 
 class SlicedQueryError(UsageError, AttributeError, TypeError):
     """Filtering, re-ordering or bulk-changing a query that was already sliced."""
+
+
+class NotOffered(UsageError, NotImplementedError):
+    """An operation on many objects that upstream's API does not offer for this resource."""
 
 
 class ObjectDoesNotExist(BalsamSyncError):

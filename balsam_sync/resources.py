@@ -20,6 +20,10 @@ Row = dict[str, Any]
 CreateRoute = Literal["object", "list", "none"]
 """How POST takes new objects: one object per call, a JSON list (Job), or not at all."""
 
+BulkOp = Literal["create", "update", "delete"]
+"""An operation on many objects at once: ``bulk_create``; ``bulk_update`` and a query's
+``update()``; a query's ``delete()``."""
+
 UpdateReply = Literal["object", "int", "none"]
 """What PUT/PATCH answer: the updated object(s), an int (Job: re-read needed), or no route."""
 
@@ -78,6 +82,8 @@ class Resource:
             dotted path into a nested value (``*``: any key), e.g. ``transfers.*.path``; a
             filter on another resource's column names that column's limit (App's
             ``site_name``). Longer values are refused before anything is queued.
+        bulk: the operations on many objects upstream's API offers for this resource; the
+            others raise NotImplementedError there, and ``NotOffered`` here.
     """
 
     name: str
@@ -111,6 +117,8 @@ class Resource:
     @property
     def reference_fields(self) -> tuple[str, ...]:
         return tuple(name for name, _ in self.references)
+
+    bulk: frozenset[BulkOp] = frozenset()
 
     def item_path(self, obj_id: int) -> str:
         return f"{self.path}{obj_id}"
@@ -197,6 +205,7 @@ JOB = Resource(
         ("transfers.*.path", 256),  # becomes a TransferItem's remote_path
         ("transfers.*.location_alias", 256),
     ),
+    bulk=frozenset({"create", "update", "delete"}),
     provisional=(
         ("state", "CREATED"),
         ("last_update", None),
@@ -224,6 +233,7 @@ BATCH_JOB = Resource(
     settle_same=("project", "num_nodes", "job_mode"),
     detach=(("Job", "batch_job_id"),),
     text_limits=(("project", 64), ("queue", 64)),
+    bulk=frozenset({"update"}),
     provisional=(
         ("state", "pending_submission"),
         ("scheduler_id", None),
@@ -252,6 +262,7 @@ TRANSFER_ITEM = Resource(
         ("location_alias", 256),
         ("job_state", 32),
     ),
+    bulk=frozenset({"update"}),
 )
 EVENT_LOG = Resource(
     "EventLog",

@@ -25,22 +25,24 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from ..errors import UsageError
 from ..resources import Row
 from ..spec import check_storable, storable_problem, text_limits
-from ..utc import naive_utc, utc_text
+from ..utc import NaiveUTC, naive_utc_value, utc_text
+from .lax import lax_payload, lax_value
 
 Converter = Callable[[Any], Any]
 
 
 def parse_datetime(raw: Any) -> datetime:
-    """Return a naive UTC datetime, as upstream's models give them, from ISO text.
+    """Return a naive UTC datetime (``utc.NaiveUTC``) from ISO text.
 
     The server sends naive UTC text, except ``Job.last_update`` (``+00:00``); upstream code
-    compares them with ``datetime.utcnow()``, so every model timestamp reads naive UTC. The
-    mirror keeps aware UTC text; only what users read is naive.
+    compares them with ``datetime.utcnow()`` and ``datetime.now(timezone.utc)`` alike, so
+    every model timestamp reads naive UTC and also compares with aware values. The mirror
+    keeps aware UTC text; only what users read is naive.
     """
     if type(raw) is str and raw.endswith("+00:00"):  # the mirror's (and last_update's) form
-        return datetime.fromisoformat(raw[:-6])
+        return NaiveUTC.fromisoformat(raw[:-6])
     value = raw if isinstance(raw, datetime) else datetime.fromisoformat(raw)
-    return naive_utc(value)
+    return naive_utc_value(value)
 
 
 _SCAN: Callable[[str, int], tuple[Any, int]] = vars(json.JSONDecoder())["scan_once"]
@@ -188,7 +190,7 @@ def validate_field(schema: type[BaseModel], model: str, name: str, value: Any) -
     adapter = _adapter(schema, name)
     check_storable(f"{model}.{name}", value)  # first: pydantic mangles or chokes on a bad key
     try:
-        checked = adapter.validate_python(value)
+        checked = adapter.validate_python(lax_value(schema, name, value))
     except ValidationError as exc:
         raise UsageError(f"{model}.{name}: {_first_error(exc)}") from exc
     if isinstance(checked, datetime):  # naive means UTC; stored and sent with its offset
@@ -206,7 +208,7 @@ def validate_payload(schema: type[BaseModel], model: str, data: dict[str, Any]) 
     """
     check_text(model, data)  # first: pydantic mangles or chokes on a dict key that is not UTF-8
     try:
-        wire = schema.model_validate(data).model_dump(mode="json")
+        wire = schema.model_validate(lax_payload(schema, data)).model_dump(mode="json")
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()

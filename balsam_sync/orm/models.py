@@ -51,6 +51,8 @@ class Model(Provenanced):
     _hidden: ClassVar[dict[str, str]] = {}
     """Bookkeeping keys kept on the server but hidden from a dict field (field -> key)."""
     _refs: ClassVar[frozenset[str]] = frozenset({"id"})
+    _as_text: ClassVar[frozenset[str]] = frozenset()
+    """Enum fields read as their plain text value, as upstream reads them (BatchJob.state)."""
     _readers: ClassVar[dict[str, _Field]] = {}
     """The field descriptor of every field (also of those a property stands in for)."""
     _fields: ClassVar[frozenset[str]] = frozenset()
@@ -118,9 +120,6 @@ class Model(Provenanced):
     def _prepare_create(self, fields: dict[str, Any]) -> dict[str, Any]:
         """Turn client-only creation arguments into wire fields (overridden by Job)."""
         return fields
-
-    def _before_create(self, names: dict[Any, int]) -> None:
-        """Resolve what was deferred from the constructor (Job: an App name), before sending."""
 
     @classmethod
     def _from_row(cls, row: Row) -> Model:

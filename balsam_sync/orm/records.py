@@ -56,6 +56,8 @@ class BatchJob(Model, BatchJobAttrs):
     __slots__ = ()
     _resource = resources.BATCH_JOB
     objects: ClassVar[ManagerAccess] = ManagerAccess()
+    # Upstream's BatchJob schema uses its enums' values: ``bj.state == "queued"`` is a str.
+    _as_text: ClassVar[frozenset[str]] = frozenset({"state", "job_mode"})
 
 
 class TransferItem(Model, TransferItemAttrs):

@@ -31,6 +31,7 @@ from ..config import ENV_TOKEN, client_yml_path
 from ..errors import BalsamSyncError, NotAuthenticated, ServerUnreachable
 from ..remote.transport import Transport
 from ..utc import now_text
+from .cost import metered
 from .pull import PullReport
 from .push import Replayer
 
@@ -157,6 +158,20 @@ class SyncDaemon:
     def round(self) -> RoundReport:
         """One push (and pull); never raises for a network or server problem."""
         report = RoundReport()
+        with metered(self.transport) as cost:
+            self._round(report)
+        log.info(
+            "round %d: sent %d, dead %d, pulled %d; %s%s",
+            self.rounds + 1,
+            report.sent,
+            report.dead,
+            report.pulled,
+            cost,
+            f", error: {report.error}" if report.error else "",
+        )
+        return report
+
+    def _round(self, report: RoundReport) -> None:
         try:
             pushed = self.replayer().push(batch_size=self.batch_size)
             report.sent, report.dead = pushed.sent, pushed.dead
@@ -178,15 +193,6 @@ class SyncDaemon:
             log.warning("round failed: %s", exc)
         if report.error and not report.token_refused and self.transport.link.down():
             report.unreachable = True  # the push met it (and kept its changes queued)
-        log.info(
-            "round %d: sent %d, dead %d, pulled %d%s",
-            self.rounds + 1,
-            report.sent,
-            report.dead,
-            report.pulled,
-            f", error: {report.error}" if report.error else "",
-        )
-        return report
 
     # -- a refused token -----------------------------------------------------------------------
 
