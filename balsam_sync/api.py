@@ -27,6 +27,7 @@ from .schemas import (
     TransferSlot,
 )
 from .sync.pull import PullReport
+from .sync.push import PushReport
 
 _UNSET = object()
 _site_config: Any = _UNSET
@@ -36,6 +37,11 @@ site_config: SiteConfig | None  # set on first access, by __getattr__ below
 def pull(*, full: bool = False) -> PullReport:
     """Bring the default client's mirror up to the server's state."""
     return default_client().pull(full=full)
+
+
+def push() -> PushReport:
+    """Send the default client's queued changes now (what was sent, failed, parked)."""
+    return default_client().push()
 
 
 def __getattr__(name: str) -> Any:
@@ -69,5 +75,6 @@ __all__ = [
     "TransferSlot",
     "default_client",
     "pull",
+    "push",
     "site_config",
 ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import logging
 import os
 import threading
 from pathlib import Path
@@ -35,6 +36,7 @@ from .remote.rest import Remote
 from .remote.retry import RetryPolicy
 from .remote.serverclock import Clock
 from .remote.transport import Transport
+from .sync.cost import metered
 from .sync.daemon import SyncDaemon
 from .sync.pull import Progress, Puller, PullOptions, PullReport
 from .sync.push import PushReport
@@ -42,6 +44,7 @@ from .sync.status import SyncStatus, sync_status
 from .utc import now_text
 
 M = TypeVar("M", bound=Model)
+log = logging.getLogger(__name__)
 
 
 class Client:
@@ -197,7 +200,9 @@ class Client:
         """
         self._refuse_offline("push()")
         try:
-            report = self.gateway.replayer().push(lock_wait=lock_wait)
+            with metered(self.transport) as cost:
+                report = self.gateway.replayer().push(lock_wait=lock_wait)
+            report.requests, report.bytes, report.seconds = cost.requests, cost.bytes, cost.seconds
         except BalsamSyncError as exc:
             self._note_error(f"push failed: {exc}")
             raise
@@ -225,10 +230,42 @@ class Client:
             ask_server=check_server and not offline and bool(self.settings.token),
         )
 
+    def reload_token(self) -> bool:
+        """Take up a new token from the environment or client.yml (``balsam-sync login`` and
+        upstream's ``balsam login`` write it there); True when the token changed.
+
+        Only a token of the same user is taken: this client's mirror and its queue are that
+        user's. A token of another user is left alone, with a warning.
+        """
+        try:
+            fresh = load_settings(self.settings.api_root, home=self.settings.home).token
+        except ConfigError as exc:
+            log.warning("cannot look for a new token: %s", exc)
+            return False
+        if not fresh or fresh == self.settings.token:
+            return False
+        mine, theirs = self._identity().user, user_of(fresh)
+        if theirs != mine:
+            log.warning(
+                "a new token was found, but it is another user's (%s, not %s): it is not "
+                "used for this mirror",
+                theirs,
+                mine,
+            )
+            return False
+        self.transport.set_token(fresh)
+        self.settings = dataclasses.replace(self.settings, token=fresh)
+        return True
+
     def daemon(self, **options: Any) -> SyncDaemon:
         """A sync daemon for this client's mirror (options: see ``SyncDaemon``)."""
         return SyncDaemon(
-            lambda: self.mirror, self.gateway.replayer, self.transport, self.pull, **options
+            lambda: self.mirror,
+            self.gateway.replayer,
+            self.transport,
+            self.pull,
+            reload_token=self.reload_token,
+            **options,
         )
 
     def dead_letters(self) -> list[Entry]:

@@ -13,6 +13,7 @@ chosen by ``server_key``, which also treats every loopback spelling (``localhost
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
 import re
 import stat
@@ -27,6 +28,8 @@ import yaml
 
 from .errors import ConfigError
 from .utc import naive_utc
+
+log = logging.getLogger(__name__)
 
 ENV_API_ROOT = "BALSAM_SYNC_API_ROOT"
 ENV_TOKEN = "BALSAM_SYNC_TOKEN"
@@ -74,6 +77,21 @@ def normalize_url(url: str) -> str:
     host = f"[{host}]" if ":" in host else host
     netloc = host if port in (None, DEFAULT_PORTS[scheme]) else f"{host}:{port}"
     return f"{scheme}://{netloc}{re.sub('/+', '/', parts.path).rstrip('/')}"
+
+
+def origin(url: str) -> str:
+    """``scheme://host:port`` of a URL, the port always shown (what a connection is tried to);
+    the text itself when it is no URL."""
+    parts = urlsplit(url)
+    try:
+        port = parts.port or DEFAULT_PORTS.get(parts.scheme.lower())
+    except ValueError:
+        port = None
+    host = parts.hostname or ""
+    if not parts.scheme or not host:
+        return redact_url(url)
+    host = f"[{host}]" if ":" in host else host
+    return f"{parts.scheme.lower()}://{host}" + (f":{port}" if port else "")
 
 
 def server_key(url: str) -> str:
@@ -187,7 +205,9 @@ def read_client_yml(path: Path) -> dict[str, Any]:
         ConfigError: the file exists but cannot be read or is not a YAML mapping.
     """
     try:
-        text = path.read_text()
+        with open(path) as fh:
+            _check_settings_file(path, os.fstat(fh.fileno()))
+            text = fh.read()
     except FileNotFoundError:
         return {}
     except OSError as exc:
@@ -203,20 +223,47 @@ def read_client_yml(path: Path) -> dict[str, Any]:
     return data
 
 
+_warned: set[tuple[str, int]] = set()
+
+
+def _check_settings_file(path: Path, st: os.stat_result) -> None:
+    """Refuse a settings file of another user; warn (once) when others can read its token.
+
+    Raises:
+        ConfigError: the file belongs to another user (root's is accepted: an administrator's).
+    """
+    if st.st_uid not in (os.geteuid(), 0):
+        raise ConfigError(
+            f"settings file {path} belongs to another user (uid {st.st_uid}): it could send "
+            "your work to any server. Remove it, or log in again (`balsam-sync login`)"
+        )
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & 0o044 and (str(path), mode) not in _warned:
+        _warned.add((str(path), mode))
+        log.warning(
+            "settings file %s holds your token and others can read it (mode %04o): `chmod 600 %s`",
+            path,
+            mode,
+            path,
+        )
+
+
 def write_client_yml(path: Path, values: dict[str, Any]) -> None:
     """Write settings with mode 0600 in a 0700 folder, keeping keys already there.
 
     The file is upstream's: datetimes are written as upstream's ``balsam login`` writes them,
     YAML timestamps in naive UTC (upstream subtracts ``datetime.utcnow()`` from them).
     """
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(path.parent, stat.S_IRWXU)
+    if not path.parent.exists():  # a folder that already existed keeps its mode
+        path.parent.mkdir(mode=0o700, parents=True)
+        os.chmod(path.parent, stat.S_IRWXU)
     merged = {**read_client_yml(path), **values}
     for key, value in list(merged.items()):
         if isinstance(value, datetime):
             merged[key] = naive_utc(value)
     tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    tmp.unlink(missing_ok=True)  # never written through: a link planted there just goes
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "w") as fh:
         yaml.safe_dump(merged, fh, default_flow_style=False, sort_keys=False)
     os.replace(tmp, path)

@@ -6,13 +6,15 @@
     │   ├── UsageTypeError (TypeError)       wrong type (e.g. bulk_create given a generator)
     │   ├── FieldNotWritable (AttributeError) read-only field, or not updatable after creation
     │   ├── ObjectStateError (AttributeError)  refresh/delete of an unsaved or deleted object
-    │   └── SlicedQueryError (AttributeError, TypeError)  filter/order/delete after a slice
+    │   ├── SlicedQueryError (AttributeError, TypeError)  filter/order/delete after a slice
+    │   └── NotOffered (NotImplementedError)  an operation upstream's API has not for this model
     ├── ObjectDoesNotExist          Model.DoesNotExist is a per-model subclass
     ├── MultipleObjectsReturned     Model.MultipleObjectsReturned is a per-model subclass
     ├── MirrorError                 the local mirror file is foreign or unusable (names the file)
     │   ├── MirrorDamaged           its content is damaged: `balsam-sync salvage`
     │   ├── MirrorFull              its disk is full: nothing was written
-    │   └── MirrorBusy              another process kept it locked past the busy timeout
+    │   ├── MirrorBusy              another process kept it locked past the busy timeout
+    │   └── UnsafeFile              a link, or another user's file or folder, where ours belongs
     ├── OfflineError                the answer needs the server, but the client is offline
     │   └── NoEvidence              ...and the mirror cannot tell either (never pulled or asked)
     └── TransportError              the server could not be asked or answered badly
@@ -69,6 +71,10 @@ class SlicedQueryError(UsageError, AttributeError, TypeError):
     """Filtering, re-ordering or bulk-changing a query that was already sliced."""
 
 
+class NotOffered(UsageError, NotImplementedError):
+    """An operation on many objects that upstream's API does not offer for this resource."""
+
+
 class ObjectDoesNotExist(BalsamSyncError):
     """``get()`` matched nothing, or the object is gone from the server."""
 
@@ -91,6 +97,11 @@ class MirrorFull(MirrorError):
 
 class MirrorBusy(MirrorError):
     """Another process kept the mirror locked for longer than the busy timeout."""
+
+
+class UnsafeFile(MirrorError):
+    """A link, or a file or folder of another user, where balsam_sync keeps its own (the
+    message names the path): it is never followed or used."""
 
 
 class OfflineError(BalsamSyncError):

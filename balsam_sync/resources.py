@@ -20,6 +20,10 @@ Row = dict[str, Any]
 CreateRoute = Literal["object", "list", "none"]
 """How POST takes new objects: one object per call, a JSON list (Job), or not at all."""
 
+BulkOp = Literal["create", "update", "delete"]
+"""An operation on many objects at once: ``bulk_create``; ``bulk_update`` and a query's
+``update()``; a query's ``delete()``."""
+
 UpdateReply = Literal["object", "int", "none"]
 """What PUT/PATCH answer: the updated object(s), an int (Job: re-read needed), or no route."""
 
@@ -83,6 +87,13 @@ class Resource:
         waiting_state: ...which wait in this state, and are asked for this one once every
             parent has finished:
         promoted_state: ...
+        text_limits: the most characters the server stores in a text value (its database's
+            ``String(n)`` columns, and its checks of pickled payloads), by field or by a
+            dotted path into a nested value (``*``: any key), e.g. ``transfers.*.path``; a
+            filter on another resource's column names that column's limit (App's
+            ``site_name``). Longer values are refused before anything is queued.
+        bulk: the operations on many objects upstream's API offers for this resource; the
+            others raise NotImplementedError there, and ``NotOffered`` here.
     """
 
     name: str
@@ -116,6 +127,9 @@ class Resource:
     finished_state: str | None = None
     waiting_state: str | None = None
     promoted_state: str = ""
+
+    text_limits: tuple[tuple[str, int], ...] = ()
+    bulk: frozenset[BulkOp] = frozenset()
 
     @property
     def reference_fields(self) -> tuple[str, ...]:
@@ -180,6 +194,7 @@ SITE = Resource(
     True,
     settle_by=("name",),
     cascade=(("App", "site_id"), ("BatchJob", "site_id")),
+    text_limits=(("name", 100), ("path", 512)),
 )
 APP = Resource(
     "App",
@@ -195,6 +210,13 @@ APP = Resource(
     references=(("site_id", "Site"),),
     settle_by=("site_id", "name"),
     cascade=(("Job", "app_id"),),
+    text_limits=(
+        ("name", 200),
+        ("serialized_class", 262_144),  # upstream's MAX_APP_SERIALIZED_SIZE
+        ("transfers.*.local_path", 256),  # becomes each job's TransferItem.local_path
+        ("site_name", 100),
+        ("site_path", 512),
+    ),
 )
 JOB = Resource(
     "Job",
@@ -221,6 +243,15 @@ JOB = Resource(
     references=(("app_id", "App"), ("parent_ids", "Job"), ("batch_job_id", "BatchJob")),
     cascade=(("TransferItem", "job_id"), ("EventLog", "job_id")),
     links="parent_ids",
+    text_limits=(
+        ("workdir", 256),
+        ("serialized_parameters", 512_000),  # upstream's MAX_SERIALIZED_PARAMS_SIZE
+        ("serialized_return_value", 512_000),
+        ("serialized_exception", 512_000),
+        ("transfers.*.path", 256),  # becomes a TransferItem's remote_path
+        ("transfers.*.location_alias", 256),
+    ),
+    bulk=frozenset({"create", "update", "delete"}),
     provisional=(
         ("state", "CREATED"),
         ("last_update", None),
@@ -247,6 +278,8 @@ BATCH_JOB = Resource(
     settle_by=("site_id", "queue"),
     settle_same=("project", "num_nodes", "job_mode"),
     detach=(("Job", "batch_job_id"),),
+    text_limits=(("project", 64), ("queue", 64)),
+    bulk=frozenset({"update"}),
     provisional=(
         ("state", "pending_submission"),
         ("scheduler_id", None),
@@ -269,6 +302,14 @@ TRANSFER_ITEM = Resource(
     side_effects=("Job", "EventLog"),
     moving_states=("pending", "active", "inactive"),
     done_states=("done",),
+    text_limits=(
+        ("task_id", 100),
+        ("local_path", 256),
+        ("remote_path", 256),
+        ("location_alias", 256),
+        ("job_state", 32),
+    ),
+    bulk=frozenset({"update"}),
 )
 EVENT_LOG = Resource(
     "EventLog",
@@ -282,6 +323,7 @@ EVENT_LOG = Resource(
     "none",
     False,
     default_ordering="-timestamp",
+    text_limits=(("from_state", 32), ("to_state", 32)),
 )
 
 RESOURCES: dict[str, Resource] = {

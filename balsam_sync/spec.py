@@ -1,13 +1,21 @@
-"""What a query asks for, validated and normalised before any I/O.
+"""What a query asks for, validated and normalised before any I/O; and what text the server
+can take at all.
 
 The server fails open: it ignores unknown parameters and falsy values and then matches every
 row (balsam-api.md §7.9). ``normalize_filters`` therefore refuses, with a clear error, anything
 the server would drop silently. A ``QuerySpec`` is frozen; every change returns a new one.
+
+Text the server cannot take is refused here for filters and, through ``check_storable``, for
+every value a write carries (``orm/fields.py``): a NUL character (PostgreSQL text cannot hold
+one: the server answers 500), a lone surrogate (not UTF-8 at all: the request cannot be
+encoded, or the server stores JSON it then fails to send, and every listing of the account
+answers 500), and text longer than the server's column (``Resource.text_limits``).
 """
 
 from __future__ import annotations
 
 import difflib
+import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -100,6 +108,7 @@ def normalize_filters(resource: str, raw: Mapping[str, Any]) -> dict[str, Filter
         if name in checked:  # the server takes any string here; a typo would match nothing
             param = replace(param, kind="enum", enum=checked[name])
         out[name] = normalize_filter(resource, param, value)
+        _check_filter_text(resource, name, out[name])
     return out
 
 
@@ -224,3 +233,125 @@ def _unknown(resource: str, what: str, name: str, allowed: list[str]) -> str:
         f"{resource} has no {what} {name!r}{extra} (the server would ignore it and match "
         f"everything). Allowed: {listing}"
     )
+
+
+# -- text the server can take -----------------------------------------------------------------
+
+Limits = Mapping[tuple[str, ...], int]
+"""Most characters by path into a value (``()``: the value itself; ``"*"``: any key)."""
+
+
+def text_problem(text: str) -> str | None:
+    """Why the server cannot take ``text`` (None: it can)."""
+    at = text.find("\x00")
+    if at >= 0:
+        return f"holds a NUL character (at position {at}), which the server cannot store"
+    if not text.isascii():
+        try:
+            text.encode()
+        except UnicodeEncodeError as exc:
+            return (
+                f"is not valid UTF-8 text: it holds the lone surrogate {text[exc.start]!r} at "
+                f"position {exc.start} (what a file name that is not UTF-8 decodes to), "
+                "which the server cannot store"
+            )
+    return None
+
+
+@functools.cache
+def text_limits(resource: str) -> Mapping[str, Limits]:
+    """The server's length limits of ``resource``: field -> limits by path below the field."""
+    res = RESOURCES.get(resource)
+    out: dict[str, dict[tuple[str, ...], int]] = {}
+    for pattern, limit in res.text_limits if res is not None else ():
+        head, *rest = pattern.split(".")
+        out.setdefault(head, {})[tuple(rest)] = limit
+    return out
+
+
+def check_storable(where: str, value: Any, limits: Limits | None = None) -> None:
+    """Refuse ``value`` (JSON: keys and nested values too) when the server cannot store it.
+
+    Raises:
+        UsageError: naming ``where`` and the path to the first bad text, and why.
+    """
+    problem = storable_problem(value, limits)
+    if problem is not None:
+        raise UsageError(f"{where}{problem}")
+
+
+def storable_problem(value: Any, limits: Limits | None = None) -> str | None:
+    """What ``check_storable`` would refuse, as the path and the reason (None: nothing)."""
+    kind = type(value)
+    if kind in _SCALARS:
+        return None
+    return _first_problem(value, (), limits or {})
+
+
+_SCALARS = frozenset({int, float, bool, type(None)})
+
+
+def _first_problem(value: Any, path: tuple[Any, ...], limits: Limits) -> str | None:
+    kind = type(value)
+    if kind is not str and isinstance(value, str):  # an enum member, say: its text
+        value, kind = str.__str__(value), str
+    if kind is str:
+        problem = None if value.isascii() and "\x00" not in value else text_problem(value)
+        limit = _limit_at(limits, path) if limits and problem is None else None
+        if limit is not None and len(value) > limit:
+            problem = f"is {len(value)} characters long; the server takes {limit}"
+        return None if problem is None else f"{_shown(path)}: {problem}"
+    if kind in _SCALARS:
+        return None
+    if kind is dict or isinstance(value, Mapping):
+        for key, item in value.items():
+            if type(key) is str and not (key.isascii() and "\x00" not in key):
+                problem = text_problem(key)
+                if problem is not None:
+                    return f"{_shown(path)}: the key {_short(key)} {problem}"
+            found = _first_problem(item, (*path, key), limits)
+            if found is not None:
+                return found
+    elif isinstance(value, list | tuple | set | frozenset):
+        for index, item in enumerate(value):
+            found = _first_problem(item, (*path, index), limits)
+            if found is not None:
+                return found
+    return None
+
+
+def _limit_at(limits: Limits, path: tuple[Any, ...]) -> int | None:
+    for pattern, limit in limits.items():
+        if len(pattern) != len(path):
+            continue
+        if all(part in ("*", key) for part, key in zip(pattern, path, strict=True)):
+            return limit
+    return None
+
+
+def _shown(path: tuple[Any, ...]) -> str:
+    return "".join(f"[{_short(key)}]" for key in path)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:40]}...{text[-10:]} ({len(value)} characters)"
+
+
+def _check_filter_text(resource: str, name: str, value: Any) -> None:
+    """Refuse text the server cannot take, or a value longer than its column can ever hold."""
+    if name in TAG_FILTERS:
+        texts, limit = [text for pair in value for text in pair], None
+    else:
+        texts = [v for v in (value if isinstance(value, tuple) else (value,)) if type(v) is str]
+        column = text_limits(resource).get(name.removesuffix("__contains"), {})
+        limit = column.get(())
+    for text in texts:
+        problem = text_problem(text)
+        if problem is None and limit is not None and len(text) > limit:
+            problem = (
+                f"is {len(text)} characters long, longer than any the server holds ({limit}): "
+                "it would match nothing"
+            )
+        if problem is not None:
+            raise UsageError(f"{resource}.objects.filter({name}=...): {_short(text)} {problem}")

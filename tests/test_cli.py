@@ -125,7 +125,7 @@ def test_push_with_a_refused_token_says_log_in_again(
     forged = user.token[:-6] + ("AAAAAA" if not user.token.endswith("AAAAAA") else "BBBBBB")
     run.secrets.append(forged)
     monkeypatch.setenv("BALSAM_SYNC_TOKEN", forged)  # same claims: same mirror, bad signature
-    out = run("push", code=1)
+    out = run("push", code=4)  # 4: not logged in, or the token was refused
     assert "log in again" in out.stderr
     assert status_json(run, "--offline")["pending"] == 1  # nothing is dropped
     monkeypatch.setenv("BALSAM_SYNC_TOKEN", user.token)

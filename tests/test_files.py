@@ -80,16 +80,16 @@ def test_last_error_shows_a_settling_failure_and_clears_on_success(
         queued.close()
         run = Run(user.token)
         proxy.set_down(True)
-        pushed = run("push", code=1)
+        pushed = run("push", code=5)  # 5: the server cannot be reached
         shown = run("status", "--offline").stdout
         assert "last error:       -" not in shown, (pushed.output, pushed.stderr, shown)
-        run("daemon", "--once", code=1)  # its round failed: not a success
+        run("daemon", "--once", code=5)  # its round failed: not a success
         proxy.set_down(False)
         assert run("push").stdout.startswith("sent 1,")
         assert "last error:       -" in run("status", "--offline").stdout
 
 
-def test_daemon_once_exits_1_when_it_cannot_reach_the_server(
+def test_daemon_once_exits_5_when_it_cannot_reach_the_server(
     user: User, app: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with FaultProxy(user.api_root) as proxy:
@@ -98,8 +98,8 @@ def test_daemon_once_exits_1_when_it_cannot_reach_the_server(
         monkeypatch.setenv("BALSAM_SYNC_MAX_REQUEST_SECONDS", "2")
         queue_offline(monkeypatch, app, 1).close()
         proxy.set_down(True)
-        out = Run(user.token)("daemon", "--once", code=1)
+        out = Run(user.token)("daemon", "--once", code=5)
         assert "one round done: 1 pending" in out.stdout
-        assert "error: the round failed" in out.stderr
+        assert f"error: cannot reach {proxy.url}" in out.stderr
         proxy.set_down(False)
         assert "one round done: 0 pending" in Run(user.token)("daemon", "--once").stdout

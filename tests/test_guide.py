@@ -702,9 +702,8 @@ def test_query_delete_of_failed_jobs(api: Client, app: Any, user: Any) -> None:
     jobs = new_jobs(app, 5)
     set_states(jobs[:3], "FAILED")
 
-    n = Job.objects.filter(state="FAILED").delete()
+    Job.objects.filter(state="FAILED").delete()
 
-    assert n == 3
     assert server_rows(user, "/jobs/", state="FAILED") == []
     assert Job.objects.filter(state="FAILED").count() == 0
     assert sorted(r["id"] for r in server_rows(user, "/jobs/")) == sorted(j.id for j in jobs[3:])

@@ -355,7 +355,7 @@ def test_query_delete_removes_exactly_the_deleted_jobs_offline(client: Client, a
     doomed = make_jobs(client, app, 3, tags={"del": "1"})
     kept = make_jobs(client, app, 2, tags={"del": "0"})
     list(client.EventLog.objects.online())
-    assert client.Job.objects.filter(tags={"del": "1"}).delete() == 3
+    client.Job.objects.filter(tags={"del": "1"}).delete()
     assert sorted(by_id(held(client.Job.objects.all()))) == sorted(j.id for j in kept)
     assert held_count(client.Job.objects.filter(tags={"del": "1"})) == 0
     doomed_ids = [j.id for j in doomed]

@@ -6,7 +6,7 @@ import from this package only, never from its modules.
 
 from .coverage import Coverage, Evidence
 from .failures import guard
-from .filesystem import private_file
+from .filesystem import append_own
 from .lock import FileLock
 from .mirror import Clock, Mirror, QueueCounts, Queued
 from .neighbours import Neighbour, neighbours
@@ -18,6 +18,7 @@ from .store import writing_here
 
 __all__ = [
     "Clock",
+    "append_own",
     "Coverage",
     "Entry",
     "EntryState",
@@ -38,7 +39,6 @@ __all__ = [
     "move_aside",
     "neighbours",
     "open_mirror",
-    "private_file",
     "recover",
     "restore",
     "writing_here",

@@ -1,7 +1,9 @@
 """An exclusive lock file shared by threads and processes on one node (``flock``).
 
 Each ``acquire`` opens the file anew, so two threads of one process exclude each other as two
-processes do. The lock dies with its holder: a killed replayer never leaves it stuck.
+processes do. The lock dies with its holder: a killed replayer never leaves it stuck. The file
+is opened as every file balsam_sync keeps is (``filesystem.open_own``): a link planted in its
+place is never followed, so the pid written into it cannot land in someone else's file.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
+from .filesystem import open_own
+
 
 class FileLock:
     """``with FileLock(path, wait=5):`` — raises ``TimeoutError`` when not acquired in time."""
@@ -24,9 +28,13 @@ class FileLock:
         self._fd: int | None = None
 
     def acquire(self, wait: float | None = None, stopped: Callable[[], bool] | None = None) -> bool:
-        """Try to take the lock within ``wait`` seconds (or until ``stopped()``); True if taken."""
+        """Try to take the lock within ``wait`` seconds (or until ``stopped()``); True if taken.
+
+        Raises:
+            UnsafeFile: a link, or another user's file, at the lock's path.
+        """
         deadline = time.monotonic() + (self.wait if wait is None else wait)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = open_own(self.path, os.O_RDWR | os.O_CREAT)
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

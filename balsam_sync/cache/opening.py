@@ -18,7 +18,6 @@ import marshal
 import os
 import re
 import sqlite3
-import stat
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,7 @@ from sqlite_utils import Database
 from ..config import server_key
 from ..errors import MirrorBusy, MirrorDamaged, MirrorError
 from .failures import SALVAGE, MirrorConnection, guard
-from .filesystem import choose_home, private_dir
+from .filesystem import check_database, choose_home, private_dir, still_the_same
 from .lock import FileLock
 from .mirror import Clock, Mirror
 from .schema import SCHEMA_VERSION, clear_packed, migrations
@@ -92,7 +91,7 @@ def open_mirror(
     home, wal = choose_home(home, explicit_home)
     path = mirror_path(home, identity)
     with guard(home):
-        private_dir(path.parent)
+        private_dir(path.parent, home)
     with guard(path):
         # Processes opening one new mirror together would race on its creation and the
         # migrations (SQLite answers "locked" at once there): one opens it at a time.
@@ -149,14 +148,15 @@ def _create(path: Path, identity: Identity, wal: bool) -> None:
 
 
 def _open(path: Path, identity: Identity, wal: bool, clock: Clock | None) -> Mirror:
-    if path.stat().st_size == 0:
+    checked = check_database(path)  # SQLite opens it by name: never a link, never another's
+    if checked.st_size == 0:
         raise MirrorDamaged(
             f"the mirror {path} is empty (0 bytes): it was cut short or truncated, and whatever "
             f"it held is gone (a mirror is never created empty). {SALVAGE}"
         )
-    os.chmod(path, stat.S_IRUSR | stat.S_IWUSR)
     conn = _connect(path, wal)
     try:
+        still_the_same(path, checked)
         store = Store(Database(conn))
         meta = _check_identity(store.db, path, identity)
         if migrations.pending(store.db) or meta != _stamp_of(identity):

@@ -30,6 +30,7 @@ from typing import Any
 from ..resources import RESOURCES
 from ..utc import now
 from .failures import guard
+from .filesystem import check_database, new_own_file
 from .store import Store
 
 Record = tuple[Any, ...]
@@ -60,8 +61,12 @@ class Recovered:
 
 
 def check(path: Path) -> list[str]:
-    """Return the problems SQLite's integrity check finds in ``path`` ([] when it is sound)."""
-    if path.stat().st_size == 0:
+    """Return the problems SQLite's integrity check finds in ``path`` ([] when it is sound).
+
+    Raises:
+        UnsafeFile: a link, or another user's file, at the mirror's path (never opened).
+    """
+    if check_database(path).st_size == 0:
         return ["the file is empty (0 bytes)"]
     try:
         conn = sqlite3.connect(str(path), timeout=60)
@@ -160,12 +165,13 @@ def _with_new_header(path: Path) -> Path | None:
     mode = 2 if wal.exists() and wal.stat().st_size > 0 else 1
     header = _header(page, size // page, mode)
     copy = path.with_name(path.name + ".repaired")
-    shutil.copyfile(path, copy)
-    os.chmod(copy, 0o600)
-    with open(copy, "r+b") as fh:
-        fh.write(header)
+    with os.fdopen(new_own_file(copy), "r+b") as out, open(path, "rb") as source:
+        shutil.copyfileobj(source, out)
+        out.seek(0)
+        out.write(header)
     if mode == 2:
-        shutil.copyfile(wal, f"{copy}-wal")
+        with os.fdopen(new_own_file(Path(f"{copy}-wal")), "r+b") as out, open(wal, "rb") as log:
+            shutil.copyfileobj(log, out)
     return copy
 
 

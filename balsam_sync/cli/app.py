@@ -3,7 +3,8 @@
 Every error is printed as one line on stderr that ends with what to do (never a traceback,
 never a token or a password). A closed pipe (``balsam-sync jobs | head``) ends the command
 quietly. Exit codes: 0 ok, 1 error, 2 bad usage, 3 a daemon already runs, 4 not authenticated
-(or the server refused the token).
+(or the server refused the token), 5 the server cannot be reached (or no Balsam server answers
+at its URL): "cannot reach <scheme://host:port>", never "not logged in".
 """
 
 from __future__ import annotations
@@ -21,14 +22,16 @@ import click
 import balsam_sync
 
 from ..client import Client
-from ..config import ENV_TOKEN
-from ..errors import BalsamSyncError, NotAuthenticated, UsageError
+from ..config import ENV_TOKEN, client_yml_path, origin, read_client_yml, server_key
+from ..errors import BalsamSyncError, NotAuthenticated, ServerUnreachable, UsageError
+from ..remote.auth import check_server, check_token
 from ..sync.daemon import DaemonAlreadyRunning
 
 log = logging.getLogger(__name__)
 
 EXIT_ERROR, EXIT_USAGE, EXIT_DAEMON_RUNNING, EXIT_NOT_AUTHENTICATED = 1, 2, 3, 4
-_CODES = {DaemonAlreadyRunning: 3, NotAuthenticated: 4, UsageError: 2}
+EXIT_UNREACHABLE = 5
+_CODES = {DaemonAlreadyRunning: 3, NotAuthenticated: 4, UsageError: 2, ServerUnreachable: 5}
 _USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/@\s]*@")
 
 
@@ -47,13 +50,32 @@ class State:
         return self._client
 
     def client(self) -> Client:
-        """The client of these options; a token is required."""
+        """The client of these options; a token is required.
+
+        Raises:
+            ServerUnreachable: there is no token, and no Balsam server answers at the URL
+                either (a mistyped URL is not a missing login).
+            NotAuthenticated: there is no token for this server.
+        """
         client = self.connect()
         root = client.settings.api_root
         if not client.settings.token:
-            text = f"not logged in to {root}: run `balsam-sync login` or set {ENV_TOKEN}."
-            raise NotAuthenticated(text, method="", url=root, status=401, body=None)
+            if not client.settings.offline:
+                check_server(client.transport)
+            text = f"not logged in to {root}: run `balsam-sync login` or set {ENV_TOKEN}"
+            raise NotAuthenticated(text + _logged_in_elsewhere(root), url=root, **_NO_REPLY)
         return client
+
+    def first_use(self, client: Client) -> None:
+        """Before a command creates the mirror (there is none yet), make sure the server takes
+        the token: a refused token, or a server that cannot be reached, creates no mirror.
+
+        Raises:
+            NotAuthenticated: the server refuses the token.
+            ServerUnreachable: no Balsam server answers.
+        """
+        if not client.settings.offline and not client.mirror_file.exists():
+            check_token(client.remote)
 
     def redact(self, text: str) -> str:
         """``text`` on one line, with any token and any password in a URL replaced by ***."""
@@ -66,6 +88,30 @@ class State:
         if self._client is not None:
             self._client.close()
             self._client = None
+
+
+_NO_REPLY: dict[str, Any] = {"method": "", "status": 401, "body": None}
+
+
+def _logged_in_elsewhere(root: str) -> str:
+    """A hint when client.yml holds a token for another server (a mistyped URL, say)."""
+    try:
+        stored = str(read_client_yml(client_yml_path()).get("api_root") or "")
+        other = stored and server_key(stored) != server_key(root)
+    except BalsamSyncError:
+        return ""
+    return (
+        f" (client.yml holds a token for {stored}: is that the server you meant?)" if other else ""
+    )
+
+
+def cannot_reach(exc: BaseException, api_root: str | None) -> str:
+    """The one-line text of a server that cannot be reached: "cannot reach <origin>: ..."."""
+    text = str(exc)
+    if text.startswith("cannot reach"):
+        return text
+    where = getattr(exc, "url", "") or api_root or "the server"
+    return f"cannot reach {origin(where)}: {text}"
 
 
 pass_state = click.make_pass_decorator(State)
@@ -91,6 +137,9 @@ class Main(click.Group):
             text = str(exc) or type(exc).__name__
             if isinstance(exc, NotAuthenticated) and "login" not in text:
                 text += ": log in again (`balsam-sync login`)"
+            if isinstance(exc, ServerUnreachable):
+                state = ctx.find_object(State)
+                text = cannot_reach(exc, state.api_root if state else None)
             fail(ctx, exc, text)
         except Exception as exc:  # a bug: still one line, the traceback goes to the debug log
             log.debug("unexpected error", exc_info=True)

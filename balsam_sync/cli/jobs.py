@@ -1,4 +1,8 @@
-"""``balsam-sync jobs``: list jobs from the mirror (or the server), with filters."""
+"""``balsam-sync jobs``: list jobs from the mirror (or the server), with filters.
+
+Kept for the scripts that use it; ``balsam-sync job ls`` and ``job count`` take upstream's
+options, and this command says so on stderr.
+"""
 
 from __future__ import annotations
 
@@ -42,7 +46,16 @@ def _job_query(client: Client, opts: dict[str, Any]) -> Query[Any]:
 @click.option("--online", is_flag=True, help="Ask the server instead of the local mirror.")
 @pass_state
 def jobs(state: State, /, limit: int, offset: int, count: bool, **opts: Any) -> None:
-    """List jobs from the mirror (works offline)."""
+    """List jobs from the mirror (works offline); deprecated: see `job ls`, `job count`."""
+    _list(state, limit, offset, count, opts)
+    click.echo(
+        "note: `balsam-sync jobs` is deprecated: use `balsam-sync job ls` (upstream's "
+        "options, --tag KEY=VALUE) or `balsam-sync job count`",
+        err=True,
+    )
+
+
+def _list(state: State, limit: int, offset: int, count: bool, opts: dict[str, Any]) -> None:
     query = _job_query(state.client(), opts)
     total = query.count()
     if count:

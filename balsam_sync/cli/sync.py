@@ -9,19 +9,23 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import click
 
-from ..cache import private_file
+from ..cache import append_own
 from ..client import Client
-from ..errors import BalsamSyncError, OfflineError
+from ..errors import BalsamSyncError, OfflineError, ServerUnreachable
+from ..remote.auth import check_server
 from ..remote.jwt import claims
+from ..sync.daemon import RoundReport
 from ..sync.status import SyncStatus
 from .app import (
     EXIT_ERROR,
     EXIT_NOT_AUTHENTICATED,
+    EXIT_UNREACHABLE,
     State,
+    cannot_reach,
     logging_to,
     main,
     pass_state,
@@ -52,6 +56,15 @@ def _skew_text(skew: float | None) -> str | None:
     return f"this machine's clock is {duration(abs(skew))} {side} the server's"
 
 
+def _paused_text(since: Any) -> str | None:
+    if since is None:
+        return None
+    return (
+        f"since {ago(since)}: the server refused the token; `balsam-sync login` "
+        "(the daemon resumes by itself)"
+    )
+
+
 def _status(client: Client, st: SyncStatus) -> list[tuple[str, Any, str | None]]:
     """(JSON key, JSON value, text or None) of each field `status` shows."""
     root, user = client.settings.api_root, claims(client.settings.token or "").get("username")
@@ -77,6 +90,7 @@ def _status(client: Client, st: SyncStatus) -> list[tuple[str, Any, str | None]]
         ("token", st.token_accepted, _token_text(st.token_accepted, st.offline)),
         ("token_expired", expired, None),
         ("server_reachable", st.server_reachable, _reachable_text(st)),
+        ("paused_for_auth", st.paused_for_auth, _paused_text(st.paused_for_auth)),
         ("clock_skew", st.clock_skew, _skew_text(st.clock_skew)),
         ("offline", st.offline, None),
         ("elsewhere", [vars(n) for n in st.elsewhere], None),
@@ -101,9 +115,16 @@ def _warn_elsewhere(st: SyncStatus) -> None:
 def status(ctx: click.Context, state: State, as_json: bool, offline: bool) -> None:
     """Show the sync state of this mirror, and whether the server takes the token.
 
-    Exits 4 when the server refuses the token, 1 when the mirror cannot be used.
+    Exits 4 when the server refuses the token, 5 when it cannot be reached, 1 when the mirror
+    cannot be used.
     """
     client = state.client()
+    unreachable = None
+    if not offline and not client.settings.offline:
+        try:
+            check_server(client.transport)
+        except ServerUnreachable as exc:
+            unreachable = exc
     st = client.status(check_server=not offline)
     fields = _status(client, st)
     if as_json:
@@ -118,6 +139,9 @@ def status(ctx: click.Context, state: State, as_json: bool, offline: bool) -> No
             "error: token refused by the server: log in again (`balsam-sync login`).", err=True
         )
         ctx.exit(EXIT_NOT_AUTHENTICATED)
+    if unreachable is not None:
+        click.echo(f"error: {sentence(state.redact(cannot_reach(unreachable, None)))}", err=True)
+        ctx.exit(EXIT_UNREACHABLE)
     if st.mirror_error:
         click.echo("error: the mirror cannot be used: `balsam-sync check` tells why.", err=True)
         ctx.exit(EXIT_ERROR)
@@ -129,24 +153,36 @@ def status(ctx: click.Context, state: State, as_json: bool, offline: bool) -> No
 def push(ctx: click.Context, state: State) -> None:
     """Send the queued changes now.
 
-    Exits 1 when a change failed or was refused, or the token must be renewed.
+    Exits 4 when the server refuses the token, 5 when it cannot be reached, 1 when a change
+    failed or was refused.
     """
     client = state.client()
     if client.settings.offline:
         pending = client.status(check_server=False).pending
         raise OfflineError(f"{OFFLINE}: nothing sent; {pending} change(s) stay queued")
+    state.first_use(client)
     r = client.push()
     if r.skipped:
         raise BalsamSyncError("another process is sending this queue (a daemon?); try later")
     click.echo(f"sent {r.sent}, failed {r.failed}, dead {r.dead}, remaining {r.remaining}")
-    if r.error:
+    unreachable = bool(r.error) and not r.paused_for_auth and client.transport.link.down()
+    if r.error and not unreachable:
         click.echo(f"last error: {state.redact(r.error)}", err=True)
     if r.dead:
         click.echo("refused changes: see `balsam-sync dead list`", err=True)
-    if r.paused_for_auth:
-        click.echo("the server refused the token: log in again (`balsam-sync login`)", err=True)
     _warn_elsewhere(client.status(check_server=False))
-    if r.failed or r.dead or r.paused_for_auth:
+    if r.paused_for_auth:
+        click.echo(
+            "error: the server refused the token: log in again (`balsam-sync login`); "
+            f"{r.remaining} change(s) stay queued.",
+            err=True,
+        )
+        ctx.exit(EXIT_NOT_AUTHENTICATED)
+    if unreachable:
+        text = cannot_reach(BalsamSyncError(r.error), client.settings.api_root)
+        click.echo(f"error: {sentence(state.redact(text))}", err=True)
+        ctx.exit(EXIT_UNREACHABLE)
+    if r.failed or r.dead:
         ctx.exit(EXIT_ERROR)
 
 
@@ -158,6 +194,7 @@ def pull(state: State, full: bool) -> None:
     client = state.client()
     if client.settings.offline:
         raise OfflineError(f"{OFFLINE}: pulling needs the server; unset it to pull")
+    state.first_use(client)
     started = time.monotonic()
     with Bars(sys.stderr.isatty()) as bars:
         report = client.pull(full=full, progress=bars)
@@ -165,6 +202,17 @@ def pull(state: State, full: bool) -> None:
     click.echo(f"{kind} pull done in {time.monotonic() - started:.1f}s")
     rows = [[res, str(n), str(report.deleted.get(res, 0))] for res, n in report.fetched.items()]
     table(["resource", "fetched", "deleted"], rows)
+
+
+class _LogFile(logging.StreamHandler[TextIO]):
+    """The daemon's log: a file opened safely, closed with the handler."""
+
+    def close(self) -> None:
+        try:
+            self.flush()
+            self.stream.close()
+        finally:
+            super().close()
 
 
 @contextmanager
@@ -189,28 +237,48 @@ def _own_signals() -> Iterator[None]:
 def daemon(ctx: click.Context, state: State, /, log_file: str | None, **opts: Any) -> None:
     """Push and pull repeatedly, one daemon per mirror, logging to a file (mode 0600).
 
-    SIGTERM lets the batch in flight finish, then exits 0. With --once, exits 1 when the
-    round failed.
+    SIGTERM lets the batch in flight finish, then exits 0. A token the server refuses pauses
+    sending until `balsam-sync login` writes a new one (the daemon takes it up by itself); a
+    daemon stopped while paused exits 4. With --once, exits 4 when the server refused the
+    token, 5 when it could not be reached, 1 when the round failed otherwise.
     """
     client = state.client()
     if client.settings.offline:
         raise OfflineError(f"{OFFLINE}: the daemon has nothing to do offline; unset it to sync")
+    state.first_use(client)
     path = Path(log_file) if log_file else client.mirror.path.with_suffix(".daemon.log")
     once = opts.pop("once")
     runner = client.daemon(**opts)
     level = logging.DEBUG if ctx.find_root().params.get("verbose", 0) > 1 else logging.INFO
-    private_file(path)
+    handler = _LogFile(append_own(path))  # never through a link planted at its name
     click.echo(f"syncing {client.mirror.path}; log: {path}", err=True)
     fmt = "%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"
-    with logging_to(logging.FileHandler(path), level, fmt), _own_signals():
+    with logging_to(handler, level, fmt), _own_signals():
         code = runner.run(max_rounds=1 if once else None)
     if once:
         st = client.status(check_server=False)
         click.echo(f"one round done: {st.pending} pending, {st.dead} dead letters")
-        failed = runner.last_round is not None and runner.last_round.error
-        if failed:
-            click.echo(
-                f"error: {sentence(f'the round failed: {state.redact(str(failed))}')}", err=True
-            )
-            code = code or EXIT_ERROR
+        last = runner.last_round
+        if last is not None and last.error:
+            click.echo(f"error: {sentence(state.redact(_round_failure(last, client)))}", err=True)
+            code = code or _round_code(last)
+    elif runner.paused:
+        click.echo(
+            "error: stopped while the server refused the token: `balsam-sync login`.", err=True
+        )
+        code = code or EXIT_NOT_AUTHENTICATED
     ctx.exit(code)
+
+
+def _round_failure(report: RoundReport, client: Client) -> str:
+    if report.token_refused:
+        return "the round failed: the server refused the token: log in again (`balsam-sync login`)"
+    if report.unreachable:
+        return cannot_reach(BalsamSyncError(report.error), client.settings.api_root)
+    return f"the round failed: {report.error}"
+
+
+def _round_code(report: RoundReport) -> int:
+    if report.token_refused:
+        return EXIT_NOT_AUTHENTICATED
+    return EXIT_UNREACHABLE if report.unreachable else EXIT_ERROR

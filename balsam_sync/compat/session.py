@@ -8,12 +8,13 @@ jobs a session acquires are written through to the mirror, like any other server
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, overload
 
 from pydantic import ValidationError
 
-from ..errors import OfflineError, UsageError
+from ..errors import NotOffered, OfflineError, UsageError, UsageTypeError
 from ..orm.fields import parse_datetime
 from ..orm.serializer import register_upstream_names
 from ..remote.rest import normalize_row
@@ -50,30 +51,37 @@ class SessionManager:
         session.save()
         return session
 
-    def all(self) -> list[Session]:
-        """Every session of this user (the server ignores limits and orderings here)."""
-        return self.filter()
+    def all(self) -> SessionQuery:
+        """A lazy query over every session of this user."""
+        return SessionQuery(self)
 
-    def filter(self, id: int | list[int] | None = None) -> list[Session]:
-        """Sessions by id (a list of ids, or one)."""
-        ids = [id] if isinstance(id, int) else list(id or [])
-        params = [("id", str(i)) for i in ids]
-        if id is not None and not ids:
-            return []
-        body = self._request("GET", PATH, params=params)
-        return [self.model._from_api(row) for row in body["results"]]
+    def filter(self, id: int | list[int] | None = None) -> SessionQuery:
+        """A lazy query over the sessions with these ids (a list of ids, or one)."""
+        return self.all().filter(id=id)
 
-    def get(self, id: int) -> Session:
-        found = self.filter(id=id)
-        if not found:
-            raise self.model.DoesNotExist(f"No Session with id {id}")
-        return found[0]
+    def get(self, id: int | list[int] | None = None) -> Session:
+        """The one session with this id (``Session.DoesNotExist`` when there is none)."""
+        return self.all().get(id=id)
 
     def count(self) -> int:
-        return len(self.all())
+        return self.all().count()
 
     def first(self) -> Session:
-        return self.all()[0]
+        return self.all().first()
+
+    def bulk_create(self, sessions: list[Session]) -> list[Session]:
+        raise NotOffered("The Session API does not offer bulk_create")
+
+    def bulk_update(self, sessions: list[Session]) -> None:
+        raise NotOffered("The Session API does not offer bulk_update")
+
+    def _list(self, ids: list[int] | None) -> list[Session]:
+        """Sessions from the server: all of them, or those with ``ids`` (none when empty)."""
+        if ids is not None and not ids:
+            return []
+        params = [("id", str(i)) for i in ids or []]
+        body = self._request("GET", PATH, params=params)
+        return [self.model._from_api(row) for row in body["results"]]
 
     def _save(self, session: Session) -> None:
         body = self._request("POST", PATH, json_body=session._payload)
@@ -94,6 +102,82 @@ class SessionManager:
         self.client.mirror.server_changed(JOB.name, EVENT_LOG.name)
 
 
+class SessionQuery:
+    """``Session.objects.all()`` / ``.filter(id=...)``: lazy, listed from the server once.
+
+    Like upstream's query: ``len()``, iteration, indexing and slicing, ``count()``,
+    ``first()``, ``get()``; sessions have no bulk update or delete (``NotOffered``, a
+    ``NotImplementedError``). Offline, evaluating it raises ``OfflineError``.
+    """
+
+    def __init__(self, manager: SessionManager, ids: list[int] | None = None) -> None:
+        self._manager = manager
+        self._ids = ids
+        self._cache: list[Session] | None = None
+
+    def _fetch(self) -> list[Session]:
+        if self._cache is None:
+            self._cache = self._manager._list(self._ids)
+        return self._cache
+
+    def __repr__(self) -> str:
+        return f"<SessionQuery {self._fetch()!r}>"
+
+    def __len__(self) -> int:
+        return len(self._fetch())
+
+    def __bool__(self) -> bool:
+        return bool(self._fetch())
+
+    def __iter__(self) -> Iterator[Session]:
+        return iter(self._fetch())
+
+    @overload
+    def __getitem__(self, k: int) -> Session: ...
+
+    @overload
+    def __getitem__(self, k: slice) -> list[Session]: ...
+
+    def __getitem__(self, k: int | slice) -> Session | list[Session]:
+        if not isinstance(k, int | slice):
+            raise UsageTypeError(f"Query indices must be integers or slices, not {k!r}")
+        return self._fetch()[k]
+
+    def all(self) -> SessionQuery:
+        return SessionQuery(self._manager, self._ids)
+
+    def filter(self, id: int | list[int] | None = None) -> SessionQuery:
+        """Narrow to the sessions with these ids (successive filters intersect)."""
+        if id is None:
+            return self.all()
+        ids = [id] if isinstance(id, int) else list(id)
+        if self._ids is not None:
+            ids = [i for i in ids if i in self._ids]
+        return SessionQuery(self._manager, ids)
+
+    def count(self) -> int:
+        return len(self._fetch())
+
+    def first(self) -> Session:
+        """The first session; IndexError when there is none (as upstream)."""
+        return self[0]
+
+    def get(self, id: int | list[int] | None = None) -> Session:
+        """The one matching session (``Session.DoesNotExist``, ``MultipleObjectsReturned``)."""
+        found = self.filter(id=id)._fetch()
+        if not found:
+            raise self._manager.model.DoesNotExist(f"No Session matched id={id}")
+        if len(found) > 1:
+            raise self._manager.model.MultipleObjectsReturned(f"{len(found)} Sessions matched")
+        return found[0]
+
+    def update(self, **fields: Any) -> None:
+        raise NotOffered("The Session API does not offer bulk updates")
+
+    def delete(self) -> None:
+        raise NotOffered("The Session API does not offer bulk deletes; delete each session")
+
+
 class _Access:
     def __get__(self, obj: Session | None, owner: type[Session]) -> SessionManager:
         client = owner._client
@@ -110,6 +194,9 @@ class Session:
 
     class DoesNotExist(UsageError):
         """No session has that id."""
+
+    class MultipleObjectsReturned(UsageError):
+        """Several sessions matched where one was expected."""
 
     id: int | None
     site_id: int
@@ -190,7 +277,7 @@ class Session:
 
     def refresh_from_db(self) -> None:
         """Reload the session (its heartbeat) from the server."""
-        fresh = type(self).objects.get(self._saved_id())
+        fresh = type(self).objects.get(id=self._saved_id())
         self.site_id, self.batch_job_id, self.heartbeat = (
             fresh.site_id,
             fresh.batch_job_id,

@@ -10,14 +10,27 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from ..errors import UsageError
-from ..resources import Row
+from ..errors import NotOffered, UsageError
+from ..resources import BulkOp, Row
 from ..spec import QuerySpec
 from .fields import validate_field
 
 if TYPE_CHECKING:
     from ..gateway import Gateway
     from .models import Model
+
+
+_BULK_NAMES: dict[BulkOp, str] = {
+    "create": "bulk_create",
+    "update": "bulk updates (bulk_update, a query's update())",
+    "delete": "bulk deletes (a query's delete(); delete objects one by one)",
+}
+
+
+def require_bulk(model: type[Model], op: BulkOp) -> None:
+    """NotOffered (a NotImplementedError, as upstream raises) unless ``model`` offers ``op``."""
+    if op not in model._resource.bulk:
+        raise NotOffered(f"The {model.__name__} API does not offer {_BULK_NAMES[op]}")
 
 
 def require_update(model: type[Model]) -> type[BaseModel]:

@@ -15,13 +15,28 @@ from .fields import converters, json_fields
 
 
 def own_exceptions(cls: Any) -> None:
-    """Give ``cls`` its own ``DoesNotExist`` and ``MultipleObjectsReturned`` subclasses."""
+    """Give ``cls`` its own ``DoesNotExist`` and ``MultipleObjectsReturned`` subclasses.
+
+    A client's binding of a model (``client.App``: same name, one base, no resource of its
+    own) keeps the model's exceptions, so ``except client.App.DoesNotExist`` catches what any
+    other part of the model layer raises as ``App.DoesNotExist``.
+    """
+    if binds_model(cls):
+        return
     for name in ("DoesNotExist", "MultipleObjectsReturned"):
         base = getattr(cls, name)
         qualname = f"{cls.__qualname__}.{name}"
         setattr(
             cls, name, type(name, (base,), {"__module__": cls.__module__, "__qualname__": qualname})
         )
+
+
+def binds_model(cls: Any) -> bool:
+    """``cls`` is a client's binding of the one model class it derives from."""
+    if len(cls.__bases__) != 1 or "_resource" in cls.__dict__:
+        return False
+    (base,) = cls.__bases__
+    return bool(base.__qualname__ == cls.__qualname__ and base.__module__ == cls.__module__)
 
 
 def install_fields(cls: Any, res: Resource) -> None:
@@ -35,6 +50,8 @@ def install_fields(cls: Any, res: Resource) -> None:
     cls._fields = frozenset(names)
     # A field the server never returns (Job.transfers, state_timestamp) still reads typed.
     cls._conv = {k: v for sch in reversed(schemas) for k, v in converters(sch).items()}
+    for name in cls._as_text:  # upstream reads these enums as their text
+        cls._conv.pop(name, None)
     cls._json = json_fields(res.out)
     cls._bools = frozenset(n for n, conv in cls._conv.items() if conv is bool)
     cls._refs = frozenset({"id", "app_id", "site_id", "batch_job_id"}) & cls._fields

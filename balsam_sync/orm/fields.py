@@ -23,22 +23,26 @@ from uuid import UUID
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from ..errors import UsageError
-from ..utc import naive_utc, utc_text
+from ..resources import Row
+from ..spec import check_storable, storable_problem, text_limits
+from ..utc import NaiveUTC, naive_utc_value, utc_text
+from .lax import lax_payload, lax_value
 
 Converter = Callable[[Any], Any]
 
 
 def parse_datetime(raw: Any) -> datetime:
-    """Return a naive UTC datetime, as upstream's models give them, from ISO text.
+    """Return a naive UTC datetime (``utc.NaiveUTC``) from ISO text.
 
     The server sends naive UTC text, except ``Job.last_update`` (``+00:00``); upstream code
-    compares them with ``datetime.utcnow()``, so every model timestamp reads naive UTC. The
-    mirror keeps aware UTC text; only what users read is naive.
+    compares them with ``datetime.utcnow()`` and ``datetime.now(timezone.utc)`` alike, so
+    every model timestamp reads naive UTC and also compares with aware values. The mirror
+    keeps aware UTC text; only what users read is naive.
     """
     if type(raw) is str and raw.endswith("+00:00"):  # the mirror's (and last_update's) form
-        return datetime.fromisoformat(raw[:-6])
+        return NaiveUTC.fromisoformat(raw[:-6])
     value = raw if isinstance(raw, datetime) else datetime.fromisoformat(raw)
-    return naive_utc(value)
+    return naive_utc_value(value)
 
 
 _SCAN: Callable[[str, int], tuple[Any, int]] = vars(json.JSONDecoder())["scan_once"]
@@ -181,31 +185,66 @@ def validate_field(schema: type[BaseModel], model: str, name: str, value: Any) -
     """Validate one assigned value against ``schema`` and return its wire form.
 
     Raises:
-        UsageError: the value does not fit the field's type.
+        UsageError: the value does not fit the field's type, or the server cannot store it.
     """
     adapter = _adapter(schema, name)
+    check_storable(f"{model}.{name}", value)  # first: pydantic mangles or chokes on a bad key
     try:
-        checked = adapter.validate_python(value)
+        checked = adapter.validate_python(lax_value(schema, name, value))
     except ValidationError as exc:
         raise UsageError(f"{model}.{name}: {_first_error(exc)}") from exc
     if isinstance(checked, datetime):  # naive means UTC; stored and sent with its offset
         return wire_datetime(checked)
-    return adapter.dump_python(checked, mode="json")
+    wire = adapter.dump_python(checked, mode="json")
+    check_storable(f"{model}.{name}", wire, text_limits(model).get(name))
+    return wire
 
 
 def validate_payload(schema: type[BaseModel], model: str, data: dict[str, Any]) -> dict[str, Any]:
     """Validate a whole creation payload and return it in wire form, defaults filled in.
 
     Raises:
-        UsageError: naming each bad or missing field.
+        UsageError: naming each bad or missing field, or a value the server cannot store.
     """
+    check_text(model, data)  # first: pydantic mangles or chokes on a dict key that is not UTF-8
     try:
-        return schema.model_validate(data).model_dump(mode="json")
+        wire = schema.model_validate(lax_payload(schema, data)).model_dump(mode="json")
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
         )
         raise UsageError(f"invalid {model}: {problems}") from exc
+    check_lengths(model, wire)
+    return wire
+
+
+def check_wire(model: str, row: Row) -> None:
+    """Refuse values the server cannot store: bad text anywhere, text over its limits.
+
+    Raises:
+        UsageError: naming the field and the path to the bad text inside it.
+    """
+    check_text(model, row)
+    check_lengths(model, row)
+
+
+def check_text(model: str, row: Row) -> None:
+    """Refuse text the server cannot store (NUL, lone surrogates) anywhere in ``row``."""
+    for name, value in row.items():
+        _refuse(model, name, storable_problem(value))
+
+
+def check_lengths(model: str, row: Row) -> None:
+    """Refuse text in ``row`` longer than the server's columns (the wire form: a ``Path`` as
+    the text it is sent as), and bad text in those fields."""
+    limits = text_limits(model)
+    for name in limits.keys() & row.keys():
+        _refuse(model, name, storable_problem(row[name], limits[name]))
+
+
+def _refuse(model: str, name: str, problem: str | None) -> None:
+    if problem is not None:
+        raise UsageError(f"{model}.{name}{problem}")
 
 
 def _first_error(exc: ValidationError) -> str:

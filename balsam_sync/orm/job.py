@@ -15,13 +15,13 @@ from pydantic import BaseModel
 
 from .. import resources
 from ..errors import UsageError, UsageTypeError
-from ..freshness import USE_CLIENT_DEFAULT
+from ..freshness import USE_CLIENT_DEFAULT, PolicyArg, ReadMode, ReadPolicy
 from ..schemas import JobState
 from ..schemas.attrs import JobAttrs
 from ..spec import QuerySpec
 from .manager import Manager, ManagerAccess
 from .models import Model
-from .records import all_of, max_length
+from .records import App
 from .serializer import deserialize, register_upstream_names, serialize_plain
 
 if TYPE_CHECKING:
@@ -48,6 +48,11 @@ def encode_parameters(params: dict[str, Any]) -> str:
 
 
 _DONE = frozenset({"JOB_FINISHED", "FAILED"})
+
+_RECENT = ReadPolicy(ReadMode.FRESH)
+"""How a constructor looks an App name up: the mirror when it (or an earlier answer to the
+same name) was confirmed within the client's max_age, else the server. A loop building
+thousands of jobs of one App asks the server once, not once per job as upstream does."""
 
 
 class JobWaitResult(NamedTuple):
@@ -109,6 +114,28 @@ class JobManager(Manager["Job"]):
         if pending:
             raise FuturesTimeout(f"{len(pending)} Jobs are still pending after {timeout} sec.")
 
+    def _resolve_app_id(
+        self, name: str, site_name: str | None, policy: PolicyArg = USE_CLIENT_DEFAULT
+    ) -> int:
+        """The id of the App named ``name`` (at the site named ``site_name``, when given).
+
+        Raises:
+            App.DoesNotExist: no such App (as upstream raises).
+            App.MultipleObjectsReturned: Apps of that name at several sites, none chosen.
+        """
+        filters = {"name": name, **({"site_name": site_name} if site_name else {})}
+        spec = QuerySpec(resources.APP.name).with_filters(filters)
+        rows = self._gateway.fetch(resources.APP, spec, policy).dicts()
+        where = f" at site {site_name!r}" if site_name else ""
+        if not rows:
+            raise App.DoesNotExist(f"no App named {name!r}{where}")
+        if len(rows) > 1:
+            raise App.MultipleObjectsReturned(
+                f"App {name!r} exists at several sites: pass site_name= to choose"
+            )
+        app_id: int = rows[0]["id"]
+        return app_id
+
     def _app_site_id(self, app_id: int) -> Any:
         spec = QuerySpec(resources.APP.name).with_filters({"id": [app_id]})
         rows = self._gateway.fetch(resources.APP, spec, USE_CLIENT_DEFAULT).dicts()
@@ -137,19 +164,14 @@ class _JobManagerAccess(ManagerAccess):
 class Job(Model, JobAttrs):
     """A unit of work: one run of an App in its own working directory."""
 
-    __slots__ = ("_app_ref",)
+    __slots__ = ("_app_name",)
     _resource = resources.JOB
     _manager_class = JobManager
     _client_only = frozenset(_CLIENT_ARGS)
     _hidden: ClassVar[dict[str, str]] = {"tags": resources.MARKER_KEY}
-    _rules: ClassVar[dict[str, Any]] = {
-        "workdir": all_of(_relative, max_length(256)),
-        "serialized_parameters": max_length(512000),
-        "serialized_return_value": max_length(512000),
-        "serialized_exception": max_length(512000),
-    }
+    _rules: ClassVar[dict[str, Any]] = {"workdir": _relative}
     objects: ClassVar[_JobManagerAccess] = _JobManagerAccess()
-    _app_ref: tuple[str, str | None] | None
+    _app_name: tuple[str, str | None] | None
 
     class NoResult(ValueError):
         """The Job has reported neither a return value nor an exception yet."""
@@ -160,15 +182,29 @@ class Job(Model, JobAttrs):
         at = order.index("parent_ids")
         return (*order[:at], *_CLIENT_ARGS, *order[at:])
 
+    def __init__(self, *args: Any, **fields: Any) -> None:
+        """Build an unsaved Job; an App given by name is looked up now, as upstream does.
+
+        Raises:
+            App.DoesNotExist: no App of that name (at that site).
+            App.MultipleObjectsReturned: Apps of that name at several sites, none chosen.
+            NoEvidence: offline, and the mirror cannot tell (never pulled).
+        """
+        super().__init__(*args, **fields)
+        if self._app_name is not None:
+            name, site_name = self._app_name
+            self._data["app_id"] = type(self).objects._resolve_app_id(name, site_name, _RECENT)
+        self._app_name = None
+
     def _prepare_create(self, fields: dict[str, Any]) -> dict[str, Any]:
         params = fields.pop("parameters", None)
         site_name = fields.pop("site_name", None)
         fields["serialized_parameters"] = encode_parameters(params if params is not None else {})
-        self._app_ref = None
+        self._app_name = None
         app = fields.get("app_id")
         if isinstance(app, str):
-            # Resolved when the job is saved (or app_id is read): no request in a constructor.
-            self._app_ref = (app, site_name)
+            # Looked up once the other fields are checked (bad input fails before a request).
+            self._app_name = (app, site_name)
             fields["app_id"] = 0
         elif isinstance(app, type):
             fields["app_id"] = _registered_id(app)
@@ -176,27 +212,6 @@ class Job(Model, JobAttrs):
         if isinstance(transfers, dict):
             fields["transfers"] = {k: _transfer_item(k, v) for k, v in transfers.items()}
         return fields
-
-    def _before_create(self, names: dict[tuple[str, str | None], int]) -> None:
-        """Resolve an App given by name (once per name and site in ``names``)."""
-        ref = getattr(self, "_app_ref", None)
-        if ref is not None:
-            if ref not in names:
-                names[ref] = type(self).objects._resolve_app_id(*ref)
-            self._data["app_id"] = names[ref]
-            self._app_ref = None
-
-    @property
-    def app_id(self) -> int:
-        """App ID (an App given by name is looked up on first read or at save)."""
-        if getattr(self, "_app_ref", None) is not None:
-            self._before_create({})
-        value: int = self._read("app_id")
-        return value
-
-    @app_id.setter
-    def app_id(self, value: int) -> None:
-        self._write("app_id", value)
 
     def get_parameters(self) -> dict[str, Any]:
         """Return the job's parameters (unpickled: only for data you trust)."""

@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from ..errors import ObjectStateError, UsageError, UsageTypeError
 from ..freshness import USE_CLIENT_DEFAULT
-from ..resources import APP, Row
+from ..resources import Row
 from ..spec import QuerySpec
 from .access import ModelState
-from .changes import require_delete, require_update
+from .changes import require_bulk, require_delete, require_update
 from .models import Model, Unconfirmed
 from .query import Query
 
@@ -100,6 +100,7 @@ class Manager(Generic[M]):
         Returns the same instances, in the order given.
         """
         self._require_create("bulk_create")
+        require_bulk(self.model, "create")
         if not isinstance(objs, list):
             raise UsageTypeError(f"bulk_create takes a list, not {type(objs).__name__}")
         for obj in objs:
@@ -109,9 +110,7 @@ class Manager(Generic[M]):
                 raise UsageError(f"bulk_create takes unsaved instances; {obj!r} is already saved")
         if not objs:
             return objs
-        names: dict[Any, int] = {}
-        payloads = [self._creation_payload(o, names) for o in objs]
-        result = self._gateway.create(self._resource, payloads)
+        result = self._gateway.create(self._resource, [o._creation_fields() for o in objs])
         self._load_all(objs, result)
         return objs
 
@@ -133,25 +132,6 @@ class Manager(Generic[M]):
     def _confirm_rows(self, ids: list[int]) -> dict[int, Row]:
         return self._gateway.confirm(self._resource, ids)
 
-    @staticmethod
-    def _creation_payload(obj: Model, names: dict[Any, int] | None = None) -> Row:
-        """The wire fields of an unsaved object (references given by name resolved now)."""
-        obj._before_create({} if names is None else names)
-        return dict(obj._data)
-
-    def _resolve_app_id(self, name: str, site_name: str | None) -> int:
-        """Find an App's id by its name (and site name when one is given), not by unpickling."""
-        filters = {"name": name, **({"site_name": site_name} if site_name else {})}
-        spec = QuerySpec(APP.name).with_filters(filters).with_window(0, 2)
-        rows = self._gateway.fetch(APP, spec, USE_CLIENT_DEFAULT).dicts()
-        where = f" at site {site_name!r}" if site_name else ""
-        if not rows:
-            raise UsageError(f"no App named {name!r}{where}")
-        if len(rows) > 1:
-            raise UsageError(f"App {name!r} exists at several sites: pass site_name= to choose")
-        app_id: int = rows[0]["id"]
-        return app_id
-
     def real_id(self, temp_id: int) -> int:
         """The server's id of an object created offline (``temp_id`` until it is sent)."""
         return self._gateway.real_id(temp_id)
@@ -164,6 +144,7 @@ class Manager(Generic[M]):
         Instances without changes are skipped; updated instances are reloaded with what the
         server stored (including the state it derived).
         """
+        require_bulk(self.model, "update")
         changed = []
         for obj in objs:
             if not isinstance(obj, self.model):
@@ -185,9 +166,7 @@ class Manager(Generic[M]):
 
     def _save(self, obj: M) -> None:
         if obj._state is ModelState.CREATING:
-            self._load_all(
-                [obj], self._gateway.create(self._resource, [self._creation_payload(obj)])
-            )
+            self._load_all([obj], self._gateway.create(self._resource, [obj._creation_fields()]))
             return
         if obj._state is ModelState.DELETED:
             raise ObjectStateError(f"cannot save a deleted {self.model.__name__}")

@@ -28,6 +28,7 @@ from .access import ModelState, _Field, _snapshot
 from .classes import constructor_order, install_fields, named_arguments, own_exceptions
 from .fields import (
     Converter,
+    check_wire,
     decode_json,
     validate_field,
     validate_payload,
@@ -109,6 +110,8 @@ class Model(Provenanced):
     _hidden: ClassVar[dict[str, str]] = {}
     """Bookkeeping keys kept on the server but hidden from a dict field (field -> key)."""
     _refs: ClassVar[frozenset[str]] = frozenset({"id"})
+    _as_text: ClassVar[frozenset[str]] = frozenset()
+    """Enum fields read as their plain text value, as upstream reads them (BatchJob.state)."""
     _readers: ClassVar[dict[str, _Field]] = {}
     """The field descriptor of every field (also of those a property stands in for)."""
     _fields: ClassVar[frozenset[str]] = frozenset()
@@ -176,9 +179,6 @@ class Model(Provenanced):
     def _prepare_create(self, fields: dict[str, Any]) -> dict[str, Any]:
         """Turn client-only creation arguments into wire fields (overridden by Job)."""
         return fields
-
-    def _before_create(self, names: dict[Any, int]) -> None:
-        """Resolve what was deferred from the constructor (Job: an App name), before sending."""
 
     @classmethod
     def _from_row(cls, row: Row) -> Model:
@@ -358,8 +358,16 @@ class Model(Provenanced):
         for name, before in (self._seen or {}).items():
             now = data.get(name)
             if name not in changes and now != before:
+                check_wire(type(self).__name__, {name: now})  # changed in place: not checked yet
                 changes[name] = now
         return changes
+
+    def _creation_fields(self) -> Row:
+        """The wire fields of an unsaved object, its dicts and lists checked again (they may
+        have been changed in place since they were validated)."""
+        row = dict(self._data)
+        check_wire(type(self).__name__, {k: row[k] for k in self._json if k in row})
+        return row
 
     # -- lifecycle (delegated to the manager) --------------------------------------------------
 

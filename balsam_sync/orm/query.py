@@ -22,7 +22,7 @@ from ..freshness import (
     fresh,
 )
 from ..spec import QuerySpec
-from .changes import query_delete, query_update
+from .changes import query_delete, query_update, require_bulk
 
 if TYPE_CHECKING:
     from ..gateway import Gateway
@@ -242,12 +242,14 @@ class Query(Generic[M]):
 
     def update(self, **fields: Any) -> int:
         """Apply the same field values to every matching object; return how many changed."""
+        require_bulk(self._model, "update")
         if not fields:
             raise UsageError("update() needs at least one field")
         self._refuse_unbounded("update")
         return query_update(self._model, self._gateway, self._spec, fields)
 
-    def delete(self) -> int:
-        """Delete every matching object; return how many were deleted."""
+    def delete(self) -> None:
+        """Delete every matching object (returns None, as upstream's does)."""
+        require_bulk(self._model, "delete")
         self._refuse_unbounded("delete")
-        return query_delete(self._model, self._gateway, self._spec)
+        query_delete(self._model, self._gateway, self._spec)

@@ -1,13 +1,13 @@
 """The resource classes users import: Site, App, BatchJob, TransferItem, EventLog.
 
 Field names, types and docs come from the generated schemas (``schemas/attrs.py``); the rules
-below are the server's own checks, made here first so bad input fails before it is sent.
+below are the server's own checks, made here first so bad input fails before it is sent (the
+lengths its columns take are ``Resource.text_limits``, checked with every value).
 """
 
 from __future__ import annotations
 
 import posixpath
-from collections.abc import Callable
 from typing import Any, ClassVar
 
 from .. import resources
@@ -21,23 +21,6 @@ from ..schemas.attrs import (
 from .manager import ManagerAccess
 from .models import Model
 from .serializer import register_upstream_names
-
-
-def max_length(limit: int) -> Callable[[Any], str | None]:
-    """A rule for text columns: the server's database refuses longer values with a 500."""
-
-    def rule(value: Any) -> str | None:
-        size = len(str(value))
-        return None if size <= limit else f"is {size} characters long; the server takes {limit}"
-
-    return rule
-
-
-def all_of(*rules: Callable[[Any], str | None]) -> Callable[[Any], str | None]:
-    def rule(value: Any) -> str | None:
-        return next((p for p in (r(value) for r in rules) if p), None)
-
-    return rule
 
 
 def _absolute(value: Any) -> str | None:
@@ -55,10 +38,7 @@ class Site(Model, SiteAttrs):
     __slots__ = ()
     _resource = resources.SITE
     objects: ClassVar[ManagerAccess] = ManagerAccess()
-    _rules: ClassVar[dict[str, Any]] = {
-        "name": max_length(100),
-        "path": all_of(_absolute, max_length(512)),
-    }
+    _rules: ClassVar[dict[str, Any]] = {"path": _absolute}
 
 
 class App(Model, AppAttrs):
@@ -67,10 +47,7 @@ class App(Model, AppAttrs):
     __slots__ = ()
     _resource = resources.APP
     objects: ClassVar[ManagerAccess] = ManagerAccess()
-    _rules: ClassVar[dict[str, Any]] = {
-        "name": all_of(_identifier, max_length(200)),
-        "serialized_class": max_length(262144),
-    }
+    _rules: ClassVar[dict[str, Any]] = {"name": _identifier}
 
 
 class BatchJob(Model, BatchJobAttrs):
@@ -79,7 +56,8 @@ class BatchJob(Model, BatchJobAttrs):
     __slots__ = ()
     _resource = resources.BATCH_JOB
     objects: ClassVar[ManagerAccess] = ManagerAccess()
-    _rules: ClassVar[dict[str, Any]] = {"project": max_length(64), "queue": max_length(64)}
+    # Upstream's BatchJob schema uses its enums' values: ``bj.state == "queued"`` is a str.
+    _as_text: ClassVar[frozenset[str]] = frozenset({"state", "job_mode"})
 
 
 class TransferItem(Model, TransferItemAttrs):

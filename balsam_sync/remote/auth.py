@@ -1,4 +1,5 @@
-"""Logging in: the password flow of the Balsam server, and saving the token like upstream."""
+"""Logging in: the password flow of the Balsam server, and saving the token like upstream;
+and asking whether a Balsam server answers at a URL, and whether it takes the token."""
 
 from __future__ import annotations
 
@@ -7,10 +8,16 @@ from datetime import datetime
 from pathlib import Path
 
 from ..config import client_yml_path, write_client_yml
-from ..errors import ConfigError, NotAuthenticated
+from ..errors import ConfigError, NotAuthenticated, NotFound, ServerUnreachable
+from ..resources import SITE
+from ..spec import QuerySpec
 from .jwt import expiry
+from .rest import Remote
 from .retry import RetryPolicy
 from .transport import Transport
+
+LOGIN_ROUTE = "/auth/how"
+"""The server's list of login methods: every Balsam server answers it, without a token."""
 
 
 @dataclass(frozen=True)
@@ -24,12 +31,43 @@ class Login:
 
 
 def login_methods(api_root: str) -> list[str]:
-    """The login methods the server offers ("password", "oauth_device", ...)."""
-    raw = Transport(api_root, None, retry=RetryPolicy(attempts=2)).request(
-        "GET", "/auth/how", auth=False
-    )
+    """The login methods the server offers ("password", "oauth_device", ...).
+
+    Raises:
+        ServerUnreachable: no Balsam server answers at ``api_root`` (see ``check_server``).
+    """
+    return check_server(Transport(api_root, None, retry=RetryPolicy(attempts=2)))
+
+
+def check_server(transport: Transport) -> list[str]:
+    """Ask, without a token, for the login methods: whether a Balsam server answers at the
+    transport's URL. Returns the methods.
+
+    Raises:
+        ServerUnreachable: nothing answers, or what answers is no Balsam server (a 404 for
+            its login route: a mistyped URL, say), never "not logged in".
+    """
+    try:
+        raw = transport.request("GET", LOGIN_ROUTE, auth=False)
+    except NotFound as exc:
+        raise ServerUnreachable(
+            f"cannot reach a Balsam server at {transport.api_root}: {exc} (is the URL right?)",
+            method=exc.method,
+            url=exc.url,
+        ) from exc
     # The server renders its enum with str(): accept "LoginMethod.password" and "password".
     return [str(m).rsplit(".", 1)[-1] for m in raw or []]
+
+
+def check_token(remote: Remote) -> None:
+    """Make sure a Balsam server answers and takes the token (two small requests).
+
+    Raises:
+        ServerUnreachable: no Balsam server answers (``check_server``).
+        NotAuthenticated: the server refuses the token.
+    """
+    check_server(remote.transport)
+    remote.count(SITE, QuerySpec(SITE.name))
 
 
 def password_login(api_root: str, username: str, password: str) -> Login:

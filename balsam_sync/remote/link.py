@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 import threading
 import time
 from dataclasses import dataclass
@@ -106,14 +107,16 @@ class Link:
         if self._path is None:
             return
         try:
-            st = os.stat(self._path)
+            st = os.lstat(self._path)
         except OSError:
             return
         key = (st.st_ino, st.st_mtime_ns, st.st_size)
-        if key == self._seen:
-            return
+        if key == self._seen or not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+            return  # a link or another user's file is never read (the next write replaces it)
         try:
-            data = json.loads(self._path.read_text())
+            fd = os.open(self._path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            with os.fdopen(fd) as fh:
+                data = json.loads(fh.read())
             self._state = LinkState(
                 int(data["failures"]), float(data["down_until"]), str(data.get("error", ""))
             )
@@ -130,9 +133,10 @@ class Link:
         )
         tmp = self._path.with_name(f"{self._path.name}.{os.getpid()}.tmp")
         with contextlib.suppress(OSError):
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            tmp.unlink(missing_ok=True)  # never written through: whatever was there goes
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
             with os.fdopen(fd, "w") as fh:
                 fh.write(text)
             os.replace(tmp, self._path)
-            st = os.stat(self._path)
+            st = os.lstat(self._path)
             self._seen = (st.st_ino, st.st_mtime_ns, st.st_size)

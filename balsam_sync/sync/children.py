@@ -29,6 +29,8 @@ from ..resources import JOB, RESOURCES, Row
 from ..spec import QuerySpec
 
 CHILDREN = ("TransferItem", "EventLog")
+JOBS_PHASE = "TransferItem+EventLog (jobs)"
+"""The progress name of reading children by job: counted in jobs, out of the jobs queued."""
 
 
 @dataclass
@@ -85,14 +87,16 @@ class ChildrenReader:
         mirror: Mirror,
         at: str,
         workers: int = 2,
-        progress: Callable[[str, int], None] | None = None,
+        progress: Callable[[str, int, int | None], None] | None = None,
     ) -> None:
         self.remote = remote
         self.mirror = mirror
         self.at = at
-        self.progress = progress or (lambda _r, _n: None)
+        self.progress = progress or (lambda _r, _n, _t: None)
+        """Called as (resource, rows, None) and (``JOBS_PHASE``, jobs read, jobs queued)."""
         self.fetched = {name: 0 for name in CHILDREN}
         self.queued: set[int] = set()
+        self.read = 0
         self._buffer: list[Unsynced] = []
         self._pending: deque[Fetched] = deque()
         self._pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix="balsam-sync-pull")
@@ -143,4 +147,6 @@ class ChildrenReader:
         self.mirror.children_read(got.jobs, arrived, self.at)
         for name in CHILDREN:
             self.fetched[name] += len(arrived[name])
-            self.progress(name, self.fetched[name])
+            self.progress(name, self.fetched[name], None)
+        self.read += len(got.jobs)
+        self.progress(JOBS_PHASE, self.read, len(self.queued))

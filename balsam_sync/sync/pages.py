@@ -55,18 +55,27 @@ def job_spec(after: str | None = None, before: str | None = None) -> QuerySpec:
     return QuerySpec("Job").with_filters(filters) if filters else QuerySpec("Job")
 
 
-def job_pages(remote: Remote, since: str | None, size: int = JOB_PAGE) -> Iterator[list[Row]]:
+def job_pages(
+    remote: Remote,
+    since: str | None,
+    size: int = JOB_PAGE,
+    on_count: Callable[[int], None] | None = None,
+) -> Iterator[list[Row]]:
     """Yield every job with ``last_update >= since`` (all jobs when None), oldest first.
 
     A page ends before its last stamp (the next page starts at that stamp), so a group of jobs
     sharing one stamp (a bulk create or update) is read whole by one page; a group larger than a
-    page is read on its own, unpaged.
+    page is read on its own, unpaged. ``on_count`` is told the first page's count: how many
+    jobs the listing holds.
     """
     res = RESOURCES["Job"]
     after = since
     while True:
         spec = job_spec(after).with_ordering("last_update").with_window(0, size)
         rows, count = remote.select(res, spec)
+        if on_count is not None:
+            on_count(count)
+            on_count = None
         if len(rows) < size or len(rows) == count:
             if rows:
                 yield rows

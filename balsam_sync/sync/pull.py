@@ -40,7 +40,7 @@ from ..remote.transport import Reply
 from ..resources import JOB, RESOURCES, Row
 from ..schemas import JobState
 from ..spec import QuerySpec
-from .children import ChildrenReader, plan, urgent_in
+from .children import JOBS_PHASE, ChildrenReader, plan, urgent_in
 from .deletions import DeletedJobs
 from .pages import id_pages, job_pages, prefetched
 from .small import SmallResources
@@ -52,7 +52,10 @@ WHOLE_WHEN_SHARE = 4
 """A first pull reads every transfer item and event at once when at least a quarter of the
 jobs need theirs: by job, each 500 jobs cost two requests with a fixed cost on the server."""
 Progress = Callable[[str, int, int | None], None]
-"""Called as (resource, rows so far, total if known) while a pull runs."""
+"""Called as (phase, done so far, total if known) while a pull runs. A phase is a resource, in
+rows, or ``children.JOBS_PHASE``: the transfer items and events read by job, in jobs. Given a
+progress callback, a pull asks the server's count before listing every transfer item or event
+(one cheap request each), so that every phase has a total."""
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,8 @@ class PullReport:
     started_at: datetime | None = None
     requests: int = 0
     bytes: int = 0
+    seconds: float = 0.0
+    """Server time: from sending each request to its reply, summed (sync/cost.py)."""
     history_left: int = 0
     """Finished jobs whose transfer items and events are still to be read by later pulls."""
 
@@ -102,6 +107,7 @@ class _Meter:
         with self.lock:
             self.report.requests += 1
             self.report.bytes += reply.size
+            self.report.seconds += reply.seconds
             if at is not None and (self.sent is None or at < self.sent):
                 self.sent = at
 
@@ -132,6 +138,9 @@ class Puller:
         self.clock = clock or utcnow
         self.mirror = mirror
         self.progress = progress or (lambda _r, _n, _t: None)
+        self.counting = progress is not None
+        """Ask the server's counts that only the progress needs (the totals of listings)."""
+        self.totals: dict[str, int] = {}
         self.options = options or PullOptions()
 
     def pull(self, full: bool = False) -> PullReport:
@@ -153,7 +162,9 @@ class Puller:
         return last is not None and (now - last).total_seconds() >= self.options.reconcile_seconds
 
     def _note(self, report: PullReport, jobs: Future[int]) -> Callable[[str, int], None]:
-        """Count the rows read; a listing of every job knows its total (``jobs``)."""
+        """Count the rows read, with the total of each listing: every job (``jobs``), the jobs
+        stamped since the watermark (their first page's count), a counted listing; a listing
+        of its own (sites, apps, batch jobs) is whole when noted."""
         lock = threading.Lock()
 
         def note(name: str, rows: int) -> None:
@@ -161,7 +172,8 @@ class Puller:
                 report.fetched[name] = report.fetched.get(name, 0) + rows
                 done = report.fetched[name]
             whole = name == "Job" and report.full
-            self.progress(name, done, jobs.result() if whole else None)
+            total = jobs.result() if whole else self.totals.get(name, done)
+            self.progress(name, done, total)
 
         return note
 
@@ -217,7 +229,11 @@ class Puller:
         """Every job when ``since`` is None, else those stamped since (sync/pages.py)."""
         if since is None:
             return prefetched(id_pages(self.remote, workers=self.options.workers))
-        return prefetched(job_pages(self.remote, since))
+        return prefetched(job_pages(self.remote, since, on_count=self._total_of("Job")))
+
+    def _total_of(self, name: str) -> Callable[[int], None]:
+        """Record the total of ``name``'s listing (for the progress)."""
+        return lambda total: self.totals.__setitem__(name, total)
 
     def _pull_small(self, report: PullReport, small: SmallResources) -> None:
         for name in ("Site", "App"):
@@ -230,12 +246,19 @@ class Puller:
     ) -> None:
         """Re-read every transfer item and event; the listed jobs are then in sync."""
         for name in ("TransferItem", "EventLog"):
+            if self.counting:  # the total first, so that the bar is not an open-ended count
+                total = self.remote.count(RESOURCES[name], QuerySpec(name))
+                self.totals[name] = report.fetched[name] + total
+                self.progress(name, report.fetched[name], self.totals[name])
             report.deleted[name] = report.deleted.get(name, 0) + small.whole(name)
         self.mirror.children_in_sync(listed, at.isoformat())
 
     def _children(self, report: PullReport, started: datetime) -> ChildrenReader:
-        def progress(name: str, rows: int) -> None:
-            self.progress(name, report.fetched[name] + rows, None)
+        def progress(name: str, done: int, total: int | None) -> None:
+            if name == JOBS_PHASE:
+                self.progress(name, done, total)
+            else:  # rows of the jobs read so far: their total is not known
+                self.progress(name, report.fetched[name] + done, None)
 
         return ChildrenReader(
             self.remote, self.mirror, started.isoformat(), self.options.workers, progress

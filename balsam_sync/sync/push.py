@@ -79,6 +79,8 @@ class PushReport:
         skipped: another process holds the replay lock (it will send our entries).
         error: the last error seen, as text.
         rejected: entries of the caller that the server refused (raised to the caller).
+        requests, bytes, seconds: what the push cost: requests answered, reply bytes, and
+            server time (sync/cost.py); counted by ``Client.push``.
     """
 
     sent: int = 0
@@ -90,6 +92,9 @@ class PushReport:
     skipped: bool = False
     error: str | None = None
     rejected: dict[int, HTTPStatusError] = field(default_factory=dict)
+    requests: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
 
     def __str__(self) -> str:
         text = f"sent {self.sent}, failed {self.failed}, dead {self.dead}, queued {self.remaining}"

@@ -26,6 +26,10 @@ from ..remote.rest import Remote
 from ..resources import BATCH_JOB, RESOURCES, TRANSFER_ITEM, Resource, Row
 from ..spec import QuerySpec
 
+WHOLE_PAGE = 20_000
+"""Rows per request of a whole listing: a first pull's transfer items and events take the
+server about 0.2 ms a row, so its progress moves every few seconds."""
+
 Note = Callable[[str, int], None]
 """Called as (resource, rows fetched) after each listing, for the report and the progress."""
 
@@ -45,9 +49,14 @@ class SmallResources:
     def whole(self, name: str) -> int:
         """Re-read every row of ``name``; return how many the server no longer has."""
         res = RESOURCES[name]
-        rows, _ = self.remote.select(res, QuerySpec(name))
+        rows: list[Row] = []
+        last = 0
+        for page in self.remote.pages(res, QuerySpec(name), WHOLE_PAGE):
+            self.note(name, last)  # a long listing shows its progress page by page
+            rows.extend(page)
+            last = len(page)
         self.store(res, rows)
-        self.note(name, len(rows))
+        self.note(name, last)  # the last page once everything is stored
         missing = self.mirror.confirmed_ids(name) - {r["id"] for r in rows}
         return self.settle(res, missing)
 

@@ -1,8 +1,9 @@
 """``client.status()``: what is queued, what died, when we last synced, and can we reach it.
 
 Whether the token is good is the server's call: ``status`` asks it (unless told not to, or
-offline) and never judges by this machine's clock. A token the server refuses opens no mirror
-that does not exist yet, and a mirror that cannot be used is reported, not raised.
+offline) and never judges by this machine's clock. A token the server refuses, or a server that
+cannot be reached, opens no mirror that does not exist yet, and a mirror that cannot be used is
+reported, not raised.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from ..remote.serverclock import SKEW_TOLERANCE
 from ..resources import SITE
 from ..spec import QuerySpec
 from ..utc import now
+from .daemon import PAUSED_KEY
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,8 @@ class SyncStatus:
         clock_skew: seconds this machine's clock is ahead of the server's (None: in step or
             unknown).
         elsewhere: other mirrors of this user in the same folder that hold queued changes.
+        paused_for_auth: since when a daemon pauses sending because the server refused the
+            token (None: no daemon is paused).
     """
 
     pending: int | None
@@ -57,6 +61,7 @@ class SyncStatus:
     mirror_error: str | None = None
     clock_skew: float | None = None
     elsewhere: tuple[Neighbour, ...] = field(default_factory=tuple)
+    paused_for_auth: datetime | None = None
 
 
 def _when(text: str | None) -> datetime | None:
@@ -101,7 +106,7 @@ def sync_status(
     path = ""
     try:
         path = str(mirror_file())
-        if accepted is not False or mirror_file().exists():
+        if accepted or not ask_server or mirror_file().exists():
             opened = mirror()
             counts = opened.queue_counts()
             pending, dead = counts.pending + counts.in_flight, counts.dead
@@ -127,4 +132,5 @@ def sync_status(
         mirror_error=problem,
         clock_skew=-skew if skew is not None and abs(skew) > SKEW_TOLERANCE else None,
         elsewhere=tuple(elsewhere()) if path else (),
+        paused_for_auth=_when(logged.get(PAUSED_KEY)),
     )
