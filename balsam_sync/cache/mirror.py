@@ -39,6 +39,7 @@ from typing import Any, TypeVar
 from ..freshness import RowLayout
 from ..resources import RESOURCES, Resource, Row
 from ..spec import QuerySpec
+from ..utc import now_text, utc_text
 from .coverage import Coverage, CoverageBook, Evidence
 from .failures import guard, mirror_error
 from .lock import FileLock
@@ -199,13 +200,22 @@ class Mirror:
 
     # -- what the server said --------------------------------------------------------------------
 
-    def server_rows(self, resource: str, rows: list[Row], *, merge: bool = False) -> list[int]:
+    def server_rows(
+        self,
+        resource: str,
+        rows: list[Row],
+        *,
+        merge: bool = False,
+        read_at: datetime | None = None,
+    ) -> list[int]:
         """The server holds these rows now: store them, queued changes laid back on top.
 
-        ``merge``: write only rows that differ from the stored copy. Returns the ids written.
+        ``merge``: write only rows that differ from the stored copy. ``read_at``: when the
+        request that read them was sent (None: unknown); a row holding a change the server
+        applied later than that is kept. Returns the ids written.
         """
         with self._store.write():
-            return self._accept(resource, rows, merge)
+            return self._accept(resource, rows, merge, read_at=read_at)
 
     def server_listed(
         self,
@@ -214,6 +224,7 @@ class Mirror:
         count: int,
         at: datetime,
         rechecked: tuple[list[int], list[Row]] | None,
+        read_at: datetime | None = None,
     ) -> list[Row]:
         """The server answered ``spec`` with ``rows`` (``count`` in all) at ``at``.
 
@@ -227,10 +238,10 @@ class Mirror:
         """
         name = spec.resource
         with self._store.write():
-            self._accept(name, rows, merge=False)
+            self._accept(name, rows, merge=False, read_at=read_at)
             if rechecked is not None:
                 missing, still_there = rechecked
-                self._accept(name, still_there, merge=False)
+                self._accept(name, still_there, merge=False, read_at=read_at)
                 gone = set(missing) - {r["id"] for r in still_there}
                 self._store.delete_cascade(name, sorted(gone))
                 self._coverage.record_fetch(spec, at, count, rows=True)
@@ -254,10 +265,10 @@ class Mirror:
             for name in resources:
                 self._coverage.invalidate(name)
 
-    def jobs_acquired(self, rows: list[Row]) -> None:
+    def jobs_acquired(self, rows: list[Row], read_at: datetime | None = None) -> None:
         """A session locked these jobs to itself (the server answered with their rows)."""
         with self._store.write():
-            self._accept("Job", rows, merge=False)
+            self._accept("Job", rows, merge=False, read_at=read_at)
             self._coverage.forget_windows()
 
     # -- what the user changed -------------------------------------------------------------------
@@ -367,14 +378,16 @@ class Mirror:
         """Do not try these entries again for ``seconds``; remember why."""
         self._outbox.defer(seqs, seconds, status, error)
 
-    def confirmed(self, resource: str, seqs: list[int], rows: list[Row]) -> None:
+    def confirmed(
+        self, resource: str, seqs: list[int], rows: list[Row], read_at: datetime | None = None
+    ) -> None:
         """The server applied these entries and holds ``rows`` now (none for deletes). The
         resources it changed as a side effect (events of a job) lose what the mirror claimed
         of them; waiting children of jobs that finished are re-read by the next read."""
         res = RESOURCES[resource]
         with self._store.write():
             self._outbox.ack(seqs)
-            self._applied(res, rows)
+            self._applied(res, rows, read_at)
             if res.finished_state is not None:
                 done = [r["id"] for r in rows if r.get("state") == res.finished_state]
                 self._children_unconfirmed(res, done)
@@ -414,10 +427,11 @@ class Mirror:
                         finishing.append(obj_id)
             rows = [row for row in current.values() if row is not None]
             self._store.upsert(resource, rows)
+            self._outbox.overlay(resource, [r["id"] for r in rows])  # later changes on top
             self._mark_unconfirmed(
-                res, [(r["id"], r.get(STAMP), ",".join(sorted(unknown[r["id"]]))) for r in rows]
+                res, [(r["id"], ",".join(sorted(unknown[r["id"]]))) for r in rows]
             )
-            self._applied(res, [])
+            self._applied(res, [], None)
             self._promote_children(
                 res, [i for i in finishing if _state(current[i]) == res.finished_state], finishing
             )
@@ -431,7 +445,9 @@ class Mirror:
         it knows whole are left out)."""
         return self._pulls.unknown_fields(resource, ids)
 
-    def created(self, resource: str, made: list[tuple[Entry, Row]]) -> None:
+    def created(
+        self, resource: str, made: list[tuple[Entry, Row]], read_at: datetime | None = None
+    ) -> None:
         """The server created these queued entries as these rows: their provisional ids
         become the server's everywhere (rows, references, queued changes, the id map)."""
         res = RESOURCES[resource]
@@ -439,7 +455,7 @@ class Mirror:
         with self._store.write():
             self._outbox.ack([e.seq for e, _ in made])
             self._outbox.remap(resource, [(e.obj_id, row) for e, row in made])
-            self._applied(res, rows)
+            self._applied(res, rows, read_at)
             if res.state_rewrites:
                 self._pulls.itemless([r["id"] for (e, r) in made if not e.payload.get("transfers")])
 
@@ -458,6 +474,7 @@ class Mirror:
         truth: list[Row] | None,
         *,
         own: bool,
+        read_at: datetime | None = None,
     ) -> None:
         """The server refused ``entry`` for good; put its object back to the server's truth.
 
@@ -473,7 +490,7 @@ class Mirror:
             elif truth is None:
                 self._coverage.invalidate(name)
             elif truth:
-                self._accept(name, truth, merge=False, skip=entry.seq)
+                self._accept(name, truth, merge=False, skip=entry.seq, read_at=read_at)
             else:
                 self._store.delete_cascade(name, [entry.obj_id])
             if own:
@@ -613,29 +630,35 @@ class Mirror:
     # -- behind the door -------------------------------------------------------------------------
 
     def _accept(
-        self, resource: str, rows: list[Row], merge: bool, skip: int | None = None
+        self,
+        resource: str,
+        rows: list[Row],
+        merge: bool,
+        skip: int | None = None,
+        read_at: datetime | None = None,
     ) -> list[int]:
+        read = utc_text(read_at) if read_at is not None else None
         if merge:
-            written = self._store.merge(resource, rows)
+            written = self._store.merge(resource, rows, read)
         else:
-            written = self._store.upsert(resource, rows, newer_only=True)
+            written = self._store.upsert(resource, rows, newer_only=True, read_at=read)
         self._pulls.drop_unconfirmed(resource, written)
         self._outbox.overlay(resource, written, skip=skip)
         return written
 
-    def _applied(self, res: Resource, rows: list[Row]) -> None:
-        self._accept(res.name, rows, merge=False)
+    def _applied(self, res: Resource, rows: list[Row], read_at: datetime | None) -> None:
+        self._accept(res.name, rows, merge=False, read_at=read_at)
         self._coverage.forget_windows()
         for other in res.side_effects:
             self._coverage.invalidate(other)
 
-    def _mark_unconfirmed(self, res: Resource, rows: list[tuple[int, Any, str]]) -> None:
-        """These rows hold changes the server applied unseen (each: id, stamp before, the
-        fields not known); what hangs off them (a job's transfer items and events) changed
-        with them, so it is no longer known either."""
-        self._pulls.mark_unconfirmed(res.name, rows)
+    def _mark_unconfirmed(self, res: Resource, rows: list[tuple[int, str]]) -> None:
+        """These rows hold changes the server applied unseen, just now (each: id, the fields
+        not known); what hangs off them (a job's transfer items and events) changed with them,
+        so it is no longer known either."""
+        self._pulls.mark_unconfirmed(res.name, rows, now_text())
         if res.cascade:
-            self._pulls.drop_marks([obj_id for obj_id, _, _ in rows])
+            self._pulls.drop_marks([obj_id for obj_id, _ in rows])
 
     def _children_unconfirmed(self, res: Resource, parents: list[int]) -> None:
         """The server may have promoted the waiting children of these jobs (balsam-api.md §4):
@@ -643,7 +666,7 @@ class Mirror:
         if parents and res.promotes_children:
             every = ",".join(res.server_set)
             children = self._pulls.waiting_children(parents)
-            self._mark_unconfirmed(res, [(c, stamp, every) for c, stamp in children])
+            self._mark_unconfirmed(res, [(c, every) for c, _ in children])
 
     def _promote_children(self, res: Resource, finished: list[int], maybe: list[int]) -> None:
         """Lay on the mirror what the server does when jobs finish: a waiting child whose

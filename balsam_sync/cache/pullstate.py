@@ -120,17 +120,17 @@ class PullState:
 
     # -- rows the server changed without sending them back -------------------------------------
 
-    def mark_unconfirmed(self, resource: str, rows: list[tuple[int, Any, str]]) -> None:
-        """These rows hold changes the server applied after it stamped them ``after``; the
-        comma-separated ``fields`` are not known (kept apart: a later mark adds to them)."""
+    def mark_unconfirmed(self, resource: str, rows: list[tuple[int, str]], at: str) -> None:
+        """These rows hold changes the server applied at ``at`` (this machine's clock) without
+        sending them back; the comma-separated ``fields`` of each are not known."""
         with self.store.write():
             self.conn.executemany(
-                f"INSERT INTO [{UNCONFIRMED_TABLE}] (resource, id, after, fields) "
+                f"INSERT INTO [{UNCONFIRMED_TABLE}] (resource, id, at, fields) "
                 "VALUES (?, ?, ?, ?) ON CONFLICT (resource, id) DO UPDATE SET "
-                "after = max(after, excluded.after), fields = CASE WHEN instr(',' || fields || "
+                "at = max(at, excluded.at), fields = CASE WHEN instr(',' || fields || "
                 "',', ',' || excluded.fields || ',') THEN fields ELSE fields || ',' || "
                 "excluded.fields END",
-                [(resource, obj_id, after, fields) for obj_id, after, fields in rows],
+                [(resource, obj_id, at, fields) for obj_id, fields in rows],
             )
 
     def unknown_fields(self, resource: str, ids: list[int]) -> dict[int, frozenset[str]]:

@@ -256,12 +256,13 @@ def m006_outbox_failing_since(db: Database) -> None:
 @migrations()
 def m007_unconfirmed_rows(db: Database) -> None:
     """Rows whose change the server acknowledged without sending them back (a job's PATCH
-    answers a count): ``after`` is the row's ``last_update`` before that change, so a server
-    copy stamped no later was read before it and cannot replace the row; ``fields`` are those
-    the mirror does not know (the server sets them: the new stamp, a state it may rewrite)."""
+    answers a count): ``at`` is when it did (this machine's clock), so a server copy read by a
+    request sent earlier cannot replace the row; ``fields`` are those the mirror does not know
+    (the server sets them: the new stamp, a state it may rewrite). And the jobs known to have
+    no transfer items."""
     db.execute(
         f"CREATE TABLE [{UNCONFIRMED_TABLE}] (resource TEXT NOT NULL, id INTEGER NOT NULL, "
-        "after TEXT, fields TEXT NOT NULL, PRIMARY KEY (resource, id)) WITHOUT ROWID"
+        "at TEXT NOT NULL, fields TEXT NOT NULL, PRIMARY KEY (resource, id)) WITHOUT ROWID"
     )
     db.execute(f"CREATE TABLE [{ITEMLESS_TABLE}] (id INTEGER PRIMARY KEY)")
 

@@ -109,25 +109,40 @@ class Store:
 
     # -- writing rows --------------------------------------------------------------------------
 
-    def upsert(self, resource: str, rows: Iterable[Row], newer_only: bool = False) -> list[int]:
+    def upsert(
+        self,
+        resource: str,
+        rows: Iterable[Row],
+        newer_only: bool = False,
+        read_at: str | None = None,
+    ) -> list[int]:
         """Store rows (replacing the stored copies); return the ids written.
 
-        ``newer_only``: rows of the server, which never replace a stored copy whose
+        ``newer_only``: rows of the server, read by a request sent at ``read_at`` (this
+        machine's clock; None: unknown). They never replace a stored copy whose
         ``last_update`` is newer (a listing read before one of our writes committed), nor one
-        holding a change the server applied after the row was read (``UNCONFIRMED_TABLE``).
+        holding a change the server applied unseen after the request was sent
+        (``UNCONFIRMED_TABLE``).
         """
-        return self._write_rows(resource, rows, changed_only=False, newer_only=newer_only)
+        return self._write_rows(
+            resource, rows, changed_only=False, newer_only=newer_only, read_at=read_at
+        )
 
-    def merge(self, resource: str, rows: Iterable[Row]) -> list[int]:
+    def merge(self, resource: str, rows: Iterable[Row], read_at: str | None = None) -> list[int]:
         """Store the rows that differ from the mirror's copy; return the ids written.
 
         A row equal to the stored one (its packed values compare equal) is not rewritten, so
         reading an unchanged row again costs the pull its bytes and nothing more.
         """
-        return self._write_rows(resource, rows, changed_only=True, newer_only=True)
+        return self._write_rows(resource, rows, changed_only=True, newer_only=True, read_at=read_at)
 
     def _write_rows(
-        self, resource: str, rows: Iterable[Row], changed_only: bool, newer_only: bool = False
+        self,
+        resource: str,
+        rows: Iterable[Row],
+        changed_only: bool,
+        newer_only: bool = False,
+        read_at: str | None = None,
     ) -> list[int]:
         tdef = TABLES[resource]
         columns = list(tdef.columns)
@@ -157,7 +172,7 @@ class Store:
             return []
         with self.write():
             if changed_only or (newer_only and STAMP in tdef.columns):
-                records, ids, kept = self._changed(tdef, records, ids, kept, changed_only)
+                records, ids, kept = self._changed(tdef, records, ids, kept, changed_only, read_at)
                 if not records:
                     return []
             side_values: dict[str, list[Any]] = {name: [] for name in side}
@@ -176,15 +191,18 @@ class Store:
         ids: list[int],
         rows: list[Row],
         changed_only: bool,
+        read_at: str | None,
     ) -> tuple[list[tuple[Any, ...]], list[int], list[Row]]:
-        """Keep the records that are not older than the stored ones (by ``last_update``) and,
-        when ``changed_only``, whose packed values differ from the stored ones (or are new)."""
+        """Keep the records that are not older than the stored ones: by ``last_update``, and,
+        for a row holding a change the server applied unseen, by when their request was sent
+        (``read_at``); and, when ``changed_only``, those whose packed values differ from the
+        stored ones (or are new)."""
         stamped = STAMP in tdef.columns
         stamp = f"t.[{STAMP}]" if stamped else "NULL"
         stored = {
             r[0]: (r[1], r[2], r[3])
             for r in self.conn.execute(
-                f"SELECT t.id, t.[{PACKED}], {stamp}, u.after FROM [{tdef.table}] t "
+                f"SELECT t.id, t.[{PACKED}], {stamp}, u.at FROM [{tdef.table}] t "
                 f"LEFT JOIN [{UNCONFIRMED_TABLE}] u ON u.resource = ? AND u.id = t.id "
                 "WHERE t.id IN (SELECT value FROM json_each(?))",
                 [tdef.resource, json.dumps(ids)],
@@ -196,11 +214,11 @@ class Store:
             old = stored.get(obj_id)
             if old is None:
                 return True
+            if old[2] is not None and (read_at is None or read_at <= old[2]):
+                return False  # read before the server applied a change the row holds
             new = rec[at] if stamped else None
             if new is not None and old[1] is not None and new < old[1]:
                 return False  # the stored copy is newer: this row was read before it
-            if new is not None and old[2] is not None and new <= old[2]:
-                return False  # read before a change the server applied to the stored copy
             return not changed_only or rec[-1] is None or old[0] != rec[-1]
 
         kept = [

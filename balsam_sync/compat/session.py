@@ -21,6 +21,7 @@ from ..remote.rest import normalize_row
 from ..resources import EVENT_LOG, JOB
 from ..schemas import SessionAcquire, SessionCreate, SessionOut
 from ..schemas._enums import JobState
+from ..utc import now
 from .host import Host, default_client
 
 if TYPE_CHECKING:
@@ -88,9 +89,10 @@ class SessionManager:
         session._set(body)
 
     def _acquire(self, session: Session, acquire: dict[str, Any]) -> list[Job]:
+        sent = now()
         rows = self._request("POST", f"{PATH}{session._saved_id()}", json_body=acquire)
         rows = [normalize_row(JOB, row) for row in rows or []]
-        self.client.mirror.jobs_acquired(rows)
+        self.client.mirror.jobs_acquired(rows, read_at=sent)
         return [self.client.Job._from_row(row) for row in rows]  # type: ignore[misc]
 
     def _tick(self, session: Session) -> None:

@@ -44,6 +44,7 @@ from ..remote.rest import Remote
 from ..resources import Resource, Row
 from ..spec import QuerySpec
 from ..sync.push import Replayer
+from ..utc import now
 
 __all__ = ["DEFAULT_MAX_AGE", "Gateway", "WriteResult"]
 
@@ -209,7 +210,7 @@ class Gateway:
             return self._cached(spec, count, as_of, stale)
         try:
             self._reach(pol)
-            asked = self.clock()
+            asked, sent = self.clock(), now()
             if count:
                 n = self.remote.count(res, spec)
             else:
@@ -222,7 +223,8 @@ class Gateway:
         if count:
             mirror.server_counted(spec, n, at)
             return Answer([], n, "server", at)
-        return Answer(mirror.server_listed(spec, rows, n, at, rechecked), n, "server", at)
+        rows = mirror.server_listed(spec, rows, n, at, rechecked, read_at=sent)
+        return Answer(rows, n, "server", at)
 
     def _cached(self, spec: QuerySpec, count: bool, as_of: datetime | None, stale: bool) -> Answer:
         mirror = self.mirror
@@ -239,13 +241,17 @@ class Gateway:
         sending them back (a job PATCH answers a count), in one request by id. False when the
         server could not be asked (the answer is then stale)."""
         ids = self.mirror.unconfirmed(res.name)
-        if not ids:
-            return True
+        return not ids or self._reread(res, ids)
+
+    def _reread(self, res: Resource, ids: list[int]) -> bool:
+        """Read these objects from the server into the mirror (those it no longer has leave);
+        False when it cannot be reached."""
         try:
+            sent = now()
             rows, _ = self.remote.select(res, QuerySpec(res.name).with_filters({"id": ids}))
         except ServerUnreachable:
             return False
-        self.mirror.server_rows(res.name, rows)
+        self.mirror.server_rows(res.name, rows, read_at=sent)
         self.mirror.server_gone(res.name, set(ids) - {r["id"] for r in rows})
         return True
 
@@ -303,6 +309,7 @@ class Gateway:
             yield from self.fetch(res, spec, pol).dicts()  # chunked: merged in memory anyway
             return
         pages = self.remote.pages(res, spec, chunk_size)
+        sent = now()  # no page is asked for before this
         try:
             self._reach(pol)
             first = next(pages, None)
@@ -313,10 +320,10 @@ class Gateway:
             return
         _said(spec, False, "server", plan.why, None)
         for page in [first] if first is not None else []:
-            mirror.server_rows(res.name, page)
+            mirror.server_rows(res.name, page, read_at=sent)
             yield from page
         for page in pages:
-            mirror.server_rows(res.name, page)
+            mirror.server_rows(res.name, page, read_at=sent)
             yield from page
 
     def _without_mirror(
@@ -403,12 +410,8 @@ class Gateway:
         """The rows of these objects as the server holds them: those the server changed
         without sending them back are read now (one request); {} when it cannot be reached."""
         mirror = self.mirror
-        if mirror.unknown_fields(res.name, ids) and not self.offline:
-            try:
-                rows, _ = self.remote.select(res, QuerySpec(res.name).with_filters({"id": ids}))
-            except ServerUnreachable:
-                return {}
-            mirror.server_rows(res.name, rows)
+        if mirror.unknown_fields(res.name, ids) and (self.offline or not self._reread(res, ids)):
+            return {}
         return {row["id"]: row for row in mirror.current(res.name, ids) if row is not None}
 
     def delete(self, res: Resource, obj_id: int) -> WriteResult:
@@ -434,11 +437,12 @@ class Gateway:
         every = spec.unsliced()
         if not self.offline:
             try:
+                sent = now()
                 rows, _ = self.remote.select(res, every)
             except ServerUnreachable:
                 pass
             else:
-                self.mirror.server_rows(res.name, rows)
+                self.mirror.server_rows(res.name, rows, read_at=sent)
                 return self.mirror.ids(every)
         self.mirror.evidence(every, False)
         return self.mirror.ids(every)

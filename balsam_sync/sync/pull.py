@@ -40,6 +40,7 @@ from ..remote.transport import Reply
 from ..resources import JOB, RESOURCES, Row
 from ..schemas import JobState
 from ..spec import QuerySpec
+from ..utc import now
 from .children import JOBS_PHASE, ChildrenReader, plan, urgent_in
 from .deletions import DeletedJobs
 from .pages import id_pages, job_pages, prefetched
@@ -142,10 +143,12 @@ class Puller:
         """Ask the server's counts that only the progress needs (the totals of listings)."""
         self.totals: dict[str, int] = {}
         self.options = options or PullOptions()
+        self.read_at = now()
 
     def pull(self, full: bool = False) -> PullReport:
         """Pull every resource; ``full`` re-reads everything instead of what can have changed."""
         started = self.clock()
+        self.read_at = now()  # this machine's clock: no request of this pull was sent before
         report = PullReport(started_at=started)
         meter = _Meter(report)
         hooks = self.remote.transport.on_response
@@ -191,7 +194,7 @@ class Puller:
             # after it, the two-way check holds), sites, apps, batch jobs, moving items.
             counted = side.submit(self._count, {})
             note = self._note(report, counted)
-            small = SmallResources(self.remote, self.mirror, note)
+            small = SmallResources(self.remote, self.mirror, note, self.read_at)
             smalls = side.submit(self._pull_small, report, small)
             pages = self._job_pages(watermark)  # on the wire from now on
             try:
@@ -276,7 +279,7 @@ class Puller:
         for page in pages:
             if children is not None:
                 children.submit(urgent_in(page, self.mirror.marks([r["id"] for r in page])))
-            self.mirror.server_rows("Job", page, merge=True)
+            self.mirror.server_rows("Job", page, merge=True, read_at=self.read_at)
             if children is not None:
                 children.store_ready()
             listed.update((r["id"], r["last_update"]) for r in page)

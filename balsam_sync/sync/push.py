@@ -323,9 +323,10 @@ class Replayer:
     def _settle_group(self, group: list[Entry]) -> tuple[int, int]:
         """Look one batch up; return (adopted, undecided)."""
         res = RESOURCES[group[0].resource]
+        sent = now()
         found = self._lookup(res, group)
         if found:
-            self._adopt(res, found)
+            self._adopt(res, found, sent)
             if res.marked_creates:  # one POST: the marker's other jobs were made too (and
                 made = {e.seq for e, _ in found}  # deleted since)
                 self.mirror.created_then_deleted(res.name, [e for e in group if e.seq not in made])
@@ -343,9 +344,10 @@ class Replayer:
         sent = datetime.fromisoformat(entry.sent_at)
         return (now() - sent).total_seconds() < self.max_request_seconds
 
-    def _adopt(self, res: Resource, made: list[tuple[Entry, Row]]) -> None:
-        """The server created these entries as these rows: the mirror takes them in."""
-        self.mirror.created(res.name, made)
+    def _adopt(self, res: Resource, made: list[tuple[Entry, Row]], read_at: datetime) -> None:
+        """The server created these entries as these rows (read by a request sent at
+        ``read_at``): the mirror takes them in."""
+        self.mirror.created(res.name, made, read_at)
 
     def _lookup(self, res: Resource, group: list[Entry]) -> list[tuple[Entry, Row]]:
         """Find rows the server created for in-flight creates (by marker, or unique names)."""
@@ -465,17 +467,19 @@ class Replayer:
         if op is Op.CREATE:
             marker = uuid.uuid4().hex if res.marked_creates else None
             self.mirror.sending([e.seq for e in group], marker)  # recorded before sending
+            started = now()
             rows = self.remote.create(res, [_with_marker(e.payload, marker) for e in group])
-            self._adopt(res, list(zip(group, rows, strict=True)))
+            self._adopt(res, list(zip(group, rows, strict=True)), started)
         elif op is Op.UPDATE:
             self.mirror.sending([e.seq for e in group])
-            sent = [(e.obj_id, e.payload) for e in group]
+            changes = [(e.obj_id, e.payload) for e in group]
             seqs = [e.seq for e in group]
-            found = self.remote.bulk_update(res, sent)
+            started = now()
+            found = self.remote.bulk_update(res, changes)
             if found is None:  # one request, as upstream's save(); the next read confirms
-                self.mirror.applied(res.name, seqs, sent)
+                self.mirror.applied(res.name, seqs, changes)
             else:
-                self.mirror.confirmed(res.name, seqs, found)
+                self.mirror.confirmed(res.name, seqs, found, started)
         else:
             return self._send_deletes(res, group, mine, report)
         return len(group)
@@ -517,7 +521,8 @@ class Replayer:
         """An entry that names an object whose creation was refused or discarded."""
         missing = sorted(provisional_refs(entry))
         error = f"depends on provisional id(s) {missing}, whose creation was refused or discarded"
-        self.mirror.refused(entry, None, error, self._truth(entry), own=entry.seq in mine)
+        truth, read_at = self._truth(entry)
+        self.mirror.refused(entry, None, error, truth, own=entry.seq in mine, read_at=read_at)
         if entry.seq not in mine:
             report.dead += 1
 
@@ -529,12 +534,12 @@ class Replayer:
         report: PushReport,
         failing: bool = False,
     ) -> None:
-        truth = self._truth(entry)
+        truth, read_at = self._truth(entry)
         reason = exc.detail or str(exc)
         if failing:
             reason = f"the server failed it {FAIL_TRIES} times or more: {reason}"
         own = entry.seq in mine
-        self.mirror.refused(entry, exc.status, reason, truth, own=own)
+        self.mirror.refused(entry, exc.status, reason, truth, own=own, read_at=read_at)
         if own:
             report.rejected[entry.seq] = exc
             return
@@ -547,18 +552,19 @@ class Replayer:
         )
         report.dead += 1
 
-    def _truth(self, entry: Entry) -> list[Row] | None:
+    def _truth(self, entry: Entry) -> tuple[list[Row] | None, datetime]:
         """What the server holds of a refused entry's object (read before the mirror is
-        written: never a request inside a transaction); None when it cannot be read."""
+        written: never a request inside a transaction), and when it was asked; None when it
+        cannot be read."""
+        sent = now()
         if entry.op is Op.CREATE or entry.obj_id < 0:
-            return []
+            return [], sent
         res = RESOURCES[entry.resource]
         try:
-            return self.remote.select(
-                res, QuerySpec(res.name).with_filters({"id": [entry.obj_id]})
-            )[0]
+            spec = QuerySpec(res.name).with_filters({"id": [entry.obj_id]})
+            return self.remote.select(res, spec)[0], sent
         except TransportError:
-            return None
+            return None, sent
 
 
 def _with_marker(payload: Row, marker: str | None) -> Row:

@@ -20,6 +20,7 @@ for it by id, does not return it: another process may have written it meanwhile.
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime
 
 from ..cache import Mirror
 from ..remote.rest import Remote
@@ -37,14 +38,15 @@ Note = Callable[[str, int], None]
 class SmallResources:
     """Brings sites, apps, batch jobs and moving transfer items up to date."""
 
-    def __init__(self, remote: Remote, mirror: Mirror, note: Note) -> None:
+    def __init__(self, remote: Remote, mirror: Mirror, note: Note, read_at: datetime) -> None:
         self.remote = remote
         self.mirror = mirror
         self.note = note
+        self.read_at = read_at  # no request of the pull was sent before (this machine's clock)
 
     def store(self, res: Resource, rows: list[Row]) -> None:
         """Write the server's rows that changed; pending local changes are laid back on top."""
-        self.mirror.server_rows(res.name, rows, merge=True)
+        self.mirror.server_rows(res.name, rows, merge=True, read_at=self.read_at)
 
     def whole(self, name: str) -> int:
         """Re-read every row of ``name``; return how many the server no longer has."""
