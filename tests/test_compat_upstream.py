@@ -28,6 +28,7 @@ from balsam_sync.compat.appdef import ApplicationDefinition
 from balsam_sync.compat.session import Session
 from balsam_sync.orm.job import Job
 from balsam_sync.orm.records import App, BatchJob, Site
+from balsam_sync.resources import MARKER_KEY
 from balsam_sync.schemas import _enums
 from tests.conftest import FAST_RETRY, PASSWORD, User
 from tests.upstream import run_upstream, upstream_cli
@@ -122,8 +123,12 @@ def test_upstream_loads_the_client_yml_of_balsam_sync_login_and_lists_our_jobs(
     site.save()
     app = api.App(site.id, "Hello", "payload", "print('hi')")
     app.save()
-    jobs = [api.Job(f"test/run{i}", app.id, parameters={"n": i}) for i in range(3)]
+    jobs = [
+        api.Job(f"test/run{i}", app.id, parameters={"n": i}, tags={"grp": f"g{i}"})
+        for i in range(3)
+    ]
     api.Job.objects.bulk_create(jobs)
+    api.push()  # settles the creates: their creation tag is taken off the server
 
     seen = run_upstream(UPSTREAM_READS, client_yml, tmp_path)
     assert seen["token_expiry_tz"] == "None"
@@ -134,7 +139,8 @@ def test_upstream_loads_the_client_yml_of_balsam_sync_login_and_lists_our_jobs(
     listing = upstream_cli(client_yml, tmp_path, "job", "ls")
     assert listing.returncode == 0, listing.stderr
     for i in range(3):
-        assert f"test/run{i}" in listing.stdout
+        assert f"test/run{i}" in listing.stdout and f"g{i}" in listing.stdout
+    assert MARKER_KEY not in listing.stdout  # upstream's tools show the tags the user set
 
 
 def test_one_client_yml_serves_both_logins(user: User, client_yml: Path, tmp_path: Path) -> None:

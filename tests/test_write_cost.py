@@ -6,10 +6,13 @@ What a write leaves unknown (the server's new stamp) is read once, when first as
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import balsam_sync
 from balsam_sync.client import Client
-from tests.conftest import RequestLog
+from balsam_sync.resources import MARKER_KEY
+from tests.conftest import RequestLog, User, server_jobs
 
 
 def _writes(sent: RequestLog) -> list[str]:
@@ -86,3 +89,38 @@ def test_a_bulk_create_is_one_post(client: Client, app: Any, sent: RequestLog) -
         [client.Job(workdir=f"b/{i}", app_id=app.id) for i in range(100)]
     )
     assert _writes(sent) == ["POST jobs/"]
+
+
+def test_a_push_takes_the_creation_tag_off_settled_jobs_in_one_patch(
+    client: Client, app: Any, user: User, sent: RequestLog
+) -> None:
+    jobs = client.Job.objects.bulk_create(
+        [client.Job(workdir=f"t/{i}", app_id=app.id, tags={"exp": str(i)}) for i in range(50)]
+    )
+    assert {MARKER_KEY} <= set(server_jobs(user)[0]["tags"])  # exactly-once needs it until settled
+    sent.clear()
+    client.push()
+    assert _writes(sent) == ["PATCH jobs/"]  # one request for the whole batch
+    assert {r["workdir"]: r["tags"] for r in server_jobs(user)} == {
+        f"t/{i}": {"exp": str(i)} for i in range(50)
+    }
+    assert [j.tags for j in jobs] == [{"exp": str(i)} for i in range(50)]
+    sent.clear()
+    client.push()
+    assert _writes(sent) == []  # nothing left to clear
+
+
+def test_clearing_the_creation_tag_never_undoes_a_tag_the_user_set(
+    user: User, app: Any, tmp_path: Path
+) -> None:
+    online = balsam_sync.connect(user.api_root, user.token, home=str(tmp_path / "h"))
+    job = online.Job.objects.create(workdir="t/mine", app_id=app.id, tags={"a": "1"})
+    offline = balsam_sync.connect(user.api_root, user.token, home=str(tmp_path / "h"), offline=True)
+    mine = offline.Job.objects.offline().get(id=job.id)
+    mine.tags = {"a": "2"}
+    mine.save()  # queued
+    offline.close()
+    online.push()
+    (row,) = server_jobs(user)
+    assert row["tags"] == {"a": "2"}
+    online.close()

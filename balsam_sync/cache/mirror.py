@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ..freshness import RowLayout
-from ..resources import RESOURCES, Resource, Row
+from ..resources import MARKER_KEY, RESOURCES, Resource, Row
 from ..spec import QuerySpec
 from ..utc import now_text, utc_text
 from .coverage import Coverage, CoverageBook, Evidence
@@ -255,8 +255,11 @@ class Mirror:
 
     def server_gone(self, resource: str, ids: Iterable[int]) -> None:
         """The server no longer holds these objects: remove them as its deletes cascade."""
+        gone = sorted(set(ids))
         with self._store.write():
-            self._store.delete_cascade(resource, sorted(set(ids)))
+            self._store.delete_cascade(resource, gone)
+            if RESOURCES[resource].marked_creates:
+                self._pulls.unmarked(gone)
 
     def server_changed(self, *resources: str) -> None:
         """The server changed these resources in ways the mirror did not see: forget what it
@@ -432,9 +435,40 @@ class Mirror:
                 res, [(r["id"], ",".join(sorted(unknown[r["id"]]))) for r in rows]
             )
             self._applied(res, [], None)
+            if res.marked_creates:  # tags sent are the user's: the creation tag is gone
+                self._pulls.unmarked([i for i, changes in sent if "tags" in changes])
             self._promote_children(
                 res, [i for i in finishing if _state(current[i]) == res.finished_state], finishing
             )
+
+    def tags_to_clear(self, limit: int) -> list[tuple[int, Row]]:
+        """Jobs created here whose creation tag is still on the server, and nothing queued for
+        them: each with the change that clears it (its tags, as the user set them)."""
+        out, gone = [], []
+        for obj_id, tags in self._pulls.still_marked(limit):
+            stored = json.loads(tags or "{}")
+            if MARKER_KEY not in stored:
+                gone.append(obj_id)  # the server's copy shows it taken off already
+                continue
+            kept = {k: v for k, v in stored.items() if k != MARKER_KEY}
+            out.append((obj_id, {"tags": kept}))
+        if gone:
+            with self._store.write():
+                self._pulls.unmarked(gone)
+        return out
+
+    def tags_cleared(
+        self, resource: str, items: list[tuple[int, Row]], *, refused: bool = False
+    ) -> None:
+        """The server took the creation tag off these jobs (``items``: ``tags_to_clear``'s),
+        or refused to (a job deleted meanwhile, say: then it is left as it is). Only the
+        hidden tag and the stamp changed, so the rows are not re-read for it."""
+        with self._store.write():
+            self._pulls.unmarked([obj_id for obj_id, _ in items])
+            if not refused:
+                rows = self._current(resource, [obj_id for obj_id, _ in items])
+                pairs = zip(rows, items, strict=True)
+                self._store.upsert(resource, [{**row, **ch} for row, (_, ch) in pairs if row])
 
     def unconfirmed(self, resource: str) -> list[int]:
         """Ids of rows holding a change the server applied without sending them back."""
@@ -456,6 +490,8 @@ class Mirror:
             self._outbox.ack([e.seq for e, _ in made])
             self._outbox.remap(resource, [(e.obj_id, row) for e, row in made])
             self._applied(res, rows, read_at)
+            if res.marked_creates:
+                self._pulls.marked([r["id"] for r in rows])
             if res.state_rewrites:
                 self._pulls.itemless([r["id"] for (e, r) in made if not e.payload.get("transfers")])
 

@@ -14,7 +14,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..resources import JOB, TRANSFER_ITEM, Row
-from .schema import ITEMLESS_TABLE, MARKS_TABLE, PARENTS_TABLE, TABLES, UNCONFIRMED_TABLE
+from .schema import (
+    ITEMLESS_TABLE,
+    MARKED_TABLE,
+    MARKS_TABLE,
+    PARENTS_TABLE,
+    TABLES,
+    UNCONFIRMED_TABLE,
+)
 from .store import Store
 
 
@@ -169,6 +176,28 @@ class PullState:
         """These jobs were created without transfer items (so they will never have any)."""
         self.conn.executemany(
             f"INSERT OR IGNORE INTO [{ITEMLESS_TABLE}] (id) VALUES (?)", [(i,) for i in ids]
+        )
+
+    def marked(self, ids: list[int]) -> None:
+        """These jobs were created here with the creation tag, which is now on the server."""
+        self.conn.executemany(
+            f"INSERT OR IGNORE INTO [{MARKED_TABLE}] (id) VALUES (?)", [(i,) for i in ids]
+        )
+
+    def unmarked(self, ids: list[int]) -> None:
+        """The creation tag of these jobs is gone from the server (or they are)."""
+        self.conn.execute(
+            f"DELETE FROM [{MARKED_TABLE}] WHERE id IN (SELECT value FROM json_each(?))",
+            [json.dumps(ids)],
+        )
+
+    def still_marked(self, limit: int) -> list[tuple[int, str | None]]:
+        """Marked jobs with no change queued (or refused) for them, and their tags as stored."""
+        return self._rows(
+            f"SELECT m.id, j.tags FROM [{MARKED_TABLE}] m JOIN jobs j ON j.id = m.id "
+            "WHERE NOT EXISTS (SELECT 1 FROM outbox o WHERE o.resource = ? "
+            "AND o.obj_id = m.id) ORDER BY m.id LIMIT ?",
+            [JOB.name, limit],
         )
 
     def items_done(self, ids: list[int]) -> dict[int, dict[str, bool]]:

@@ -135,6 +135,10 @@ ITEMLESS_TABLE = "itemless_jobs"
 """Jobs created here without transfer items: they never have any (items are only made with
 their job), so the state the server derives for them is known."""
 
+MARKED_TABLE = "marked_jobs"
+"""Jobs created here whose creation tag (``resources.MARKER_KEY``) is still on the server: a
+push removes it once no sender can look the create up again (it is settled)."""
+
 PARENTS_TABLE = "job_parents"
 """One row per (job, parent): the index behind the ``parent_id`` overlap filter."""
 
@@ -259,12 +263,13 @@ def m007_unconfirmed_rows(db: Database) -> None:
     answers a count): ``at`` is when it did (this machine's clock), so a server copy read by a
     request sent earlier cannot replace the row; ``fields`` are those the mirror does not know
     (the server sets them: the new stamp, a state it may rewrite). And the jobs known to have
-    no transfer items."""
+    no transfer items, and those whose creation tag is still on the server."""
     db.execute(
         f"CREATE TABLE [{UNCONFIRMED_TABLE}] (resource TEXT NOT NULL, id INTEGER NOT NULL, "
         "at TEXT NOT NULL, fields TEXT NOT NULL, PRIMARY KEY (resource, id)) WITHOUT ROWID"
     )
     db.execute(f"CREATE TABLE [{ITEMLESS_TABLE}] (id INTEGER PRIMARY KEY)")
+    db.execute(f"CREATE TABLE [{MARKED_TABLE}] (id INTEGER PRIMARY KEY)")
 
 
 def clear_packed(db: Database) -> None:

@@ -181,6 +181,8 @@ class Replayer:
             if force:  # an explicit push tries the server now, even while the link backs off
                 self.remote.transport.ensure_reachable()
             self._run(set(own), report, wait, force, size)
+            if force and not self.mirror.queue_counts().pending:
+                self._clear_creation_tags(report)
         except NotAuthenticated as exc:
             report.paused_for_auth = True
             report.error = f"the server refused the token, log in again: {exc}"
@@ -270,6 +272,34 @@ class Replayer:
             group.append(entry)
             seen.add(entry.obj_id)
         return group
+
+    def _clear_creation_tags(self, report: PushReport) -> None:
+        """Take the creation tag off jobs whose create is settled (no sender can look it up
+        again): one PATCH per 5000 jobs, so upstream's tools show the tags the user set."""
+        stopped = self.remote.transport.stop_requested
+        for res in RESOURCES.values():
+            while res.marked_creates and not stopped():
+                items = self.mirror.tags_to_clear(MAX_BULK)
+                if not items or not self._clear_tags(res, items, report):
+                    break
+
+    def _clear_tags(self, res: Resource, items: list[tuple[int, Row]], report: PushReport) -> bool:
+        """Send one batch of tag clearings; False when the server cannot be used now."""
+        try:
+            self.remote.bulk_update(res, items)
+        except TransportError as exc:
+            if outcome(exc) is not Outcome.REFUSED:
+                report.error = str(exc)
+                return False
+            if len(items) == 1:  # a job deleted meanwhile, say: its tag goes with it
+                self.mirror.tags_cleared(res.name, items, refused=True)
+                return True
+            half = len(items) // 2
+            return self._clear_tags(res, items[:half], report) and self._clear_tags(
+                res, items[half:], report
+            )
+        self.mirror.tags_cleared(res.name, items)
+        return True
 
     # -- settling creates that may have reached the server ---------------------------------------
 
