@@ -111,7 +111,12 @@ class Client:
     def _open_mirror(self) -> Mirror:
         home, explicit = self.settings.mirror_home, self._explicit_home
         mirror = open_mirror(
-            home, self._identity(), explicit_home=explicit, clock=self.transport.server_now
+            home,
+            self._identity(),
+            explicit_home=explicit,
+            clock=self.transport.server_now,
+            queue_home=self.settings.queue_folder,
+            node=self.settings.node_name,
         )
         # Processes sharing the mirror share what they know of the link (see link.py).
         self.transport.link.share(mirror.companion(".link.json"))

@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 
 ENV_API_ROOT = "BALSAM_SYNC_API_ROOT"
 ENV_TOKEN = "BALSAM_SYNC_TOKEN"
+ENV_QUEUE_HOME = "BALSAM_SYNC_QUEUE_HOME"
+ENV_NODE = "BALSAM_SYNC_NODE"
 ENV_HOME = "BALSAM_SYNC_HOME"
 ENV_OFFLINE = "BALSAM_SYNC_OFFLINE"
 ENV_MAX_REQUEST = "BALSAM_SYNC_MAX_REQUEST_SECONDS"
@@ -147,6 +149,11 @@ class Settings:
             this long.
         reconcile_seconds: a pull re-reads everything (as ``pull(full=True)``) when the last
             full pull is older than this.
+        queue_home: folder holding the user's queue (``BALSAM_SYNC_QUEUE_HOME``; default: the
+            mirror folder as chosen, before a network file system sends the mirror itself to
+            node-local storage): where every login node of the user sees it.
+        node: this login node's name in the user's queue (``BALSAM_SYNC_NODE``; default: the
+            host name).
         history_per_pull: most finished jobs whose transfer items and events (their history)
             one pull reads when they were never read (unfinished and changed jobs are always
             read): a first pull of a large account stays short and later pulls complete it.
@@ -168,6 +175,8 @@ class Settings:
     retry_backoff: float = 2.0
     reconcile_seconds: float = 86_400.0
     history_per_pull: int = 1000
+    queue_home: Path | None = None
+    node: str | None = None
 
     def __post_init__(self) -> None:
         for name in PULL_ENV:
@@ -184,6 +193,16 @@ class Settings:
     @property
     def mirror_home(self) -> Path:
         return self.home or default_home()
+
+    @property
+    def queue_folder(self) -> Path:
+        """Where the user's queue is kept (see ``queue_home``)."""
+        env = os.environ.get(ENV_QUEUE_HOME)
+        return self.queue_home or (Path(env) if env else self.mirror_home)
+
+    @property
+    def node_name(self) -> str | None:
+        return self.node or os.environ.get(ENV_NODE) or None
 
 
 def default_home() -> Path:

@@ -7,6 +7,7 @@ import from this package only, never from its modules.
 from .coverage import Coverage, Evidence
 from .failures import guard
 from .filesystem import append_own
+from .journal import SenderLock
 from .lock import FileLock
 from .mirror import Clock, Mirror, QueueCounts, Queued
 from .neighbours import Neighbour, neighbours
@@ -31,6 +32,7 @@ __all__ = [
     "Op",
     "QueueCounts",
     "Queued",
+    "SenderLock",
     "Recovered",
     "Unsynced",
     "check",

@@ -27,9 +27,11 @@ from __future__ import annotations
 
 import functools
 import inspect
+import itertools
 import json
 import logging
 import sqlite3
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -39,9 +41,10 @@ from typing import Any, TypeVar
 from ..freshness import RowLayout
 from ..resources import MARKER_KEY, RESOURCES, Resource, Row
 from ..spec import QuerySpec
-from ..utc import now_text, utc_text
+from ..utc import now, now_text, utc_text
 from .coverage import Coverage, CoverageBook, Evidence
 from .failures import guard, mirror_error
+from .journal import Journal, Record, SenderLock
 from .lock import FileLock
 from .outbox import Entry, EntryState, Op, Outbox
 from .pullstate import PullState, Unsynced
@@ -51,6 +54,8 @@ from .store import STAMP, Store
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+GLANCE_SECONDS = 1.0
+"""Reads look at the user's queue for other nodes' changes at most this often."""
 Clock = Callable[[], datetime]
 """The time now, as the server's clock would say (stamps never run ahead of it)."""
 
@@ -82,6 +87,20 @@ class QueueCounts:
     in_flight: int
     dead: int
     oldest: datetime | None
+    by_node: dict[str, int]
+    """Changes waiting to be sent, by the login node that queued them."""
+
+
+def _renumbered(resource: str, payload: Row, mapping: dict[int, int]) -> Row:
+    """``payload`` with the provisional ids of ``mapping`` replaced in its reference fields."""
+    out = dict(payload)
+    for name in RESOURCES[resource].reference_fields:
+        value = out.get(name)
+        if isinstance(value, list):
+            out[name] = [mapping.get(v, v) for v in value]
+        elif type(value) is int:
+            out[name] = mapping.get(value, value)
+    return out
 
 
 def _state(row: Row | None) -> Any:
@@ -127,12 +146,19 @@ class Mirror:
         clock: the server's clock as the client knows it; stamps are capped by it.
     """
 
-    def __init__(self, path: Path, store: Store, clock: Clock | None = None) -> None:
+    def __init__(
+        self, path: Path, store: Store, journal: Journal, clock: Clock | None = None
+    ) -> None:
         self.path = path
         self._store = store
+        self._journal = journal
+        self._clock = clock or now
         self._coverage = CoverageBook(store, clock)
         self._outbox = Outbox(store)
         self._pulls = PullState(store)
+        self._looked = 0.0  # when the journal was last looked at (time.monotonic)
+        self._publish_legacy()
+        self.catch_up()
 
     def close(self) -> None:
         self._store.conn.close()
@@ -142,17 +168,29 @@ class Mirror:
         return self.path.with_suffix(suffix)
 
     def lock(self, purpose: str) -> FileLock:
-        """The lock one process at a time holds for ``purpose`` ("replay", "daemon")."""
+        """The lock one process of this node at a time holds for ``purpose`` ("daemon")."""
         return FileLock(self.companion(f".{purpose}.lock"))
+
+    def sender(self) -> SenderLock:
+        """What one sender at a time holds: one process of this node, and one node of the
+        user's (the queue is shared by every login node, ``cache/journal.py``)."""
+        return self._journal.sender(self.lock("replay"))
+
+    @property
+    def node(self) -> str:
+        """This login node's name, as the user's queue records it."""
+        return self._journal.node
 
     # -- reading ---------------------------------------------------------------------------------
 
     def full_sync_at(self, resource: str) -> datetime | None:
         """When every row of ``resource`` was last pulled (None: never, or since invalidated)."""
+        self._glance()
         return self._coverage.full_sync_at(resource)
 
     def covered(self, spec: QuerySpec, count: bool = False) -> Coverage | None:
         """The newest evidence that the mirror holds the answer to ``spec`` (or its count)."""
+        self._glance()
         return self._coverage.for_count(spec) if count else self._coverage.for_rows(spec)
 
     def evidence(self, spec: QuerySpec, count: bool = False) -> Evidence:
@@ -161,14 +199,17 @@ class Mirror:
         Raises:
             NoEvidence: the mirror was never told what matches ``spec``.
         """
+        self._glance()
         return self._coverage.evidence(spec, count)
 
     def rows(self, spec: QuerySpec) -> tuple[RowLayout, list[tuple[int, bytes]]]:
         """The rows of ``spec`` in the server's order, packed (cheapest to turn into objects)."""
+        self._glance()
         return self._store.query_packed(spec)
 
     def dicts(self, spec: QuerySpec) -> list[Row]:
         """The rows of ``spec`` in the server's order, as dicts (JSON columns left as text)."""
+        self._glance()
         return self._store.query(spec)
 
     def ids(self, spec: QuerySpec) -> list[int]:
@@ -177,10 +218,12 @@ class Mirror:
 
     def count(self, spec: QuerySpec) -> int:
         """How many rows match the filters of ``spec`` (its window ignored)."""
+        self._glance()
         return self._store.count(spec)
 
     def stream(self, spec: QuerySpec, chunk_size: int) -> Iterator[Row]:
         """The rows of ``spec`` a page at a time (memory does not grow with the result)."""
+        self._glance()
         yield from self._store.stream(spec, chunk_size)
 
     def current(self, resource: str, ids: list[int]) -> list[Row | None]:
@@ -278,43 +321,16 @@ class Mirror:
 
     def user_created(self, resource: str, payloads: list[Row]) -> Queued:
         """The user created objects: provisional rows now (negative ids), creates queued."""
-        res = RESOURCES[resource]
-        with self._store.write():
-            temps = self._outbox.temp_ids(len(payloads))
-            payloads = [self._outbox.resolve_refs(resource, p) for p in payloads]
-            rows = [res.provisional_row(t, p) for t, p in zip(temps, payloads, strict=True)]
-            self._store.upsert(resource, rows)
-            seqs = self._outbox.enqueue(
-                resource, Op.CREATE, list(zip(temps, payloads, strict=True))
-            )
-            self._coverage.forget_windows()
-        return Queued(resource, Op.CREATE, temps, seqs, dict.fromkeys(temps))
+        temps = self._temp_ids(len(payloads))
+        return self._queue(resource, Op.CREATE, list(zip(temps, payloads, strict=True)))
 
     def user_updated(self, resource: str, items: list[tuple[int, Row]]) -> Queued:
         """The user changed fields of objects: the rows show the changes, which are queued."""
-        with self._store.write():
-            ids, items = self._resolved(resource, items)
-            before = dict(zip(ids, self._current(resource, ids), strict=True))
-            after = dict(before)
-            for obj_id, changes in items:
-                base = after.get(obj_id)
-                if base is not None:
-                    after[obj_id] = {**base, **changes}
-            changed = [after[i] for i in dict.fromkeys(ids) if after[i] is not None]
-            self._store.upsert(resource, changed)  # type: ignore[arg-type]
-            seqs = self._outbox.enqueue(resource, Op.UPDATE, items)
-            self._coverage.forget_windows()
-        return Queued(resource, Op.UPDATE, ids, seqs, before)
+        return self._queue(resource, Op.UPDATE, items)
 
     def user_deleted(self, resource: str, ids: list[int]) -> Queued:
         """The user deleted objects: they (and what cascades) leave the mirror; queued."""
-        with self._store.write():
-            ids, items = self._resolved(resource, [(i, {}) for i in ids])
-            before = dict(zip(ids, self._current(resource, ids), strict=True))
-            self._store.delete_cascade(resource, ids)
-            seqs = self._outbox.enqueue(resource, Op.DELETE, items)
-            self._coverage.forget_windows()
-        return Queued(resource, Op.DELETE, ids, seqs, before)
+        return self._queue(resource, Op.DELETE, [(i, {}) for i in ids])
 
     def withdraw(self, change: Queued) -> int:
         """Take back a change that was not sent: its entries, and its rows as they were.
@@ -323,14 +339,15 @@ class Mirror:
         were taken back.
         """
         name = change.resource
+        with self._store.reading():
+            unsent = [e for e in self._outbox.by_seq(change.seqs) if e.state is EntryState.PENDING]
+        if not unsent:
+            return 0
+        uids = {e.uid for e in unsent}
+        record = self._publish("state", to="dropped", uids=sorted(u for u in uids if u))
         with self._store.write():
-            entries = [
-                e
-                for s in change.seqs
-                if (e := self._outbox.get(s)) and e.state is EntryState.PENDING
-            ]
-            for entry in entries:
-                self._outbox.forget(entry.seq)
+            entries = [e for e in self._outbox.by_seq(change.seqs) if e.uid in uids]
+            self._forget(entries, record)
             ids = [e.obj_id for e in entries]
             if change.op is Op.CREATE:
                 self._store.delete(name, ids)
@@ -348,13 +365,16 @@ class Mirror:
 
     def queued(self, states: Iterable[EntryState], limit: int | None = None) -> list[Entry]:
         """Queued changes in these states, oldest first."""
+        self._glance()
         return self._outbox.entries(states, limit)
 
     def entry(self, seq: int) -> Entry | None:
         return self._outbox.get(seq)
 
     def queue_counts(self) -> QueueCounts:
-        """How many changes are queued, in flight and dead (raises when the queue is damaged)."""
+        """How many changes are queued, in flight and dead (raises when the queue is damaged),
+        in every node's queue."""
+        self.catch_up()
         stats = self._outbox.stats()
         counts = stats["counts"]
         oldest = stats["oldest"]
@@ -363,11 +383,23 @@ class Mirror:
             counts.get("in_flight", 0),
             counts.get("dead", 0),
             datetime.fromisoformat(oldest) if oldest else None,
+            self._outbox.by_node(),
         )
 
     def sending(self, seqs: list[int], marker: str | None = None) -> None:
-        """These entries are about to reach the server (recorded before the request leaves)."""
-        self._outbox.mark_in_flight(seqs, marker)
+        """These entries are about to reach the server (recorded before the request leaves).
+
+        A create's marker is published to every node first: whoever sends next looks it up
+        before anything else (a create is never sent twice)."""
+        sent_at = utc_text(self._clock())  # the server's clock: every node reads it alike
+        if marker is not None:
+            uids = self._uids(seqs)
+            name = self._publish("state", to="in_flight", uids=uids, marker=marker, sent_at=sent_at)
+            with self._store.write():
+                self._outbox.mark_in_flight(seqs, marker, sent_at)
+                self._outbox.mark_seen([name])
+            return
+        self._outbox.mark_in_flight(seqs, marker, sent_at)
 
     def answered(self, seqs: list[int]) -> None:
         """The server answered these entries' request: it can no longer be running it."""
@@ -375,7 +407,15 @@ class Mirror:
 
     def not_applied(self, seqs: list[int]) -> None:
         """These entries' earlier attempt cannot have been applied: send them from scratch."""
-        self._outbox.reset(seqs)
+        with self._store.reading():
+            marked = [e.uid for e in self._outbox.by_seq(seqs) if e.marker and e.uid]
+        if not marked:
+            self._outbox.reset(seqs)
+            return
+        name = self._publish("state", to="pending", uids=marked)
+        with self._store.write():
+            self._outbox.reset(seqs)
+            self._outbox.mark_seen([name])
 
     def retry_later(self, seqs: list[int], seconds: float, status: int | None, error: str) -> None:
         """Do not try these entries again for ``seconds``; remember why."""
@@ -388,8 +428,9 @@ class Mirror:
         resources it changed as a side effect (events of a job) lose what the mirror claimed
         of them; waiting children of jobs that finished are re-read by the next read."""
         res = RESOURCES[resource]
+        name = self._publish("state", to="done", uids=self._uids(seqs))
         with self._store.write():
-            self._outbox.ack(seqs)
+            self._done(seqs, name)
             self._applied(res, rows, read_at)
             if res.finished_state is not None:
                 done = [r["id"] for r in rows if r.get("state") == res.finished_state]
@@ -407,8 +448,10 @@ class Mirror:
         read the mirror answers asks the server for them first (one request, by id).
         """
         res = RESOURCES[resource]
+        name = self._publish("state", to="done", uids=self._uids(seqs)) if seqs else None
         with self._store.write():
-            self._outbox.ack(seqs)
+            if name is not None:
+                self._done(seqs, name)
             ids = [obj_id for obj_id, _ in sent]
             current = dict(zip(ids, self._current(resource, ids), strict=True))
             done = self._pulls.items_done(ids) if res.state_rewrites else {}
@@ -486,9 +529,12 @@ class Mirror:
         become the server's everywhere (rows, references, queued changes, the id map)."""
         res = RESOURCES[resource]
         rows = [row for _, row in made]
+        seqs = [e.seq for e, _ in made]
+        ids = {uid: row["id"] for e, row in made if (uid := e.uid)}
+        name = self._publish("state", to="done", uids=list(ids), made=ids)
         with self._store.write():
-            self._outbox.ack([e.seq for e, _ in made])
-            self._outbox.remap(resource, [(e.obj_id, row) for e, row in made])
+            self._done(seqs, name)
+            self._outbox.remap(resource, [(e.obj_id, row["id"]) for e, row in made], rows)
             self._applied(res, rows, read_at)
             if res.marked_creates:
                 self._pulls.marked([r["id"] for r in rows])
@@ -498,8 +544,9 @@ class Mirror:
     def created_then_deleted(self, resource: str, entries: list[Entry]) -> None:
         """The server created these entries in a batch found applied, and they are gone since."""
         if entries:
+            name = self._publish("state", to="done", uids=[e.uid for e in entries if e.uid])
             with self._store.write():
-                self._outbox.ack([e.seq for e in entries])
+                self._done([e.seq for e in entries], name)
                 self._store.delete(resource, [e.obj_id for e in entries])
 
     def refused(
@@ -520,7 +567,13 @@ class Mirror:
         entry is dropped; otherwise it becomes a dead letter with ``reason``.
         """
         name = entry.resource
+        uids = [entry.uid] if entry.uid else []
+        if own:
+            record = self._publish("state", to="dropped", uids=uids)
+        else:
+            record = self._publish("state", to="dead", uids=uids, status=status, error=reason)
         with self._store.write():
+            self._outbox.mark_seen([record])
             if entry.op is Op.CREATE or entry.obj_id < 0:
                 self._store.delete(name, [entry.obj_id])
             elif truth is None:
@@ -530,7 +583,7 @@ class Mirror:
             else:
                 self._store.delete_cascade(name, [entry.obj_id])
             if own:
-                self._outbox.forget(entry.seq)
+                self._forget([entry], record)
             else:
                 self._outbox.bury(entry.seq, status, reason)
 
@@ -538,10 +591,15 @@ class Mirror:
 
     def revive(self, seq: int) -> bool:
         """Queue dead letter ``seq`` again and lay its change back on the mirror."""
+        entry = self._outbox.get(seq)
+        if entry is None or entry.state is not EntryState.DEAD:
+            return False
+        name = self._publish("state", to="revived", uids=[entry.uid] if entry.uid else [])
         with self._store.write():
             entry = self._outbox.get(seq)
             if entry is None or entry.state is not EntryState.DEAD:
                 return False
+            self._outbox.mark_seen([name])
             res = RESOURCES[entry.resource]
             self._outbox.revive(seq)
             if entry.op is Op.CREATE:
@@ -554,15 +612,21 @@ class Mirror:
 
     def edit(self, seq: int, payload: Row) -> None:
         """Replace the payload of dead letter ``seq`` (it stays dead until revived)."""
-        self._outbox.set_payload(seq, payload)
+        uids = self._uids([seq])
+        name = self._publish("state", to="edited", uids=uids, payload=payload)
+        with self._store.write():
+            self._outbox.set_payload(seq, payload)
+            self._outbox.mark_seen([name])
 
     def discard(self, seq: int) -> bool:
         """Drop dead letter ``seq`` for good (the mirror already shows the server's truth)."""
+        entry = self._outbox.get(seq)
+        if entry is None or entry.state is not EntryState.DEAD:
+            return False
+        name = self._publish("state", to="dropped", uids=[entry.uid] if entry.uid else [])
         with self._store.write():
-            entry = self._outbox.get(seq)
-            if entry is None or entry.state is not EntryState.DEAD:
-                return False
-            return self._outbox.forget(seq)
+            self._forget([entry], name)
+        return True
 
     def restore(self, found: Recovered) -> None:
         """Take in the queue recovered from a damaged mirror (``salvage``): its entries, id
@@ -571,7 +635,7 @@ class Mirror:
         with self._store.write():
             restore(self._store, found)
             creates: dict[str, list[int]] = {}
-            for row in found.entries:
+            for row in found.unshared:
                 resource, op, obj_id, payload, state = row[1], row[2], row[3], row[4], row[6]
                 if op == Op.CREATE.value and state != EntryState.DEAD.value:
                     res = RESOURCES[resource]
@@ -579,6 +643,7 @@ class Mirror:
                     creates.setdefault(resource, []).append(obj_id)
             for resource, ids in creates.items():
                 self._outbox.overlay(resource, ids)
+        self._publish_legacy()  # what only the damaged file held goes to the user's queue too
 
     # -- the sync log ----------------------------------------------------------------------------
 
@@ -662,6 +727,243 @@ class Mirror:
                     self._coverage.mark_full_sync(name, at)
             if full:
                 self._coverage.mark_reconciled(at)
+
+    # -- the user's queue, shared by every login node (cache/journal.py) --------------------------
+
+    def catch_up(self) -> int:
+        """Apply what other processes and nodes published to the user's queue since this
+        mirror last looked; return how many records. Changes they queued show here (offline
+        queries too), and what they sent is not sent again."""
+        self._looked = time.monotonic()
+        seen = self._outbox.seen()
+        unseen = [n for n in self._journal.names() if n not in seen]
+        records = [rec for n in unseen if (rec := self._journal.read(n)) is not None]
+        if not unseen:
+            return 0
+        with self._store.write():
+            for rec in records:
+                self._apply_record(rec)
+            self._outbox.mark_seen(unseen)
+        return len(records)
+
+    def _glance(self) -> None:
+        """Catch up before a read, at most once per ``GLANCE_SECONDS``."""
+        if time.monotonic() - self._looked >= GLANCE_SECONDS:
+            self.catch_up()
+
+    def _publish(self, kind: str, **body: Any) -> str:
+        """Publish one record of the user's queue (before the mirror applies it; never inside
+        a transaction: the folder may be a network file system)."""
+        return self._journal.publish(kind, body)
+
+    def _uids(self, seqs: list[int]) -> list[str]:
+        with self._store.reading():
+            return self._outbox.uids(seqs)
+
+    def _temp_ids(self, n: int) -> list[int]:
+        """``n`` provisional ids no process or node of this user uses."""
+        ids: list[int] = []
+        while len(ids) < n:
+            ids += self._outbox.temp_ids(n - len(ids))
+            if len(ids) < n:
+                self._outbox.use_block(self._journal.take_id_block())
+        return ids
+
+    def _queue(self, resource: str, op: Op, items: list[tuple[int, Row]]) -> Queued:
+        """Publish the user's change, then apply and queue it in one transaction."""
+        entries = [
+            {"resource": resource, "op": op.value, "obj": obj, "payload": payload}
+            for obj, payload in items
+        ]
+        name = self._publish("queued", entries=entries)
+        with self._store.write():
+            seqs, ids, before = self._take_queued(name, self.node, entries)
+            self._outbox.mark_seen([name])
+        return Queued(resource, op, ids, seqs, before)
+
+    def _take_queued(
+        self, name: str, node: str, entries: list[dict[str, Any]]
+    ) -> tuple[list[int], list[int], dict[int, Row | None]]:
+        """Apply the changes of a ``queued`` record to the rows and queue them (entries
+        settled or queued here already are skipped). Provisional ids are resolved here, in
+        the transaction that queues them. Returns (seqs, object ids, rows before)."""
+        uids = [f"{name}#{i}" for i in range(len(entries))]
+        skip = self._outbox.settled(uids) | {e.uid for e in self._outbox.by_uid(uids)}
+        seqs: list[int] = []
+        ids: list[int] = []
+        before: dict[int, Row | None] = {}
+        kinds = itertools.groupby(
+            range(len(entries)), key=lambda i: (entries[i]["resource"], entries[i]["op"])
+        )
+        for (resource, op_text), group in kinds:
+            at = [i for i in group if uids[i] not in skip]
+            if not at:
+                continue
+            op, res = Op(op_text), RESOURCES[resource]
+            items = [(int(entries[i]["obj"]), dict(entries[i]["payload"])) for i in at]
+            if op is Op.CREATE:
+                items = [(t, self._outbox.resolve_refs(resource, p)) for t, p in items]
+                self._store.upsert(resource, [res.provisional_row(t, p) for t, p in items])
+                group_ids = [t for t, _ in items]
+                before.update(dict.fromkeys(group_ids))
+            else:
+                group_ids, items = self._resolved(resource, items)
+                rows = dict(zip(group_ids, self._current(resource, group_ids), strict=True))
+                for obj_id, row in rows.items():
+                    before.setdefault(obj_id, row)
+                if op is Op.UPDATE:
+                    for obj_id, changes in items:
+                        if rows.get(obj_id) is not None:
+                            rows[obj_id] = {**rows[obj_id], **changes}  # type: ignore[dict-item]
+                    self._store.upsert(resource, [r for r in rows.values() if r is not None])
+                else:
+                    self._store.delete_cascade(resource, group_ids)
+            seqs += self._outbox.enqueue(resource, op, items, [uids[i] for i in at], node)
+            ids += group_ids
+        self._coverage.forget_windows()
+        return seqs, ids, before
+
+    def _done(self, seqs: list[int], name: str) -> None:
+        """These entries were delivered (their record is ``name``)."""
+        self._outbox.settle(self._outbox.uids(seqs))
+        self._outbox.ack(seqs)
+        self._outbox.mark_seen([name])
+
+    def _forget(self, entries: list[Entry], name: str) -> None:
+        """These entries are dropped (their record is ``name``)."""
+        self._outbox.settle([e.uid for e in entries if e.uid])
+        self._outbox.ack([e.seq for e in entries])
+        self._outbox.mark_seen([name])
+
+    def _apply_record(self, rec: Record) -> None:
+        """Apply a record another process or node published (inside a transaction)."""
+        body = rec.body
+        if rec.kind == "queued":
+            self._take_queued(rec.name, rec.node, list(body.get("entries", [])))
+            return
+        if rec.kind != "state":
+            log.warning("queue record %s of an unknown kind (%s): skipped", rec.name, rec.kind)
+            return
+        uids = [str(u) for u in body.get("uids", [])]
+        entries = self._outbox.by_uid(uids)
+        seqs = [e.seq for e in entries]
+        to = body.get("to")
+        if to == "in_flight":
+            self._outbox.mark_in_flight(seqs, body.get("marker"), body.get("sent_at"), count=False)
+        elif to == "pending":
+            self._outbox.reset(seqs)
+        elif to == "done":
+            self._delivered_elsewhere(entries, body.get("made") or {})
+        elif to == "dropped":
+            self._dropped_elsewhere(entries)
+            self._outbox.settle(uids)
+        elif to == "dead":
+            for entry in entries:
+                self._outbox.bury(entry.seq, body.get("status"), str(body.get("error") or ""))
+            self._undone_elsewhere([e for e in entries if e.state is not EntryState.DEAD])
+        elif to == "revived":
+            for entry in entries:
+                self._outbox.revive(entry.seq)
+                self._lay_back(entry)
+        elif to == "edited":
+            for seq in seqs:
+                self._outbox.set_payload(seq, dict(body.get("payload") or {}))
+        self._outbox.settle(uids) if to == "done" else None
+
+    def _delivered_elsewhere(self, entries: list[Entry], made: dict[str, Any]) -> None:
+        """Another node delivered these entries. Creates take the server's ids (their rows
+        are re-read before the mirror answers with them); updated rows are re-read too."""
+        self._outbox.ack([e.seq for e in entries])
+        for resource, grouped in itertools.groupby(entries, key=lambda e: e.resource):
+            res = RESOURCES[resource]
+            group = list(grouped)
+            pairs = [
+                (e.obj_id, int(real))
+                for e in group
+                if e.op is Op.CREATE and (real := made.get(e.uid or "")) is not None
+            ]
+            self._move(resource, pairs)
+            touched = [real for _, real in pairs] + [
+                e.obj_id for e in group if e.op is Op.UPDATE and e.obj_id > 0
+            ]
+            every = ",".join(res.server_set) or STAMP
+            self._mark_unconfirmed(res, [(i, every) for i in touched])
+            for other in res.side_effects:
+                self._coverage.invalidate(other)
+
+    def _dropped_elsewhere(self, entries: list[Entry]) -> None:
+        """Another node took these entries back: so are their changes here."""
+        self._outbox.ack([e.seq for e in entries])
+        self._undone_elsewhere(entries)
+
+    def _undone_elsewhere(self, entries: list[Entry]) -> None:
+        """Changes another node put back (refused or taken back): a provisional row goes; the
+        others' rows are the server's again, which the mirror no longer claims to know."""
+        for entry in entries:
+            res = RESOURCES[entry.resource]
+            if entry.op is Op.CREATE:
+                self._store.delete(res.name, [entry.obj_id])
+            elif entry.op is Op.UPDATE and entry.obj_id > 0:
+                self._mark_unconfirmed(res, [(entry.obj_id, ",".join(res.server_set) or STAMP)])
+                self._coverage.invalidate(res.name)
+            else:
+                self._coverage.invalidate(res.name)
+
+    def _move(self, resource: str, pairs: list[tuple[int, int]]) -> None:
+        """Provisional ids became these ids: the rows move, with everything naming them."""
+        rows = self._current(resource, [temp for temp, _ in pairs])
+        moved = [{**row, "id": new} for (_, new), row in zip(pairs, rows, strict=True) if row]
+        self._outbox.remap(resource, pairs, moved)
+
+    def _lay_back(self, entry: Entry) -> None:
+        """Show a revived dead letter's change again."""
+        res = RESOURCES[entry.resource]
+        if entry.op is Op.CREATE:
+            self._store.upsert(res.name, [res.provisional_row(entry.obj_id, entry.payload)])
+        elif entry.op is Op.DELETE:
+            self._store.delete_cascade(res.name, [entry.obj_id])
+        else:
+            self._outbox.overlay(res.name, [entry.obj_id])
+
+    def _publish_legacy(self) -> None:
+        """Entries queued before the queue was shared (an older balsam_sync) are published,
+        their provisional ids renumbered into this mirror's own block first."""
+        with self._store.reading():
+            legacy = self._outbox.unpublished()
+        if not legacy:
+            return
+        temps = sorted({e.obj_id for e in legacy if e.obj_id < 0}, reverse=True)
+        fresh = self._temp_ids(len(temps))
+        mapping = dict(zip(temps, fresh, strict=True))
+        entries = [
+            {
+                "resource": e.resource,
+                "op": e.op.value,
+                "obj": mapping.get(e.obj_id, e.obj_id),
+                "payload": _renumbered(e.resource, e.payload, mapping),
+            }
+            for e in legacy
+        ]
+        name = self._publish("queued", entries=entries)
+        with self._store.write():
+            for resource in RESOURCES:
+                made = {e.obj_id for e in legacy if e.resource == resource and e.op is Op.CREATE}
+                self._move(resource, [(t, n) for t, n in mapping.items() if t in made])
+            self._outbox.name_entries(
+                {e.seq: (f"{name}#{i}", self.node) for i, e in enumerate(legacy)}
+            )
+            self._outbox.mark_seen([name])
+        for entry in legacy:
+            fresh_entry = self._outbox.by_uid([f"{name}#{legacy.index(entry)}"])
+            if entry.state is EntryState.IN_FLIGHT and entry.marker and fresh_entry:
+                self.sending([fresh_entry[0].seq], entry.marker)
+            elif entry.state is EntryState.DEAD and fresh_entry:
+                uid = fresh_entry[0].uid
+                marked = self._publish(
+                    "state", to="dead", uids=[uid], status=entry.status, error=entry.error
+                )
+                with self._store.write():
+                    self._outbox.mark_seen([marked])
 
     # -- behind the door -------------------------------------------------------------------------
 

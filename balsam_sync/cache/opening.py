@@ -17,6 +17,7 @@ import hashlib
 import marshal
 import os
 import re
+import socket
 import sqlite3
 import sys
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from ..config import server_key
 from ..errors import MirrorBusy, MirrorDamaged, MirrorError
 from .failures import SALVAGE, MirrorConnection, guard
 from .filesystem import check_database, choose_home, private_dir, still_the_same
+from .journal import Journal
 from .lock import FileLock
 from .mirror import Clock, Mirror
 from .schema import SCHEMA_VERSION, clear_packed, migrations
@@ -61,6 +63,11 @@ class Identity:
         return f"{host}-{user}-{digest}.sqlite3"
 
 
+def queue_path(home: Path, identity: Identity) -> Path:
+    """Where the user's queue of ``identity`` is kept under ``home`` (a folder of records)."""
+    return home / "queues" / identity.file_name.removesuffix(".sqlite3")
+
+
 def mirror_path(home: Path, identity: Identity) -> Path:
     return home / "mirrors" / identity.file_name
 
@@ -80,16 +87,25 @@ def open_mirror(
     explicit_home: bool = True,
     create: bool = True,
     clock: Clock | None = None,
+    queue_home: Path | None = None,
+    node: str | None = None,
 ) -> Mirror:
     """Open the mirror of ``identity`` under ``home``, creating and migrating it as needed.
+
+    The user's queue lives in ``queue_home`` (default: ``home`` as given, before a network
+    file system sends the mirror to node-local storage), where every login node sees it;
+    ``node`` names this node in it (default: the host name).
 
     Raises:
         MirrorError: the folder cannot be used, the file belongs to another server or user,
             or was written by a newer balsam_sync (``MirrorDamaged``: the file is damaged;
             ``MirrorFull``: the disk is full; ``MirrorMissing``: none, and ``create`` is off).
     """
+    shared = queue_home or home
     home, wal = choose_home(home, explicit_home)
     path = mirror_path(home, identity)
+    with guard(shared):
+        journal = Journal(queue_path(shared, identity), node or socket.gethostname())
     with guard(home):
         private_dir(path.parent, home)
     with guard(path):
@@ -103,7 +119,7 @@ def open_mirror(
                 if not create:
                     raise MirrorMissing(f"there is no mirror at {path} yet")
                 _create(path, identity, wal)
-            return _open(path, identity, wal, clock)
+            return _open(path, identity, wal, journal, clock)
         finally:
             opening.release()
 
@@ -147,7 +163,9 @@ def _create(path: Path, identity: Identity, wal: bool) -> None:
             part.unlink(missing_ok=True)
 
 
-def _open(path: Path, identity: Identity, wal: bool, clock: Clock | None) -> Mirror:
+def _open(
+    path: Path, identity: Identity, wal: bool, journal: Journal, clock: Clock | None
+) -> Mirror:
     checked = check_database(path)  # SQLite opens it by name: never a link, never another's
     if checked.st_size == 0:
         raise MirrorDamaged(
@@ -164,7 +182,7 @@ def _open(path: Path, identity: Identity, wal: bool, clock: Clock | None) -> Mir
     except BaseException:
         conn.close()
         raise
-    return Mirror(path, store, clock)
+    return Mirror(path, store, journal, clock)
 
 
 def _check_identity(db: Database, path: Path, identity: Identity) -> dict[str, str]:

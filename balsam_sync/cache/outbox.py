@@ -17,7 +17,8 @@ from typing import Any
 
 from ..resources import Row
 from ..utc import later_text, now_text
-from .schema import PARENTS_TABLE, REFERENCES, TABLES
+from .journal import ID_BLOCK
+from .schema import PARENTS_TABLE, REFERENCES, SEEN_TABLE, SETTLED_TABLE, TABLES
 from .store import Store
 
 
@@ -55,6 +56,8 @@ class Entry:
     sent_at: str | None = None  # when last sent; None once the server cannot be running it
     next_try_at: str | None = None  # not sent again before this (capped back-off)
     failing_since: str | None = None  # when the server first failed it with an error of its own
+    uid: str | None = None  # its id in the user's queue (the record that queued it, and its index)
+    node: str | None = None  # the login node that queued it
 
     def due(self, now: str) -> bool:
         """True when its back-off period (if any) is over."""
@@ -63,7 +66,7 @@ class Entry:
 
 _COLUMNS = (
     "seq, resource, op, obj_id, payload, marker, state, attempts, status, error, created_at, "
-    "sent_at, next_try_at, failing_since"
+    "sent_at, next_try_at, failing_since, uid, node"
 )
 
 
@@ -94,30 +97,138 @@ class Outbox:
     # -- enqueueing ----------------------------------------------------------------------------
 
     def temp_ids(self, n: int) -> list[int]:
-        """Reserve ``n`` provisional ids (negative, never reused, shared by all processes)."""
+        """Reserve up to ``n`` provisional ids from this mirror's block (fewer when the block
+        runs out: ``use_block`` gives it another one). Ids are never reused, by any process
+        or node: a block is this mirror's alone (``Journal.take_id_block``)."""
         with self.store.write():
-            self.conn.execute("INSERT OR IGNORE INTO counters (name, value) VALUES ('temp_id', 0)")
-            (last,) = self.conn.execute(
-                "UPDATE counters SET value = value - ? WHERE name = 'temp_id' RETURNING value",
-                [n],
-            ).fetchone()
-        return list(range(last + n - 1, last - 1, -1))
+            found = dict(
+                self.conn.execute(
+                    "SELECT name, value FROM counters WHERE name IN ('temp_block', 'temp_used')"
+                )
+            )
+            block, used = found.get("temp_block"), found.get("temp_used", 0)
+            if block is None:
+                return []
+            take = max(0, min(n, ID_BLOCK - used))
+            self.conn.execute(
+                "INSERT OR REPLACE INTO counters (name, value) VALUES ('temp_used', ?)",
+                [used + take],
+            )
+        first = block * ID_BLOCK + used + 1
+        return [-(first + i) for i in range(take)]
+
+    def use_block(self, block: int) -> None:
+        """Take provisional ids from ``block`` from now on."""
+        with self.store.write():
+            self.conn.executemany(
+                "INSERT OR REPLACE INTO counters (name, value) VALUES (?, ?)",
+                [("temp_block", block), ("temp_used", 0)],
+            )
 
     def enqueue(
-        self, resource: str, op: Op, items: Iterable[tuple[int, Row]], marker: str | None = None
+        self,
+        resource: str,
+        op: Op,
+        items: Iterable[tuple[int, Row]],
+        uids: list[str],
+        node: str,
     ) -> list[int]:
         """Append entries (call inside the store transaction that changes the mirror)."""
         stamp = now_text()
         seqs = []
         with self.store.write():
-            for obj_id, payload in items:
+            for (obj_id, payload), uid in zip(items, uids, strict=True):
                 cur = self.conn.execute(
-                    "INSERT INTO outbox (resource, op, obj_id, payload, marker, state, attempts, "
-                    "created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'pending', 0, ?, ?)",
-                    [resource, op.value, obj_id, json.dumps(payload), marker, stamp, stamp],
+                    "INSERT INTO outbox (resource, op, obj_id, payload, state, attempts, "
+                    "created_at, updated_at, uid, node) "
+                    "VALUES (?, ?, ?, ?, 'pending', 0, ?, ?, ?, ?)",
+                    [resource, op.value, obj_id, json.dumps(payload), stamp, stamp, uid, node],
                 )
                 seqs.append(int(cur.lastrowid or 0))
         return seqs
+
+    # -- the user's queue, as records ---------------------------------------------------------
+
+    def by_seq(self, seqs: list[int]) -> list[Entry]:
+        """These entries (those still here), oldest first."""
+        return [
+            _entry(r)
+            for r in self.conn.execute(
+                f"SELECT {_COLUMNS} FROM outbox WHERE seq IN (SELECT value FROM json_each(?)) "
+                "ORDER BY seq",
+                [json.dumps(seqs)],
+            )
+        ]
+
+    def uids(self, seqs: list[int]) -> list[str]:
+        """The queue ids of these entries, in the order given (entries without one left out)."""
+        found = dict(
+            self.conn.execute(
+                "SELECT seq, uid FROM outbox WHERE seq IN (SELECT value FROM json_each(?))",
+                [json.dumps(seqs)],
+            )
+        )
+        return [found[s] for s in seqs if found.get(s)]
+
+    def by_uid(self, uids: list[str]) -> list[Entry]:
+        """The entries of these queue ids that are here, oldest first."""
+        return [
+            _entry(r)
+            for r in self.conn.execute(
+                f"SELECT {_COLUMNS} FROM outbox WHERE uid IN (SELECT value FROM json_each(?)) "
+                "ORDER BY seq",
+                [json.dumps(uids)],
+            )
+        ]
+
+    def seen(self) -> set[str]:
+        """The records applied here."""
+        return {r[0] for r in self.conn.execute(f"SELECT name FROM [{SEEN_TABLE}]")}
+
+    def mark_seen(self, names: list[str]) -> None:
+        self.conn.executemany(
+            f"INSERT OR IGNORE INTO [{SEEN_TABLE}] (name) VALUES (?)", [(n,) for n in names]
+        )
+
+    def settle(self, uids: list[str]) -> None:
+        """These entries are delivered or dropped, for good."""
+        self.conn.executemany(
+            f"INSERT OR IGNORE INTO [{SETTLED_TABLE}] (uid) VALUES (?)", [(u,) for u in uids]
+        )
+
+    def settled(self, uids: list[str]) -> set[str]:
+        return {
+            r[0]
+            for r in self.conn.execute(
+                f"SELECT uid FROM [{SETTLED_TABLE}] WHERE uid IN (SELECT value FROM json_each(?))",
+                [json.dumps(uids)],
+            )
+        }
+
+    def by_node(self) -> dict[str, int]:
+        """Entries waiting to be sent, by the node that queued them."""
+        return dict(
+            self.conn.execute(
+                "SELECT coalesce(node, '?'), count(*) FROM outbox WHERE state != 'dead' "
+                "GROUP BY node"
+            )
+        )
+
+    def unpublished(self) -> list[Entry]:
+        """Entries queued before the queue was shared (they have no queue id yet)."""
+        return [
+            _entry(r)
+            for r in self.conn.execute(
+                f"SELECT {_COLUMNS} FROM outbox WHERE uid IS NULL ORDER BY seq"
+            )
+        ]
+
+    def name_entries(self, uids: dict[int, tuple[str, str]]) -> None:
+        """Give entries (by seq) their queue id and node."""
+        self.conn.executemany(
+            "UPDATE outbox SET uid = ?, node = ? WHERE seq = ?",
+            [(uid, node, seq) for seq, (uid, node) in uids.items()],
+        )
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -175,15 +286,18 @@ class Outbox:
 
     # -- state changes -------------------------------------------------------------------------
 
-    def mark_in_flight(self, seqs: list[int], marker: str | None = None) -> None:
-        """Record, before sending, that these entries are about to reach the server."""
-        stamp = now_text()
+    def mark_in_flight(
+        self, seqs: list[int], marker: str | None, sent_at: str | None, count: bool = True
+    ) -> None:
+        """Record, before sending, that these entries are about to reach the server (sent at
+        ``sent_at``, by the server's clock); ``count``: one more attempt (another node's send,
+        read from its record, is not)."""
         with self.store.write():
             self.conn.execute(
-                "UPDATE outbox SET state = 'in_flight', attempts = attempts + 1, updated_at = ?,"
-                " sent_at = ?, marker = coalesce(?, marker) "
-                "WHERE seq IN (SELECT value FROM json_each(?))",
-                [stamp, stamp, marker, json.dumps(seqs)],
+                "UPDATE outbox SET state = 'in_flight', attempts = attempts + ?, "
+                "updated_at = ?, sent_at = ?, marker = coalesce(?, marker) "
+                "WHERE seq IN (SELECT value FROM json_each(?)) AND state != 'dead'",
+                [int(count), now_text(), sent_at, marker, json.dumps(seqs)],
             )
 
     def finished(self, seqs: list[int]) -> None:
@@ -285,19 +399,20 @@ class Outbox:
         _swap_refs(swapped, names, mapping)
         return swapped
 
-    def remap(self, resource: str, created: list[tuple[int, Row]]) -> None:
-        """The server created each provisional id as the paired row: swap ids everywhere.
+    def remap(self, resource: str, pairs: list[tuple[int, int]], rows: list[Row]) -> None:
+        """Each provisional id of ``pairs`` became the paired id (the server's, or another
+        provisional one): swap ids everywhere; ``rows`` are the objects' rows under their new
+        ids.
 
         Set-based (one statement per referencing column), so acknowledging 5000 creates costs
         a handful of statements, not thousands.
         """
-        if not created:
+        if not pairs:
             return
-        temps = [temp for temp, _ in created]
-        pairs = [(temp, int(row["id"])) for temp, row in created]
+        temps = [temp for temp, _ in pairs]
         with self.store.write():
             self.store.delete(resource, temps)
-            self.store.upsert(resource, [row for _, row in created])
+            self.store.upsert(resource, rows)
             self.conn.executemany(
                 "INSERT OR REPLACE INTO id_map (temp_id, resource, real_id) VALUES (?, ?, ?)",
                 [(temp, resource, real) for temp, real in pairs],

@@ -59,6 +59,12 @@ class Recovered:
     def count(self, state: str) -> int:
         return sum(1 for e in self.entries if e[6] == state)
 
+    @property
+    def unshared(self) -> list[Record]:
+        """Entries queued before the queue was shared: the damaged file is their only copy
+        (the others are in the user's queue, ``cache/journal.py``)."""
+        return [e[:-1] for e in self.entries if e[-1] is None]
+
 
 def check(path: Path) -> list[str]:
     """Return the problems SQLite's integrity check finds in ``path`` ([] when it is sound).
@@ -261,13 +267,20 @@ def _valid(row: Record) -> bool:
 
 
 def _outbox(conn: sqlite3.Connection, found: Recovered) -> None:
-    rows, skipped = _scan(conn, "outbox", OUTBOX_COLUMNS)
+    """Read the queue's entries; those the user's queue holds too (they have an id there)
+    are taken from it instead (``Recovered.unshared``)."""
+    try:
+        names = {r[1] for r in conn.execute("PRAGMA table_info(outbox)")}
+    except sqlite3.DatabaseError:
+        names = set()
+    columns = OUTBOX_COLUMNS + (", uid" if "uid" in names else ", NULL")
+    rows, skipped = _scan(conn, "outbox", columns)
     read = {int(r[0]): r for r in rows if _valid(r)}
     for row in rows:
         if not _valid(row):
             found.lost.append(f"outbox entry {row[0]}: its content is damaged")
     known = _index_entries(conn)
-    point = f"SELECT {OUTBOX_COLUMNS} FROM outbox WHERE seq = ?"
+    point = f"SELECT {columns} FROM outbox WHERE seq = ?"
     for seq in sorted(set(known) - set(read)):
         try:
             got = conn.execute(point, [seq]).fetchall()
@@ -319,30 +332,15 @@ def recover(path: Path) -> Recovered:
 # -- writing into a fresh mirror ---------------------------------------------------------------
 
 
-def _lowest_temp_id(found: Recovered) -> int:
-    """A provisional-id counter below every provisional id the recovered data mentions."""
-    seen = [found.temp_counter or 0] + [int(r[0]) for r in found.id_map]
-    for entry in found.entries:
-        seen.append(int(entry[3]))
-        for value in json.loads(entry[4]).values():
-            values = value if isinstance(value, list) else [value]
-            seen += [v for v in values if isinstance(v, int) and not isinstance(v, bool)]
-    return min([0, *seen])
-
-
 def restore(store: Store, found: Recovered) -> None:
     """Write the recovered outbox, id map, counter and log (inside the caller's transaction)."""
     conn = store.conn
     marks = ", ".join("?" for _ in OUTBOX_COLUMNS.split(","))
     with store.write():
-        conn.executemany(f"INSERT INTO outbox ({OUTBOX_COLUMNS}) VALUES ({marks})", found.entries)
+        conn.executemany(f"INSERT INTO outbox ({OUTBOX_COLUMNS}) VALUES ({marks})", found.unshared)
         conn.executemany(
             "INSERT OR REPLACE INTO id_map (temp_id, resource, real_id) VALUES (?, ?, ?)",
             found.id_map,
-        )
-        conn.execute(
-            "INSERT OR REPLACE INTO counters (name, value) VALUES ('temp_id', ?)",
-            [_lowest_temp_id(found)],
         )
         conn.executemany(
             "INSERT OR REPLACE INTO sync_log (key, value) VALUES (?, ?)",

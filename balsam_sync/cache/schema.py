@@ -22,7 +22,7 @@ from sqlite_utils.migrations import Migrations
 
 from ..resources import RESOURCES, Resource
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 """Bump with a new migration whenever the layout below changes."""
 
 PACKED = "_packed"
@@ -138,6 +138,12 @@ their job), so the state the server derives for them is known."""
 MARKED_TABLE = "marked_jobs"
 """Jobs created here whose creation tag (``resources.MARKER_KEY``) is still on the server: a
 push removes it once no sender can look the create up again (it is settled)."""
+
+SEEN_TABLE = "journal_seen"
+"""The records of the user's queue (cache/journal.py) this mirror has applied."""
+
+SETTLED_TABLE = "journal_settled"
+"""Queue entries delivered or dropped: a record that queued them, read late, is not applied."""
 
 PARENTS_TABLE = "job_parents"
 """One row per (job, parent): the index behind the ``parent_id`` overlap filter."""
@@ -270,6 +276,19 @@ def m007_unconfirmed_rows(db: Database) -> None:
     )
     db.execute(f"CREATE TABLE [{ITEMLESS_TABLE}] (id INTEGER PRIMARY KEY)")
     db.execute(f"CREATE TABLE [{MARKED_TABLE}] (id INTEGER PRIMARY KEY)")
+
+
+@migrations()
+def m008_shared_queue(db: Database) -> None:
+    """The queue is also the user's, in files every login node sees (cache/journal.py): each
+    entry gets the id its record gives it and the node that queued it; the records applied
+    here are remembered, and so are the entries settled (a record read late cannot bring one
+    back); provisional ids come from blocks no other mirror uses."""
+    db.execute("ALTER TABLE outbox ADD COLUMN uid TEXT")
+    db.execute("ALTER TABLE outbox ADD COLUMN node TEXT")
+    db.execute("CREATE UNIQUE INDEX idx_outbox_uid ON outbox (uid)")
+    db.execute(f"CREATE TABLE [{SEEN_TABLE}] (name TEXT PRIMARY KEY) WITHOUT ROWID")
+    db.execute(f"CREATE TABLE [{SETTLED_TABLE}] (uid TEXT PRIMARY KEY) WITHOUT ROWID")
 
 
 def clear_packed(db: Database) -> None:

@@ -34,7 +34,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from ..cache import Entry, EntryState, FileLock, Mirror, Op
+from ..cache import Entry, EntryState, Mirror, Op, SenderLock
 from ..errors import (
     HTTPStatusError,
     NotAuthenticated,
@@ -146,7 +146,7 @@ class Replayer:
     ) -> None:
         self.remote = remote
         self.mirror = mirror
-        self.lock: FileLock = mirror.lock("replay")
+        self.lock: SenderLock = mirror.sender()
         self.batch_size = min(batch_size, MAX_BULK)
         self.max_request_seconds = max_request_seconds
 
@@ -178,6 +178,7 @@ class Replayer:
         wait = self.max_request_seconds if settle_wait is None else settle_wait
         size = min(batch_size or self.batch_size, MAX_BULK)
         try:
+            self.mirror.catch_up()  # what other processes and nodes queued, sent or settled
             if force:  # an explicit push tries the server now, even while the link backs off
                 self.remote.transport.ensure_reachable()
             self._run(set(own), report, wait, force, size)
@@ -204,6 +205,9 @@ class Replayer:
         stopped = self.remote.transport.stop_requested
         limit = size + 1
         while self._settle(report, wait, force) and not stopped():
+            if not self.lock.still_held():
+                report.error = "another node took over sending: it sends the rest"
+                return
             queue = self.mirror.queued([EntryState.PENDING, EntryState.IN_FLIGHT], limit)
             waiting = {e.obj_id for e in queue if e.op is Op.CREATE}
             stamp = now_text()
@@ -369,10 +373,14 @@ class Replayer:
         return 0, 0
 
     def _may_still_commit(self, entry: Entry) -> bool:
+        """Whether the server may still be running the request that sent ``entry`` (its
+        sending time is the server's clock, as whichever node sent it estimated it)."""
         if entry.sent_at is None:
             return False
         sent = datetime.fromisoformat(entry.sent_at)
-        return (now() - sent).total_seconds() < self.max_request_seconds
+        return (
+            self.remote.transport.server_now() - sent
+        ).total_seconds() < self.max_request_seconds
 
     def _adopt(self, res: Resource, made: list[tuple[Entry, Row]], read_at: datetime) -> None:
         """The server created these entries as these rows (read by a request sent at

@@ -45,6 +45,8 @@ class SyncStatus:
         elsewhere: other mirrors of this user in the same folder that hold queued changes.
         paused_for_auth: since when a daemon pauses sending because the server refused the
             token (None: no daemon is paused).
+        pending_by_node: ``pending``, by the login node that queued each change (the queue is
+            the user's, shared by every node: ``cache/journal.py``).
     """
 
     pending: int | None
@@ -61,6 +63,7 @@ class SyncStatus:
     mirror_error: str | None = None
     clock_skew: float | None = None
     elsewhere: tuple[Neighbour, ...] = field(default_factory=tuple)
+    pending_by_node: dict[str, int] = field(default_factory=dict)
     paused_for_auth: datetime | None = None
 
 
@@ -103,6 +106,7 @@ def sync_status(
     pending: int | None = 0
     dead: int | None = 0
     oldest, logged, problem = None, {}, None
+    by_node: dict[str, int] = {}
     path = ""
     try:
         path = str(mirror_file())
@@ -110,6 +114,7 @@ def sync_status(
             opened = mirror()
             counts = opened.queue_counts()
             pending, dead = counts.pending + counts.in_flight, counts.dead
+            by_node = counts.by_node
             oldest, logged = counts.oldest, opened.noted()
     except MirrorMissing:
         pass  # no mirror yet: nothing is queued
@@ -133,4 +138,5 @@ def sync_status(
         clock_skew=-skew if skew is not None and abs(skew) > SKEW_TOLERANCE else None,
         elsewhere=tuple(elsewhere()) if path else (),
         paused_for_auth=_when(logged.get(PAUSED_KEY)),
+        pending_by_node=by_node,
     )
