@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 import balsam_sync
-from balsam_sync.cache import EntryState
+from balsam_sync.cache import EntryState, companion
 from balsam_sync.testing.faultproxy import FaultProxy
 from tests.clienv import Run, make_app, queue_offline, use_env
 from tests.conftest import User, register_user
@@ -63,7 +63,7 @@ def test_everything_written_is_private_and_each_mirror_has_its_own_log(
     assert any(n.endswith("-wal") for n in names) and any(n.endswith("-shm") for n in names)
     assert any(".damaged-" in n for n in names) and any(n.endswith(".lock") for n in names)
     logs = {n.removesuffix(".daemon.log") for n in names if n.endswith(".daemon.log")}
-    mirrors = {n.removesuffix(".sqlite3") for n in names if n.endswith(".sqlite3")}
+    mirrors = {companion(Path(n), "").name for n in names if n.endswith(".sqlite3")}
     assert len(logs) == 2 and logs == mirrors  # one log per mirror, named after it
 
 

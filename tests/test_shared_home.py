@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 
 import balsam_sync
+from balsam_sync.cache import companion
 from balsam_sync.cache import salvage as cache_salvage
 from balsam_sync.client import Client
 from balsam_sync.errors import ConfigError, MirrorError, UnsafeFile
@@ -114,7 +115,7 @@ def test_a_planted_link_at_a_lock_file_is_refused_and_its_target_untouched(
     client: Client, other: Other, tmp_path: Path, suffix: str, owner: str
 ) -> None:
     target = victim(tmp_path / "victim", other if owner == "theirs" else None)
-    lock = client.mirror_file.with_suffix(suffix)
+    lock = companion(client.mirror_file, suffix)
     if suffix != ".open.lock":
         client.mirror  # opened before the link is planted  # noqa: B018
     plant(lock, target.path, other)
@@ -219,7 +220,7 @@ def test_a_planted_link_at_the_daemon_log_is_refused(
     monkeypatch.delenv("BALSAM_SYNC_OFFLINE", raising=False)
     c = connect(home, offline=True)
     _create_job(c)  # the mirror exists: the daemon starts without asking the server
-    log = c.mirror_file.with_suffix(".daemon.log")
+    log = companion(c.mirror_file, ".daemon.log")
     c.close()
     target = victim(tmp_path / "theirs.log", other)
     plant(log, target.path, other)
@@ -237,7 +238,7 @@ def test_the_link_state_never_follows_a_planted_link(
     client: Client, other: Other, tmp_path: Path
 ) -> None:
     target = victim(tmp_path / "victim")
-    path = client.mirror.path.with_suffix(".link.json")
+    path = client.mirror.companion(".link.json")
     plant(path, target.path, other)
     plant(Path(f"{path}.{os.getpid()}.tmp"), target.path, other)
     _create_job(client)  # the server cannot be reached: the link state is written

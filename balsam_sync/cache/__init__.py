@@ -9,7 +9,7 @@ from .failures import guard
 from .filesystem import append_own
 from .journal import SenderLock
 from .lock import FileLock
-from .mirror import Clock, Mirror, QueueCounts, Queued
+from .mirror import Clock, Mirror, QueueCounts, Queued, companion
 from .neighbours import Neighbour, neighbours
 from .opening import Identity, MirrorMissing, locate, open_mirror
 from .outbox import Entry, EntryState, Op
@@ -20,6 +20,7 @@ from .store import writing_here
 __all__ = [
     "Clock",
     "append_own",
+    "companion",
     "Coverage",
     "Entry",
     "EntryState",

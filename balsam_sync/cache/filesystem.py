@@ -265,11 +265,14 @@ def check_database(path: Path) -> os.stat_result:
     """
     for suffix in SQLITE_COMPANIONS:
         own_or_missing(Path(f"{path}{suffix}"))
-    fd = open_own(path, os.O_RDONLY)
-    try:
-        return os.fstat(fd)
-    finally:
-        os.close(fd)
+    # Never opened here: closing any descriptor of a file drops every POSIX lock this process
+    # holds on it, and SQLite's locks of another connection of this process would go with it.
+    checked = own_or_missing(path)
+    if checked is None:
+        raise FileNotFoundError(errno.ENOENT, "no such mirror file", str(path))
+    if stat.S_IMODE(checked.st_mode) != 0o600:
+        os.chmod(path, 0o600)  # a regular file of ours (checked just now, and after opening)
+    return checked
 
 
 def still_the_same(path: Path, before: os.stat_result | None) -> None:

@@ -76,17 +76,19 @@ class Journal:
 
     Args:
         folder: the folder (created private, 0700).
+        home: the folder above it that must be the user's own (never another user's).
         node: this node's name (the host name by default, see ``config``).
     """
 
-    def __init__(self, folder: Path, node: str) -> None:
+    def __init__(self, folder: Path, node: str, home: Path | None = None) -> None:
         self.folder = folder
         self.node = safe_node(node)
         self.new = folder / "new"
         self.tmp = folder / "tmp"
         self.ids = folder / "ids"
-        for part in (folder, self.new, self.tmp, self.ids):
-            private_dir(part)  # 0700, never through a link, never another user's
+        private_dir(folder, home)  # 0700, never through a link, never another user's
+        for part in (self.new, self.tmp, self.ids):
+            private_dir(part)
         self._clock = 0
         self._counter = 0
         self._lock = threading.Lock()

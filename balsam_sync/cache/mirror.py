@@ -30,6 +30,8 @@ import inspect
 import itertools
 import json
 import logging
+import os
+import re
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -68,7 +70,8 @@ class Queued:
         resource: the resource changed.
         op: what was asked.
         ids: the objects' ids, provisional ids resolved (for creates: the new provisional ids).
-        seqs: the queued entries, one per object, in order.
+        seqs: the queued entries, one per object, in order (-1: delivered already, by another
+            process that read the change from the user's queue first).
         before: each object's row before the change (None: the mirror had none).
     """
 
@@ -89,6 +92,13 @@ class QueueCounts:
     oldest: datetime | None
     by_node: dict[str, int]
     """Changes waiting to be sent, by the login node that queued them."""
+
+
+def companion(path: Path, suffix: str) -> Path:
+    """A file kept next to the mirror file ``path`` (a lock, the daemon's log), the same for
+    all its generations (``opening.mirror_path``)."""
+    base = re.sub(r"\.[0-9a-f]{8}(?=\.sqlite3$)", "", path.name)
+    return path.with_name(base.removesuffix(".sqlite3") + suffix)
 
 
 def _renumbered(resource: str, payload: Row, mapping: dict[int, int]) -> Row:
@@ -150,6 +160,7 @@ class Mirror:
         self, path: Path, store: Store, journal: Journal, clock: Clock | None = None
     ) -> None:
         self.path = path
+        self._inode = os.stat(path).st_ino
         self._store = store
         self._journal = journal
         self._clock = clock or now
@@ -157,6 +168,7 @@ class Mirror:
         self._outbox = Outbox(store)
         self._pulls = PullState(store)
         self._looked = 0.0  # when the journal was last looked at (time.monotonic)
+        self._checked = time.monotonic()  # when the file was last seen in place
         self._publish_legacy()
         self.catch_up()
 
@@ -164,8 +176,20 @@ class Mirror:
         self._store.conn.close()
 
     def companion(self, suffix: str) -> Path:
-        """A file kept next to the mirror (``.daemon.log``, ``.link.json``, ...)."""
-        return self.path.with_suffix(suffix)
+        """A file kept next to the mirror (``.daemon.log``, ``.link.json``, ...), shared by
+        its generations (see ``opening.mirror_path``)."""
+        return companion(self.path, suffix)
+
+    def replaced(self) -> bool:
+        """Whether the mirror file was removed or replaced since it was opened (its folder
+        purged, say): it must be opened again (at most one look per ``GLANCE_SECONDS``)."""
+        if time.monotonic() - self._checked < GLANCE_SECONDS:
+            return False
+        self._checked = time.monotonic()
+        try:
+            return os.stat(self.path).st_ino != self._inode
+        except FileNotFoundError:
+            return True
 
     def lock(self, purpose: str) -> FileLock:
         """The lock one process of this node at a time holds for ``purpose`` ("daemon")."""
@@ -784,44 +808,67 @@ class Mirror:
     def _take_queued(
         self, name: str, node: str, entries: list[dict[str, Any]]
     ) -> tuple[list[int], list[int], dict[int, Row | None]]:
-        """Apply the changes of a ``queued`` record to the rows and queue them (entries
-        settled or queued here already are skipped). Provisional ids are resolved here, in
-        the transaction that queues them. Returns (seqs, object ids, rows before)."""
+        """Apply the changes of a ``queued`` record to the rows and queue them. Provisional
+        ids are resolved here, in the transaction that queues them. An entry another process
+        of this node applied already (it read the record first) is not applied again, and
+        one already delivered or dropped not at all.
+
+        Returns, one per entry: its seq (-1 when it is settled), its object's id (resolved;
+        for a create, its provisional id); and each object's row before the change.
+        """
         uids = [f"{name}#{i}" for i in range(len(entries))]
-        skip = self._outbox.settled(uids) | {e.uid for e in self._outbox.by_uid(uids)}
+        settled = self._outbox.settled(uids)
+        present = {e.uid: e for e in self._outbox.by_uid(uids)}
         seqs: list[int] = []
         ids: list[int] = []
         before: dict[int, Row | None] = {}
         kinds = itertools.groupby(
             range(len(entries)), key=lambda i: (entries[i]["resource"], entries[i]["op"])
         )
-        for (resource, op_text), group in kinds:
-            at = [i for i in group if uids[i] not in skip]
-            if not at:
-                continue
+        for (resource, op_text), grouped in kinds:
+            group = list(grouped)
             op, res = Op(op_text), RESOURCES[resource]
-            items = [(int(entries[i]["obj"]), dict(entries[i]["payload"])) for i in at]
+            items = [(int(entries[i]["obj"]), dict(entries[i]["payload"])) for i in group]
             if op is Op.CREATE:
                 items = [(t, self._outbox.resolve_refs(resource, p)) for t, p in items]
-                self._store.upsert(resource, [res.provisional_row(t, p) for t, p in items])
                 group_ids = [t for t, _ in items]
-                before.update(dict.fromkeys(group_ids))
             else:
                 group_ids, items = self._resolved(resource, items)
-                rows = dict(zip(group_ids, self._current(resource, group_ids), strict=True))
-                for obj_id, row in rows.items():
-                    before.setdefault(obj_id, row)
-                if op is Op.UPDATE:
-                    for obj_id, changes in items:
-                        if rows.get(obj_id) is not None:
-                            rows[obj_id] = {**rows[obj_id], **changes}  # type: ignore[dict-item]
-                    self._store.upsert(resource, [r for r in rows.values() if r is not None])
-                else:
-                    self._store.delete_cascade(resource, group_ids)
-            seqs += self._outbox.enqueue(resource, op, items, [uids[i] for i in at], node)
+            new = [k for k, i in enumerate(group) if uids[i] not in settled | set(present)]
+            if new:
+                self._apply_change(res, op, [items[k] for k in new], before)
+                made = self._outbox.enqueue(
+                    resource, op, [items[k] for k in new], [uids[group[k]] for k in new], node
+                )
+            made_at = dict(zip(new, made, strict=True)) if new else {}
+            for k, i in enumerate(group):
+                known = present.get(uids[i])
+                seqs.append(made_at.get(k, known.seq if known else -1))
             ids += group_ids
         self._coverage.forget_windows()
         return seqs, ids, before
+
+    def _apply_change(
+        self, res: Resource, op: Op, items: list[tuple[int, Row]], before: dict[int, Row | None]
+    ) -> None:
+        """Show the user's change on the rows (noting each object's row before it)."""
+        name = res.name
+        if op is Op.CREATE:
+            self._store.upsert(name, [res.provisional_row(t, p) for t, p in items])
+            before.update(dict.fromkeys(t for t, _ in items))
+            return
+        ids = [obj_id for obj_id, _ in items]
+        rows = dict(zip(ids, self._current(name, ids), strict=True))
+        for obj_id, row in rows.items():
+            before.setdefault(obj_id, row)
+        if op is Op.DELETE:
+            self._store.delete_cascade(name, ids)
+            return
+        for obj_id, changes in items:
+            row = rows.get(obj_id)
+            if row is not None:
+                rows[obj_id] = {**row, **changes}
+        self._store.upsert(name, [r for r in rows.values() if r is not None])
 
     def _done(self, seqs: list[int], name: str) -> None:
         """These entries were delivered (their record is ``name``)."""

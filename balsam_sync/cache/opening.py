@@ -17,6 +17,7 @@ import hashlib
 import marshal
 import os
 import re
+import secrets
 import socket
 import sqlite3
 import sys
@@ -68,8 +69,33 @@ def queue_path(home: Path, identity: Identity) -> Path:
     return home / "queues" / identity.file_name.removesuffix(".sqlite3")
 
 
+def mirror_base(home: Path, identity: Identity) -> Path:
+    """The mirror's name without its generation: its companions' (locks, log) start so."""
+    return home / "mirrors" / identity.file_name.removesuffix(".sqlite3")
+
+
 def mirror_path(home: Path, identity: Identity) -> Path:
-    return home / "mirrors" / identity.file_name
+    """The mirror file of ``identity`` under ``home``: the one there is (nothing is made).
+
+    Each mirror file has a generation in its name (``<name>.<generation>.sqlite3``), so a
+    process still holding a mirror whose folder was purged under it can never touch the files
+    of the one made afterwards: SQLite deletes a closing database's ``-wal`` and ``-shm`` by
+    name. Without one yet, this is the name of a mirror of the older layout.
+    """
+    base = mirror_base(home, identity)
+    made = _generations(base)
+    return made[-1] if made else base.with_name(identity.file_name)
+
+
+def _generations(base: Path) -> list[Path]:
+    """The mirror files of ``base`` there are, oldest first."""
+    pattern = re.compile(re.escape(base.name) + r"\.[0-9a-f]{8}\.sqlite3")
+    try:
+        names = [n for n in os.listdir(base.parent) if pattern.fullmatch(n)]
+    except FileNotFoundError:
+        return []
+    found = [base.parent / n for n in names]
+    return sorted(found, key=lambda p: (p.stat().st_mtime_ns if p.exists() else 0, p.name))
 
 
 def locate(home: Path, identity: Identity, explicit_home: bool = True) -> Path:
@@ -103,21 +129,23 @@ def open_mirror(
     """
     shared = queue_home or home
     home, wal = choose_home(home, explicit_home)
-    path = mirror_path(home, identity)
-    with guard(shared):
-        journal = Journal(queue_path(shared, identity), node or socket.gethostname())
+    base = mirror_base(home, identity)
     with guard(home):
-        private_dir(path.parent, home)
-    with guard(path):
+        private_dir(base.parent, home)
+    with guard(shared):
+        journal = Journal(queue_path(shared, identity), node or socket.gethostname(), shared)
+    with guard(base):
         # Processes opening one new mirror together would race on its creation and the
         # migrations (SQLite answers "locked" at once there): one opens it at a time.
-        opening = FileLock(path.with_suffix(".open.lock"))
+        opening = FileLock(base.with_name(base.name + ".open.lock"))
         if not opening.acquire(BUSY_TIMEOUT_MS / 1000):
-            raise MirrorBusy(f"another process keeps {path} busy: try again")
+            raise MirrorBusy(f"another process keeps {base} busy: try again")
         try:
+            path = mirror_path(home, identity)
             if not path.exists():
                 if not create:
                     raise MirrorMissing(f"there is no mirror at {path} yet")
+                path = base.with_name(f"{base.name}.{secrets.token_hex(4)}.sqlite3")
                 _create(path, identity, wal)
             return _open(path, identity, wal, journal, clock)
         finally:

@@ -246,7 +246,7 @@ def daemon(ctx: click.Context, state: State, /, log_file: str | None, **opts: An
     if client.settings.offline:
         raise OfflineError(f"{OFFLINE}: the daemon has nothing to do offline; unset it to sync")
     state.first_use(client)
-    path = Path(log_file) if log_file else client.mirror.path.with_suffix(".daemon.log")
+    path = Path(log_file) if log_file else client.mirror.companion(".daemon.log")
     once = opts.pop("once")
     runner = client.daemon(**opts)
     level = logging.DEBUG if ctx.find_root().params.get("verbose", 0) > 1 else logging.INFO

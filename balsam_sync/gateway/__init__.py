@@ -118,6 +118,9 @@ class Gateway:
 
     @property
     def mirror(self) -> Mirror:
+        if self._mirror is not None and self._mirror.replaced():
+            log.warning("%s was removed or replaced (a purge?): opening it anew", self._mirror.path)
+            self.close_mirror()  # the user's queue (not in that folder) refills the new one
         if self._mirror is None:
             self._mirror = self._mirror_factory()
         return self._mirror

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from ..cache import FileLock, Mirror, guard, move_aside, recover
+from ..cache import FileLock, Mirror, companion, guard, move_aside, recover
 from ..config import Settings
 from ..errors import BalsamSyncError, MirrorError
 from .daemon import DaemonAlreadyRunning
@@ -68,7 +68,7 @@ def exclusive(path: Path) -> Iterator[None]:
     Raises:
         DaemonAlreadyRunning: a daemon or a push is using the mirror.
     """
-    locks = [FileLock(path.with_suffix(".daemon.lock")), FileLock(path.with_suffix(".replay.lock"))]
+    locks = [FileLock(companion(path, ".daemon.lock")), FileLock(companion(path, ".replay.lock"))]
     try:
         with guard(path):
             taken = all(lock.acquire(0) for lock in locks)
