@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import itertools
 import json
 import logging
 import os
@@ -41,45 +40,26 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ..freshness import RowLayout
-from ..resources import MARKER_KEY, RESOURCES, Resource, Row
+from ..resources import MARKER_KEY, RESOURCES, Row
 from ..spec import QuerySpec
-from ..utc import now, now_text, utc_text
+from ..utc import now, utc_text
+from . import effects
 from .coverage import Coverage, CoverageBook, Evidence
+from .effects import Parts
 from .failures import guard, mirror_error
-from .journal import Journal, Record, SenderLock
+from .journal import Journal, SenderLock
 from .lock import FileLock
 from .outbox import Entry, EntryState, Op, Outbox
 from .pullstate import PullState, Unsynced
+from .queue import GLANCE_SECONDS, Queued, SharedQueue
 from .salvage import Recovered, restore
-from .store import STAMP, Store
+from .store import Store
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-GLANCE_SECONDS = 1.0
-"""Reads look at the user's queue for other nodes' changes at most this often."""
 Clock = Callable[[], datetime]
 """The time now, as the server's clock would say (stamps never run ahead of it)."""
-
-
-@dataclass(frozen=True)
-class Queued:
-    """A change the user made, as the mirror applied and queued it.
-
-    Attributes:
-        resource: the resource changed.
-        op: what was asked.
-        ids: the objects' ids, provisional ids resolved (for creates: the new provisional ids).
-        seqs: the queued entries, one per object, in order (-1: delivered already, by another
-            process that read the change from the user's queue first).
-        before: each object's row before the change (None: the mirror had none).
-    """
-
-    resource: str
-    op: Op
-    ids: list[int]
-    seqs: list[int]
-    before: dict[int, Row | None]
 
 
 @dataclass(frozen=True)
@@ -99,22 +79,6 @@ def companion(path: Path, suffix: str) -> Path:
     all its generations (``opening.mirror_path``)."""
     base = re.sub(r"\.[0-9a-f]{8}(?=\.sqlite3$)", "", path.name)
     return path.with_name(base.removesuffix(".sqlite3") + suffix)
-
-
-def _renumbered(resource: str, payload: Row, mapping: dict[int, int]) -> Row:
-    """``payload`` with the provisional ids of ``mapping`` replaced in its reference fields."""
-    out = dict(payload)
-    for name in RESOURCES[resource].reference_fields:
-        value = out.get(name)
-        if isinstance(value, list):
-            out[name] = [mapping.get(v, v) for v in value]
-        elif type(value) is int:
-            out[name] = mapping.get(value, value)
-    return out
-
-
-def _state(row: Row | None) -> Any:
-    return None if row is None else row.get("state")
 
 
 def _guard(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -167,10 +131,11 @@ class Mirror:
         self._coverage = CoverageBook(store, clock)
         self._outbox = Outbox(store)
         self._pulls = PullState(store)
-        self._looked = 0.0  # when the journal was last looked at (time.monotonic)
+        self._p = Parts(store, self._outbox, self._coverage, self._pulls)
+        self._q = SharedQueue(self._p, journal)
         self._checked = time.monotonic()  # when the file was last seen in place
-        self._publish_legacy()
-        self.catch_up()
+        self._q.publish_legacy()
+        self._q.catch_up()
 
     def close(self) -> None:
         self._store.conn.close()
@@ -209,12 +174,12 @@ class Mirror:
 
     def full_sync_at(self, resource: str) -> datetime | None:
         """When every row of ``resource`` was last pulled (None: never, or since invalidated)."""
-        self._glance()
+        self._q.glance()
         return self._coverage.full_sync_at(resource)
 
     def covered(self, spec: QuerySpec, count: bool = False) -> Coverage | None:
         """The newest evidence that the mirror holds the answer to ``spec`` (or its count)."""
-        self._glance()
+        self._q.glance()
         return self._coverage.for_count(spec) if count else self._coverage.for_rows(spec)
 
     def evidence(self, spec: QuerySpec, count: bool = False) -> Evidence:
@@ -223,17 +188,17 @@ class Mirror:
         Raises:
             NoEvidence: the mirror was never told what matches ``spec``.
         """
-        self._glance()
+        self._q.glance()
         return self._coverage.evidence(spec, count)
 
     def rows(self, spec: QuerySpec) -> tuple[RowLayout, list[tuple[int, bytes]]]:
         """The rows of ``spec`` in the server's order, packed (cheapest to turn into objects)."""
-        self._glance()
+        self._q.glance()
         return self._store.query_packed(spec)
 
     def dicts(self, spec: QuerySpec) -> list[Row]:
         """The rows of ``spec`` in the server's order, as dicts (JSON columns left as text)."""
-        self._glance()
+        self._q.glance()
         return self._store.query(spec)
 
     def ids(self, spec: QuerySpec) -> list[int]:
@@ -242,18 +207,18 @@ class Mirror:
 
     def count(self, spec: QuerySpec) -> int:
         """How many rows match the filters of ``spec`` (its window ignored)."""
-        self._glance()
+        self._q.glance()
         return self._store.count(spec)
 
     def stream(self, spec: QuerySpec, chunk_size: int) -> Iterator[Row]:
         """The rows of ``spec`` a page at a time (memory does not grow with the result)."""
-        self._glance()
+        self._q.glance()
         yield from self._store.stream(spec, chunk_size)
 
     def current(self, resource: str, ids: list[int]) -> list[Row | None]:
         """The decoded rows of these objects (provisional ids resolved), in order."""
         with self._store.reading():
-            return self._current(resource, ids)
+            return effects.current(self._p, resource, ids)
 
     def real_id(self, obj_id: int) -> int:
         """The server's id of a provisional id once its creation is acknowledged."""
@@ -282,7 +247,7 @@ class Mirror:
         applied later than that is kept. Returns the ids written.
         """
         with self._store.write():
-            return self._accept(resource, rows, merge, read_at=read_at)
+            return effects.accept(self._p, resource, rows, merge, read_at=read_at)
 
     def server_listed(
         self,
@@ -305,10 +270,10 @@ class Mirror:
         """
         name = spec.resource
         with self._store.write():
-            self._accept(name, rows, merge=False, read_at=read_at)
+            effects.accept(self._p, name, rows, merge=False, read_at=read_at)
             if rechecked is not None:
                 missing, still_there = rechecked
-                self._accept(name, still_there, merge=False, read_at=read_at)
+                effects.accept(self._p, name, still_there, merge=False, read_at=read_at)
                 gone = set(missing) - {r["id"] for r in still_there}
                 self._store.delete_cascade(name, sorted(gone))
                 self._coverage.record_fetch(spec, at, count, rows=True)
@@ -338,23 +303,23 @@ class Mirror:
     def jobs_acquired(self, rows: list[Row], read_at: datetime | None = None) -> None:
         """A session locked these jobs to itself (the server answered with their rows)."""
         with self._store.write():
-            self._accept("Job", rows, merge=False, read_at=read_at)
+            effects.accept(self._p, "Job", rows, merge=False, read_at=read_at)
             self._coverage.forget_windows()
 
     # -- what the user changed -------------------------------------------------------------------
 
     def user_created(self, resource: str, payloads: list[Row]) -> Queued:
         """The user created objects: provisional rows now (negative ids), creates queued."""
-        temps = self._temp_ids(len(payloads))
-        return self._queue(resource, Op.CREATE, list(zip(temps, payloads, strict=True)))
+        temps = self._q.temp_ids(len(payloads))
+        return self._q.queue(resource, Op.CREATE, list(zip(temps, payloads, strict=True)))
 
     def user_updated(self, resource: str, items: list[tuple[int, Row]]) -> Queued:
         """The user changed fields of objects: the rows show the changes, which are queued."""
-        return self._queue(resource, Op.UPDATE, items)
+        return self._q.queue(resource, Op.UPDATE, items)
 
     def user_deleted(self, resource: str, ids: list[int]) -> Queued:
         """The user deleted objects: they (and what cascades) leave the mirror; queued."""
-        return self._queue(resource, Op.DELETE, [(i, {}) for i in ids])
+        return self._q.queue(resource, Op.DELETE, [(i, {}) for i in ids])
 
     def withdraw(self, change: Queued) -> int:
         """Take back a change that was not sent: its entries, and its rows as they were.
@@ -368,10 +333,10 @@ class Mirror:
         if not unsent:
             return 0
         uids = {e.uid for e in unsent}
-        record = self._publish("state", to="dropped", uids=sorted(u for u in uids if u))
+        record = self._q.publish("state", to="dropped", uids=sorted(u for u in uids if u))
         with self._store.write():
             entries = [e for e in self._outbox.by_seq(change.seqs) if e.uid in uids]
-            self._forget(entries, record)
+            self._q.forget(entries, record)
             ids = [e.obj_id for e in entries]
             if change.op is Op.CREATE:
                 self._store.delete(name, ids)
@@ -389,7 +354,7 @@ class Mirror:
 
     def queued(self, states: Iterable[EntryState], limit: int | None = None) -> list[Entry]:
         """Queued changes in these states, oldest first."""
-        self._glance()
+        self._q.glance()
         return self._outbox.entries(states, limit)
 
     def entry(self, seq: int) -> Entry | None:
@@ -415,15 +380,8 @@ class Mirror:
 
         A create's marker is published to every node first: whoever sends next looks it up
         before anything else (a create is never sent twice)."""
-        sent_at = utc_text(self._clock())  # the server's clock: every node reads it alike
-        if marker is not None:
-            uids = self._uids(seqs)
-            name = self._publish("state", to="in_flight", uids=uids, marker=marker, sent_at=sent_at)
-            with self._store.write():
-                self._outbox.mark_in_flight(seqs, marker, sent_at)
-                self._outbox.mark_seen([name])
-            return
-        self._outbox.mark_in_flight(seqs, marker, sent_at)
+        # The server's clock: every node that settles this entry reads it alike.
+        self._q.in_flight(seqs, marker, utc_text(self._clock()))
 
     def answered(self, seqs: list[int]) -> None:
         """The server answered these entries' request: it can no longer be running it."""
@@ -436,7 +394,7 @@ class Mirror:
         if not marked:
             self._outbox.reset(seqs)
             return
-        name = self._publish("state", to="pending", uids=marked)
+        name = self._q.publish("state", to="pending", uids=marked)
         with self._store.write():
             self._outbox.reset(seqs)
             self._outbox.mark_seen([name])
@@ -452,13 +410,13 @@ class Mirror:
         resources it changed as a side effect (events of a job) lose what the mirror claimed
         of them; waiting children of jobs that finished are re-read by the next read."""
         res = RESOURCES[resource]
-        name = self._publish("state", to="done", uids=self._uids(seqs))
+        name = self._q.publish("state", to="done", uids=self._q.uids(seqs))
         with self._store.write():
-            self._done(seqs, name)
-            self._applied(res, rows, read_at)
+            self._q.done(seqs, name)
+            effects.applied(self._p, res, rows, read_at)
             if res.finished_state is not None:
                 done = [r["id"] for r in rows if r.get("state") == res.finished_state]
-                self._children_unconfirmed(res, done)
+                effects.children_unconfirmed(self._p, res, done)
 
     def applied(self, resource: str, seqs: list[int], sent: list[tuple[int, Row]]) -> None:
         """The server applied these entries (``sent``: the changes, by object) and answered
@@ -471,42 +429,11 @@ class Mirror:
         unconfirmed: no server copy read before the change can replace them, and the next
         read the mirror answers asks the server for them first (one request, by id).
         """
-        res = RESOURCES[resource]
-        name = self._publish("state", to="done", uids=self._uids(seqs)) if seqs else None
+        name = self._q.publish("state", to="done", uids=self._q.uids(seqs)) if seqs else None
         with self._store.write():
             if name is not None:
-                self._done(seqs, name)
-            ids = [obj_id for obj_id, _ in sent]
-            current = dict(zip(ids, self._current(resource, ids), strict=True))
-            done = self._pulls.items_done(ids) if res.state_rewrites else {}
-            finishing = []
-            unknown: dict[int, set[str]] = {}
-            for obj_id, changes in sent:
-                row = current.get(obj_id)
-                if row is None:
-                    continue
-                row = current[obj_id] = {**row, **changes}
-                unknown.setdefault(obj_id, {STAMP} & set(res.server_set))
-                asked = changes.get("state")
-                if asked is not None:
-                    stored = res.stored_state(asked, done.get(obj_id))
-                    row["state"] = stored or asked
-                    if stored is None:
-                        unknown[obj_id].add("state")
-                    if res.may_finish(asked):
-                        finishing.append(obj_id)
-            rows = [row for row in current.values() if row is not None]
-            self._store.upsert(resource, rows)
-            self._outbox.overlay(resource, [r["id"] for r in rows])  # later changes on top
-            self._mark_unconfirmed(
-                res, [(r["id"], ",".join(sorted(unknown[r["id"]]))) for r in rows]
-            )
-            self._applied(res, [], None)
-            if res.marked_creates:  # tags sent are the user's: the creation tag is gone
-                self._pulls.unmarked([i for i, changes in sent if "tags" in changes])
-            self._promote_children(
-                res, [i for i in finishing if _state(current[i]) == res.finished_state], finishing
-            )
+                self._q.done(seqs, name)
+            effects.applied_unseen(self._p, RESOURCES[resource], sent)
 
     def tags_to_clear(self, limit: int) -> list[tuple[int, Row]]:
         """Jobs created here whose creation tag is still on the server, and nothing queued for
@@ -533,7 +460,7 @@ class Mirror:
         with self._store.write():
             self._pulls.unmarked([obj_id for obj_id, _ in items])
             if not refused:
-                rows = self._current(resource, [obj_id for obj_id, _ in items])
+                rows = effects.current(self._p, resource, [obj_id for obj_id, _ in items])
                 pairs = zip(rows, items, strict=True)
                 self._store.upsert(resource, [{**row, **ch} for row, (_, ch) in pairs if row])
 
@@ -555,11 +482,11 @@ class Mirror:
         rows = [row for _, row in made]
         seqs = [e.seq for e, _ in made]
         ids = {uid: row["id"] for e, row in made if (uid := e.uid)}
-        name = self._publish("state", to="done", uids=list(ids), made=ids)
+        name = self._q.publish("state", to="done", uids=list(ids), made=ids)
         with self._store.write():
-            self._done(seqs, name)
+            self._q.done(seqs, name)
             self._outbox.remap(resource, [(e.obj_id, row["id"]) for e, row in made], rows)
-            self._applied(res, rows, read_at)
+            effects.applied(self._p, res, rows, read_at)
             if res.marked_creates:
                 self._pulls.marked([r["id"] for r in rows])
             if res.state_rewrites:
@@ -568,9 +495,9 @@ class Mirror:
     def created_then_deleted(self, resource: str, entries: list[Entry]) -> None:
         """The server created these entries in a batch found applied, and they are gone since."""
         if entries:
-            name = self._publish("state", to="done", uids=[e.uid for e in entries if e.uid])
+            name = self._q.publish("state", to="done", uids=[e.uid for e in entries if e.uid])
             with self._store.write():
-                self._done([e.seq for e in entries], name)
+                self._q.done([e.seq for e in entries], name)
                 self._store.delete(resource, [e.obj_id for e in entries])
 
     def refused(
@@ -593,9 +520,9 @@ class Mirror:
         name = entry.resource
         uids = [entry.uid] if entry.uid else []
         if own:
-            record = self._publish("state", to="dropped", uids=uids)
+            record = self._q.publish("state", to="dropped", uids=uids)
         else:
-            record = self._publish("state", to="dead", uids=uids, status=status, error=reason)
+            record = self._q.publish("state", to="dead", uids=uids, status=status, error=reason)
         with self._store.write():
             self._outbox.mark_seen([record])
             if entry.op is Op.CREATE or entry.obj_id < 0:
@@ -603,11 +530,11 @@ class Mirror:
             elif truth is None:
                 self._coverage.invalidate(name)
             elif truth:
-                self._accept(name, truth, merge=False, skip=entry.seq, read_at=read_at)
+                effects.accept(self._p, name, truth, merge=False, skip=entry.seq, read_at=read_at)
             else:
                 self._store.delete_cascade(name, [entry.obj_id])
             if own:
-                self._forget([entry], record)
+                self._q.forget([entry], record)
             else:
                 self._outbox.bury(entry.seq, status, reason)
 
@@ -618,7 +545,7 @@ class Mirror:
         entry = self._outbox.get(seq)
         if entry is None or entry.state is not EntryState.DEAD:
             return False
-        name = self._publish("state", to="revived", uids=[entry.uid] if entry.uid else [])
+        name = self._q.publish("state", to="revived", uids=[entry.uid] if entry.uid else [])
         with self._store.write():
             entry = self._outbox.get(seq)
             if entry is None or entry.state is not EntryState.DEAD:
@@ -636,8 +563,8 @@ class Mirror:
 
     def edit(self, seq: int, payload: Row) -> None:
         """Replace the payload of dead letter ``seq`` (it stays dead until revived)."""
-        uids = self._uids([seq])
-        name = self._publish("state", to="edited", uids=uids, payload=payload)
+        uids = self._q.uids([seq])
+        name = self._q.publish("state", to="edited", uids=uids, payload=payload)
         with self._store.write():
             self._outbox.set_payload(seq, payload)
             self._outbox.mark_seen([name])
@@ -647,9 +574,9 @@ class Mirror:
         entry = self._outbox.get(seq)
         if entry is None or entry.state is not EntryState.DEAD:
             return False
-        name = self._publish("state", to="dropped", uids=[entry.uid] if entry.uid else [])
+        name = self._q.publish("state", to="dropped", uids=[entry.uid] if entry.uid else [])
         with self._store.write():
-            self._forget([entry], name)
+            self._q.forget([entry], name)
         return True
 
     def restore(self, found: Recovered) -> None:
@@ -667,7 +594,12 @@ class Mirror:
                     creates.setdefault(resource, []).append(obj_id)
             for resource, ids in creates.items():
                 self._outbox.overlay(resource, ids)
-        self._publish_legacy()  # what only the damaged file held goes to the user's queue too
+        self._q.publish_legacy()  # what only the damaged file held goes to the user's queue too
+
+    def catch_up(self) -> int:
+        """Apply what other processes and nodes published to the user's queue since this
+        mirror last looked; return how many records."""
+        return self._q.catch_up()
 
     # -- the sync log ----------------------------------------------------------------------------
 
@@ -751,348 +683,3 @@ class Mirror:
                     self._coverage.mark_full_sync(name, at)
             if full:
                 self._coverage.mark_reconciled(at)
-
-    # -- the user's queue, shared by every login node (cache/journal.py) --------------------------
-
-    def catch_up(self) -> int:
-        """Apply what other processes and nodes published to the user's queue since this
-        mirror last looked; return how many records. Changes they queued show here (offline
-        queries too), and what they sent is not sent again."""
-        self._looked = time.monotonic()
-        seen = self._outbox.seen()
-        unseen = [n for n in self._journal.names() if n not in seen]
-        records = [rec for n in unseen if (rec := self._journal.read(n)) is not None]
-        if not unseen:
-            return 0
-        with self._store.write():
-            for rec in records:
-                self._apply_record(rec)
-            self._outbox.mark_seen(unseen)
-        return len(records)
-
-    def _glance(self) -> None:
-        """Catch up before a read, at most once per ``GLANCE_SECONDS``."""
-        if time.monotonic() - self._looked >= GLANCE_SECONDS:
-            self.catch_up()
-
-    def _publish(self, kind: str, **body: Any) -> str:
-        """Publish one record of the user's queue (before the mirror applies it; never inside
-        a transaction: the folder may be a network file system)."""
-        return self._journal.publish(kind, body)
-
-    def _uids(self, seqs: list[int]) -> list[str]:
-        with self._store.reading():
-            return self._outbox.uids(seqs)
-
-    def _temp_ids(self, n: int) -> list[int]:
-        """``n`` provisional ids no process or node of this user uses."""
-        ids: list[int] = []
-        while len(ids) < n:
-            ids += self._outbox.temp_ids(n - len(ids))
-            if len(ids) < n:
-                self._outbox.use_block(self._journal.take_id_block())
-        return ids
-
-    def _queue(self, resource: str, op: Op, items: list[tuple[int, Row]]) -> Queued:
-        """Publish the user's change, then apply and queue it in one transaction."""
-        entries = [
-            {"resource": resource, "op": op.value, "obj": obj, "payload": payload}
-            for obj, payload in items
-        ]
-        name = self._publish("queued", entries=entries)
-        with self._store.write():
-            seqs, ids, before = self._take_queued(name, self.node, entries)
-            self._outbox.mark_seen([name])
-        return Queued(resource, op, ids, seqs, before)
-
-    def _take_queued(
-        self, name: str, node: str, entries: list[dict[str, Any]]
-    ) -> tuple[list[int], list[int], dict[int, Row | None]]:
-        """Apply the changes of a ``queued`` record to the rows and queue them. Provisional
-        ids are resolved here, in the transaction that queues them. An entry another process
-        of this node applied already (it read the record first) is not applied again, and
-        one already delivered or dropped not at all.
-
-        Returns, one per entry: its seq (-1 when it is settled), its object's id (resolved;
-        for a create, its provisional id); and each object's row before the change.
-        """
-        uids = [f"{name}#{i}" for i in range(len(entries))]
-        settled = self._outbox.settled(uids)
-        present = {e.uid: e for e in self._outbox.by_uid(uids)}
-        seqs: list[int] = []
-        ids: list[int] = []
-        before: dict[int, Row | None] = {}
-        kinds = itertools.groupby(
-            range(len(entries)), key=lambda i: (entries[i]["resource"], entries[i]["op"])
-        )
-        for (resource, op_text), grouped in kinds:
-            group = list(grouped)
-            op, res = Op(op_text), RESOURCES[resource]
-            items = [(int(entries[i]["obj"]), dict(entries[i]["payload"])) for i in group]
-            if op is Op.CREATE:
-                items = [(t, self._outbox.resolve_refs(resource, p)) for t, p in items]
-                group_ids = [t for t, _ in items]
-            else:
-                group_ids, items = self._resolved(resource, items)
-            new = [k for k, i in enumerate(group) if uids[i] not in settled | set(present)]
-            if new:
-                self._apply_change(res, op, [items[k] for k in new], before)
-                made = self._outbox.enqueue(
-                    resource, op, [items[k] for k in new], [uids[group[k]] for k in new], node
-                )
-            made_at = dict(zip(new, made, strict=True)) if new else {}
-            for k, i in enumerate(group):
-                known = present.get(uids[i])
-                seqs.append(made_at.get(k, known.seq if known else -1))
-            ids += group_ids
-        self._coverage.forget_windows()
-        return seqs, ids, before
-
-    def _apply_change(
-        self, res: Resource, op: Op, items: list[tuple[int, Row]], before: dict[int, Row | None]
-    ) -> None:
-        """Show the user's change on the rows (noting each object's row before it)."""
-        name = res.name
-        if op is Op.CREATE:
-            self._store.upsert(name, [res.provisional_row(t, p) for t, p in items])
-            before.update(dict.fromkeys(t for t, _ in items))
-            return
-        ids = [obj_id for obj_id, _ in items]
-        rows = dict(zip(ids, self._current(name, ids), strict=True))
-        for obj_id, row in rows.items():
-            before.setdefault(obj_id, row)
-        if op is Op.DELETE:
-            self._store.delete_cascade(name, ids)
-            return
-        for obj_id, changes in items:
-            row = rows.get(obj_id)
-            if row is not None:
-                rows[obj_id] = {**row, **changes}
-        self._store.upsert(name, [r for r in rows.values() if r is not None])
-
-    def _done(self, seqs: list[int], name: str) -> None:
-        """These entries were delivered (their record is ``name``)."""
-        self._outbox.settle(self._outbox.uids(seqs))
-        self._outbox.ack(seqs)
-        self._outbox.mark_seen([name])
-
-    def _forget(self, entries: list[Entry], name: str) -> None:
-        """These entries are dropped (their record is ``name``)."""
-        self._outbox.settle([e.uid for e in entries if e.uid])
-        self._outbox.ack([e.seq for e in entries])
-        self._outbox.mark_seen([name])
-
-    def _apply_record(self, rec: Record) -> None:
-        """Apply a record another process or node published (inside a transaction)."""
-        body = rec.body
-        if rec.kind == "queued":
-            self._take_queued(rec.name, rec.node, list(body.get("entries", [])))
-            return
-        if rec.kind != "state":
-            log.warning("queue record %s of an unknown kind (%s): skipped", rec.name, rec.kind)
-            return
-        uids = [str(u) for u in body.get("uids", [])]
-        entries = self._outbox.by_uid(uids)
-        seqs = [e.seq for e in entries]
-        to = body.get("to")
-        if to == "in_flight":
-            self._outbox.mark_in_flight(seqs, body.get("marker"), body.get("sent_at"), count=False)
-        elif to == "pending":
-            self._outbox.reset(seqs)
-        elif to == "done":
-            self._delivered_elsewhere(entries, body.get("made") or {})
-        elif to == "dropped":
-            self._dropped_elsewhere(entries)
-            self._outbox.settle(uids)
-        elif to == "dead":
-            for entry in entries:
-                self._outbox.bury(entry.seq, body.get("status"), str(body.get("error") or ""))
-            self._undone_elsewhere([e for e in entries if e.state is not EntryState.DEAD])
-        elif to == "revived":
-            for entry in entries:
-                self._outbox.revive(entry.seq)
-                self._lay_back(entry)
-        elif to == "edited":
-            for seq in seqs:
-                self._outbox.set_payload(seq, dict(body.get("payload") or {}))
-        self._outbox.settle(uids) if to == "done" else None
-
-    def _delivered_elsewhere(self, entries: list[Entry], made: dict[str, Any]) -> None:
-        """Another node delivered these entries. Creates take the server's ids (their rows
-        are re-read before the mirror answers with them); updated rows are re-read too."""
-        self._outbox.ack([e.seq for e in entries])
-        for resource, grouped in itertools.groupby(entries, key=lambda e: e.resource):
-            res = RESOURCES[resource]
-            group = list(grouped)
-            pairs = [
-                (e.obj_id, int(real))
-                for e in group
-                if e.op is Op.CREATE and (real := made.get(e.uid or "")) is not None
-            ]
-            self._move(resource, pairs)
-            touched = [real for _, real in pairs] + [
-                e.obj_id for e in group if e.op is Op.UPDATE and e.obj_id > 0
-            ]
-            every = ",".join(res.server_set) or STAMP
-            self._mark_unconfirmed(res, [(i, every) for i in touched])
-            for other in res.side_effects:
-                self._coverage.invalidate(other)
-
-    def _dropped_elsewhere(self, entries: list[Entry]) -> None:
-        """Another node took these entries back: so are their changes here."""
-        self._outbox.ack([e.seq for e in entries])
-        self._undone_elsewhere(entries)
-
-    def _undone_elsewhere(self, entries: list[Entry]) -> None:
-        """Changes another node put back (refused or taken back): a provisional row goes; the
-        others' rows are the server's again, which the mirror no longer claims to know."""
-        for entry in entries:
-            res = RESOURCES[entry.resource]
-            if entry.op is Op.CREATE:
-                self._store.delete(res.name, [entry.obj_id])
-            elif entry.op is Op.UPDATE and entry.obj_id > 0:
-                self._mark_unconfirmed(res, [(entry.obj_id, ",".join(res.server_set) or STAMP)])
-                self._coverage.invalidate(res.name)
-            else:
-                self._coverage.invalidate(res.name)
-
-    def _move(self, resource: str, pairs: list[tuple[int, int]]) -> None:
-        """Provisional ids became these ids: the rows move, with everything naming them."""
-        rows = self._current(resource, [temp for temp, _ in pairs])
-        moved = [{**row, "id": new} for (_, new), row in zip(pairs, rows, strict=True) if row]
-        self._outbox.remap(resource, pairs, moved)
-
-    def _lay_back(self, entry: Entry) -> None:
-        """Show a revived dead letter's change again."""
-        res = RESOURCES[entry.resource]
-        if entry.op is Op.CREATE:
-            self._store.upsert(res.name, [res.provisional_row(entry.obj_id, entry.payload)])
-        elif entry.op is Op.DELETE:
-            self._store.delete_cascade(res.name, [entry.obj_id])
-        else:
-            self._outbox.overlay(res.name, [entry.obj_id])
-
-    def _publish_legacy(self) -> None:
-        """Entries queued before the queue was shared (an older balsam_sync) are published,
-        their provisional ids renumbered into this mirror's own block first."""
-        with self._store.reading():
-            legacy = self._outbox.unpublished()
-        if not legacy:
-            return
-        temps = sorted({e.obj_id for e in legacy if e.obj_id < 0}, reverse=True)
-        fresh = self._temp_ids(len(temps))
-        mapping = dict(zip(temps, fresh, strict=True))
-        entries = [
-            {
-                "resource": e.resource,
-                "op": e.op.value,
-                "obj": mapping.get(e.obj_id, e.obj_id),
-                "payload": _renumbered(e.resource, e.payload, mapping),
-            }
-            for e in legacy
-        ]
-        name = self._publish("queued", entries=entries)
-        with self._store.write():
-            for resource in RESOURCES:
-                made = {e.obj_id for e in legacy if e.resource == resource and e.op is Op.CREATE}
-                self._move(resource, [(t, n) for t, n in mapping.items() if t in made])
-            self._outbox.name_entries(
-                {e.seq: (f"{name}#{i}", self.node) for i, e in enumerate(legacy)}
-            )
-            self._outbox.mark_seen([name])
-        for entry in legacy:
-            fresh_entry = self._outbox.by_uid([f"{name}#{legacy.index(entry)}"])
-            if entry.state is EntryState.IN_FLIGHT and entry.marker and fresh_entry:
-                self.sending([fresh_entry[0].seq], entry.marker)
-            elif entry.state is EntryState.DEAD and fresh_entry:
-                uid = fresh_entry[0].uid
-                marked = self._publish(
-                    "state", to="dead", uids=[uid], status=entry.status, error=entry.error
-                )
-                with self._store.write():
-                    self._outbox.mark_seen([marked])
-
-    # -- behind the door -------------------------------------------------------------------------
-
-    def _accept(
-        self,
-        resource: str,
-        rows: list[Row],
-        merge: bool,
-        skip: int | None = None,
-        read_at: datetime | None = None,
-    ) -> list[int]:
-        read = utc_text(read_at) if read_at is not None else None
-        if merge:
-            written = self._store.merge(resource, rows, read)
-        else:
-            written = self._store.upsert(resource, rows, newer_only=True, read_at=read)
-        self._pulls.drop_unconfirmed(resource, written)
-        self._outbox.overlay(resource, written, skip=skip)
-        return written
-
-    def _applied(self, res: Resource, rows: list[Row], read_at: datetime | None) -> None:
-        self._accept(res.name, rows, merge=False, read_at=read_at)
-        self._coverage.forget_windows()
-        for other in res.side_effects:
-            self._coverage.invalidate(other)
-
-    def _mark_unconfirmed(self, res: Resource, rows: list[tuple[int, str]]) -> None:
-        """These rows hold changes the server applied unseen, just now (each: id, the fields
-        not known); what hangs off them (a job's transfer items and events) changed with them,
-        so it is no longer known either."""
-        self._pulls.mark_unconfirmed(res.name, rows, now_text())
-        if res.cascade:
-            self._pulls.drop_marks([obj_id for obj_id, _ in rows])
-
-    def _children_unconfirmed(self, res: Resource, parents: list[int]) -> None:
-        """The server may have promoted the waiting children of these jobs (balsam-api.md §4):
-        the ones the mirror holds are re-read before it answers with them."""
-        if parents and res.promotes_children:
-            every = ",".join(res.server_set)
-            children = self._pulls.waiting_children(parents)
-            self._mark_unconfirmed(res, [(c, every) for c, _ in children])
-
-    def _promote_children(self, res: Resource, finished: list[int], maybe: list[int]) -> None:
-        """Lay on the mirror what the server does when jobs finish: a waiting child whose
-        parents have all finished is asked for READY (stored as the server would, where the
-        mirror can tell). Children of ``maybe`` finished jobs are marked unconfirmed."""
-        self._children_unconfirmed(res, maybe)
-        if not finished or res.waiting_state is None:
-            return
-        children = [i for i, _ in self._pulls.waiting_children(finished)]
-        known = self._pulls.parent_states(children)
-        parents = self._pulls.parent_states(sorted({p for ps, _ in known.values() for p in ps}))
-        done = self._pulls.items_done(children)
-        ready = [
-            c
-            for c, (ps, _) in known.items()
-            if ps
-            and all(parents.get(p, ([], None))[1] == res.finished_state for p in ps)
-            and c in done
-        ]
-        rows = [r for r in self._current(res.name, ready) if r is not None]
-        for row in rows:
-            row["state"] = res.stored_state(res.promoted_state, done[row["id"]])
-        self._store.upsert(res.name, rows)
-
-    def _resolved(
-        self, resource: str, items: list[tuple[int, Row]]
-    ) -> tuple[list[int], list[tuple[int, Row]]]:
-        """Items with every provisional id (the object's, and references) mapped to the
-        server's where it is known — read in the caller's write transaction."""
-        temps = [i for i, _ in items if i < 0]
-        mapping = self._outbox.real_ids(temps)
-        resolved = [
-            (mapping.get(i, i), self._outbox.resolve_refs(resource, changes))
-            for i, changes in items
-        ]
-        return [i for i, _ in resolved], resolved
-
-    def _current(self, resource: str, ids: list[int]) -> list[Row | None]:
-        mapping = self._outbox.real_ids([i for i in ids if i < 0])
-        ids = [mapping.get(i, i) for i in ids]
-        spec = QuerySpec(resource).with_filters({"id": ids}) if ids else None
-        store = self._store
-        found = {r["id"]: store.decode(resource, r) for r in store.query(spec)} if spec else {}
-        return [found.get(i) for i in ids]
