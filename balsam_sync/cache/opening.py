@@ -146,8 +146,10 @@ def open_mirror(
                 if not create:
                     raise MirrorMissing(f"there is no mirror at {path} yet")
                 path = base.with_name(f"{base.name}.{secrets.token_hex(4)}.sqlite3")
-                _create(path, identity, wal)
-            return _open(path, identity, wal, journal, clock)
+                with guard(path):
+                    _create(path, identity, wal)
+            with guard(path):
+                return _open(path, identity, wal, journal, clock)
         finally:
             opening.release()
 

@@ -55,6 +55,9 @@ class Recovered:
     sync_log: dict[str, str] = field(default_factory=dict)
     lost: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    shared: bool | None = None
+    """Whether the damaged file's queue was also the user's (``journal.py``): every change
+    in it went to the user's queue first (None: it cannot be told, the file is unreadable)."""
 
     def count(self, state: str) -> int:
         return sum(1 for e in self.entries if e[6] == state)
@@ -273,6 +276,7 @@ def _outbox(conn: sqlite3.Connection, found: Recovered) -> None:
         names = {r[1] for r in conn.execute("PRAGMA table_info(outbox)")}
     except sqlite3.DatabaseError:
         names = set()
+    found.shared = "uid" in names if names else None
     columns = OUTBOX_COLUMNS + (", uid" if "uid" in names else ", NULL")
     rows, skipped = _scan(conn, "outbox", columns)
     read = {int(r[0]): r for r in rows if _valid(r)}
@@ -310,16 +314,29 @@ def _small(conn: sqlite3.Connection, table: str, columns: str, found: Recovered)
 
 
 def recover(path: Path) -> Recovered:
-    """Read what can be read of the damaged mirror at ``path`` (which is left unchanged)."""
+    """Read what can be read of the damaged mirror at ``path`` (which is left unchanged).
+
+    What the damaged file queued since the queue became the user's is in the user's queue
+    too, so only changes queued before that (an older balsam_sync's) can be lost with it.
+    """
     found = Recovered()
     with _readable(path, found.notes) as conn:
         if conn is None:
-            found.lost.append(f"{path} cannot be read as a database at all: nothing recovered")
+            found.notes.append(
+                f"{path} cannot be read as a database at all: queued changes come back from "
+                "the user's queue (only changes an older balsam_sync queued here are lost)"
+            )
             return found
         try:
             _outbox(conn, found)
         except sqlite3.DatabaseError as exc:
             found.lost.append(f"the outbox cannot be read at all ({exc}): its changes are lost")
+        if found.shared is not False and found.lost:
+            found.notes.append(
+                f"{len(found.lost)} part(s) of the damaged queue cannot be read; every change "
+                "in it is in the user's queue too, and comes back from there"
+            )
+            found.lost = []
         found.id_map = _small(conn, "id_map", "temp_id, resource, real_id", found)
         counters: dict[Any, Any] = dict(_small(conn, "counters", "name, value", found))
         value = counters.get("temp_id")

@@ -172,7 +172,11 @@ class Replayer:
         """
         report = PushReport()
         stopped = self.remote.transport.stop_requested
-        if not self.lock.acquire(lock_wait, stopped):
+        try:
+            taken = self.lock.acquire(lock_wait, stopped)
+        except FileNotFoundError:  # the mirror's folder was purged: it is opened anew
+            taken = False
+        if not taken:
             report.skipped = True
             return report
         wait = self.max_request_seconds if settle_wait is None else settle_wait

@@ -95,9 +95,9 @@ def salvage(client: MirrorHost, *, pull: bool = True) -> SalvageReport:
         damaged = move_aside(path)
         found = recover(damaged)
         client.mirror.restore(found)
+        counts = client.mirror.queue_counts()  # the user's queue, and what only the file held
     report = SalvageReport(damaged, lost=found.lost, notes=found.notes)
-    report.pending, report.in_flight = found.count("pending"), found.count("in_flight")
-    report.dead = found.count("dead")
+    report.pending, report.in_flight, report.dead = counts.pending, counts.in_flight, counts.dead
     if pull and not client.settings.offline:
         try:
             report.pulled = client.pull()
