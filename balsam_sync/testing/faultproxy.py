@@ -31,6 +31,11 @@ complete reply read, then a local 500/502/504 instead of it: a 5xx after the com
 ``silent`` (:meth:`FaultProxy.set_silent`: connections are accepted, requests read and never
 answered nor forwarded, like a link that black-holes replies).
 
+Lies (``rewrite.py``): :meth:`FaultProxy.rewrite` installs a function that changes the real
+server's replies (a frozen or absurd ``Date``, a repeated page, a malformed row, a 3xx after
+the commit); :meth:`FaultProxy.intercept` one that answers instead of the server (a redirect or
+an HTML page from something in between, a huge body), so the request is never forwarded.
+
 Example::
 
     plan = FaultPlan(lost_reply=0.2, methods={"POST"}, path_prefix="/jobs/")
@@ -70,8 +75,17 @@ from .faultplan import (
     _target_matches,
 )
 from .relay import _Endpoint, _loopback_host, _parse_upstream, _Session, _tune
+from .rewrite import Intercept, Message, Request, Rewrite, Rewriting
 
-__all__ = ["FaultKind", "FaultPlan", "FaultProxy", "LogEntry", "ProxyStats"]
+__all__ = [
+    "FaultKind",
+    "FaultPlan",
+    "FaultProxy",
+    "LogEntry",
+    "Message",
+    "ProxyStats",
+    "Request",
+]
 
 
 class FaultProxy:
@@ -119,6 +133,7 @@ class FaultProxy:
         self._accept_thread: threading.Thread | None = None
         self._deadline = 0.0
         self._port = 0
+        self.rewriting = Rewriting()
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -257,6 +272,19 @@ class FaultProxy:
     def clear_injections(self) -> None:
         with self._lock:
             self._injections.clear()
+
+    def rewrite(self, fn: Rewrite | None) -> None:
+        """Pass every reply the server sends through ``fn`` (None: relay replies untouched).
+
+        ``fn(request, reply)`` returns the reply to send, or None to send it unchanged. Replies
+        are then read whole and sent with a Content-Length (or chunked, for a streamed body).
+        """
+        self.rewriting.rewrite = fn
+
+    def intercept(self, fn: Intercept | None) -> None:
+        """Ask ``fn(request)`` first: a reply it returns is sent and the request is never
+        forwarded; None forwards it (faults drawn for the request take precedence)."""
+        self.rewriting.intercept = fn
 
     # -- observation ---------------------------------------------------------------------
 
