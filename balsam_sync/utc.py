@@ -27,3 +27,16 @@ def naive_utc(value: datetime) -> datetime:
 def utc_text(value: datetime) -> str:
     """The stored and sent text of ``value``: ISO 8601 in UTC, microseconds, ``+00:00``."""
     return as_utc(value).isoformat(timespec="microseconds")
+
+
+def canonical_time(text: str) -> str:
+    """ISO 8601 ``text`` as stored (``utc_text``); the server's naive stamps are UTC.
+
+    Raises:
+        ValueError: ``text`` is not an ISO 8601 time.
+    """
+    if len(text) == 32 and text.endswith("+00:00") and text[10] == "T":
+        return text
+    if len(text) == 26 and text[10] == "T":
+        return text + "+00:00"
+    return utc_text(datetime.fromisoformat(text))

@@ -30,11 +30,8 @@ complete reply read, then a local 500/502/504 instead of it: a 5xx after the com
 ``burst_5xx`` (next N requests get a local 503), ``down`` (:meth:`FaultProxy.set_down`) and
 ``silent`` (:meth:`FaultProxy.set_silent`: connections are accepted, requests read and never
 answered nor forwarded, like a link that black-holes replies).
-
-Lies (``rewrite.py``): :meth:`FaultProxy.rewrite` installs a function that changes the real
-server's replies (a frozen or absurd ``Date``, a repeated page, a malformed row, a 3xx after
-the commit); :meth:`FaultProxy.intercept` one that answers instead of the server (a redirect or
-an HTML page from something in between, a huge body), so the request is never forwarded.
+Lies (``rewrite.py``): :meth:`FaultProxy.rewrite` changes the server's replies (a bad
+``Date``, a repeated page, a malformed row); :meth:`FaultProxy.intercept` answers instead.
 
 Example::
 
@@ -75,17 +72,9 @@ from .faultplan import (
     _target_matches,
 )
 from .relay import _Endpoint, _loopback_host, _parse_upstream, _Session, _tune
-from .rewrite import Intercept, Message, Request, Rewrite, Rewriting
+from .rewrite import Intercept, Rewrite, Rewriting
 
-__all__ = [
-    "FaultKind",
-    "FaultPlan",
-    "FaultProxy",
-    "LogEntry",
-    "Message",
-    "ProxyStats",
-    "Request",
-]
+__all__ = ["FaultKind", "FaultPlan", "FaultProxy", "LogEntry", "ProxyStats"]
 
 
 class FaultProxy:
@@ -274,16 +263,12 @@ class FaultProxy:
             self._injections.clear()
 
     def rewrite(self, fn: Rewrite | None) -> None:
-        """Pass every reply the server sends through ``fn`` (None: relay replies untouched).
-
-        ``fn(request, reply)`` returns the reply to send, or None to send it unchanged. Replies
-        are then read whole and sent with a Content-Length (or chunked, for a streamed body).
-        """
+        """Pass every reply through ``fn(request, reply)`` (see ``rewrite.Rewrite``)."""
         self.rewriting.rewrite = fn
 
     def intercept(self, fn: Intercept | None) -> None:
-        """Ask ``fn(request)`` first: a reply it returns is sent and the request is never
-        forwarded; None forwards it (faults drawn for the request take precedence)."""
+        """Ask ``fn(request)`` first: a reply it returns is sent, never forwarded (None:
+        forward it; faults drawn for the request come first)."""
         self.rewriting.intercept = fn
 
     # -- observation ---------------------------------------------------------------------

@@ -37,7 +37,8 @@ from ..outcomes import link_failed
 from ..params import Params
 from ..retry import RetryPolicy
 from ..serverclock import Clock, ServerClock
-from .replies import decode, mapped, path_of
+from ..wire import Expect
+from .replies import MAX_REPLY_BYTES, decode, mapped, path_of, read_body
 
 RequestHook = Callable[[str, str], None]
 """Called with (method, url) in the caller's thread before each attempt and probe (tests)."""
@@ -117,6 +118,7 @@ class Transport:
             partial(_session, verify, self._note_date), _close
         )
         self._scopes = Scopes()
+        self.max_reply_bytes = MAX_REPLY_BYTES
 
     # -- token ---------------------------------------------------------------------------------
 
@@ -223,11 +225,11 @@ class Transport:
         state = self.link.mark_down("no answer to a probe")
         raise ConnectFailed(f"GET {PROBE_PATH}: {state.describe()}", method="GET", url=url)
 
-    def _start_probe(self, seconds: float) -> _Exchange:
+    def _start_probe(self, seconds: float) -> _Probe:
         url, timeout = self.api_root + PROBE_PATH, (seconds, seconds)
         return Job(self._sessions, lambda s: s.get(url, timeout=timeout, allow_redirects=False))
 
-    def _probe_answers(self, probe: _Exchange, started: float, seconds: float) -> bool:
+    def _probe_answers(self, probe: _Probe, started: float, seconds: float) -> bool:
         """Wait for a probe (at most ``seconds``); True if the server answered it."""
         while not probe.wait(TICK):
             if time.monotonic() - started > seconds + TICK:
@@ -247,12 +249,15 @@ class Transport:
         idempotent: bool | None = None,
         auth: bool = True,
         retry: RetryPolicy | None = None,
+        expect: Expect | None = None,
     ) -> Any:
         """Send one request (retrying transient failures) and return the decoded JSON body.
 
         ``idempotent`` defaults to True for every method but POST. A 204 or empty body returns
         ``None``. Error statuses raise the matching ``HTTPStatusError`` subclass at once;
-        ``outcomes.py`` says what each failure means.
+        a reply that breaks the protocol (a redirect, not JSON, over ``max_reply_bytes``, or
+        off the ``expect``-ed schema) raises ``ProtocolError``; ``outcomes.py`` says what each
+        failure means.
         """
         if idempotent is None:
             idempotent = method != "POST"
@@ -265,10 +270,16 @@ class Transport:
             headers["Connection"] = "close"
         options = {"params": params, "json": json_body, "data": form, "headers": headers}
 
-        def send(session: requests.Session) -> requests.Response:
-            return session.request(
-                method, url, timeout=self.timeout, allow_redirects=False, **options
+        limit = self.max_reply_bytes
+
+        def send(session: requests.Session) -> Received:
+            # Redirects are never followed: the API does not redirect, so a 3xx comes from
+            # something in between and is a ProtocolError (for a write: outcome unknown).
+            response = session.request(
+                method, url, timeout=self.timeout, allow_redirects=False, stream=True, **options
             )
+            with mapped(method, url):
+                return response, read_body(method, url, response, limit)
 
         sent = False  # a request refused before sending says nothing new about the link
 
@@ -279,9 +290,9 @@ class Transport:
                 hook(method, url)
             sent = True
             with mapped(method, url):
-                response = self._wait(method, url, Job(self._sessions, send))
-            self._tell(method, url, response)
-            return decode(method, url, response)
+                response, content = self._wait(method, url, Job(self._sessions, send))
+            self._tell(method, url, response, len(content))
+            return decode(method, url, response, content, expect)
 
         try:
             body = policy.call(
@@ -294,21 +305,19 @@ class Transport:
         self.link.mark_up()
         return body
 
-    def _tell(self, method: str, url: str, response: requests.Response) -> None:
+    def _tell(self, method: str, url: str, response: requests.Response, size: int) -> None:
         if not self.on_response:
             return
         seconds = response.elapsed.total_seconds()
-        reply = Reply(
-            method, url, response.status_code, response.headers, len(response.content), seconds
-        )
+        reply = Reply(method, url, response.status_code, response.headers, size, seconds)
         for hook in list(self.on_response):
             hook(reply)
 
-    def _wait(self, method: str, url: str, job: _Exchange) -> requests.Response:
+    def _wait(self, method: str, url: str, job: _Exchange) -> Received:
         """Wait for ``job``; probe a server that keeps silent; honour a requested stop."""
         where = f"{method} {path_of(url)}"
         next_probe = time.monotonic() + self.probe_after
-        probe: tuple[_Exchange, float] | None = None
+        probe: tuple[_Probe, float] | None = None
         stop_at: float | None = None
         tolerated, probe_seconds = self._patience()
         while not job.wait(TICK):
@@ -345,7 +354,10 @@ REQUEST_HOOKS: list[RequestHook] = []
 """Hooks called for every request of every transport (tests install guards here)."""
 
 
-_Exchange = Job[requests.Session, requests.Response]
+Received = tuple[requests.Response, bytes]
+"""A reply and its body, read whole (up to ``max_reply_bytes``) in the exchange's thread."""
+_Exchange = Job[requests.Session, Received]
+_Probe = Job[requests.Session, requests.Response]
 
 
 def _session(verify: bool | str, on_response: Callable[..., None]) -> requests.Session:
