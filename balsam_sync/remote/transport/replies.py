@@ -53,7 +53,10 @@ def read_body(method: str, url: str, response: requests.Response, limit: int) ->
             response.close()
             raise _too_large(method, url, response.status_code, f"over {limit} bytes", limit)
         parts.append(chunk)
-    return b"".join(parts)
+    body = b"".join(parts)
+    # Keep the response whole for whoever else looks at it (``response.content``, hooks).
+    response._content = body
+    return body
 
 
 def _too_large(method: str, url: str, status: int, size: str, limit: int) -> ProtocolError:
