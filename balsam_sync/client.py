@@ -177,7 +177,7 @@ class Client:
                 reconcile_seconds=self.settings.reconcile_seconds,
                 history=self.settings.history_per_pull,
             )
-            puller = Puller(self.remote, mirror, progress, options, clock=self.transport.clock)
+            puller = Puller(self.remote, mirror, progress, options)
             report = puller.pull(full=full)
         except BalsamSyncError as exc:
             self._note_error(f"pull failed: {exc}")

@@ -11,6 +11,7 @@ against the server's schema (``wire.py``) and the pages of a listing against eac
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlencode
 
@@ -21,7 +22,7 @@ from ..utc import canonical_time
 from .listing import Listing
 from .params import FILTER_CHUNK_SIZE, Params, chunked_filter_params, filter_params
 from .transport import Transport
-from .wire import check_row, page_of, reply_for
+from .wire import SERVER_STAMPS, check_row, page_of, reply_for
 
 __all__ = ["Remote", "canonical_time", "normalize_row"]
 
@@ -91,7 +92,15 @@ class Remote:
         body = self._get(res, query)
         rows: list[Row] = body["results"]
         listing.take(rows, body["count"], offset, want, f"GET {res.path}?{urlencode(query)}")
+        self._witness(res, rows)
         return rows, body["count"]
+
+    def _witness(self, res: Resource, rows: Iterable[Row]) -> None:
+        """Tell the server clock the newest stamp the server put on these rows."""
+        field = SERVER_STAMPS.get(res.name)
+        stamps = [row[field] for row in rows if row.get(field)] if field else []
+        if stamps:  # canonical stamps sort as time sorts
+            self.transport.witness(datetime.fromisoformat(max(stamps)))
 
     def _window(
         self, res: Resource, params: Params, ordering: str | None, low: int, limit: int | None
@@ -138,6 +147,7 @@ class Remote:
                         resource=res.name,
                     )
                 rows.extend(reply)
+            self._witness(res, rows)
             return rows
         return [
             self.transport.request("POST", res.path, json_body=p, expect=expect) for p in payloads

@@ -37,6 +37,9 @@ SERVER_IDS = frozenset({"id", "app_id", "site_id", "job_id", "batch_job_id", "pa
 """Fields holding ids the server assigned: always positive. A negative id is a provisional one
 of the mirror (an object created offline), which a server row must never name."""
 
+SERVER_STAMPS = {"Job": "last_update"}
+"""Fields the server stamps with its own clock (evidence of that clock: ``serverclock.py``)."""
+
 STRICT = ConfigDict(extra="ignore", strict=True)
 Stamp = Annotated[str, AfterValidator(canonical_time)]
 """A timestamp: ISO 8601 text, stored in the mirror's canonical form (aware UTC)."""

@@ -38,6 +38,7 @@ from ..params import Params
 from ..retry import RetryPolicy
 from ..serverclock import Clock, ServerClock
 from ..wire import Expect
+from .network import first_on_connection, session_factory
 from .replies import MAX_REPLY_BYTES, decode, mapped, path_of, read_body
 
 RequestHook = Callable[[str, str], None]
@@ -115,7 +116,7 @@ class Transport:
         self._token = token
         self._verify = verify
         self._sessions: Pool[requests.Session] = Pool(
-            partial(_session, verify, self._note_date), _close
+            partial(session_factory, verify, self._note_date), requests.Session.close
         )
         self._scopes = Scopes()
         self.max_reply_bytes = MAX_REPLY_BYTES
@@ -163,15 +164,38 @@ class Transport:
 
     @property
     def clock_offset(self) -> float | None:
-        """Seconds the server's clock is ahead of ours, from the last reply (None: unknown)."""
+        """Seconds the server's clock is ahead of ours, as its last fresh ``Date`` showed
+        (0: they agree; None: unknown yet)."""
         return self._clock.offset
 
     def server_now(self) -> datetime:
-        """Our best guess of the server's clock: ours, corrected by the skew its replies show."""
+        """Our estimate of the server's clock (``serverclock.py``): a frozen, stale or absurd
+        ``Date`` cannot move it back or into the future."""
         return self._clock.now()
 
+    def witness(self, stamp: datetime) -> None:
+        """The server stamped a row ``stamp`` by its own clock (evidence for the estimate)."""
+        self._clock.witness(stamp)
+
     def _note_date(self, response: requests.Response, *args: Any, **kwargs: Any) -> None:
-        self._clock.note(response.headers.get("Date"), response.elapsed)
+        first = first_on_connection(response)
+        self._clock.read(response.headers.get("Date"), response.elapsed.total_seconds(), first)
+
+    def read_clock(self) -> None:
+        """Read the server's clock now if it was never read (one probe on a new connection),
+        so that what is stamped next (a pull's start) does not rest on this machine's clock
+        alone. A probe that fails says nothing here: the request that follows will."""
+        if self._clock.read_yet:
+            return
+        self._sessions.close()
+        seconds = self.probe_timeout * 2
+        self._probe_answers(self._start_probe(seconds), time.monotonic(), seconds)
+
+    def _fresh_reading_if_due(self) -> None:
+        """Close idle connections when the clock wants a reading: the next request then opens
+        a new connection, whose first reply carries a fresh ``Date``."""
+        if self._clock.wants_reading():
+            self._sessions.close()
 
     # -- stopping and hurrying (see inflight.Scopes) ---------------------------------------
 
@@ -286,6 +310,7 @@ class Transport:
         def attempt() -> Any:
             nonlocal sent
             self._admit(method, url)
+            self._fresh_reading_if_due()
             for hook in (*REQUEST_HOOKS, *self.on_request):
                 hook(method, url)
             sent = True
@@ -358,23 +383,6 @@ Received = tuple[requests.Response, bytes]
 """A reply and its body, read whole (up to ``max_reply_bytes``) in the exchange's thread."""
 _Exchange = Job[requests.Session, Received]
 _Probe = Job[requests.Session, requests.Response]
-
-
-def _session(verify: bool | str, on_response: Callable[..., None]) -> requests.Session:
-    session = requests.Session()
-    session.verify = verify
-    session.auth = _no_ambient_auth
-    session.hooks["response"].append(on_response)
-    return session
-
-
-def _no_ambient_auth(request: requests.PreparedRequest) -> requests.PreparedRequest:
-    """Keep our headers: no Basic auth from a URL's user info or from ~/.netrc replaces them."""
-    return request
-
-
-def _close(session: requests.Session) -> None:
-    session.close()
 
 
 def _retry_now(exc: BaseException) -> bool:
