@@ -65,6 +65,7 @@ class Client:
             verify=settings.verify_tls,
             clock=clock,
             link=Link(Backoff(initial=settings.retry_backoff)),
+            write_wait=settings.write_wait,
         )
         self.remote = Remote(self.transport)
         self.gateway = Gateway(

@@ -380,6 +380,19 @@ def test_silent_link_accepts_and_never_answers(
     assert time.monotonic() - started < 3.0
 
 
+def test_a_listener_that_stops_accepting_leaves_connects_unanswered(
+    make_proxy: ProxyFactory, http: requests.Session
+) -> None:
+    proxy = make_proxy()
+    assert http.get(f"{proxy.url}/x").status_code == 200
+    proxy.set_accepting(False)
+    with pytest.raises(requests.ConnectTimeout):
+        _fresh_get(f"{proxy.url}/x", timeout=(1.0, 1.0))  # the SYN is never answered
+    assert http.get(f"{proxy.url}/x").status_code == 200  # an open connection goes on
+    proxy.set_accepting(True)
+    assert _fresh_get(f"{proxy.url}/x", timeout=(5.0, 5.0)).status_code == 200
+
+
 def test_wait_forwarded_sees_requests_sent_upstream(
     make_proxy: ProxyFactory, http: requests.Session
 ) -> None:

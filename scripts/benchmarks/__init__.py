@@ -14,7 +14,7 @@ min/max) and as a ratio, because the machine is small and noisy:
   P7  peak RSS while iterating 1M cached jobs (fresh subprocess)              target: < 200 MB
   P2  offline ``Job.objects.bulk_create`` of 10k jobs vs sqlite-utils ``insert_all``  <= 3x
   P3  replay of those queued creates (``client.push()``) vs a direct online bulk_create <= 1.1x
-  P8  ``save()`` while the server cannot be reached; the daemon's time to stop  (p8.py)
+  P8  writes while the server is unreachable or busy; the daemon's time to stop  (p8.py)
   A1-A5  pull figures on an account-shaped data set                   (account.py, a*.py)
 
 The jobs data set is created through the real server for a freshly registered user (100k jobs

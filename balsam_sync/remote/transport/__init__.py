@@ -20,7 +20,6 @@ from urllib.parse import urlsplit
 import requests
 
 from ...errors import (
-    UNAVAILABLE_STATUSES,
     ConfigError,
     ConnectFailed,
     HTTPStatusError,
@@ -38,8 +37,11 @@ from ..params import Params
 from ..retry import RetryPolicy
 from ..serverclock import Clock, ServerClock
 from ..wire import Expect
-from .network import first_on_connection, session_factory
+from .network import Watch, first_on_connection, session_factory, watching
 from .replies import MAX_REPLY_BYTES, decode, mapped, path_of, read_body
+from .waiting import PATIENT, PROBE_PATH, Exchange, Patience, Prober, Received, Wait
+
+__all__ = ["PATIENT", "PROBE_PATH", "Received", "Reply", "Transport"]
 
 RequestHook = Callable[[str, str], None]
 """Called with (method, url) in the caller's thread before each attempt and probe (tests)."""
@@ -64,10 +66,11 @@ log = logging.getLogger(__name__)
 class Transport:
     """A session with one Balsam server for one user.
 
-    Each request runs in a worker thread while the caller waits, so the wait can end early:
-    a server that answers neither the request (within ``probe_after``) nor a short probe is a
-    silent link and costs seconds, not the read timeout; a requested stop (``stopping()``)
-    ends it after ``stop_grace``. ``link`` keeps requests off a server that just failed.
+    Each request runs in a worker thread while the caller waits, so the wait can end early,
+    by what the network says (``waiting.py``): a connect never answered is a link that is
+    down; a host that took the request is a live server, waited for (a write's push: up to
+    ``write_wait``; other calls: while it answers probes); a requested stop (``stopping()``)
+    ends the wait after ``stop_grace``. ``link`` keeps requests off a server that just failed.
 
     Args:
         api_root: base URL, e.g. ``http://127.0.0.1:8765``.
@@ -81,6 +84,8 @@ class Transport:
         probe_timeout: seconds a probe may take.
         stop_grace: seconds a request in flight may still finish after a stop was requested.
         clock: this machine's clock (``Transport.server_now`` corrects it by the server's).
+        write_wait: seconds a write's push waits for a server whose host took the request.
+        connect_wait: seconds a write's push waits for a connection to be accepted.
     """
 
     def __init__(
@@ -97,6 +102,8 @@ class Transport:
         probe_timeout: float = 1.5,
         stop_grace: float = 3.0,
         clock: Clock | None = None,
+        write_wait: float = 10.0,
+        connect_wait: float = 2.0,
     ) -> None:
         if not api_root.startswith(("http://", "https://")):
             raise ConfigError(f"api_root must start with http:// or https://, got {api_root!r}")
@@ -111,6 +118,8 @@ class Transport:
         self.probe_after = probe_after
         self.probe_timeout = probe_timeout
         self.stop_grace = stop_grace
+        self.write_wait = write_wait
+        self.connect_wait = connect_wait
         self.on_request: list[RequestHook] = []
         self.on_response: list[ResponseHook] = []
         self._token = token
@@ -119,6 +128,7 @@ class Transport:
             partial(session_factory, verify, self._note_date), requests.Session.close
         )
         self._scopes = Scopes()
+        self._prober = Prober(self._sessions, self.api_root)
         self.max_reply_bytes = MAX_REPLY_BYTES
 
     # -- token ---------------------------------------------------------------------------------
@@ -189,7 +199,7 @@ class Transport:
             return
         self._sessions.close()
         seconds = self.probe_timeout * 2
-        self._probe_answers(self._start_probe(seconds), time.monotonic(), seconds)
+        self._prober.answers(self._prober.start(seconds), time.monotonic(), seconds)
 
     def _fresh_reading_if_due(self) -> None:
         """Close idle connections when the clock wants a reading: the next request then opens
@@ -209,13 +219,20 @@ class Transport:
         return self._scopes.stop_requested()
 
     def impatient(self) -> AbstractContextManager[None]:
-        """Inside (this thread), give up on a server that answers neither the request nor one
-        short probe: for a write's push. Elsewhere two probes of 5 s must go unanswered, so a
-        busy server is not taken for a silent link (which then costs ~11 s once)."""
+        """Inside (this thread), wait as a write's push does (``waiting.py``): a connect not
+        accepted within ``connect_wait`` is a link that is down (nothing sent), a host that
+        took the request gets ``write_wait`` to answer. Elsewhere, a server that answers
+        probes is waited for, and two unanswered probes of 5 s make a silent link."""
         return self._scopes.hurrying()
 
-    def _patience(self) -> tuple[int, float]:  # (unanswered probes tolerated, probe seconds)
-        return (1, self.probe_timeout) if Scopes.hurried() else PATIENT
+    def _patience(self) -> Patience:
+        return Patience(
+            write_wait=self.write_wait,
+            connect_wait=self.connect_wait,
+            probe_after=self.probe_after,
+            probe_timeout=self.probe_timeout,
+            stop_grace=self.stop_grace,
+        )
 
     # -- reachability --------------------------------------------------------------------------
 
@@ -243,22 +260,11 @@ class Transport:
         for hook in (*REQUEST_HOOKS, *self.on_request):
             hook("GET", url)
         seconds = self.probe_timeout * (1 if Scopes.hurried() else 2)
-        if self._probe_answers(self._start_probe(seconds), time.monotonic(), seconds):
+        if self._prober.answers(self._prober.start(seconds), time.monotonic(), seconds):
             self.link.mark_up()
             return
         state = self.link.mark_down("no answer to a probe")
         raise ConnectFailed(f"GET {PROBE_PATH}: {state.describe()}", method="GET", url=url)
-
-    def _start_probe(self, seconds: float) -> _Probe:
-        url, timeout = self.api_root + PROBE_PATH, (seconds, seconds)
-        return Job(self._sessions, lambda s: s.get(url, timeout=timeout, allow_redirects=False))
-
-    def _probe_answers(self, probe: _Probe, started: float, seconds: float) -> bool:
-        """Wait for a probe (at most ``seconds``); True if the server answered it."""
-        while not probe.wait(TICK):
-            if time.monotonic() - started > seconds + TICK:
-                return False
-        return probe.error is None and probe.result().status_code not in UNAVAILABLE_STATUSES
 
     # -- requests ------------------------------------------------------------------------------
 
@@ -296,12 +302,13 @@ class Transport:
 
         limit = self.max_reply_bytes
 
-        def send(session: requests.Session) -> Received:
+        def send(watch: Watch, session: requests.Session) -> Received:
             # Redirects are never followed: the API does not redirect, so a 3xx comes from
             # something in between and is a ProtocolError (for a write: outcome unknown).
-            response = session.request(
-                method, url, timeout=self.timeout, allow_redirects=False, stream=True, **options
-            )
+            with watching(watch):
+                response = session.request(
+                    method, url, timeout=self.timeout, allow_redirects=False, stream=True, **options
+                )
             with mapped(method, url):
                 return response, read_body(method, url, response, limit)
 
@@ -314,8 +321,11 @@ class Transport:
             for hook in (*REQUEST_HOOKS, *self.on_request):
                 hook(method, url)
             sent = True
+            watch = Watch()
             with mapped(method, url):
-                response, content = self._wait(method, url, Job(self._sessions, send))
+                response, content = self._wait(
+                    method, url, Job(self._sessions, partial(send, watch)), watch
+                )
             self._tell(method, url, response, len(content))
             return decode(method, url, response, content, expect)
 
@@ -338,51 +348,19 @@ class Transport:
         for hook in list(self.on_response):
             hook(reply)
 
-    def _wait(self, method: str, url: str, job: _Exchange) -> Received:
-        """Wait for ``job``; probe a server that keeps silent; honour a requested stop."""
-        where = f"{method} {path_of(url)}"
-        next_probe = time.monotonic() + self.probe_after
-        probe: tuple[_Probe, float] | None = None
-        stop_at: float | None = None
-        tolerated, probe_seconds = self._patience()
-        while not job.wait(TICK):
-            now = time.monotonic()
-            if stop_at is None and self.stop_requested():
-                stop_at = now + self.stop_grace
-            if stop_at is not None and now >= stop_at:
-                raise Interrupted(f"{where}: abandoned for a stop", method=method, url=url)
-            if probe is None and now >= next_probe:
-                probe = (self._start_probe(probe_seconds), now)
-            elif probe is not None and (probe[0].wait(0) or now - probe[1] > probe_seconds):
-                answered = self._probe_answers(*probe, probe_seconds)
-                tolerated = tolerated - 1 if not answered else self._patience()[0]
-                if not tolerated:
-                    raise SilentLink(
-                        f"{where}: no reply, and the server does not answer a probe either",
-                        method=method,
-                        url=url,
-                    )
-                probe, next_probe = None, now + (REPROBE_SECONDS if answered else 0.0)
-        return job.result()
+    def _wait(self, method: str, url: str, job: Exchange, watch: Watch) -> Received:
+        """Wait for ``job`` as ``waiting.py`` says; honour a requested stop."""
+        hurried = Scopes.hurried()
+        waiting = Wait(method, url, self._patience(), self._prober, self.stop_requested, hurried)
+        return waiting.until_done(job, watch)
 
     def close(self) -> None:
         """Close the pooled connections."""
         self._sessions.close()
 
 
-PROBE_PATH = "/auth/how"  # needs no token; any answer but 429/502/503/504 means "up"
-TICK = 0.05  # seconds between checks of a request in flight (stop requested? probe due?)
-REPROBE_SECONDS = 10.0  # while a live server is slow to answer, probe it again this often
-PATIENT = (2, 5.0)  # unanswered probes (of seconds each) before a busy server counts as silent
-
 REQUEST_HOOKS: list[RequestHook] = []
 """Hooks called for every request of every transport (tests install guards here)."""
-
-
-Received = tuple[requests.Response, bytes]
-"""A reply and its body, read whole (up to ``max_reply_bytes``) in the exchange's thread."""
-_Exchange = Job[requests.Session, Received]
-_Probe = Job[requests.Session, requests.Response]
 
 
 def _retry_now(exc: BaseException) -> bool:
