@@ -11,6 +11,7 @@ from ..errors import ConfigError, NotAuthenticated
 from .jwt import expiry
 from .retry import RetryPolicy
 from .transport import Transport
+from .wire import login_reply
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,7 @@ def password_login(api_root: str, username: str, password: str) -> Login:
             form={"username": username, "password": password},
             auth=False,
             idempotent=True,
+            expect=login_reply(),
         )
     except NotAuthenticated as exc:
         raise NotAuthenticated(
@@ -61,7 +63,7 @@ def password_login(api_root: str, username: str, password: str) -> Login:
             status=401,
             body=None,
         ) from exc
-    token = str(reply["access_token"])
+    token: str = reply["access_token"]
     when = expiry(token)
     path = client_yml_path()
     write_client_yml(path, {"api_root": api_root, "token": token, "token_expiry": when})

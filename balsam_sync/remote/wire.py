@@ -203,3 +203,10 @@ def check_row(res: Resource, row: Any, where: str = "") -> dict[str, Any]:
 @functools.cache
 def _python_adapter(name: str) -> TypeAdapter[Any]:
     return TypeAdapter(_shapes(name)[0])
+
+
+@functools.cache
+def login_reply() -> Expect:
+    """What a password login answers: at least the token."""
+    shape = _typed_dict("LoginWire", {"access_token": Required[str]})
+    return Expect("a login reply", "", _adapter(shape))
