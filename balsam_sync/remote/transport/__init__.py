@@ -83,7 +83,8 @@ class Transport:
         probe_after: seconds without a reply before the server is probed.
         probe_timeout: seconds a probe may take.
         stop_grace: seconds a request in flight may still finish after a stop was requested.
-        clock: this machine's clock (``Transport.server_now`` corrects it by the server's).
+        clock: this machine's clock, for tests: it then also stands for the passage of time
+            (``Transport.server_now`` estimates the server's from it).
         write_wait: seconds a write's push waits for a server whose host took the request.
         connect_wait: seconds a write's push waits for a connection to be accepted.
     """
@@ -109,7 +110,9 @@ class Transport:
             raise ConfigError(f"api_root must start with http:// or https://, got {api_root!r}")
         if "@" in urlsplit(api_root).netloc:
             raise ConfigError("the server URL holds a user name or password: remove it")
-        self._clock = ServerClock(clock)
+        # An injected clock (tests) stands for all of this machine's time, its passage too.
+        ticks = (lambda: clock().timestamp()) if clock is not None else None
+        self._clock = ServerClock(clock, ticks)
         self._warned_expiry = False
         self.api_root = api_root.rstrip("/")
         self.retry = retry or RetryPolicy()
