@@ -211,6 +211,30 @@ def test_an_empty_page_before_the_count_is_reached_is_an_error(
     c.close()
 
 
+def test_counts_that_grow_with_every_page_cannot_keep_a_listing_going(
+    proxy: FaultProxy, user: User, account: Any, tmp_path: Path
+) -> None:
+    def lie(request: Request, message: Message) -> Message | None:
+        if request.path != "/jobs/" or "offset=" not in request.query:
+            return None
+        offset = int(request.query.split("offset=")[1].split("&")[0])
+        body = message.json()
+        row = dict(body["results"][0] if body["results"] else made[0])
+        made[:] = [row]
+        row["id"] = 10_000_000 + offset  # a new row at every offset, and always more to come
+        return message.with_json({"count": offset + 5, "results": [row]})
+
+    made: list[Row] = []
+    c = via(proxy, user, tmp_path / "h")
+    proxy.rewrite(lie)
+    with pytest.raises(errors.ProtocolError, match="first count") as caught:
+        list(c.Job.objects.online().iterator(chunk_size=1))
+    assert caught.value.resource == "Job"
+    asked = [e for e in proxy.log if e.path.startswith("/jobs/?")]
+    assert len(asked) <= 2 * 5 + 3, len(asked)
+    c.close()
+
+
 def test_a_reply_over_the_size_limit_is_refused_with_a_clear_message(
     proxy: FaultProxy, user: User, account: Any, tmp_path: Path
 ) -> None:

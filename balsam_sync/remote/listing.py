@@ -25,7 +25,11 @@ from ..errors import ProtocolError
 from ..resources import Row
 
 SLACK_PAGES = 2
-"""Pages a listing may take beyond what its largest count allows (rows added meanwhile)."""
+"""Pages a listing may take beyond what its first count allows."""
+GROWTH = 2.0
+"""A listing may read up to this many times its first count (rows added while it is read,
+or changed: keyset pages list a row again at the end), never more: counts that grow with every
+page cannot keep it going."""
 
 
 class Listing:
@@ -34,8 +38,7 @@ class Listing:
     Args:
         resource: the resource listed ("Job"), for messages.
         size: rows asked per page.
-        growth: how many times the largest count the listing may read in all (keyset pages
-            read a row again when it changes while the listing runs).
+        growth: how many times its first count the listing may read in all.
         stable: the order keeps rows in place while others are written (ascending ids, keyset
             pages), so a page of rows already read cannot be honest.
         key: what makes a row "already read" (keyset pages: its id and stamp, since a row
@@ -47,7 +50,7 @@ class Listing:
         resource: str,
         size: int,
         *,
-        growth: float = 1.0,
+        growth: float = GROWTH,
         stable: bool = True,
         key: Callable[[Row], Hashable] | None = None,
     ) -> None:
@@ -57,7 +60,7 @@ class Listing:
         self.stable = stable
         self.key = key or _id
         self.pages = 0
-        self.largest = 0
+        self.first: int | None = None
         self._seen: set[Hashable] = set()
         self._lock = threading.Lock()
 
@@ -76,7 +79,8 @@ class Listing:
         reply said ``count``. ``where`` names the request ("GET /jobs/?...")."""
         with self._lock:
             self.pages += 1
-            self.largest = max(self.largest, count)
+            if self.first is None:
+                self.first = count
             if len(rows) > asked:
                 self._fail(where, f"{len(rows)} rows where at most {asked} were asked")
             if not rows and count > offset and asked > 0:
@@ -88,11 +92,11 @@ class Listing:
             keys = [self.key(row) for row in rows]
             if self.stable and keys and self._seen.issuperset(keys):
                 self._fail(where, f"the same {len(keys)} rows again (a repeated page)")
-            allowed = math.ceil(self.largest * self.growth / self.size) + SLACK_PAGES
+            allowed = math.ceil(self.first * self.growth / self.size) + SLACK_PAGES
             if self.pages > allowed:
                 self._fail(
                     where,
-                    f"page {self.pages} of a listing whose count ({self.largest}) allows "
+                    f"page {self.pages} of a listing whose first count ({self.first}) allows "
                     f"{allowed} pages of {self.size}",
                 )
 

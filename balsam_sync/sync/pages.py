@@ -38,9 +38,6 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 JOB_PAGE = 10_000
-KEYSET_GROWTH = 2.0
-"""A keyset listing may read this many times its first count: a job changed while the listing
-runs is listed again at the end."""
 
 
 def stamp_after(stamp: str) -> str:
@@ -72,7 +69,7 @@ def job_pages(remote: Remote, since: str | None, size: int = JOB_PAGE) -> Iterat
     page is read on its own, unpaged.
     """
     res = RESOURCES["Job"]
-    listing = Listing("Job", size, growth=KEYSET_GROWTH, key=_stamped)
+    listing = Listing("Job", size, key=_stamped)
     after = since
     while True:
         spec = job_spec(after).with_ordering("last_update").with_window(0, size)
