@@ -201,6 +201,8 @@ class Transport:
         if self._clock.read_yet:
             return
         self._sessions.close()
+        for hook in (*REQUEST_HOOKS, *self.on_request):
+            hook("GET", self._prober.url)
         seconds = self.probe_timeout * 2
         self._prober.answers(self._prober.start(seconds), time.monotonic(), seconds)
 
