@@ -44,14 +44,14 @@ class Rounds:
     lags: list[float] = field(default_factory=list)
     idle_bytes: list[tuple[float, int]] = field(default_factory=list)  # (seconds in, bytes)
 
-    def idle_growth(self) -> float:
-        """Median bytes of idle rounds in the last minute over those of the first idle one."""
+    def idle_minutes(self) -> tuple[float, float]:
+        """Median bytes of the idle rounds in the first idle minute and in the last minute."""
         if not self.idle_bytes:
-            return float("nan")
+            return float("nan"), float("nan")
         start, end = self.idle_bytes[0][0], self.idle_bytes[-1][0]
         first = [b for t, b in self.idle_bytes if t < start + 60]
         last = [b for t, b in self.idle_bytes if t > end - 60]
-        return statistics.median(last) / max(1.0, statistics.median(first))
+        return statistics.median(first), statistics.median(last)
 
 
 def measure(api_root: str, home: Path, minutes: float) -> Rounds:
@@ -124,8 +124,9 @@ def run(ctx: Context) -> None:
     )
     r.met = max(rounds.lags) <= LAG_TARGET
     ctx.rows.append(r)
-    growth = rounds.idle_growth()
+    first, last = rounds.idle_minutes()
+    growth = last / max(1.0, first)
     r = Row("D1", f"{what}: bytes per idle round, last minute / first", target="≤ 1.2x")
-    r.ratio_text = f"{growth:.2f}x ({[b for _, b in rounds.idle_bytes][:3]}... bytes)"
+    r.ratio_text = f"{growth:.2f}x ({first / 1000:.1f} KB, then {last / 1000:.1f} KB)"
     r.met = growth <= GROWTH_TARGET
     ctx.rows.append(r)
