@@ -13,6 +13,8 @@ The upper bounds on time below only prove that nothing hangs; the figures are P8
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -25,6 +27,7 @@ import balsam_sync
 from balsam_sync.cache.outbox import EntryState
 from balsam_sync.client import Client
 from balsam_sync.remote.retry import RetryPolicy
+from balsam_sync.remote.transport.network import unacknowledged
 from balsam_sync.testing.faultproxy import FaultPlan, FaultProxy
 from tests.conftest import User, server_jobs
 
@@ -115,6 +118,20 @@ def test_a_peer_that_never_answers_costs_the_first_write_write_wait_and_no_more(
     assert workdirs(user, "quiet/") == Counter({f"quiet/{i}": 1 for i in range(11)})
     assert next(r for r in server_jobs(user) if r["id"] == job.id)["num_nodes"] == 2
     c.close()
+
+
+def test_a_host_too_busy_to_read_still_acknowledges_what_it_received() -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+    sender = socket.create_connection(listener.getsockname())
+    peer, _ = listener.accept()  # never reads: its receive window fills up
+    sender.setblocking(False)
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            sender.send(b"x" * 65536)
+    time.sleep(0.2)
+    assert unacknowledged(sender) in (0, None)  # None: a system that does not tell
+    for sock in (sender, peer, listener):
+        sock.close()
 
 
 def test_write_wait_is_a_setting(

@@ -15,10 +15,8 @@ reply on a new connection can be told apart (its ``Date`` is the only fresh one;
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import socket
 import struct
-import termios
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -74,22 +72,30 @@ class Watch:
             return self._abandoned
 
     def unacknowledged(self) -> int | None:
-        """Request bytes the peer has not acknowledged (None: unknown on this system)."""
+        """Request segments the peer has not acknowledged (None: unknown on this system)."""
         with self._lock:
             sock = self._socket
         return unacknowledged(sock) if sock is not None else None
 
 
 def unacknowledged(sock: socket.socket) -> int | None:
-    """Bytes of ``sock``'s send queue not yet acknowledged by the peer (Linux), else None."""
+    """Segments ``sock`` sent that the peer has not acknowledged (Linux ``TCP_INFO``), else
+    None. A live peer whose program does not read (a full receive window) still acknowledges
+    what it received: only a host that is gone leaves segments unacknowledged."""
+    option = getattr(socket, "TCP_INFO", None)
     try:
-        fd = sock.fileno()
-        if fd < 0:
+        if option is None or sock.fileno() < 0:
             return None
-        raw = fcntl.ioctl(fd, termios.TIOCOUTQ, struct.pack("i", 0))  # SIOCOUTQ on Linux
-    except (OSError, AttributeError, ValueError):
+        info = sock.getsockopt(socket.IPPROTO_TCP, option, _TCP_INFO_SIZE)
+    except (OSError, ValueError):
         return None
-    return int(struct.unpack("i", raw)[0])
+    if len(info) < _UNACKED_AT + 4:
+        return None
+    return int(struct.unpack_from("I", info, _UNACKED_AT)[0])
+
+
+_TCP_INFO_SIZE = 104
+_UNACKED_AT = 24  # struct tcp_info: eight u8 fields, then rto, ato, snd_mss, rcv_mss, unacked
 
 
 @contextlib.contextmanager

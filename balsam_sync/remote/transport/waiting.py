@@ -7,8 +7,9 @@ a caller that only waits for replies:
 * **A connect never answered** (a host that is gone, a firewall that drops): a write's push
   gives up after ``connect_wait`` (2 s), other calls after the connect timeout. The request is
   stopped before it can leave, so the change is known never to have been sent.
-* **Request bytes never acknowledged** by the peer's kernel for ``ack_wait``: the host is gone
-  after the connection was made (Linux tells; elsewhere this check is skipped).
+* **Request segments never acknowledged** by the peer's kernel for ``ack_wait``: the host is
+  gone after the connection was made (Linux tells; elsewhere this check is skipped). A live
+  server too busy to read still acknowledges what its kernel received.
 * Otherwise **the host is there**, and a busy server gets time: a write's push waits up to
   ``write_wait`` (10 s, a setting) for the reply; after that the change stays queued (it may
   still be applied: it is settled first) and the link counts as down for its back-off, so the
@@ -94,7 +95,7 @@ class Wait:
         self.hurried = hurried
         self.started = time.monotonic()
         self._stop_at: float | None = None
-        self._queued: tuple[int, float] | None = None  # (unacknowledged bytes, since when)
+        self._queued: tuple[int, float] | None = None  # (unacknowledged segments, since when)
         self._probe: tuple[Probe, float] | None = None
         self._next_probe = self.started + patience.probe_after
         self._tolerated, self._probe_seconds = self._probing()
@@ -140,7 +141,7 @@ class Wait:
         if not queued:
             self._queued = None
             return
-        if self._queued is None or queued < self._queued[0]:  # progress: bytes are arriving
+        if self._queued is None or queued < self._queued[0]:  # progress: the peer acknowledges
             self._queued = (queued, now)
         elif now - self._queued[1] >= self.patience.ack_wait:
             self._fail(
