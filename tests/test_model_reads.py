@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-import balsam_sync.orm.models
+import balsam_sync.orm.access
 from balsam_sync.client import Client
 from balsam_sync.freshness import RowLayout
 from balsam_sync.orm.fields import to_path
@@ -78,7 +78,7 @@ def test_a_json_field_is_decoded_on_its_first_read_only(
     client: Client, app: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     (job,) = cached_jobs(client, app, 1, tags={"k": "v"}, data={"a": [1, 2]})
-    decodes = counting(monkeypatch, balsam_sync.orm.models, "decode_json")
+    decodes = counting(monkeypatch, balsam_sync.orm.access, "decode_json")
     assert (job.id, job.workdir, job.state, job.num_nodes) is not None
     assert decodes[0] == 0
     tags = job.tags
@@ -131,3 +131,56 @@ def test_path_fields_are_built_exactly_as_pathlib_builds_them() -> None:
                 hash(theirs),
             ), text
             assert ours / "z" == theirs / "z" and ours.parent == theirs.parent, text
+
+
+RESOURCES = ("Site", "App", "Job", "BatchJob", "TransferItem", "EventLog")
+
+
+def same(a: Any, b: Any) -> bool:
+    """Equal values of the same type (an enum member is not its text, a Path not a str)."""
+    return type(a) is type(b) and a == b
+
+
+def test_every_field_of_every_resource_reads_the_same_through_the_compiled_path(
+    client: Client, site: Any, app: Any
+) -> None:
+    site.transfer_locations = {"laptop": "globus://9f8e7d6c-1234-4bcd-8123-0a1b2c3d4e5f"}
+    site.save()
+    staged = client.App.objects.create(
+        site_id=site.id,
+        name="Staged",
+        serialized_class="txt",
+        source_code="pass",
+        transfers={"input": {"required": True, "direction": "in", "local_path": "in.dat"}},
+    )
+    parent = client.Job.objects.create(workdir="fields/parent", app_id=app.id)
+    client.Job.objects.create(
+        workdir="fields/child",
+        app_id=staged.id,
+        tags={"k": "v"},
+        data={"x": [1, {"y": None}]},
+        parent_ids={parent.id},
+        transfers={"input": "laptop:/data/in.dat"},
+    )
+    client.BatchJob.objects.create(
+        num_nodes=1, wall_time_min=10, job_mode="serial", site_id=site.id, project="p", queue="q"
+    )
+    client.pull()
+    for name in RESOURCES:
+        model = getattr(client, name)
+        server = {obj.id: obj for obj in model.objects.all().online()}
+        cached = list(model.objects.all().offline())
+        assert cached and all(obj.source == "cache" for obj in cached), name
+        # The slow path: the same mirror rows, as dicts.
+        answer = cached[0]._prov
+        assert answer.layout is not None
+        slow = [model._from_row(answer.layout.as_dict(row)) for row in answer.rows]
+        for fast, dict_built in zip(cached, slow, strict=True):
+            for field in sorted(model._fields):
+                first, again = getattr(fast, field), getattr(fast, field)
+                expected = getattr(dict_built, field)
+                assert same(first, expected), (name, field, first, expected)
+                assert same(again, expected), (name, field, again, expected)
+                assert same(first, getattr(server[fast.id], field)), (name, field)
+            assert fast._d is None, f"{name}: reads left the packed row"
+            assert fast.to_dict() == dict_built.to_dict() == server[fast.id].to_dict(), name

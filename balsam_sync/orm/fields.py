@@ -57,6 +57,10 @@ def decode_json(text: str) -> Any:
     return value if end == len(text) else json.loads(text)
 
 
+_IMMUTABLE: set[Converter] = set()
+"""Converters whose results cannot change in place: a reader may keep what they made."""
+
+
 def _enum(kind: type[Enum]) -> Converter:
     """``kind(raw)``, with the common case (a member's value) one dict lookup."""
     members = kind._value2member_map_
@@ -67,7 +71,13 @@ def _enum(kind: type[Enum]) -> Converter:
         except (KeyError, TypeError):
             return kind(raw)
 
+    _IMMUTABLE.add(convert)
     return convert
+
+
+def immutable_result(conv: Converter) -> bool:
+    """True when ``conv`` returns values that cannot change in place (kept once made)."""
+    return conv in _IMMUTABLE
 
 
 def _path_converter() -> Converter:
@@ -96,6 +106,7 @@ def _path_converter() -> Converter:
 
 
 to_path = _path_converter()
+_IMMUTABLE.update({parse_datetime, UUID, to_path, bool})
 
 
 def wire_datetime(value: datetime) -> str:
