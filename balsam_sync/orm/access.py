@@ -77,7 +77,7 @@ def field_reader(
             "    if vals is None:",
             "        if self._d is not None:",
             f"            return self._read({key})",
-            "        vals = self._unpack()",
+            "        vals = self._vals = list(self._prov.layout.unpack(self._row))",
             f"    raw = vals[{at}]",
         ]
         if json:

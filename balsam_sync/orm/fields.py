@@ -87,13 +87,17 @@ def _path_converter() -> Converter:
     if sys.version_info >= (3, 12) or os.name != "posix" or from_parsed is None:
         return Path
     intern = sys.intern
+    new = object.__new__
 
     def to_path(raw: Any) -> Any:
         if type(raw) is not str:
             return Path(raw)
         parts = raw.split("/")
         if "" not in parts and "." not in parts:  # relative, nothing to drop: the common case
-            return from_parsed("", "", parts)
+            path: Any = new(PosixPath)  # what _from_parsed_parts("", "", parts) does, no call
+            path._drv = path._root = ""
+            path._parts = parts
+            return path
         rel = raw.lstrip("/")
         parts = [intern(x) for x in rel.split("/") if x and x != "."]
         lead = len(raw) - len(rel)

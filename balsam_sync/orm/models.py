@@ -180,13 +180,6 @@ class Model(Provenanced):
         self._d = value
         self._vals = None  # the readers index _vals only while the instance is packed
 
-    def _unpack(self) -> list[Any]:
-        """The values of the packed row, unpacked once (the first read of a field but id)."""
-        layout = self._prov.layout
-        assert layout is not None
-        vals = self._vals = list(layout.unpack(self._row))
-        return vals
-
     def _unpacked_dict(self) -> Row:
         """Leave the packed form: the row as a dict, with the JSON values read so far.
 
