@@ -28,6 +28,10 @@ _writing = threading.local()
 LAYOUTS = {name: RowLayout(tuple(t.columns), unpack) for name, t in TABLES.items()}
 """One layout per resource for every store, so a field descriptor finds its column once."""
 
+STREAM_CACHE_KIB = 2048
+"""SQLite's page cache while a stream runs. A stream reads each page once, so a big cache
+only grows the process: iterating a million jobs filled the 64 MB cache for nothing."""
+
 
 def writing_here() -> bool:
     """True while the calling thread holds a mirror write transaction (``Store.write()``).
@@ -45,6 +49,8 @@ class Store:
         self.db = db
         self.conn: sqlite3.Connection = db.conn
         self._lock = threading.RLock()
+        self._streams = 0  # streams running; while any does, the page cache is small
+        self._cache_pragma = 0  # the cache_size to go back to afterwards (read when one starts)
         self._insert_sql = {name: self._insert_statement(t) for name, t in TABLES.items()}
         self._columns = {name: tuple(t.columns) for name, t in TABLES.items()}
         self._packers = {name: packer(t.columns.values()) for name, t in TABLES.items()}
@@ -315,6 +321,29 @@ class Store:
         (keyset), so a page deep into a million rows costs what the first one does; other
         orderings page by offset.
         """
+        with self._small_cache():
+            yield from self._stream(spec, chunk_size)
+
+    @contextmanager
+    def _small_cache(self) -> Iterator[None]:
+        """Shrink the page cache to ``STREAM_CACHE_KIB`` until the last stream ends.
+
+        Other reads meanwhile share the small cache; afterwards the cache refills on demand.
+        """
+        with self._lock:
+            if not self._streams:
+                (self._cache_pragma,) = self.conn.execute("PRAGMA cache_size").fetchone()
+                self.conn.execute(f"PRAGMA cache_size = -{STREAM_CACHE_KIB}")
+            self._streams += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._streams -= 1
+                if not self._streams:
+                    self.conn.execute(f"PRAGMA cache_size = {int(self._cache_pragma)}")
+
+    def _stream(self, spec: QuerySpec, chunk_size: int) -> Iterator[Row]:
         names = list(TABLES[spec.resource].columns)
         by_id = spec.ordering in (None, "id") and spec.resource != "EventLog" and not spec.is_sliced
         if by_id:
