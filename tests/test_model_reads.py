@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 import balsam_sync.orm.access
+from balsam_sync.cache.packing import SMALL_JSON
 from balsam_sync.client import Client
 from balsam_sync.freshness import RowLayout
 from balsam_sync.orm.fields import to_path
@@ -74,18 +75,20 @@ def test_field_reads_build_no_dict_of_the_cached_row(
     assert as_dict[0] == 0
 
 
-def test_a_json_field_is_decoded_on_its_first_read_only(
+def test_a_json_field_is_decoded_once_short_ones_with_the_row(
     client: Client, app: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    (job,) = cached_jobs(client, app, 1, tags={"k": "v"}, data={"a": [1, 2]})
+    big = {"a": ["x" * 40] * (SMALL_JSON // 40)}  # JSON text longer than SMALL_JSON
+    (job,) = cached_jobs(client, app, 1, tags={"k": "v"}, data=big)
     decodes = counting(monkeypatch, balsam_sync.orm.access, "decode_json")
     assert (job.id, job.workdir, job.state, job.num_nodes) is not None
-    assert decodes[0] == 0
-    tags = job.tags
+    tags = job.tags  # short: unpacked with the row, decoded already
     assert job.tags is tags and tags == {"k": "v"}
+    assert decodes[0] == 0
+    data = job.data  # long: text until its first read
     assert decodes[0] == 1
-    assert job.data == {"a": [1, 2]}
-    assert decodes[0] == 2
+    assert job.data is data and data == big
+    assert decodes[0] == 1
 
 
 def test_in_place_changes_and_assignments_to_a_cached_instance_are_all_saved(

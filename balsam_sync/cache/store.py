@@ -53,7 +53,12 @@ class Store:
         self._cache_pragma = 0  # the cache_size to go back to afterwards (read when one starts)
         self._insert_sql = {name: self._insert_statement(t) for name, t in TABLES.items()}
         self._columns = {name: tuple(t.columns) for name, t in TABLES.items()}
-        self._packers = {name: packer(t.columns.values()) for name, t in TABLES.items()}
+        self._packers = {
+            name: packer(
+                t.columns.values(), [i for i, c in enumerate(t.columns) if c in t.json_columns]
+            )
+            for name, t in TABLES.items()
+        }
         self._layouts = LAYOUTS
         # Repacks rows whose packed copy was cleared (called by SQLite only for those rows).
         self.conn.create_function("bsync_pack", -1, pack, deterministic=True)

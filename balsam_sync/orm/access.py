@@ -54,11 +54,12 @@ def field_reader(
 
     A clean cached instance (``Model._from_packed``) holds its row ``(id, blob)`` and, once
     any field but ``id`` was read, the blob's values as a list (``_vals``). The reader then
-    indexes that list and keeps what it made in it: a JSON value is decoded on its first read
-    (``hidden`` bookkeeping key dropped), and a converter whose results cannot change in place
-    (Path, datetime, UUID, enum, bool) runs once; other converters (``set``, nested models) run
-    on every read, as they hand out new mutable objects. Every other instance (built from a
-    dict, assigned to, created locally) reads through ``Model._read``.
+    indexes that list and keeps what it made in it: a JSON value still text is decoded on
+    its first read (short ones come decoded from the blob; a ``hidden`` bookkeeping key is
+    dropped), and a converter whose results cannot change in place (Path, datetime, UUID,
+    enum, bool) runs once; other converters (``set``, nested models) run on every read, as
+    they hand out new mutable objects. Every other instance (built from a dict, assigned
+    to, created locally) reads through ``Model._read``.
     """
     key, drop = repr(name), repr(hidden)
     src = [f"def read_{name}(self, CONV=CONV):"]  # the converter: a local, not a global
@@ -77,16 +78,19 @@ def field_reader(
             "    if vals is None:",
             "        if self._d is not None:",
             f"            return self._read({key})",
-            "        vals = self._vals = list(self._prov.layout.unpack(self._row))",
+            "        vals = self._prov.layout.unpack(self._row)",
+            "        if vals.__class__ is not list:",
+            "            vals = list(vals)",
+            "        self._vals = vals",
             f"    raw = vals[{at}]",
         ]
-        if json:
+        if json:  # short JSON values were unpacked decoded; longer ones are text until read
             src += ["    if raw.__class__ is str:", f"        raw = vals[{at}] = decode_json(raw)"]
             if hidden is not None:
                 src += [
-                    f"        if raw.__class__ is dict and {drop} in raw:",
-                    f"            raw = {{k: v for k, v in raw.items() if k != {drop}}}",
-                    f"            vals[{at}] = raw",
+                    f"    if raw.__class__ is dict and {drop} in raw:",
+                    f"        raw = {{k: v for k, v in raw.items() if k != {drop}}}",
+                    f"        vals[{at}] = raw",
                 ]
         if ref:
             src += ["    if raw.__class__ is int and raw < 0:"]

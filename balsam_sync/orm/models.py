@@ -196,10 +196,14 @@ class Model(Provenanced):
         if vals is None:
             return data
         for name in self._json:
-            at = layout.index.get(name)
-            if at is None or type(original[at]) is not str or type(vals[at]) is str:
-                continue
-            data[name] = vals[at]
+            at = layout.index.get(name, -1)
+            value = vals[at] if at >= 0 else None
+            if value is None or type(value) is str:
+                continue  # text, never read: the dict keeps it as it is
+            hidden = self._hidden.get(name)
+            if hidden is not None and type(value) is dict and hidden in value:
+                value = {k: v for k, v in value.items() if k != hidden}  # as a read hands out
+            data[name] = value
             if name in self._update_fields:
                 if self._seen is None:
                     self._seen = {}
