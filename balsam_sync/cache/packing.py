@@ -3,8 +3,8 @@ cached rows into instances skips decoding column by column.
 
 A blob holds the row's values as a list, in column order. A JSON column's value is packed
 decoded when its text is short (``SMALL_JSON``) and not empty: marshal rebuilds a small dict
-for less than decoding its text costs. Other JSON stays text, decoded when its field is read;
-so do JSON values of blobs rebuilt from the columns (``pack``); readers take either form.
+for less than decoding its text costs. Other JSON stays text, decoded when its field is read.
+A blob rebuilt from the columns (``repacker``) is the blob the row was written with.
 """
 
 from __future__ import annotations
@@ -30,9 +30,14 @@ def encode_json(value: Any) -> str:
     return _ENCODER.encode(value)
 
 
-def pack(*values: Any) -> bytes:
-    """The blob of a row rebuilt from its columns (JSON values left as text)."""
-    return marshal.dumps(list(values))
+def repacker(json_columns: dict[str, tuple[int, ...]]) -> Callable[..., bytes]:
+    """Return ``repack(table, *values)``: the blob of a row rebuilt from its columns (SQL
+    function ``bsync_pack``); ``json_columns`` gives each table's JSON column positions."""
+
+    def repack(table: str, *values: Any) -> bytes:
+        return _dump(values, json_columns[table])
+
+    return repack
 
 
 def unpack(row: tuple[int, bytes]) -> list[Any] | tuple[Any, ...]:

@@ -19,7 +19,7 @@ from ..freshness import RowLayout
 from ..resources import Row
 from ..spec import QuerySpec
 from .failures import guarded
-from .packing import encode_json, pack, packer, unpack
+from .packing import encode_json, packer, repacker, unpack
 from .schema import PACKED, PARENTS_TABLE, TABLES, TableDef
 from .sql import compile_spec, count_sql
 
@@ -53,15 +53,16 @@ class Store:
         self._cache_pragma = 0  # the cache_size to go back to afterwards (read when one starts)
         self._insert_sql = {name: self._insert_statement(t) for name, t in TABLES.items()}
         self._columns = {name: tuple(t.columns) for name, t in TABLES.items()}
+        json_at = {
+            t.table: tuple(i for i, c in enumerate(t.columns) if c in t.json_columns)
+            for t in TABLES.values()
+        }
         self._packers = {
-            name: packer(
-                t.columns.values(), [i for i, c in enumerate(t.columns) if c in t.json_columns]
-            )
-            for name, t in TABLES.items()
+            name: packer(t.columns.values(), json_at[t.table]) for name, t in TABLES.items()
         }
         self._layouts = LAYOUTS
         # Repacks rows whose packed copy was cleared (called by SQLite only for those rows).
-        self.conn.create_function("bsync_pack", -1, pack, deterministic=True)
+        self.conn.create_function("bsync_pack", -1, repacker(json_at), deterministic=True)
 
     @staticmethod
     def _insert_statement(tdef: TableDef) -> str:
@@ -314,7 +315,10 @@ class Store:
         """Like ``query`` but each row is ``(id, blob)``: the id plus every value packed in one
         blob (the cheapest form to fetch; the id is read without unpacking the blob)."""
         columns = ", ".join(f"[{c}]" for c in self._columns[spec.resource])
-        sql, args = self._select(spec, f"[id], coalesce([{PACKED}], bsync_pack({columns}))")
+        table = TABLES[spec.resource].table
+        sql, args = self._select(
+            spec, f"[id], coalesce([{PACKED}], bsync_pack('{table}', {columns}))"
+        )
         with self._lock:
             packed = self.conn.execute(sql, args).fetchall()
         return self._layouts[spec.resource], packed
