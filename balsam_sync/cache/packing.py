@@ -14,6 +14,8 @@ import marshal
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from .schema import TableDef
+
 _ENCODER = json.JSONEncoder(separators=(",", ":"))
 _SCAN: Callable[[str, int], tuple[Any, int]] = vars(json.JSONDecoder())["scan_once"]
 
@@ -30,12 +32,17 @@ def encode_json(value: Any) -> str:
     return _ENCODER.encode(value)
 
 
-def repacker(json_columns: dict[str, tuple[int, ...]]) -> Callable[..., bytes]:
-    """Return ``repack(table, *values)``: the blob of a row rebuilt from its columns (SQL
-    function ``bsync_pack``); ``json_columns`` gives each table's JSON column positions."""
+def _json_at(tdef: TableDef) -> tuple[int, ...]:
+    return tuple(i for i, name in enumerate(tdef.columns) if name in tdef.json_columns)
+
+
+def repacker(tables: Iterable[TableDef]) -> Callable[..., bytes]:
+    """Return ``repack(table, *values)``: the blob of a row of ``table`` rebuilt from its
+    columns (the SQL function ``bsync_pack``), as the write path packs it."""
+    json_at = {tdef.table: _json_at(tdef) for tdef in tables}
 
     def repack(table: str, *values: Any) -> bytes:
-        return _dump(values, json_columns[table])
+        return _dump(values, json_at[table])
 
     return repack
 
@@ -73,18 +80,16 @@ def _dump(values: Iterable[Any], json_at: tuple[int, ...]) -> bytes:
     return marshal.dumps(out)
 
 
-def packer(
-    column_types: Iterable[type], json_columns: Iterable[int] = ()
-) -> Callable[[tuple[Any, ...]], bytes | None]:
-    """Return ``pack(record) -> bytes | None`` for one table's column types.
+def packer(tdef: TableDef) -> Callable[[tuple[Any, ...]], bytes | None]:
+    """Return ``pack(record) -> bytes | None`` for the rows of one table.
 
     The blob must hold exactly what SQLite will store: a value SQLite would convert through a
     column's affinity (text in a number column, a float in an integer one, ...) is not packed
-    here (None), and the reader packs that row from its columns instead. JSON columns (their
-    positions ``json_columns``) hold JSON text, packed decoded when short.
+    here (None), and the reader packs that row from its columns instead. JSON columns hold
+    JSON text, packed decoded when short.
     """
-    kinds = tuple(column_types)
-    json_at = tuple(json_columns)
+    kinds = tuple(tdef.columns.values())
+    json_at = _json_at(tdef)
 
     def pack(record: tuple[Any, ...]) -> bytes | None:
         # Rows from the server: every value is None or exactly of its column's type.

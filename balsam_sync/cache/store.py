@@ -53,16 +53,10 @@ class Store:
         self._cache_pragma = 0  # the cache_size to go back to afterwards (read when one starts)
         self._insert_sql = {name: self._insert_statement(t) for name, t in TABLES.items()}
         self._columns = {name: tuple(t.columns) for name, t in TABLES.items()}
-        json_at = {
-            t.table: tuple(i for i, c in enumerate(t.columns) if c in t.json_columns)
-            for t in TABLES.values()
-        }
-        self._packers = {
-            name: packer(t.columns.values(), json_at[t.table]) for name, t in TABLES.items()
-        }
+        self._packers = {name: packer(t) for name, t in TABLES.items()}
         self._layouts = LAYOUTS
         # Repacks rows whose packed copy was cleared (called by SQLite only for those rows).
-        self.conn.create_function("bsync_pack", -1, repacker(json_at), deterministic=True)
+        self.conn.create_function("bsync_pack", -1, repacker(TABLES.values()), deterministic=True)
 
     @staticmethod
     def _insert_statement(tdef: TableDef) -> str:
