@@ -67,6 +67,7 @@ class Client:
             verify=settings.verify_tls,
             clock=clock,
             link=Link(Backoff(initial=settings.retry_backoff)),
+            write_wait=settings.write_wait,
         )
         self.remote = Remote(self.transport)
         self.gateway = Gateway(
@@ -185,7 +186,7 @@ class Client:
                 reconcile_seconds=self.settings.reconcile_seconds,
                 history=self.settings.history_per_pull,
             )
-            puller = Puller(self.remote, mirror, progress, options, clock=self.transport.clock)
+            puller = Puller(self.remote, mirror, progress, options)
             report = puller.pull(full=full)
         except BalsamSyncError as exc:
             self._note_error(f"pull failed: {exc}")

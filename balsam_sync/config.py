@@ -124,8 +124,9 @@ PULL_ENV = {
     "max_request_seconds": (ENV_MAX_REQUEST, float),
     "reconcile_seconds": ("BALSAM_SYNC_RECONCILE_SECONDS", float),
     "history_per_pull": ("BALSAM_SYNC_HISTORY_PER_PULL", int),
+    "write_wait": ("BALSAM_SYNC_WRITE_WAIT", float),
 }
-"""Pull settings that may also come from the environment (e.g. for ``balsam-sync daemon``)."""
+"""Settings that may also come from the environment (e.g. for ``balsam-sync daemon``)."""
 
 
 @dataclass(frozen=True)
@@ -160,6 +161,10 @@ class Settings:
         retry_backoff: seconds writes and reads stay away from a server that just could not
             be reached, and writes wait before resending a change the server failed (doubled
             after each further failure, up to 60 s and 5 min).
+        write_wait: the longest a write (``save()``, ``create()``, ...) waits for the reply of
+            a server whose host took the request (a busy server); after it the change stays
+            queued and the call returns. A connect the host never answers is given up on
+            after 2 s, whatever this says.
     """
 
     api_root: str
@@ -177,6 +182,7 @@ class Settings:
     history_per_pull: int = 1000
     queue_home: Path | None = None
     node: str | None = None
+    write_wait: float = 10.0
 
     def __post_init__(self) -> None:
         for name in PULL_ENV:

@@ -18,6 +18,8 @@
     ├── OfflineError                the answer needs the server, but the client is offline
     │   └── NoEvidence              ...and the mirror cannot tell either (never pulled or asked)
     └── TransportError              the server could not be asked or answered badly
+        ├── ProtocolError           a reply that breaks the API's protocol: a row off the
+        │                           schema, a page that repeats, a redirect, HTML, too big
         ├── ServerUnreachable       no answer after the bounded retries
         │   ├── ConnectFailed       the request never left (safe to resend)
         │   ├── ReplyLost           sent, but no reply: it may have been applied
@@ -129,6 +131,36 @@ class TransportError(BalsamSyncError):
         super().__init__(message)
         self.method = method
         self.url = url
+
+
+class ProtocolError(TransportError):
+    """The reply broke the API's protocol, so nothing from it was used or written.
+
+    A row that does not match the server's schema, pages that contradict each other (a page
+    repeated, an empty page before ``count`` is reached, more pages than the count allows), a
+    redirect or a non-JSON answer (a proxy or a login page in between), a reply over the size
+    limit. For a write it means "outcome unknown": it is settled like a lost reply.
+
+    Attributes:
+        resource: the resource asked for ("Job"), or "" when the request is not about one.
+        field: where in the reply the fault is (``results[3].last_update``), or "".
+        status: the reply's HTTP status (0 when unknown).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        method: str = "",
+        url: str = "",
+        resource: str = "",
+        field: str = "",
+        status: int = 0,
+    ) -> None:
+        super().__init__(message, method=method, url=url)
+        self.resource = resource
+        self.field = field
+        self.status = status
 
 
 class ServerUnreachable(TransportError):

@@ -153,10 +153,11 @@ class RowLayout:
     A packed row is ``(id, blob)``: the id is read without unpacking anything, and the blob
     is unpacked (into the column values, in ``columns`` order) when another field is first
     read, so turning 1000 cached rows into instances costs little more than fetching them.
+    A JSON column's value unpacks as JSON text or already decoded (short values).
     """
 
     columns: tuple[str, ...]
-    unpack: Callable[[Any], tuple[Any, ...]]
+    unpack: Callable[[Any], Sequence[Any]]
     index: dict[str, int] = field(init=False, compare=False)
     """Column name -> position in the unpacked values."""
 

@@ -102,3 +102,16 @@ def naive_utc_value(value: datetime) -> NaiveUTC:
     if type(plain) is NaiveUTC:
         return plain
     return NaiveUTC(*plain.timetuple()[:6], plain.microsecond, fold=plain.fold)
+
+
+def canonical_time(text: str) -> str:
+    """ISO 8601 ``text`` as stored (``utc_text``); the server's naive stamps are UTC.
+
+    Raises:
+        ValueError: ``text`` is not an ISO 8601 time.
+    """
+    if len(text) == 32 and text.endswith("+00:00") and text[10] == "T":
+        return text
+    if len(text) == 26 and text[10] == "T":
+        return text + "+00:00"
+    return utc_text(datetime.fromisoformat(text))

@@ -19,6 +19,7 @@ import pytest
 import requests
 
 from balsam_sync.testing.faultproxy import FaultKind, FaultPlan, FaultProxy
+from balsam_sync.testing.rewrite import Message, Request, redirect, reply
 
 _CORK: int | None = getattr(socket, "TCP_CORK", None)
 
@@ -379,6 +380,19 @@ def test_silent_link_accepts_and_never_answers(
     assert time.monotonic() - started < 3.0
 
 
+def test_a_listener_that_stops_accepting_leaves_connects_unanswered(
+    make_proxy: ProxyFactory, http: requests.Session
+) -> None:
+    proxy = make_proxy()
+    assert http.get(f"{proxy.url}/x").status_code == 200
+    proxy.set_accepting(False)
+    with pytest.raises(requests.ConnectTimeout):
+        _fresh_get(f"{proxy.url}/x", timeout=(1.0, 1.0))  # the SYN is never answered
+    assert http.get(f"{proxy.url}/x").status_code == 200  # an open connection goes on
+    proxy.set_accepting(True)
+    assert _fresh_get(f"{proxy.url}/x", timeout=(5.0, 5.0)).status_code == 200
+
+
 def test_wait_forwarded_sees_requests_sent_upstream(
     make_proxy: ProxyFactory, http: requests.Session
 ) -> None:
@@ -389,6 +403,56 @@ def test_wait_forwarded_sees_requests_sent_upstream(
     assert not proxy.wait_forwarded("GET", "/jobs/", timeout=0.05)  # refused: never forwarded
     threading.Timer(0.1, lambda: _session().post(f"{proxy.url}/jobs/?a=1", data=b"{}")).start()
     assert proxy.wait_forwarded("POST", "/jobs/", timeout=5)
+
+
+# --------------------------------------------------------------------------- lies
+
+
+def test_rewrite_changes_replies_and_keeps_the_connection(
+    upstream: _UpstreamServer, make_proxy: ProxyFactory, http: requests.Session
+) -> None:
+    proxy = make_proxy()
+    seen: list[tuple[str, int]] = []
+
+    def lie(request: Request, message: Message) -> Message | None:
+        seen.append((request.target, request.index))
+        if request.path == "/chunked":
+            return message.with_body(message.body + b"!")  # type: ignore[operator]
+        if request.path == "/same" or request.method == "POST":
+            return None
+        return message.with_header("Date", "Fri, 01 Jan 2100 00:00:00 GMT").with_json([1])
+
+    proxy.rewrite(lie)
+    answer = http.get(f"{proxy.url}/x?a=1")
+    assert answer.json() == [1] and answer.headers["Date"].endswith("2100 00:00:00 GMT")
+    assert http.get(f"{proxy.url}/chunked").content == b"hello chunked world!"
+    assert http.get(f"{proxy.url}/same").json() == {"ok": True}
+    assert http.post(f"{proxy.url}/p", data=b'{"a": 1}').json() == {"a": 1}
+    assert seen[:3] == [("/x?a=1", 0), ("/chunked", 1), ("/same", 2)]
+    assert upstream.connections == 1 and proxy.rewriting.rewritten == 2
+    proxy.rewrite(None)
+    assert http.get(f"{proxy.url}/x").json() == {"ok": True}
+
+
+def test_intercept_answers_instead_of_the_server(
+    upstream: _UpstreamServer, make_proxy: ProxyFactory, http: requests.Session
+) -> None:
+    proxy = make_proxy()
+
+    def answer(request: Request) -> Message | None:
+        if request.method == "POST":
+            return redirect(302, "/login")
+        if request.path == "/big":
+            return reply(200, (b"x" * 65536 for _ in range(32)), "text/html")
+        return None
+
+    proxy.intercept(answer)
+    moved = http.post(f"{proxy.url}/jobs/", data=b"{}", allow_redirects=False)
+    assert (moved.status_code, moved.headers["Location"]) == (302, "/login")
+    assert len(http.get(f"{proxy.url}/big").content) == 32 * 65536
+    assert http.get(f"{proxy.url}/x").json() == {"ok": True}
+    assert upstream.counts == Counter({"GET /x": 1})  # nothing intercepted was forwarded
+    assert proxy.rewriting.intercepted == 2
 
 
 # --------------------------------------------------------------------------- determinism

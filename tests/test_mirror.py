@@ -176,7 +176,7 @@ def assert_packed_copies_are_exact(client: Client) -> int:
     for tdef in TABLES.values():
         cols = ", ".join(f"[{c}]" for c in tdef.columns)
         for obj_id, blob, fresh in conn.execute(
-            f"SELECT id, [{PACKED}], bsync_pack({cols}) FROM [{tdef.table}]"
+            f"SELECT id, [{PACKED}], bsync_pack('{tdef.table}', {cols}) FROM [{tdef.table}]"
         ):
             if blob is not None:
                 packed += 1

@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 
-import balsam_sync.orm.models
+import balsam_sync.orm.access
+from balsam_sync.cache.packing import SMALL_JSON
 from balsam_sync.client import Client
 from balsam_sync.freshness import RowLayout
 from balsam_sync.orm.fields import to_path
@@ -74,18 +75,20 @@ def test_field_reads_build_no_dict_of_the_cached_row(
     assert as_dict[0] == 0
 
 
-def test_a_json_field_is_decoded_on_its_first_read_only(
+def test_a_json_field_is_decoded_once_short_ones_with_the_row(
     client: Client, app: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    (job,) = cached_jobs(client, app, 1, tags={"k": "v"}, data={"a": [1, 2]})
-    decodes = counting(monkeypatch, balsam_sync.orm.models, "decode_json")
+    big = {"a": ["x" * 40] * (SMALL_JSON // 40)}  # JSON text longer than SMALL_JSON
+    (job,) = cached_jobs(client, app, 1, tags={"k": "v"}, data=big)
+    decodes = counting(monkeypatch, balsam_sync.orm.access, "decode_json")
     assert (job.id, job.workdir, job.state, job.num_nodes) is not None
-    assert decodes[0] == 0
-    tags = job.tags
+    tags = job.tags  # short: unpacked with the row, decoded already
     assert job.tags is tags and tags == {"k": "v"}
+    assert decodes[0] == 0
+    data = job.data  # long: text until its first read
     assert decodes[0] == 1
-    assert job.data == {"a": [1, 2]}
-    assert decodes[0] == 2
+    assert job.data is data and data == big
+    assert decodes[0] == 1
 
 
 def test_in_place_changes_and_assignments_to_a_cached_instance_are_all_saved(
@@ -131,3 +134,56 @@ def test_path_fields_are_built_exactly_as_pathlib_builds_them() -> None:
                 hash(theirs),
             ), text
             assert ours / "z" == theirs / "z" and ours.parent == theirs.parent, text
+
+
+RESOURCES = ("Site", "App", "Job", "BatchJob", "TransferItem", "EventLog")
+
+
+def same(a: Any, b: Any) -> bool:
+    """Equal values of the same type (an enum member is not its text, a Path not a str)."""
+    return type(a) is type(b) and a == b
+
+
+def test_every_field_of_every_resource_reads_the_same_through_the_compiled_path(
+    client: Client, site: Any, app: Any
+) -> None:
+    site.transfer_locations = {"laptop": "globus://9f8e7d6c-1234-4bcd-8123-0a1b2c3d4e5f"}
+    site.save()
+    staged = client.App.objects.create(
+        site_id=site.id,
+        name="Staged",
+        serialized_class="txt",
+        source_code="pass",
+        transfers={"input": {"required": True, "direction": "in", "local_path": "in.dat"}},
+    )
+    parent = client.Job.objects.create(workdir="fields/parent", app_id=app.id)
+    client.Job.objects.create(
+        workdir="fields/child",
+        app_id=staged.id,
+        tags={"k": "v"},
+        data={"x": [1, {"y": None}]},
+        parent_ids={parent.id},
+        transfers={"input": "laptop:/data/in.dat"},
+    )
+    client.BatchJob.objects.create(
+        num_nodes=1, wall_time_min=10, job_mode="serial", site_id=site.id, project="p", queue="q"
+    )
+    client.pull()
+    for name in RESOURCES:
+        model = getattr(client, name)
+        server = {obj.id: obj for obj in model.objects.all().online()}
+        cached = list(model.objects.all().offline())
+        assert cached and all(obj.source == "cache" for obj in cached), name
+        # The slow path: the same mirror rows, as dicts.
+        answer = cached[0]._prov
+        assert answer.layout is not None
+        slow = [model._from_row(answer.layout.as_dict(row)) for row in answer.rows]
+        for fast, dict_built in zip(cached, slow, strict=True):
+            for field in sorted(model._fields):
+                first, again = getattr(fast, field), getattr(fast, field)
+                expected = getattr(dict_built, field)
+                assert same(first, expected), (name, field, first, expected)
+                assert same(again, expected), (name, field, again, expected)
+                assert same(first, getattr(server[fast.id], field)), (name, field)
+            assert fast._d is None, f"{name}: reads left the packed row"
+            assert fast.to_dict() == dict_built.to_dict() == server[fast.id].to_dict(), name

@@ -16,11 +16,12 @@ from typing import Any
 import pytest
 
 import balsam_sync
+from balsam_sync.cache.store import STREAM_CACHE_KIB
 from balsam_sync.client import Client
 from balsam_sync.errors import NoEvidence, OfflineError
 from balsam_sync.testing.faultproxy import FaultProxy
 from tests.conftest import FAST_RETRY, User
-from tests.mirror_view import held_count
+from tests.mirror_view import held_count, sql
 
 
 def connect(api_root: str, user: User, home: Path) -> Client:
@@ -231,3 +232,29 @@ def test_every_read_logs_where_it_was_answered_and_why(
     proxy.set_down(True)
     assert len(via_proxy.Job.objects.all().fresh(0)) == 3
     assert "mirror, stale (the server could not be reached" in said()
+
+
+# -- memory ----------------------------------------------------------------------------------
+
+
+def test_iterating_the_mirror_holds_a_small_page_cache_and_gives_the_big_one_back(
+    client: Client, app: Any
+) -> None:
+    made = make_jobs(client, app, 5)
+    client.pull()
+    conn = sql(client)
+
+    def cache_size() -> int:
+        (kib,) = conn.execute("PRAGMA cache_size").fetchone()
+        return int(kib)
+
+    big = cache_size()
+    seen = []
+    for job in client.Job.objects.offline().all().iterator(chunk_size=2):
+        seen.append(job.id)
+        # A scan reads each page once: a big cache would only grow the process (bench P7).
+        assert cache_size() == -STREAM_CACHE_KIB > big
+    assert sorted(seen) == sorted(j.id for j in made)
+    assert cache_size() == big
+    first = next(iter(client.Job.objects.offline().all().iterator(chunk_size=2)))  # stops early
+    assert first.id in seen and cache_size() == big

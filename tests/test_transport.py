@@ -172,14 +172,16 @@ def test_the_link_state_is_shared_through_a_file(tmp_path: Path) -> None:
     assert not two.down()  # unreadable: each keeps what it knows
 
 
-def test_a_silent_server_costs_a_probe_not_the_read_timeout(user: User, proxy: FaultProxy) -> None:
-    transport = Transport(proxy.url, user.token, retry=NO_WAIT, read_timeout=120)
+def test_a_silent_server_costs_write_wait_or_probes_not_the_read_timeout(
+    user: User, proxy: FaultProxy
+) -> None:
+    transport = Transport(proxy.url, user.token, retry=NO_WAIT, read_timeout=120, write_wait=2)
     assert transport.request("GET", "/sites/")["count"] == 0
     proxy.set_silent(True)
     started = time.monotonic()
-    with transport.impatient(), pytest.raises(errors.SilentLink, match="probe"):
-        transport.request("GET", "/sites/")  # as a write's push: one short probe
-    assert time.monotonic() - started < transport.probe_after + transport.probe_timeout + 2
+    with transport.impatient(), pytest.raises(errors.SilentLink, match="write_wait"):
+        transport.request("GET", "/sites/")  # as a write's push: the host took it, waited for
+    assert time.monotonic() - started < transport.write_wait + 1.5
     assert transport.link.down()
     transport.link.reset()
     started = time.monotonic()

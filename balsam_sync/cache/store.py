@@ -18,7 +18,7 @@ from sqlite_utils import Database
 from ..freshness import RowLayout
 from ..resources import RESOURCES, Row
 from ..spec import QuerySpec
-from .packing import encode_json, pack, packer, unpack
+from .packing import encode_json, packer, repacker, unpack
 from .schema import PACKED, PARENTS_TABLE, TABLES, UNCONFIRMED_TABLE, TableDef
 from .sql import compile_spec, count_sql
 
@@ -30,6 +30,10 @@ than the stored one was read before the stored one was written."""
 
 LAYOUTS = {name: RowLayout(tuple(t.columns), unpack) for name, t in TABLES.items()}
 """One layout per resource for every store, so a field descriptor finds its column once."""
+
+STREAM_CACHE_KIB = 2048
+"""SQLite's page cache while a stream runs. A stream reads each page once, so a big cache
+only grows the process: iterating a million jobs filled the 64 MB cache for nothing."""
 
 
 def writing_here() -> bool:
@@ -47,12 +51,14 @@ class Store:
         self.db = db
         self.conn: sqlite3.Connection = db.conn
         self._lock = threading.RLock()
+        self._streams = 0  # streams running; while any does, the page cache is small
+        self._cache_pragma = 0  # the cache_size to go back to afterwards (read when one starts)
         self._insert_sql = {name: self._insert_statement(t) for name, t in TABLES.items()}
         self._columns = {name: tuple(t.columns) for name, t in TABLES.items()}
-        self._packers = {name: packer(t.columns.values()) for name, t in TABLES.items()}
+        self._packers = {name: packer(t) for name, t in TABLES.items()}
         self._layouts = LAYOUTS
         # Repacks rows whose packed copy was cleared (called by SQLite only for those rows).
-        self.conn.create_function("bsync_pack", -1, pack, deterministic=True)
+        self.conn.create_function("bsync_pack", -1, repacker(TABLES.values()), deterministic=True)
 
     @staticmethod
     def _insert_statement(tdef: TableDef) -> str:
@@ -347,7 +353,10 @@ class Store:
         """Like ``query`` but each row is ``(id, blob)``: the id plus every value packed in one
         blob (the cheapest form to fetch; the id is read without unpacking the blob)."""
         columns = ", ".join(f"[{c}]" for c in self._columns[spec.resource])
-        sql, args = self._select(spec, f"[id], coalesce([{PACKED}], bsync_pack({columns}))")
+        table = TABLES[spec.resource].table
+        sql, args = self._select(
+            spec, f"[id], coalesce([{PACKED}], bsync_pack('{table}', {columns}))"
+        )
         with self._lock:
             packed = self.conn.execute(sql, args).fetchall()
         return self._layouts[spec.resource], packed
@@ -359,6 +368,29 @@ class Store:
         (keyset), so a page deep into a million rows costs what the first one does; other
         orderings page by offset.
         """
+        with self._small_cache():
+            yield from self._stream(spec, chunk_size)
+
+    @contextmanager
+    def _small_cache(self) -> Iterator[None]:
+        """Shrink the page cache to ``STREAM_CACHE_KIB`` until the last stream ends.
+
+        Other reads meanwhile share the small cache; afterwards the cache refills on demand.
+        """
+        with self._lock:
+            if not self._streams:
+                (self._cache_pragma,) = self.conn.execute("PRAGMA cache_size").fetchone()
+                self.conn.execute(f"PRAGMA cache_size = -{STREAM_CACHE_KIB}")
+            self._streams += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._streams -= 1
+                if not self._streams:
+                    self.conn.execute(f"PRAGMA cache_size = {int(self._cache_pragma)}")
+
+    def _stream(self, spec: QuerySpec, chunk_size: int) -> Iterator[Row]:
         names = list(TABLES[spec.resource].columns)
         default = RESOURCES[spec.resource].default_ordering
         by_id = (spec.ordering or default) == "id" and not spec.is_sliced

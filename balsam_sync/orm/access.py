@@ -1,7 +1,10 @@
-"""Pieces of a model instance that need no model: its state and its field descriptor.
+"""Pieces of a model instance that need no model: its state and its compiled field accessors.
 
-``ModelState`` values are upstream's ``obj._state`` strings; ``_Field`` reads convert and writes
-validate through the instance. (``Model.objects`` is ``manager.ManagerAccess``.)
+``ModelState`` values are upstream's ``obj._state`` strings. ``field_property`` compiles, once
+per model class and field, the property that reads and writes one field: the read of a cached
+instance is straight-line code with the field's position in the packed row, its converter and
+its JSON handling written in, as the fastest Python ORMs build their row readers.
+(``Model.objects`` is ``manager.ManagerAccess``.)
 """
 
 from __future__ import annotations
@@ -9,12 +12,13 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from enum import Enum
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any
 
-if TYPE_CHECKING:
-    from ..freshness import RowLayout
+from .fields import decode_json, immutable_result  # noqa: F401 - decode_json: the readers'
 
 _SCALARS = frozenset({str, int, float, bool, type(None)})
+
+Getter = Callable[[Any], Any]
 
 
 def _snapshot(value: Any) -> Any:
@@ -38,67 +42,78 @@ class ModelState(str, Enum):
     DELETED = "deleted"  # deleted through this instance; its id reads None
 
 
-class _HasFields(Protocol):
-    """An instance whose fields ``_Field`` reads and writes (a ``Model``)."""
+def field_reader(
+    name: str,
+    at: int | None,
+    conv: Callable[[Any], Any] | None = None,
+    json: bool = False,
+    ref: bool = False,
+    hidden: str | None = None,
+) -> Getter:
+    """Compile the read of field ``name``, at position ``at`` of a packed mirror row.
 
-    def _read(self, name: str) -> Any: ...
-
-    def _write(self, name: str, value: Any) -> None: ...
-
-
-class _Field:
-    """Descriptor for one field of one model class: reads convert, writes validate.
-
-    A clean instance on a packed mirror row (``Model._from_packed``) is read here directly:
-    the id from the row, any other field from the row's values (unpacked once, by position),
-    a JSON field decoded on its first read. Every other instance reads through ``_read``.
+    A clean cached instance (``Model._from_packed``) holds its row ``(id, blob)`` and, once
+    any field but ``id`` was read, the blob's values as a list (``_vals``). The reader then
+    indexes that list and keeps what it made in it: a JSON value still text is decoded on
+    its first read (short ones come decoded from the blob; a ``hidden`` bookkeeping key is
+    dropped), and a converter whose results cannot change in place (Path, datetime, UUID,
+    enum, bool) runs once; other converters (``set``, nested models) run on every read, as
+    they hand out new mutable objects. Every other instance (built from a dict, assigned
+    to, created locally) reads through ``Model._read``.
     """
-
-    def __init__(
-        self,
-        name: str,
-        doc: str | None,
-        conv: Callable[[Any], Any] | None = None,
-        json: bool = False,
-        ref: bool = False,
-    ) -> None:
-        self.name = name
-        self.__doc__ = doc
-        self.conv = conv
-        self.json = json
-        self.ref = ref
-        self.is_id = name == "id"
-        self._where: tuple[RowLayout | None, int | None] = (None, None)
-        """The last row layout seen and this field's position in it (one tuple: thread-safe)."""
-
-    def __get__(self, obj: Any, owner: type) -> Any:
-        if obj is None:
-            return self
-        if obj._d is not None or obj._changes is not None:
-            return obj._read(self.name)
-        if self.is_id:
-            raw = obj._row[0]
+    key, drop = repr(name), repr(hidden)
+    src = [f"def read_{name}(self, CONV=CONV):"]  # the converter: a local, not a global
+    if name == "id":
+        src += [
+            "    if self._d is None:",
+            "        raw = self._row[0]",
+            "        return raw if raw > 0 else self._resolve_id('id', raw)",
+            "    return self._read('id')",
+        ]
+    elif at is None:  # a field the server never returns (Job.transfers): never in a row
+        src += [f"    return None if self._d is None else self._read({key})"]
+    else:
+        src += [
+            "    vals = self._vals",
+            "    if vals is None:",
+            "        if self._d is not None:",
+            f"            return self._read({key})",
+            "        vals = self._prov.layout.unpack(self._row)",
+            "        if vals.__class__ is not list:",
+            "            vals = list(vals)",
+            "        self._vals = vals",
+            f"    raw = vals[{at}]",
+        ]
+        if json:  # short JSON values were unpacked decoded; longer ones are text until read
+            src += ["    if raw.__class__ is str:", f"        raw = vals[{at}] = decode_json(raw)"]
+            if hidden is not None:
+                src += [
+                    f"    if raw.__class__ is dict and {drop} in raw:",
+                    f"        raw = {{k: v for k, v in raw.items() if k != {drop}}}",
+                    f"        vals[{at}] = raw",
+                ]
+        if ref:
+            src += ["    if raw.__class__ is int and raw < 0:"]
+            src += [f"        return self._resolve_id({key}, raw)"]
+        if conv is not None and not json and immutable_result(conv):
+            kind = "int" if conv is bool else "str"  # what the mirror stores for the field
+            src += [f"    if raw.__class__ is {kind}:", f"        raw = vals[{at}] = CONV(raw)"]
+            src += ["    return raw"]
+        elif conv is not None:
+            src += ["    return None if raw is None else CONV(raw)"]
         else:
-            layout = obj._prov.layout
-            where = self._where
-            if where[0] is not layout:
-                assert layout is not None
-                where = self._where = (layout, layout.index.get(self.name))
-            at = where[1]
-            if at is None:
-                return None
-            vals = obj._vals
-            if vals is None:
-                vals = obj._vals = layout.unpack(obj._row)
-            raw = vals[at]
-            if raw.__class__ is str and self.json:
-                raw = obj._decode_packed(self.name, at)
-        if raw is None:
-            return None
-        if raw.__class__ is int and raw < 0 and self.ref:
-            raw = obj._resolve_id(self.name, raw)
-        conv = self.conv
-        return raw if conv is None else conv(raw)
+            src += ["    return raw"]
+    # This module's globals (decode_json) are the reader's: tests can count calls through it.
+    made: dict[str, Any] = {"CONV": conv}
+    exec(compile("\n".join(src), f"<{name} reader>", "exec"), globals(), made)
+    reader: Getter = made[f"read_{name}"]
+    return reader
 
-    def __set__(self, obj: _HasFields, value: Any) -> None:
-        obj._write(self.name, value)
+
+def field_property(name: str, reader: Getter, doc: str | None) -> property:
+    """The property of field ``name``: ``reader`` reads it; assignments validate (``_write``)."""
+
+    def write(self: Any, value: Any) -> None:
+        self._write(name, value)
+
+    return property(reader, write, doc=doc)

@@ -1,5 +1,5 @@
 """What every model class gets when it is defined: its own exceptions, its fields as
-descriptors (from the resource's schemas), and upstream's positional constructor order.
+compiled properties (from the resource's schemas), and upstream's positional constructor order.
 ``cls`` is a ``models.Model`` subclass (typed ``Any``: this module sits below models.py)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pydantic import BaseModel
 
 from ..errors import UsageTypeError
 from ..resources import Resource
-from .access import _Field
+from .access import field_property, field_reader
 from .fields import converters, json_fields
 
 
@@ -40,7 +40,11 @@ def binds_model(cls: Any) -> bool:
 
 
 def install_fields(cls: Any, res: Resource) -> None:
-    """Install one descriptor per field of ``res`` and the class's field tables."""
+    """Install one property per field of ``res`` and the class's field tables.
+
+    Packed mirror rows hold the fields of ``res.out`` in schema order (the mirror's columns);
+    ``Model._from_packed`` checks that a row layout has exactly these before using them.
+    """
     schemas = [sch for sch in (res.out, res.create, res.update) if sch is not None]
     names: dict[str, str | None] = {}
     for sch in schemas:
@@ -55,13 +59,22 @@ def install_fields(cls: Any, res: Resource) -> None:
     cls._json = json_fields(res.out)
     cls._bools = frozenset(n for n, conv in cls._conv.items() if conv is bool)
     cls._refs = frozenset({"id", "app_id", "site_id", "batch_job_id"}) & cls._fields
+    cls._packed_columns = tuple(res.out.model_fields)
+    at = {name: i for i, name in enumerate(cls._packed_columns)}
     cls._readers = {
-        name: _Field(name, doc, cls._conv.get(name), name in cls._json, name in cls._refs)
-        for name, doc in names.items()
+        name: field_reader(
+            name,
+            at.get(name),
+            cls._conv.get(name),
+            name in cls._json,
+            name in cls._refs,
+            cls._hidden.get(name),
+        )
+        for name in names
     }
-    for name, reader in cls._readers.items():
+    for name, doc in names.items():
         if name not in cls.__dict__:  # Job.app_id is a property (reading through _read)
-            setattr(cls, name, reader)
+            setattr(cls, name, field_property(name, cls._readers[name], doc))
     cls._create_fields = frozenset(res.create.model_fields) if res.create else frozenset()
     cls._update_fields = frozenset(res.update.model_fields) if res.update else frozenset()
     cls._positional = cls._constructor_order(res.create) if res.create else ()

@@ -61,6 +61,10 @@ def decode_json(text: str) -> Any:
     return value if end == len(text) else json.loads(text)
 
 
+_IMMUTABLE: set[Converter] = set()
+"""Converters whose results cannot change in place: a reader may keep what they made."""
+
+
 def _enum(kind: type[Enum]) -> Converter:
     """``kind(raw)``, with the common case (a member's value) one dict lookup."""
     members = kind._value2member_map_
@@ -71,7 +75,13 @@ def _enum(kind: type[Enum]) -> Converter:
         except (KeyError, TypeError):
             return kind(raw)
 
+    _IMMUTABLE.add(convert)
     return convert
+
+
+def immutable_result(conv: Converter) -> bool:
+    """True when ``conv`` returns values that cannot change in place (kept once made)."""
+    return conv in _IMMUTABLE
 
 
 def _path_converter() -> Converter:
@@ -81,13 +91,17 @@ def _path_converter() -> Converter:
     if sys.version_info >= (3, 12) or os.name != "posix" or from_parsed is None:
         return Path
     intern = sys.intern
+    new = object.__new__
 
     def to_path(raw: Any) -> Any:
         if type(raw) is not str:
             return Path(raw)
         parts = raw.split("/")
         if "" not in parts and "." not in parts:  # relative, nothing to drop: the common case
-            return from_parsed("", "", parts)
+            path: Any = new(PosixPath)  # what _from_parsed_parts("", "", parts) does, no call
+            path._drv = path._root = ""
+            path._parts = parts
+            return path
         rel = raw.lstrip("/")
         parts = [intern(x) for x in rel.split("/") if x and x != "."]
         lead = len(raw) - len(rel)
@@ -100,6 +114,7 @@ def _path_converter() -> Converter:
 
 
 to_path = _path_converter()
+_IMMUTABLE.update({parse_datetime, UUID, to_path, bool})
 
 
 def wire_datetime(value: datetime) -> str:

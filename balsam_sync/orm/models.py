@@ -22,9 +22,9 @@ from ..errors import (
     ObjectStateError,
     UsageError,
 )
-from ..freshness import Answer, Provenanced
+from ..freshness import Answer, Provenanced, RowLayout
 from ..resources import Resource, Row
-from .access import ModelState, _Field, _snapshot
+from .access import Getter, ModelState, _snapshot
 from .classes import constructor_order, install_fields, named_arguments, own_exceptions
 from .fields import (
     Converter,
@@ -112,8 +112,12 @@ class Model(Provenanced):
     _refs: ClassVar[frozenset[str]] = frozenset({"id"})
     _as_text: ClassVar[frozenset[str]] = frozenset()
     """Enum fields read as their plain text value, as upstream reads them (BatchJob.state)."""
-    _readers: ClassVar[dict[str, _Field]] = {}
-    """The field descriptor of every field (also of those a property stands in for)."""
+    _readers: ClassVar[dict[str, Getter]] = {}
+    """The compiled read of every field (also of those a property stands in for)."""
+    _packed_columns: ClassVar[tuple[str, ...]] = ()
+    """The fields a packed mirror row holds, in order (the readers index them)."""
+    _packed_layout: ClassVar[RowLayout | None] = None
+    """The last row layout found to hold ``_packed_columns`` (checked once per layout)."""
     _fields: ClassVar[frozenset[str]] = frozenset()
     _create_fields: ClassVar[frozenset[str]] = frozenset()
     _update_fields: ClassVar[frozenset[str]] = frozenset()
@@ -133,7 +137,7 @@ class Model(Provenanced):
     _state: ModelState
     _d: Row | None  # the fields as a dict; None while the instance reads a packed mirror row
     _row: tuple[int, bytes]  # a packed mirror row (id, blob), shaped by _prov.layout
-    _vals: tuple[Any, ...] | list[Any] | None  # the blob unpacked (JSON decoded when read)
+    _vals: list[Any] | None  # the blob unpacked, values made by reads kept (only while _d is None)
     _changes: Row | None
     _seen: Row | None
 
@@ -186,6 +190,7 @@ class Model(Provenanced):
         obj = cls.__new__(cls)
         obj._state = ModelState.CLEAN
         obj._d = row
+        obj._vals = None
         obj._changes = None
         obj._seen = None
         return obj
@@ -195,8 +200,14 @@ class Model(Provenanced):
         """Clean instances of the packed mirror rows of ``answer`` (``answer.layout`` set).
 
         Nothing is unpacked here: ``id`` reads the row's id, another field unpacks the blob
-        once, and a JSON field is decoded when it is first read.
+        once, and a JSON field is decoded when it is first read. Rows of a layout that does
+        not hold exactly the fields the readers were compiled for are read as dicts.
         """
+        layout = answer.layout
+        if layout is not cls._packed_layout:
+            if layout is None or layout.columns != cls._packed_columns:
+                return [cls._from_answer_row(row, answer) for row in answer.dicts()]
+            cls._packed_layout = layout
         new, clean, out = cls.__new__, ModelState.CLEAN, []
         for row in answer.rows:
             obj = new(cls)
@@ -210,6 +221,12 @@ class Model(Provenanced):
             out.append(obj)
         return out
 
+    @classmethod
+    def _from_answer_row(cls, row: Row, answer: Answer) -> Model:
+        obj = cls._from_row(row)
+        obj._prov = answer
+        return obj
+
     @property
     def _data(self) -> Row:
         data = self._d
@@ -220,49 +237,48 @@ class Model(Provenanced):
     @_data.setter
     def _data(self, value: Row) -> None:
         self._d = value
+        self._vals = None  # the readers index _vals only while the instance is packed
 
     def _unpacked_dict(self) -> Row:
-        """Leave the packed form: the row as a dict, with the values read so far.
+        """Leave the packed form: the row as a dict, with the JSON values read so far.
 
-        A JSON value handed out may have been changed in place since: its snapshot (to find
-        such changes at save) is the value decoded afresh from the row.
+        A JSON value handed out may have been changed in place since: it stays (so the change
+        is saved), and its snapshot (to find such changes at save) is the value decoded afresh
+        from the row. Values the readers converted (paths, times) are dropped: the dict holds
+        wire values.
         """
         layout = self._prov.layout
         assert layout is not None
         vals, original = self._vals, layout.unpack(self._row)
+        data = layout.zip(original)
+        self._vals = None
         if vals is None:
-            return layout.zip(original)
-        for name in self._json & self._update_fields:
-            at = layout.index.get(name)
-            if at is not None and type(original[at]) is str and type(vals[at]) is not str:
+            return data
+        for name in self._json:
+            at = layout.index.get(name, -1)
+            value = vals[at] if at >= 0 else None
+            if value is None or type(value) is str:
+                continue  # text, never read: the dict keeps it as it is
+            hidden = self._hidden.get(name)
+            if hidden is not None and type(value) is dict and hidden in value:
+                value = {k: v for k, v in value.items() if k != hidden}  # as a read hands out
+            data[name] = value
+            if name in self._update_fields:
                 if self._seen is None:
                     self._seen = {}
                 self._seen.setdefault(name, self._json_value(name, original[at]))
-        self._vals = None
-        return layout.zip(vals)
+        return data
 
     # -- field access --------------------------------------------------------------------------
 
-    def _decode_packed(self, name: str, at: int) -> Any:
-        """Decode a JSON value of the packed row once (its first read); keep it for later."""
-        vals = self._vals
-        assert vals is not None
-        raw = decode_json(vals[at])
-        hidden = self._hidden.get(name)
-        if hidden is not None and type(raw) is dict and hidden in raw:
-            raw = {k: v for k, v in raw.items() if k != hidden}
-        if vals.__class__ is tuple:
-            vals = self._vals = list(vals)
-        vals[at] = raw  # type: ignore[index]
-        return raw
-
     def _read(self, name: str) -> Any:
+        """Read a field of an instance that is not (or no longer) a clean packed row."""
         if name in self._resource.server_set and id(self) in _unconfirmed:
             found = _pending(self)
             if found is not None and name in found[1]:
                 found[0].confirm()
-        if self._d is None and self._changes is None and name in self._readers:
-            return self._readers[name].__get__(self, type(self))
+        if self._d is None and self._changes is None:
+            return self._readers[name](self)
         state = self._state
         changes = self._changes
         if changes is not None and name in changes:
@@ -323,6 +339,8 @@ class Model(Provenanced):
     def _write(self, name: str, value: Any) -> None:
         model = type(self).__name__
         res = self._resource
+        if self._d is None:
+            self._d = self._unpacked_dict()  # the readers of a packed row know no changes
         if self._state is ModelState.CREATING:
             if name not in self._create_fields or res.create is None:
                 raise FieldNotWritable(f"{model}.{name} is set by the server, not at creation")

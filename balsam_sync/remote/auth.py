@@ -15,6 +15,7 @@ from .jwt import expiry
 from .rest import Remote
 from .retry import RetryPolicy
 from .transport import Transport
+from .wire import login_reply
 
 LOGIN_ROUTE = "/auth/how"
 """The server's list of login methods: every Balsam server answers it, without a token."""
@@ -90,6 +91,7 @@ def password_login(api_root: str, username: str, password: str) -> Login:
             form={"username": username, "password": password},
             auth=False,
             idempotent=True,
+            expect=login_reply(),
         )
     except NotAuthenticated as exc:
         raise NotAuthenticated(
@@ -99,7 +101,7 @@ def password_login(api_root: str, username: str, password: str) -> Login:
             status=401,
             body=None,
         ) from exc
-    token = str(reply["access_token"])
+    token: str = reply["access_token"]
     when = expiry(token)
     path = client_yml_path()
     write_client_yml(path, {"api_root": api_root, "token": token, "token_expiry": when})

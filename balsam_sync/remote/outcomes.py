@@ -23,6 +23,10 @@ server may still be running it)                       idempotent        else (be
 answered: it has finished)                            idempotent        finished; a batch of
                                                                         updates or deletes is
                                                                         split and resent
+3xx, or a reply off the protocol       maybe applied  not retried       settled before anything
+(not JSON, off the schema, too                                          else, like a lost reply
+large): something in between                                            (never a dead letter)
+answered, or the server misbehaved
 401                                    not            no                the call raises and
                                        authenticated                    takes its change back;
                                                                         queued ones wait for a
@@ -50,6 +54,7 @@ from ..errors import (
     ConnectFailed,
     HTTPStatusError,
     NotAuthenticated,
+    ProtocolError,
     ServerUnreachable,
     TransportError,
 )
@@ -73,6 +78,10 @@ def outcome(exc: BaseException) -> Outcome:
         return Outcome.NOT_AUTHENTICATED
     if isinstance(exc, ConnectFailed):
         return Outcome.NEVER_SENT
+    if isinstance(exc, ProtocolError):
+        # A redirect or a reply that is not the API's: whether the request reached the
+        # server, and what it did, is unknown (a 3xx is never a refusal of the change).
+        return Outcome.MAYBE_APPLIED
     if isinstance(exc, HTTPStatusError):
         if exc.status in NOT_APPLIED_STATUSES:
             return Outcome.NEVER_SENT

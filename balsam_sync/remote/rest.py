@@ -3,22 +3,28 @@
 Paging, 500-value filter chunks, 5000-item bulk chunks, Job replies that are integers (so the
 jobs are read back), PATCH items grouped by identical key sets, and rows normalised to one
 canonical form (aware UTC timestamps, no extra keys) all live in this module
-(balsam-api.md §2.2, §7). Above it, a row is a row.
+(balsam-api.md §2.2, §7). Above it, a row is a row, and a checked one: every reply is checked
+against the server's schema (``wire.py``) and the pages of a listing against each other
+(``listing.py``) before a row is returned, so nothing above ever sees, or stores, a bad one.
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterable, Iterator
 from datetime import datetime
 from typing import Any
+from urllib.parse import urlencode
 
-from ..errors import NotFound, Rejected, TransportError
-from ..resources import MAX_BULK, MAX_PAGE, RESOURCES, Resource, Row
+from ..errors import NotFound, ProtocolError, Rejected
+from ..resources import MAX_BULK, MAX_PAGE, Resource, Row
 from ..spec import QuerySpec
-from ..utc import utc_text
+from ..utc import canonical_time
+from .listing import Listing
 from .params import FILTER_CHUNK_SIZE, Params, chunked_filter_params, filter_params
 from .transport import Transport
+from .wire import SERVER_STAMPS, check_row, page_of, reply_for
+
+__all__ = ["Remote", "canonical_time", "normalize_row"]
 
 
 class Remote:
@@ -52,7 +58,8 @@ class Remote:
         if len(chunks) > 1:
             return self.select(res, spec.unsliced())[1]
         body = self._get(res, chunks[0] + [("limit", "0"), ("offset", "0")])
-        return int(body["count"])
+        count: int = body["count"]
+        return count
 
     def ids(self, res: Resource, spec: QuerySpec) -> list[int]:
         """Return the ids of every object matching the filters of ``spec``."""
@@ -63,18 +70,37 @@ class Remote:
         base = filter_params(spec)
         if spec.ordering:
             base.append(("ordering", spec.ordering))
+        listing = Listing(res.name, page_size, stable=stable_order(res, spec.ordering))
         offset = spec.low
         remaining = spec.limit
         while remaining is None or remaining > 0:
             want = page_size if remaining is None else min(page_size, remaining)
-            body = self._get(res, base + [("limit", str(want)), ("offset", str(offset))])
-            page = [normalize_row(res, row) for row in body["results"]]
+            page, count = self.page(res, base, offset, want, listing)
             if page:
                 yield page
             offset += len(page)
             remaining = None if remaining is None else remaining - len(page)
-            if len(page) < want or offset >= int(body["count"]):
+            if len(page) < want or offset >= count:
                 return
+
+    def page(
+        self, res: Resource, params: Params, offset: int, want: int, listing: Listing
+    ) -> tuple[list[Row], int]:
+        """One page of a listing (checked, and checked against the listing's other pages):
+        its rows and the count the reply gave."""
+        query = [*params, ("limit", str(want)), ("offset", str(offset))]
+        body = self._get(res, query)
+        rows: list[Row] = body["results"]
+        listing.take(rows, body["count"], offset, want, f"GET {res.path}?{urlencode(query)}")
+        self._witness(res, rows)
+        return rows, body["count"]
+
+    def _witness(self, res: Resource, rows: Iterable[Row]) -> None:
+        """Tell the server clock the newest stamp the server put on these rows."""
+        field = SERVER_STAMPS.get(res.name)
+        stamps = [row[field] for row in rows if row.get(field)] if field else []
+        if stamps:  # canonical stamps sort as time sorts
+            self.transport.witness(datetime.fromisoformat(max(stamps)))
 
     def _window(
         self, res: Resource, params: Params, ordering: str | None, low: int, limit: int | None
@@ -84,21 +110,17 @@ class Remote:
             base.append(("ordering", ordering))
         out: list[Row] = []
         offset = low
+        listing = Listing(res.name, MAX_PAGE, stable=stable_order(res, ordering))
         while True:
             want = MAX_PAGE if limit is None else min(MAX_PAGE, limit - len(out))
-            body = self._get(res, base + [("limit", str(want)), ("offset", str(offset))])
-            count = int(body["count"])
-            page = body["results"]
-            out.extend(normalize_row(res, row) for row in page)
+            page, count = self.page(res, base, offset, want, listing)
+            out.extend(page)
             offset += len(page)
             if len(page) < want or offset >= count or (limit is not None and len(out) >= limit):
                 return out, count
 
     def _get(self, res: Resource, params: Params) -> Any:
-        body = self.transport.request("GET", res.path, params=params)
-        if not isinstance(body, dict) or "results" not in body:
-            raise TransportError(f"GET {res.path}: unexpected reply {str(body)[:200]}")
-        return body
+        return self.transport.request("GET", res.path, params=params, expect=page_of(res.name))
 
     def _by_ids(self, res: Resource, ids: Iterable[int]) -> list[Row]:
         rows: list[Row] = []
@@ -111,22 +133,35 @@ class Remote:
 
     def create(self, res: Resource, payloads: list[Row]) -> list[Row]:
         """Create objects and return the server's rows, in the order given."""
+        expect = reply_for(res, res.create_route)
         if res.create_route == "list":
             rows: list[Row] = []
             for chunk in _chunks(payloads, MAX_BULK):
-                reply = self.transport.request("POST", res.path, json_body=chunk)
-                rows.extend(normalize_row(res, row) for row in reply)
+                reply = self.transport.request("POST", res.path, json_body=chunk, expect=expect)
+                if len(reply) != len(chunk):
+                    raise ProtocolError(
+                        f"POST {res.path}: {len(reply)} {res.name} rows answer {len(chunk)} "
+                        "creates (the server's outcome is unknown)",
+                        method="POST",
+                        url=res.path,
+                        resource=res.name,
+                    )
+                rows.extend(reply)
+            self._witness(res, rows)
             return rows
         return [
-            normalize_row(res, self.transport.request("POST", res.path, json_body=p))
-            for p in payloads
+            self.transport.request("POST", res.path, json_body=p, expect=expect) for p in payloads
         ]
 
     def update(self, res: Resource, obj_id: int, changes: Row) -> Row:
         """Send ``changes`` to one object and return the row the server now holds."""
-        reply = self.transport.request("PUT", res.item_path(obj_id), json_body=changes)
+        expect = reply_for(res, res.update_reply)
+        reply = self.transport.request(
+            "PUT", res.item_path(obj_id), json_body=changes, expect=expect
+        )
         if res.update_reply == "object":
-            return normalize_row(res, reply)
+            row: Row = reply
+            return row
         rows = self._by_ids(res, [obj_id])
         if not rows:
             raise Rejected(
@@ -152,11 +187,12 @@ class Remote:
         if res.bulk_update is None:
             return [self.update(res, obj_id, ch) for obj_id, ch in merged.items()]
         rows: list[Row] = []
+        expect = reply_for(res, "int" if res.bulk_update_reply == "int" else "list")
         for group in group_by_keys(merged).values():
             for chunk in _chunks(group, MAX_BULK):
-                reply = self.transport.request("PATCH", res.path, json_body=chunk)
+                reply = self.transport.request("PATCH", res.path, json_body=chunk, expect=expect)
                 if res.bulk_update_reply == "object":
-                    rows.extend(normalize_row(res, row) for row in reply)
+                    rows.extend(reply)
         if res.bulk_update_reply != "int":
             return rows
         if len(merged) == 1 or not any("state" in changes for changes in merged.values()):
@@ -182,8 +218,11 @@ class Remote:
         ]
         if not dropped:
             return rows
+        expect = reply_for(res, res.update_reply)
         for obj_id in dropped:
-            self.transport.request("PUT", res.item_path(obj_id), json_body=sent[obj_id])
+            self.transport.request(
+                "PUT", res.item_path(obj_id), json_body=sent[obj_id], expect=expect
+            )
         fixed = {row["id"]: row for row in self._by_ids(res, dropped)}
         return [fixed.get(row["id"], row) for row in rows]
 
@@ -209,6 +248,12 @@ def group_by_keys(items: dict[int, Row]) -> dict[frozenset[str], list[Row]]:
     return groups
 
 
+def stable_order(res: Resource, ordering: str | None) -> bool:
+    """Whether offset pages in this order keep their rows while others are written: only
+    ascending ids do (new objects come last; a deletion moves rows up, never back)."""
+    return res.order(ordering) == ("id", False)
+
+
 def sort_rows(rows: list[Row], field: str, descending: bool) -> list[Row]:
     """Order rows as the server would (see ``Resource.order``)."""
     rows = sorted(rows, key=lambda r: r["id"])
@@ -229,29 +274,11 @@ def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
 # -- row normalisation ----------------------------------------------------------------------
 
 
-@functools.cache
-def _shape_of(name: str) -> tuple[frozenset[str], tuple[str, ...]]:
-    fields = RESOURCES[name].out.model_fields
-    dt_fields = tuple(name for name, info in fields.items() if "datetime" in str(info.annotation))
-    return frozenset(fields), dt_fields
+def normalize_row(res: Resource, row: Any) -> Row:
+    """Return ``row`` checked against ``res``'s schema, with only its fields and timestamps
+    as aware UTC ISO text (a row that reached us inside another reply).
 
-
-def normalize_row(res: Resource, row: Row) -> Row:
-    """Return ``row`` with only the resource's fields and timestamps as aware UTC ISO text."""
-    allowed, dt_fields = _shape_of(res.name)
-    if len(row) != len(allowed) or not allowed.issuperset(row):
-        row = {k: v for k, v in row.items() if k in allowed}
-    for name in dt_fields:
-        value = row.get(name)
-        if value is not None:
-            row[name] = canonical_time(value)
-    return row
-
-
-def canonical_time(text: str) -> str:
-    """Return ISO 8601 text in UTC with microseconds and ``+00:00`` (sorts as time sorts)."""
-    if len(text) == 32 and text.endswith("+00:00"):
-        return text
-    if len(text) == 26 and text[10] == "T":
-        return text + "+00:00"
-    return utc_text(datetime.fromisoformat(text))
+    Raises:
+        ProtocolError: the row is off the schema.
+    """
+    return check_row(res, row)

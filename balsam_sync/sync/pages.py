@@ -11,6 +11,10 @@ A first (or full) pull lists every job, where keys would cost more than they sav
 creates and updates give thousands of jobs one stamp, and each page would end by reading such a
 group again. It reads pages by offset instead, several at a time, and the count check that
 follows (sync/deletions.py) finds any job a concurrent deletion made it skip.
+
+Both check their pages against each other (``remote/listing.py``): a page repeated, an empty
+page before the count is reached, keyset rows out of order, or more pages than the counts
+allow stop the pull with a ``ProtocolError`` within a few requests, whatever the server claims.
 """
 
 from __future__ import annotations
@@ -24,9 +28,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from ..remote.rest import Remote, canonical_time
+from ..remote.listing import Listing
+from ..remote.rest import Remote
 from ..resources import RESOURCES, Row
 from ..spec import QuerySpec
+from ..utc import canonical_time
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -69,6 +75,7 @@ def job_pages(
     jobs the listing holds.
     """
     res = RESOURCES["Job"]
+    listing = Listing("Job", size, key=_stamped)
     after = since
     while True:
         spec = job_spec(after).with_ordering("last_update").with_window(0, size)
@@ -76,6 +83,9 @@ def job_pages(
         if on_count is not None:
             on_count(count)
             on_count = None
+        where = f"GET {res.path} (jobs changed since {after}, by last_update)"
+        listing.check(rows, count, 0, size, where)
+        listing.ordered(rows, "last_update", after, where)
         if len(rows) < size or len(rows) == count:
             if rows:
                 yield rows
@@ -83,30 +93,45 @@ def job_pages(
         last = rows[-1]["last_update"]
         head = [r for r in rows if r["last_update"] != last]
         if head:
+            listing.remember(head)
             yield head
             after = last
             continue
-        group, _ = remote.select(res, job_spec(last, last))
+        group, total = remote.select(res, job_spec(last, last))
+        where = f"GET {res.path} (jobs stamped {last})"
+        listing.take(group, total, 0, max(total, len(group)), where)
+        listing.ordered(group, "last_update", last, where, until=last)
         yield group
         after = stamp_after(last)
+
+
+def _stamped(row: Row) -> tuple[int, str]:
+    """A row as a keyset listing tells it apart: a job changed meanwhile is listed again."""
+    return row["id"], row["last_update"]
 
 
 def id_pages(remote: Remote, size: int = JOB_PAGE, workers: int = 2) -> Iterator[list[Row]]:
     """Yield every job, by id, in pages of ``size`` read ``workers`` at a time. The first
     page's count fixes how many pages there are; jobs created since are the next pull's."""
     res = RESOURCES["Job"]
+    listing = Listing("Job", size)
 
-    def page(low: int) -> list[Row]:
-        return remote.select(res, QuerySpec("Job").with_window(low, low + size))[0]
+    def page(low: int) -> tuple[list[Row], int, int]:
+        rows, count = remote.select(res, QuerySpec("Job").with_window(low, low + size))
+        return rows, count, low
+
+    def checked(rows: list[Row], count: int, low: int) -> list[Row]:
+        listing.take(rows, count, low, size, f"GET {res.path}?limit={size}&offset={low}")
+        return rows
 
     first, count = remote.select(res, QuerySpec("Job").with_window(0, size))
     with ThreadPoolExecutor(max(1, workers), thread_name_prefix="balsam-sync-pull") as pool:
         offsets = iter(range(size, count, size))
         pending = deque(pool.submit(page, low) for low in itertools.islice(offsets, workers))
         try:
-            yield first
+            yield checked(first, count, 0)
             while pending:
-                rows = pending.popleft().result()
+                rows = checked(*pending.popleft().result())
                 pending.extend(pool.submit(page, low) for low in itertools.islice(offsets, 1))
                 yield rows
         finally:

@@ -4,10 +4,11 @@
 commits it later (a 5000-job PATCH takes seconds), so a pull must never take the newest stamp
 it saw as its next starting point: a slower request may still commit an older stamp. Each pull
 lists the jobs with ``last_update >=`` the watermark, and the next watermark is the server's
-clock (the ``Date`` of a reply received before the listing) minus ``max_request_seconds``:
-a request stamped before that started more than ``max_request_seconds`` before the listing,
-so it had committed and was listed. Re-reading that overlap costs bytes only: rows equal to
-the mirror's are not rewritten (``Store.merge``).
+clock when the pull started (``serverclock.py``: an estimate no frozen, stale or absurd
+``Date`` can move forward) minus ``max_request_seconds``: a request stamped before that started
+more than ``max_request_seconds`` before the listing, so it had committed and was listed.
+Re-reading that overlap costs bytes only: rows equal to the mirror's are not rewritten
+(``Store.merge``).
 
 **What a pull guarantees.** When ``pull()`` returns, the mirror holds every change the server
 committed before the pull started, provided no request runs longer than
@@ -29,18 +30,17 @@ import threading
 from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
-from email.utils import parsedate_to_datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from ..cache import Mirror
-from ..remote.rest import Remote, canonical_time
-from ..remote.serverclock import Clock, utcnow
+from ..remote.rest import Remote
+from ..remote.serverclock import Clock
 from ..remote.transport import Reply
 from ..resources import JOB, RESOURCES, Row
 from ..schemas import JobState
 from ..spec import QuerySpec
-from ..utc import now
+from ..utc import canonical_time, now
 from .children import JOBS_PHASE, ChildrenReader, plan, urgent_in
 from .deletions import DeletedJobs
 from .pages import id_pages, job_pages, prefetched
@@ -95,33 +95,17 @@ class PullReport:
 
 
 class _Meter:
-    """Counts the requests and bytes of the replies received while a pull runs, and keeps the
-    server's clock at the earliest moment a request of it was sent (``sent``)."""
+    """Counts the requests and bytes of the replies received while a pull runs."""
 
     def __init__(self, report: PullReport) -> None:
         self.report = report
         self.lock = threading.Lock()
-        self.sent: datetime | None = None
 
     def __call__(self, reply: Reply) -> None:
-        at = _sent_at(reply)
         with self.lock:
             self.report.requests += 1
             self.report.bytes += reply.size
             self.report.seconds += reply.seconds
-            if at is not None and (self.sent is None or at < self.sent):
-                self.sent = at
-
-
-def _sent_at(reply: Reply) -> datetime | None:
-    """The server's clock no later than when the request was sent: its ``Date`` (whole
-    seconds, written once the reply was ready) minus the time the reply took."""
-    try:
-        date = parsedate_to_datetime(reply.headers.get("Date", ""))
-    except (TypeError, ValueError):
-        return None
-    date = date.replace(tzinfo=timezone.utc) if date.tzinfo is None else date
-    return date - timedelta(seconds=reply.seconds)
 
 
 class Puller:
@@ -136,7 +120,7 @@ class Puller:
         clock: Clock | None = None,
     ) -> None:
         self.remote = remote
-        self.clock = clock or utcnow
+        self.clock = clock or remote.transport.server_now  # the server's clock, estimated
         self.mirror = mirror
         self.progress = progress or (lambda _r, _n, _t: None)
         self.counting = progress is not None
@@ -147,6 +131,7 @@ class Puller:
 
     def pull(self, full: bool = False) -> PullReport:
         """Pull every resource; ``full`` re-reads everything instead of what can have changed."""
+        self.remote.transport.read_clock()  # the start below is the server's time, not ours
         started = self.clock()
         self.read_at = now()  # this machine's clock: no request of this pull was sent before
         report = PullReport(started_at=started)
@@ -214,8 +199,9 @@ class Puller:
             children.submit(rest)
             for name, rows in children.finish().items():
                 report.fetched[name] += rows
-        watermark = self._next_watermark(meter.sent, listed, watermark)
-        self.mirror.pull_done(started, watermark, full=report.full, marks_checked=full)
+        self.mirror.pull_done(
+            started, self._next_watermark(started), full=report.full, marks_checked=full
+        )
 
     def _count(self, filters: dict[str, Any]) -> int:
         return self.remote.count(RESOURCES["Job"], QuerySpec("Job").with_filters(filters))
@@ -290,15 +276,8 @@ class Puller:
         missing = self.mirror.confirmed_ids("Job") - set(listed)
         return small.settle(RESOURCES["Job"], missing)
 
-    def _next_watermark(
-        self, now: datetime | None, listed: dict[int, str], previous: str | None
-    ) -> str | None:
-        """The server's clock when the pull's first request left (so before the listing),
-        minus the longest a request may run."""
+    def _next_watermark(self, started: datetime) -> str:
+        """The server's clock when the pull started (so before the listing), minus the
+        longest a request may run."""
         margin = timedelta(seconds=self.options.max_request_seconds)
-        if now is not None:
-            return canonical_time((now - margin).isoformat())
-        if listed:  # no Date header: the newest stamp listed is no later than the listing
-            newest = datetime.fromisoformat(max(listed.values()))
-            return canonical_time((newest - margin).isoformat())
-        return previous
+        return canonical_time((started - margin).isoformat())

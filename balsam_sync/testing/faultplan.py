@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import random
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, NamedTuple
@@ -17,7 +18,18 @@ _ACCEPT_POLL_SECONDS = 0.05
 
 
 class FaultKind(str, enum.Enum):
-    """What the proxy did to one request (``NONE`` = forwarded untouched)."""
+    """What the proxy did to one request (``NONE`` = forwarded untouched).
+
+    ``refuse`` (reset after the request head, nothing forwarded), ``reset_before`` (whole
+    request read, then RST), ``delay``, ``timeout`` (silence for ``hang_seconds``),
+    ``http_5xx`` (local 502/503/504), ``lost_reply`` (forwarded, complete reply read so the
+    server has committed, then the client is reset), ``http_5xx_after`` (forwarded, complete
+    reply read, then a local 500/502/504 instead of it: a 5xx after the commit), ``hang_after``
+    (forwarded, complete reply read, then silence for ``hang_seconds``), ``burst_5xx`` (next N
+    requests get a local 503), ``down`` (``FaultProxy.set_down``) and ``silent``
+    (``FaultProxy.set_silent``: connections are accepted, requests read and never answered nor
+    forwarded, like a link that black-holes replies).
+    """
 
     NONE = "none"
     REFUSE = "refuse"
@@ -132,6 +144,17 @@ class FaultPlan:
             return False
         return self.match is None or self.match(method, path)
 
+    def draw(self, rng: random.Random, method: str, path: str) -> tuple[FaultKind, int]:
+        """Draw the random fault (and its status) for one request."""
+        if not self.applies_to(method, path):
+            return FaultKind.NONE, 0
+        kind = self.pick(rng.random())
+        if kind is FaultKind.HTTP_5XX:
+            return kind, rng.choice(self.status_codes)
+        if kind is FaultKind.HTTP_5XX_AFTER:
+            return kind, rng.choice(self.after_status_codes)
+        return kind, 0
+
     def pick(self, draw: float) -> FaultKind:
         """Map a uniform draw in [0, 1) onto a fault kind."""
         edge = 0.0
@@ -193,6 +216,17 @@ class _Injection:
     methods: frozenset[str] | None
     path_prefix: str | None
     status: int
+
+
+def take_injection(injections: list[_Injection], method: str, path: str) -> _Injection | None:
+    """The first injection matching the request, counted down (and dropped when used up)."""
+    for index, injection in enumerate(injections):
+        if _target_matches(injection.methods, injection.path_prefix, method, path):
+            injection.remaining -= 1
+            if injection.remaining == 0:
+                del injections[index]
+            return injection
+    return None
 
 
 class _Decision(NamedTuple):

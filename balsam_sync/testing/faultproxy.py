@@ -21,15 +21,10 @@ Design notes:
 * loopback only: both the listening and the upstream address must be loopback;
 * not supported: pipelining, ``Expect: 100-continue`` request bodies, protocol upgrades.
 
-Faults (one per request at most): ``refuse`` (reset after the request head, nothing forwarded),
-``reset_before`` (whole request read, then RST), ``delay``, ``timeout`` (silence for
-``hang_seconds``), ``http_5xx`` (local 502/503/504), ``lost_reply`` (forwarded, complete reply
-read so the server has committed, then the client is reset), ``http_5xx_after`` (forwarded,
-complete reply read, then a local 500/502/504 instead of it: a 5xx after the commit),
-``hang_after`` (forwarded, complete reply read, then silence for ``hang_seconds``),
-``burst_5xx`` (next N requests get a local 503), ``down`` (:meth:`FaultProxy.set_down`) and
-``silent`` (:meth:`FaultProxy.set_silent`: connections are accepted, requests read and never
-answered nor forwarded, like a link that black-holes replies).
+Faults: see ``FaultKind`` (faultplan.py); one per request at most.
+Lies (``rewrite.py``): :meth:`FaultProxy.rewrite` changes the server's replies (a bad
+``Date``, a repeated page, a malformed row); :meth:`FaultProxy.intercept` answers instead.
+:meth:`FaultProxy.set_accepting` (``stall.py``) makes connects hang, as to a host that is gone.
 
 Example::
 
@@ -67,9 +62,11 @@ from .faultplan import (
     _Decision,
     _Injection,
     _normalize_methods,
-    _target_matches,
+    take_injection,
 )
 from .relay import _Endpoint, _loopback_host, _parse_upstream, _Session, _tune
+from .rewrite import Intercept, Rewrite, Rewriting
+from .stall import Stall
 
 __all__ = ["FaultKind", "FaultPlan", "FaultProxy", "LogEntry", "ProxyStats"]
 
@@ -119,6 +116,9 @@ class FaultProxy:
         self._accept_thread: threading.Thread | None = None
         self._deadline = 0.0
         self._port = 0
+        self.rewriting = Rewriting()
+        self._stall = Stall()
+        self._paused = threading.Event()  # the accept loop takes no connection
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -153,6 +153,7 @@ class FaultProxy:
         deadline = time.monotonic() + timeout
         if self._accept_thread is not None:
             self._accept_thread.join(timeout)
+        self._stall.end(None)
         with self._lock:
             sessions = list(self._sessions)
         for session in sessions:
@@ -219,6 +220,17 @@ class FaultProxy:
         with self._lock:
             return self._down
 
+    def set_accepting(self, accepting: bool) -> None:
+        """While not accepting, new connects are never answered (open connections go on)."""
+        if accepting:
+            self._stall.end(self._listener)
+            self._paused.clear()
+            return
+        self._paused.set()
+        time.sleep(3 * _ACCEPT_POLL_SECONDS)  # let an accept() in progress return first
+        if self._listener is not None:
+            self._stall.begin(self._listener)
+
     def set_silent(self, silent: bool) -> None:
         """While silent, requests (on new and open connections) are read and never answered.
 
@@ -257,6 +269,15 @@ class FaultProxy:
     def clear_injections(self) -> None:
         with self._lock:
             self._injections.clear()
+
+    def rewrite(self, fn: Rewrite | None) -> None:
+        """Pass every reply through ``fn(request, reply)`` (see ``rewrite.Rewrite``)."""
+        self.rewriting.rewrite = fn
+
+    def intercept(self, fn: Intercept | None) -> None:
+        """Ask ``fn(request)`` first: a reply it returns is sent, never forwarded (None:
+        forward it; faults drawn for the request come first)."""
+        self.rewriting.intercept = fn
 
     # -- observation ---------------------------------------------------------------------
 
@@ -297,6 +318,8 @@ class FaultProxy:
     def _accept_loop(self, listener: socket.socket) -> None:
         try:
             while not self._stopping.is_set() and self._may_accept():
+                if self._paused.wait(0) and self._pause():
+                    continue
                 try:
                     sock, _ = listener.accept()
                 except TimeoutError:
@@ -306,6 +329,9 @@ class FaultProxy:
                 self._on_accept(sock)
         finally:
             listener.close()
+
+    def _pause(self) -> bool:
+        return not self._stopping.wait(_ACCEPT_POLL_SECONDS)
 
     def _may_accept(self) -> bool:
         with self._lock:
@@ -351,26 +377,10 @@ class FaultProxy:
             return FaultKind.DOWN, 0
         if self._silent:
             return FaultKind.SILENT, 0
-        injection = self._take_injection(method, path)
+        injection = take_injection(self._injections, method, path)
         if injection is not None:
             return injection.kind, injection.status
-        if not plan.applies_to(method, path):
-            return FaultKind.NONE, 0
-        kind = plan.pick(self._rng.random())
-        if kind is FaultKind.HTTP_5XX:
-            return kind, self._rng.choice(plan.status_codes)
-        if kind is FaultKind.HTTP_5XX_AFTER:
-            return kind, self._rng.choice(plan.after_status_codes)
-        return kind, 0
-
-    def _take_injection(self, method: str, path: str) -> _Injection | None:
-        for index, injection in enumerate(self._injections):
-            if _target_matches(injection.methods, injection.path_prefix, method, path):
-                injection.remaining -= 1
-                if injection.remaining == 0:
-                    del self._injections[index]
-                return injection
-        return None
+        return plan.draw(self._rng, method, path)
 
     def count_forwarded(self, method: str, path: str) -> None:
         with self._lock:

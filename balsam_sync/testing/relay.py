@@ -26,9 +26,11 @@ from .http11 import (
     _read_request_body,
     _request_line,
     _response_body,
+    _response_data,
     _status_line,
     _UpstreamError,
 )
+from .rewrite import Message, Request, Rewriting
 
 
 class _Endpoint:
@@ -127,6 +129,7 @@ class Switchboard(Protocol):
 
     upstream_address: tuple[str, int]
     io_timeout: float
+    rewriting: Rewriting
 
     @property
     def stopping(self) -> bool: ...
@@ -161,6 +164,7 @@ class _Session:
         self.thread = threading.Thread(target=self.run, name=name, daemon=True)
         self._lock = threading.Lock()
         self._closed = False
+        self._served = 0  # requests read on this client connection
 
     def run(self) -> None:
         try:
@@ -202,7 +206,20 @@ class _Session:
             return False
         body = _read_request_body(self.client.rfile, head)
         keep_alive = _keep_alive(version, head)
-        return self._apply(decision, (method, target), head.raw + body, keep_alive)
+        request = Request(method, target, body, self._served)
+        self._served += 1
+        intercept = self.proxy.rewriting.intercept
+        made = intercept(request) if intercept and decision.kind is FaultKind.NONE else None
+        if made is not None:
+            self.proxy.rewriting.intercepted += 1
+            self._send_message(made, keep_alive)
+            return keep_alive
+        return self._apply(decision, request, head.raw + body, keep_alive)
+
+    def _send_message(self, message: Message, keep_alive: bool) -> None:
+        self.client.send(message.encode_head(keep_alive))
+        for chunk in message.encode_body():
+            self.client.send(chunk)
 
     def _hold(self) -> None:
         """Say nothing until the client hangs up or the proxy stops (a silent link)."""
@@ -215,9 +232,7 @@ class _Session:
             except (OSError, ValueError):
                 return
 
-    def _apply(
-        self, decision: _Decision, request: tuple[str, str], raw: bytes, keep_alive: bool
-    ) -> bool:
+    def _apply(self, decision: _Decision, request: Request, raw: bytes, keep_alive: bool) -> bool:
         kind, plan = decision.kind, decision.plan
         if kind in (FaultKind.HTTP_5XX_AFTER, FaultKind.HANG_AFTER):
             self._forward(request, raw, relay=False)  # the server has committed
@@ -245,15 +260,18 @@ class _Session:
             return False
         return self._forward(request, raw, relay=True) and keep_alive
 
-    def _forward(self, request: tuple[str, str], raw: bytes, *, relay: bool) -> bool:
+    def _forward(self, request: Request, raw: bytes, *, relay: bool) -> bool:
         """Send one request upstream and read its complete response.
 
         With ``relay`` the response goes to the client, otherwise it is dropped (lost reply).
         Returns True if the client connection may stay open.
         """
-        method = request[0]
+        method = request.method
         upstream = self._upstream()
-        head, interim = self._exchange(upstream, request, raw)
+        head, interim = self._exchange(upstream, (method, request.target), raw)
+        rewrite = self.proxy.rewriting.rewrite
+        if relay and rewrite is not None:
+            return self._rewritten(upstream, request, head, interim)
         corked = relay and self.client.cork(True)
         sink = self.client.send if relay else _discard
         sink(interim + head.raw)
@@ -271,6 +289,27 @@ class _Session:
         if corked:
             self.client.uncork(keep_open=keep_client)
         return keep_client
+
+    def _rewritten(
+        self, upstream: _Endpoint, request: Request, head: _Head, interim: bytes
+    ) -> bool:
+        """Read the whole reply, let the rewrite change it, send what it returns."""
+        data, until_close = _response_data(upstream.rfile, head, request.method)
+        version, status = _status_line(head)
+        announced_close = until_close or not _keep_alive(version, head)
+        if announced_close or upstream.is_dropped():
+            self._drop_upstream()
+            announced_close = True
+        reason = head.start_line.split(None, 2)[2] if head.start_line.count(" ") >= 2 else ""
+        original = Message(status, head.headers, data, reason)
+        rewrite = self.proxy.rewriting.rewrite
+        changed = rewrite(request, original) if rewrite is not None else None
+        if changed is not None:
+            self.proxy.rewriting.rewritten += 1
+        keep = not announced_close
+        self.client.send(interim)
+        self._send_message(changed or original, keep)
+        return keep
 
     def _exchange(
         self, upstream: _Endpoint, request: tuple[str, str], raw: bytes

@@ -14,8 +14,10 @@ min/max) and as a ratio, because the machine is small and noisy:
   P7  peak RSS while iterating 1M cached jobs (fresh subprocess)              target: < 200 MB
   P2  offline ``Job.objects.bulk_create`` of 10k jobs vs sqlite-utils ``insert_all``  <= 3x
   P3  replay of those queued creates (``client.push()``) vs a direct online bulk_create <= 1.1x
-  P8  ``save()`` while the server cannot be reached; the daemon's time to stop  (p8.py)
+  P8  writes while the server is unreachable or busy; the daemon's time to stop  (p8.py)
   A1-A5  pull figures on an account-shaped data set                   (account.py, a*.py)
+  D1  a daemon every 5 s on keep-alive connections for 10 min: queries right after each round
+      from the mirror, ``as_of`` within 30 s of real time, idle rounds' bytes flat  (d1.py)
 
 The jobs data set is created through the real server for a freshly registered user (100k jobs
 in POSTs of 5000, half tagged ``exp:p1``, half ``exp:p2``; ~6 % FAILED p1 jobs and other states

@@ -2,7 +2,8 @@
 
 ``Job.objects.filter(state="FAILED", tags={"exp": "p1"}).order_by("-last_update")[0:1000]``
 on the jobs data set, after ``client.pull()``; and the same followed by reading ``id``,
-``workdir``, ``state`` and ``tags`` of every job.
+``workdir``, ``state`` and ``tags`` of every job (the user's loop), against upstream doing
+the same online (target 50x).
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ class Samples:
     cached_ids: list[int] = field(default_factory=list)
     online_ids: list[int] = field(default_factory=list)
     same_reads: bool = False
+    read_values: list[list[Any]] = field(default_factory=list)
     sources: str = ""
     default_source: Any = None
 
@@ -91,14 +93,29 @@ def measure(client: Client, n_fast: int, n_online: int) -> Samples:
     s.cached_ids = [j.id for j in cached_items]
     s.online_ids = [j.id for j in online_items]
     s.same_reads = read_cached == read_online
+    s.read_values = [comparable(r) for r in read_cached]
     s.sources = (
         f"offline={q_cached.source}, online={q_online.source}, default policy={s.default_source}"
     )
     return s
 
 
-def upstream(ctx: Context, online_ids: list[int], notes: list[str]) -> Stat | None:
-    """The P1 query with upstream ``balsam.api``; keeps its count timings for P6."""
+def comparable(read: tuple[Any, ...]) -> list[Any]:
+    """What one read of the loop says, as upstream's side reports it (upstream_child.py)."""
+    job_id, workdir, state, tags = read
+    return [job_id, str(workdir), getattr(state, "value", state), tags]
+
+
+@dataclass
+class Upstream:
+    query: Stat
+    reads: Stat
+    same_reads: bool
+
+
+def upstream(ctx: Context, s: Samples, notes: list[str]) -> Upstream | None:
+    """The P1 query (and the loop) with upstream ``balsam.api``; keeps its count timings
+    for P6."""
     log("  upstream balsam.api P1 ...")
     try:
         up = run_upstream(ctx.dataset().user, ctx.opts.workdir, "p1", ctx.opts.reps_upstream)
@@ -106,8 +123,8 @@ def upstream(ctx: Context, online_ids: list[int], notes: list[str]) -> Stat | No
         notes.append(f"upstream failed: {exc}")
         return None
     ctx.upstream_count = Stat(up["count_times"])
-    notes.append("upstream answer identical: " + ("yes" if up["ids"] == online_ids else "NO"))
-    return Stat(up["times"])
+    notes.append("upstream answer identical: " + ("yes" if up["ids"] == s.online_ids else "NO"))
+    return Upstream(Stat(up["times"]), Stat(up["read_times"]), up["reads"] == s.read_values)
 
 
 def run(ctx: Context) -> None:
@@ -120,14 +137,15 @@ def run(ctx: Context) -> None:
         "same ids and order as the server: "
         + ("yes" if s.cached_ids == s.online_ids else "NO (cached answer differs!)"),
     ]
-    up = upstream(ctx, s.online_ids, notes)
+    up = upstream(ctx, s, notes)
     add_rows(ctx, s, up, notes)
     ctx.info["P1"] = {"cached_ids_equal_online": s.cached_ids == s.online_ids}
-    ctx.profiles["P1"] = lambda: lambda: [list(query(client, "offline")) for _ in range(50)]
+    # The loop (query, instances, reads): the stricter of the P1 targets.
+    ctx.profiles["P1"] = lambda: lambda: [evaluate_and_read(client, "offline")() for _ in range(50)]
     ctx.profiles["P1-online"] = lambda: lambda: [list(query(client, "online")) for _ in range(5)]
 
 
-def add_rows(ctx: Context, s: Samples, up: Stat | None, notes: list[str]) -> None:
+def add_rows(ctx: Context, s: Samples, up: Upstream | None, notes: list[str]) -> None:
     cached, online = Stat(s.cached), Stat(s.online)
     what = f"cached query (.offline(), after pull) vs .online(), [0:{P1_SLICE}] of FAILED p1 jobs"
     ctx.rows.append(
@@ -135,20 +153,37 @@ def add_rows(ctx: Context, s: Samples, up: Stat | None, notes: list[str]) -> Non
     )
     if up is not None:
         row = Row(
-            "P1", "cached query vs upstream balsam.api", cached, "cached", up, "upstream balsam.api"
+            "P1",
+            "cached query vs upstream balsam.api",
+            cached,
+            "cached",
+            up.query,
+            "upstream balsam.api",
         )
         row = speedup(row, TARGET)
         row.target += " (anchors)"
         ctx.rows.append(row)
         what = "our .online() vs upstream balsam.api (info)"
-        row = Row("P1", what, online, "ours .online()", up, "upstream balsam.api")
+        row = Row("P1", what, online, "ours .online()", up.query, "upstream balsam.api")
         ctx.rows.append(fraction(row, None))
     what = f"default policy right after pull (source={s.default_source}) vs .online()"
     row = Row("P1", what, Stat(s.default), "default policy", online, "ours .online()")
     ctx.rows.append(speedup(row, TARGET))
+    if up is not None:
+        row = Row(
+            "P1",
+            "the user's loop: the cached query, then id, workdir, state and tags of every job, "
+            "vs upstream balsam.api doing the same",
+            Stat(s.read_cached),
+            "cached + reads",
+            up.reads,
+            "upstream balsam.api + reads",
+            notes=["same values read as upstream: " + ("yes" if up.same_reads else "NO")],
+        )
+        ctx.rows.append(speedup(row, TARGET))
     row = Row(
         "P1",
-        "the same, reading id, workdir, state and tags of every job (info)",
+        "the same loop vs our .online() doing it (info)",
         Stat(s.read_cached),
         "cached + reads",
         Stat(s.read_online),

@@ -21,15 +21,32 @@ def p1_query() -> list[Any]:
     return list(q[0:P1_SLICE])
 
 
+def p1_reads() -> list[tuple[Any, ...]]:
+    """The P1 query, then id, workdir, state and tags of every job (the user's loop)."""
+    return [(j.id, j.workdir, j.state, j.tags) for j in p1_query()]
+
+
+def comparable(read: tuple[Any, ...]) -> list[Any]:
+    """What a P1 read says, in JSON (enum members as their values, paths as text)."""
+    job_id, workdir, state, tags = read
+    return [job_id, str(workdir), getattr(state, "value", state), tags]
+
+
 def p1(reps: int) -> dict[str, Any]:
-    """The P1 query (and a count by state), ``reps`` times after a warm-up."""
-    out: dict[str, Any] = {"times": [], "count_times": []}
+    """The P1 query, the query with reads, and a count by state, ``reps`` times each after
+    a warm-up (query and query with reads interleaved, so drift hits both alike)."""
+    out: dict[str, Any] = {"times": [], "read_times": [], "count_times": []}
     items = p1_query()  # warm-up: imports, connection
+    reads = p1_reads()
     for _ in range(reps):
         t = time.perf_counter()
         items = p1_query()
         out["times"].append(time.perf_counter() - t)
+        t = time.perf_counter()
+        reads = p1_reads()
+        out["read_times"].append(time.perf_counter() - t)
     out["ids"] = [j.id for j in items]
+    out["reads"] = [comparable(r) for r in reads]
     for _ in range(reps):
         t = time.perf_counter()
         n = Job.objects.filter(state="FAILED").count()

@@ -20,7 +20,6 @@ from urllib.parse import urlsplit
 import requests
 
 from ...errors import (
-    UNAVAILABLE_STATUSES,
     ConfigError,
     ConnectFailed,
     HTTPStatusError,
@@ -37,7 +36,12 @@ from ..outcomes import link_failed
 from ..params import Params
 from ..retry import RetryPolicy
 from ..serverclock import Clock, ServerClock
-from .replies import decode, mapped, path_of
+from ..wire import Expect
+from .network import Watch, first_on_connection, session_factory, watching
+from .replies import MAX_REPLY_BYTES, decode, mapped, path_of, read_body
+from .waiting import PATIENT, PROBE_PATH, Exchange, Patience, Prober, Received, Wait
+
+__all__ = ["PATIENT", "PROBE_PATH", "Received", "Reply", "Transport"]
 
 RequestHook = Callable[[str, str], None]
 """Called with (method, url) in the caller's thread before each attempt and probe (tests)."""
@@ -62,10 +66,11 @@ log = logging.getLogger(__name__)
 class Transport:
     """A session with one Balsam server for one user.
 
-    Each request runs in a worker thread while the caller waits, so the wait can end early:
-    a server that answers neither the request (within ``probe_after``) nor a short probe is a
-    silent link and costs seconds, not the read timeout; a requested stop (``stopping()``)
-    ends it after ``stop_grace``. ``link`` keeps requests off a server that just failed.
+    Each request runs in a worker thread while the caller waits, so the wait can end early,
+    by what the network says (``waiting.py``): a connect never answered is a link that is
+    down; a host that took the request is a live server, waited for (a write's push: up to
+    ``write_wait``; other calls: while it answers probes); a requested stop (``stopping()``)
+    ends the wait after ``stop_grace``. ``link`` keeps requests off a server that just failed.
 
     Args:
         api_root: base URL, e.g. ``http://127.0.0.1:8765``.
@@ -78,7 +83,10 @@ class Transport:
         probe_after: seconds without a reply before the server is probed.
         probe_timeout: seconds a probe may take.
         stop_grace: seconds a request in flight may still finish after a stop was requested.
-        clock: this machine's clock (``Transport.server_now`` corrects it by the server's).
+        clock: this machine's clock, for tests: it then also stands for the passage of time
+            (``Transport.server_now`` estimates the server's from it).
+        write_wait: seconds a write's push waits for a server whose host took the request.
+        connect_wait: seconds a write's push waits for a connection to be accepted.
     """
 
     def __init__(
@@ -95,12 +103,16 @@ class Transport:
         probe_timeout: float = 1.5,
         stop_grace: float = 3.0,
         clock: Clock | None = None,
+        write_wait: float = 10.0,
+        connect_wait: float = 2.0,
     ) -> None:
         if not api_root.startswith(("http://", "https://")):
             raise ConfigError(f"api_root must start with http:// or https://, got {api_root!r}")
         if "@" in urlsplit(api_root).netloc:
             raise ConfigError("the server URL holds a user name or password: remove it")
-        self._clock = ServerClock(clock)
+        # An injected clock (tests) stands for all of this machine's time, its passage too.
+        ticks = (lambda: clock().timestamp()) if clock is not None else None
+        self._clock = ServerClock(clock, ticks)
         self._warned_expiry = False
         self.api_root = api_root.rstrip("/")
         self.retry = retry or RetryPolicy()
@@ -109,14 +121,18 @@ class Transport:
         self.probe_after = probe_after
         self.probe_timeout = probe_timeout
         self.stop_grace = stop_grace
+        self.write_wait = write_wait
+        self.connect_wait = connect_wait
         self.on_request: list[RequestHook] = []
         self.on_response: list[ResponseHook] = []
         self._token = token
         self._verify = verify
         self._sessions: Pool[requests.Session] = Pool(
-            partial(_session, verify, self._note_date), _close
+            partial(session_factory, verify, self._note_date), requests.Session.close
         )
         self._scopes = Scopes()
+        self._prober = Prober(self._sessions, self.api_root)
+        self.max_reply_bytes = MAX_REPLY_BYTES
 
     # -- token ---------------------------------------------------------------------------------
 
@@ -161,15 +177,40 @@ class Transport:
 
     @property
     def clock_offset(self) -> float | None:
-        """Seconds the server's clock is ahead of ours, from the last reply (None: unknown)."""
+        """Seconds the server's clock is ahead of ours, as its last fresh ``Date`` showed
+        (0: they agree; None: unknown yet)."""
         return self._clock.offset
 
     def server_now(self) -> datetime:
-        """Our best guess of the server's clock: ours, corrected by the skew its replies show."""
+        """Our estimate of the server's clock (``serverclock.py``): a frozen, stale or absurd
+        ``Date`` cannot move it back or into the future."""
         return self._clock.now()
 
+    def witness(self, stamp: datetime) -> None:
+        """The server stamped a row ``stamp`` by its own clock (evidence for the estimate)."""
+        self._clock.witness(stamp)
+
     def _note_date(self, response: requests.Response, *args: Any, **kwargs: Any) -> None:
-        self._clock.note(response.headers.get("Date"), response.elapsed)
+        first = first_on_connection(response)
+        self._clock.read(response.headers.get("Date"), response.elapsed.total_seconds(), first)
+
+    def read_clock(self) -> None:
+        """Read the server's clock now if it was never read (one probe on a new connection),
+        so that what is stamped next (a pull's start) does not rest on this machine's clock
+        alone. A probe that fails says nothing here: the request that follows will."""
+        if self._clock.read_yet:
+            return
+        self._sessions.close()
+        for hook in (*REQUEST_HOOKS, *self.on_request):
+            hook("GET", self._prober.url)
+        seconds = self.probe_timeout * 2
+        self._prober.answers(self._prober.start(seconds), time.monotonic(), seconds)
+
+    def _fresh_reading_if_due(self) -> None:
+        """Close idle connections when the clock wants a reading: the next request then opens
+        a new connection, whose first reply carries a fresh ``Date``."""
+        if self._clock.wants_reading():
+            self._sessions.close()
 
     # -- stopping and hurrying (see inflight.Scopes) ---------------------------------------
 
@@ -183,13 +224,20 @@ class Transport:
         return self._scopes.stop_requested()
 
     def impatient(self) -> AbstractContextManager[None]:
-        """Inside (this thread), give up on a server that answers neither the request nor one
-        short probe: for a write's push. Elsewhere two probes of 5 s must go unanswered, so a
-        busy server is not taken for a silent link (which then costs ~11 s once)."""
+        """Inside (this thread), wait as a write's push does (``waiting.py``): a connect not
+        accepted within ``connect_wait`` is a link that is down (nothing sent), a host that
+        took the request gets ``write_wait`` to answer. Elsewhere, a server that answers
+        probes is waited for, and two unanswered probes of 5 s make a silent link."""
         return self._scopes.hurrying()
 
-    def _patience(self) -> tuple[int, float]:  # (unanswered probes tolerated, probe seconds)
-        return (1, self.probe_timeout) if Scopes.hurried() else PATIENT
+    def _patience(self) -> Patience:
+        return Patience(
+            write_wait=self.write_wait,
+            connect_wait=self.connect_wait,
+            probe_after=self.probe_after,
+            probe_timeout=self.probe_timeout,
+            stop_grace=self.stop_grace,
+        )
 
     # -- reachability --------------------------------------------------------------------------
 
@@ -217,22 +265,11 @@ class Transport:
         for hook in (*REQUEST_HOOKS, *self.on_request):
             hook("GET", url)
         seconds = self.probe_timeout * (1 if Scopes.hurried() else 2)
-        if self._probe_answers(self._start_probe(seconds), time.monotonic(), seconds):
+        if self._prober.answers(self._prober.start(seconds), time.monotonic(), seconds):
             self.link.mark_up()
             return
         state = self.link.mark_down("no answer to a probe")
         raise ConnectFailed(f"GET {PROBE_PATH}: {state.describe()}", method="GET", url=url)
-
-    def _start_probe(self, seconds: float) -> _Exchange:
-        url, timeout = self.api_root + PROBE_PATH, (seconds, seconds)
-        return Job(self._sessions, lambda s: s.get(url, timeout=timeout, allow_redirects=False))
-
-    def _probe_answers(self, probe: _Exchange, started: float, seconds: float) -> bool:
-        """Wait for a probe (at most ``seconds``); True if the server answered it."""
-        while not probe.wait(TICK):
-            if time.monotonic() - started > seconds + TICK:
-                return False
-        return probe.error is None and probe.result().status_code not in UNAVAILABLE_STATUSES
 
     # -- requests ------------------------------------------------------------------------------
 
@@ -247,12 +284,15 @@ class Transport:
         idempotent: bool | None = None,
         auth: bool = True,
         retry: RetryPolicy | None = None,
+        expect: Expect | None = None,
     ) -> Any:
         """Send one request (retrying transient failures) and return the decoded JSON body.
 
         ``idempotent`` defaults to True for every method but POST. A 204 or empty body returns
         ``None``. Error statuses raise the matching ``HTTPStatusError`` subclass at once;
-        ``outcomes.py`` says what each failure means.
+        a reply that breaks the protocol (a redirect, not JSON, over ``max_reply_bytes``, or
+        off the ``expect``-ed schema) raises ``ProtocolError``; ``outcomes.py`` says what each
+        failure means.
         """
         if idempotent is None:
             idempotent = method != "POST"
@@ -265,23 +305,34 @@ class Transport:
             headers["Connection"] = "close"
         options = {"params": params, "json": json_body, "data": form, "headers": headers}
 
-        def send(session: requests.Session) -> requests.Response:
-            return session.request(
-                method, url, timeout=self.timeout, allow_redirects=False, **options
-            )
+        limit = self.max_reply_bytes
+
+        def send(watch: Watch, session: requests.Session) -> Received:
+            # Redirects are never followed: the API does not redirect, so a 3xx comes from
+            # something in between and is a ProtocolError (for a write: outcome unknown).
+            with watching(watch):
+                response = session.request(
+                    method, url, timeout=self.timeout, allow_redirects=False, stream=True, **options
+                )
+            with mapped(method, url):
+                return response, read_body(method, url, response, limit)
 
         sent = False  # a request refused before sending says nothing new about the link
 
         def attempt() -> Any:
             nonlocal sent
             self._admit(method, url)
+            self._fresh_reading_if_due()
             for hook in (*REQUEST_HOOKS, *self.on_request):
                 hook(method, url)
             sent = True
+            watch = Watch()
             with mapped(method, url):
-                response = self._wait(method, url, Job(self._sessions, send))
-            self._tell(method, url, response)
-            return decode(method, url, response)
+                response, content = self._wait(
+                    method, url, Job(self._sessions, partial(send, watch)), watch
+                )
+            self._tell(method, url, response, len(content))
+            return decode(method, url, response, content, expect)
 
         try:
             body = policy.call(
@@ -294,75 +345,27 @@ class Transport:
         self.link.mark_up()
         return body
 
-    def _tell(self, method: str, url: str, response: requests.Response) -> None:
+    def _tell(self, method: str, url: str, response: requests.Response, size: int) -> None:
         if not self.on_response:
             return
         seconds = response.elapsed.total_seconds()
-        reply = Reply(
-            method, url, response.status_code, response.headers, len(response.content), seconds
-        )
+        reply = Reply(method, url, response.status_code, response.headers, size, seconds)
         for hook in list(self.on_response):
             hook(reply)
 
-    def _wait(self, method: str, url: str, job: _Exchange) -> requests.Response:
-        """Wait for ``job``; probe a server that keeps silent; honour a requested stop."""
-        where = f"{method} {path_of(url)}"
-        next_probe = time.monotonic() + self.probe_after
-        probe: tuple[_Exchange, float] | None = None
-        stop_at: float | None = None
-        tolerated, probe_seconds = self._patience()
-        while not job.wait(TICK):
-            now = time.monotonic()
-            if stop_at is None and self.stop_requested():
-                stop_at = now + self.stop_grace
-            if stop_at is not None and now >= stop_at:
-                raise Interrupted(f"{where}: abandoned for a stop", method=method, url=url)
-            if probe is None and now >= next_probe:
-                probe = (self._start_probe(probe_seconds), now)
-            elif probe is not None and (probe[0].wait(0) or now - probe[1] > probe_seconds):
-                answered = self._probe_answers(*probe, probe_seconds)
-                tolerated = tolerated - 1 if not answered else self._patience()[0]
-                if not tolerated:
-                    raise SilentLink(
-                        f"{where}: no reply, and the server does not answer a probe either",
-                        method=method,
-                        url=url,
-                    )
-                probe, next_probe = None, now + (REPROBE_SECONDS if answered else 0.0)
-        return job.result()
+    def _wait(self, method: str, url: str, job: Exchange, watch: Watch) -> Received:
+        """Wait for ``job`` as ``waiting.py`` says; honour a requested stop."""
+        hurried = Scopes.hurried()
+        waiting = Wait(method, url, self._patience(), self._prober, self.stop_requested, hurried)
+        return waiting.until_done(job, watch)
 
     def close(self) -> None:
         """Close the pooled connections."""
         self._sessions.close()
 
 
-PROBE_PATH = "/auth/how"  # needs no token; any answer but 429/502/503/504 means "up"
-TICK = 0.05  # seconds between checks of a request in flight (stop requested? probe due?)
-REPROBE_SECONDS = 10.0  # while a live server is slow to answer, probe it again this often
-PATIENT = (2, 5.0)  # unanswered probes (of seconds each) before a busy server counts as silent
-
 REQUEST_HOOKS: list[RequestHook] = []
 """Hooks called for every request of every transport (tests install guards here)."""
-
-
-_Exchange = Job[requests.Session, requests.Response]
-
-
-def _session(verify: bool | str, on_response: Callable[..., None]) -> requests.Session:
-    session = requests.Session()
-    session.verify = verify
-    session.auth = _no_ambient_auth
-    session.hooks["response"].append(on_response)
-    return session
-
-
-def _no_ambient_auth(request: requests.PreparedRequest) -> requests.PreparedRequest:
-    """Keep our headers: no Basic auth from a URL's user info or from ~/.netrc replaces them."""
-    return request
-
-
-def _close(session: requests.Session) -> None:
-    session.close()
 
 
 def _retry_now(exc: BaseException) -> bool:

@@ -1,6 +1,11 @@
 """How a reply becomes a value or one of our errors: every ``requests`` exception class is
 mapped by an explicit table (``REQUESTS_ERRORS``) and every error status by its class, so
 nothing above the transport sees a ``requests`` type.
+
+A reply that is not what the API answers is a ``ProtocolError``, never data: a redirect (the
+API never redirects; a proxy or load balancer in between does, and whether the request went
+on is unknown), a body that is not JSON (an HTML page from something in between), a body over
+the size limit, or one off the schema the caller expects (``wire.Expect``).
 """
 
 from __future__ import annotations
@@ -18,37 +23,103 @@ from ...errors import (
     BalsamSyncError,
     ConfigError,
     ConnectFailed,
+    ProtocolError,
     ReplyLost,
     TransportError,
     describe_body,
     status_error_class,
 )
+from ..wire import Expect
+
+MAX_REPLY_BYTES = 256 * 2**20
+"""The largest reply body read (bytes): a full page of 100,000 jobs is about 70 MB."""
+_READ_CHUNK = 1 << 16
 
 
-def decode(method: str, url: str, response: requests.Response) -> Any:
-    """Return the JSON body of a successful response, or raise the mapped status error."""
-    text = response.text
-    try:
-        body: Any = json.loads(text) if text else None
-    except ValueError:
-        body = text
-    if response.status_code >= 400 or 300 <= response.status_code < 400:
-        cls = status_error_class(response.status_code)
+def read_body(method: str, url: str, response: requests.Response, limit: int) -> bytes:
+    """Read ``response``'s body (opened with ``stream=True``), refusing more than ``limit``
+    bytes without reading the rest."""
+    announced = response.headers.get("Content-Length", "")
+    if announced.isdigit() and int(announced) > limit:
+        response.close()
+        raise _too_large(
+            method, url, response.status_code, f"{int(announced)} bytes announced", limit
+        )
+    parts: list[bytes] = []
+    size = 0
+    for chunk in response.iter_content(_READ_CHUNK):
+        size += len(chunk)
+        if size > limit:
+            response.close()
+            raise _too_large(method, url, response.status_code, f"over {limit} bytes", limit)
+        parts.append(chunk)
+    body = b"".join(parts)
+    # Keep the response whole for whoever else looks at it (``response.content``, hooks).
+    response._content = body
+    return body
+
+
+def _too_large(method: str, url: str, status: int, size: str, limit: int) -> ProtocolError:
+    return ProtocolError(
+        f"{method} {path_of(url)}: the reply is too large ({size}; the limit is {limit} bytes); "
+        "it was not read. Ask for smaller pages, or check what answers at this URL",
+        method=method,
+        url=url,
+        status=status,
+    )
+
+
+def decode(
+    method: str,
+    url: str,
+    response: requests.Response,
+    content: bytes,
+    expect: Expect | None = None,
+) -> Any:
+    """Return the body of a successful response (checked against ``expect``, when given),
+    or raise the mapped status error or a ``ProtocolError``."""
+    status = response.status_code
+    where = f"{method} {path_of(url)}"
+    if 300 <= status < 400:
+        target = response.headers.get("Location", "nowhere")
+        raise ProtocolError(
+            f"{where} -> {status}: redirected to {target}. The API never redirects: something "
+            "between this machine and the server answered (check the URL), and whether the "
+            "request went on is unknown",
+            method=method,
+            url=url,
+            status=status,
+        )
+    if status >= 400:
+        body = _json_or_text(content)
+        cls = status_error_class(status)
         reason = describe_body(body) or response.reason
         raise cls(
-            f"{method} {path_of(url)} -> {response.status_code}: {reason}",
-            method=method,
-            url=url,
-            status=response.status_code,
-            body=body,
+            f"{where} -> {status}: {reason}", method=method, url=url, status=status, body=body
         )
-    if isinstance(body, str) and text and method != "DELETE":
-        raise TransportError(
-            f"{method} {path_of(url)}: the server answered with non-JSON text",
+    if expect is not None:
+        return expect.parse(content, method, url)
+    if not content.strip():
+        return None
+    body = _json_or_text(content)
+    if isinstance(body, str) and method != "DELETE":
+        kind = response.headers.get("Content-Type", "no content type")
+        raise ProtocolError(
+            f"{where} -> {status}: the reply is not JSON ({kind}: {body[:80]!r}); something "
+            "between this machine and the server may have answered (check the URL)",
             method=method,
             url=url,
+            status=status,
         )
     return body
+
+
+def _json_or_text(content: bytes) -> Any:
+    text = content.decode("utf-8", errors="replace")
+    try:
+        return json.loads(text) if text else None
+    except ValueError:
+        return text
 
 
 def path_of(url: str) -> str:
