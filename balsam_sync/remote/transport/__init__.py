@@ -191,6 +191,11 @@ class Transport:
         (0: they agree; None: unknown yet)."""
         return self._clock.offset
 
+    @property
+    def server_clock(self) -> ServerClock:
+        """Our estimate of the server's clock, fed by every reply (``serverclock.py``)."""
+        return self._clock
+
     def server_now(self) -> datetime:
         """Our estimate of the server's clock (``serverclock.py``): a frozen, stale or absurd
         ``Date`` cannot move it back or into the future."""
