@@ -1,10 +1,15 @@
 """Fixtures: the real Balsam server (started once), a fresh user per test, clients bound to it.
 
-A test that needs the server fails, never skips, when the server cannot be started.
+A test that needs the server fails, never skips, when the server cannot be started. Every test
+whose fixtures reach ``balsam_server`` is marked ``server`` when collected, so the fast tier
+(``pytest -m "not server"``) is exactly the tests that need no server; a test outside it that
+sends a request to the real server anyway fails.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import subprocess
 import uuid
@@ -18,12 +23,29 @@ import requests
 
 import balsam_sync
 from balsam_sync.client import Client
+from balsam_sync.remote import transport
 from balsam_sync.remote.retry import RetryPolicy
 from balsam_sync.testing.guards import no_requests_in_transactions
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVER_SCRIPT = ROOT / "scripts" / "real-balsam-server.sh"
 PASSWORD = "test-password-0"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark ``server`` every test that reaches the real server through its fixtures."""
+    for item in items:
+        if "balsam_server" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.server)
+
+
+def _server_url() -> str:
+    url = os.environ.get("BALSAM_TEST_API_ROOT")
+    if not url:
+        url = subprocess.run(
+            ["bash", str(SERVER_SCRIPT), "url"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    return url
 
 
 def _answers(url: str) -> bool:
@@ -36,11 +58,7 @@ def _answers(url: str) -> bool:
 @pytest.fixture(scope="session")
 def balsam_server() -> str:
     """Base URL of the real server on 127.0.0.1, started by scripts/real-balsam-server.sh."""
-    url = os.environ.get("BALSAM_TEST_API_ROOT")
-    if not url:
-        url = subprocess.run(
-            ["bash", str(SERVER_SCRIPT), "url"], capture_output=True, text=True, check=True
-        ).stdout.strip()
+    url = _server_url()
     if not _answers(url):
         run = subprocess.run(
             ["bash", str(SERVER_SCRIPT), "start"], capture_output=True, text=True, check=False
@@ -60,6 +78,36 @@ def _no_request_inside_a_mirror_transaction() -> Iterator[None]:
     with no_requests_in_transactions() as seen:
         yield
     assert seen == [], f"requests started inside a mirror write transaction: {seen}"
+
+
+@pytest.fixture(scope="session")
+def _real_server_url() -> str:
+    return _server_url()
+
+
+@pytest.fixture(autouse=True)
+def _server_free_tests_stay_off_the_server(
+    request: pytest.FixtureRequest, _real_server_url: str
+) -> Iterator[None]:
+    """A test not marked ``server`` fails if it sends a request to the real server: it could
+    not pass without one, so it must not be in the fast tier."""
+    if request.node.get_closest_marker("server") is not None:
+        yield
+        return
+    seen: list[str] = []
+
+    def guard(method: str, url: str) -> None:
+        if url.startswith(_real_server_url):
+            seen.append(f"{method} {url}")
+
+    transport.REQUEST_HOOKS.append(guard)
+    try:
+        yield
+    finally:
+        transport.REQUEST_HOOKS.remove(guard)
+    assert seen == [], (
+        f"a test without the balsam_server fixture sent requests to the real server: {seen}"
+    )
 
 
 @dataclass(frozen=True)
@@ -132,12 +180,50 @@ class RequestLog:
         self.calls.clear()
 
 
-@pytest.fixture
-def sent(client: Client) -> RequestLog:
-    """Record the requests ``client`` sends (tests assert "nothing was sent")."""
+def record_requests(client: Client) -> RequestLog:
+    """Record every request ``client`` tries from now on, whether it reaches a server or not."""
     log = RequestLog([])
     client.transport.on_request.append(lambda method, url: log.calls.append((method, url)))
     return log
+
+
+@pytest.fixture
+def sent(client: Client) -> RequestLog:
+    """Record the requests ``client`` sends (tests assert "nothing was sent")."""
+    return record_requests(client)
+
+
+def fake_jwt(**claims: Any) -> str:
+    """A token that reads like the server's (its claims name the user); no server accepts it."""
+
+    def part(data: dict[str, Any]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(data).encode()).decode().rstrip("=")
+
+    return f"{part({'alg': 'HS256'})}.{part(claims)}.c2lnbmF0dXJl"
+
+
+UNREACHABLE = "http://127.0.0.1:9"
+"""A server URL where nothing listens (the discard port): every connection is refused."""
+
+
+@pytest.fixture
+def unreachable(tmp_path: Path) -> Iterator[Client]:
+    """An online client of a made-up user whose server refuses every connection, with a
+    throw-away home. Whatever would reach for the server tries to, and a fresh client's first
+    try is always made (nothing has told it the link is down), so ``unreachable_sent`` proves
+    that a call sent nothing. No server is needed."""
+    token = fake_jwt(sub=1, username="nobody")
+    c = balsam_sync.connect(
+        UNREACHABLE, token, home=str(tmp_path / "unreachable"), retry=FAST_RETRY
+    )
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def unreachable_sent(unreachable: Client) -> RequestLog:
+    """Every request ``unreachable`` tries."""
+    return record_requests(unreachable)
 
 
 @pytest.fixture

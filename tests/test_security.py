@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import json
 import logging
 import stat
 import time
@@ -15,15 +13,8 @@ import pytest
 import balsam_sync
 from balsam_sync import errors
 from balsam_sync.client import Client
-from tests.conftest import FAST_RETRY, RequestLog, User
+from tests.conftest import FAST_RETRY, RequestLog, User, fake_jwt
 from tests.mirror_view import held_count
-
-
-def fake_jwt(**claims: Any) -> str:
-    def part(data: dict[str, Any]) -> str:
-        return base64.urlsafe_b64encode(json.dumps(data).encode()).decode().rstrip("=")
-
-    return f"{part({'alg': 'HS256'})}.{part(claims)}.c2lnbmF0dXJl"
 
 
 def test_an_expired_looking_token_is_sent_and_the_server_decides(
