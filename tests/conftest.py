@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import requests
@@ -25,7 +25,11 @@ import balsam_sync
 from balsam_sync.client import Client
 from balsam_sync.remote import transport
 from balsam_sync.remote.retry import RetryPolicy
+from balsam_sync.testing.faultproxy import FaultProxy
 from balsam_sync.testing.guards import no_requests_in_transactions
+
+if TYPE_CHECKING:
+    from tests.clienv import Run
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVER_SCRIPT = ROOT / "scripts" / "real-balsam-server.sh"
@@ -56,7 +60,7 @@ def _answers(url: str) -> bool:
 
 
 @pytest.fixture(scope="session")
-def balsam_server() -> str:
+def balsam_server() -> Iterator[str]:
     """Base URL of the real server on 127.0.0.1, started by scripts/real-balsam-server.sh."""
     url = _server_url()
     if not _answers(url):
@@ -69,7 +73,7 @@ def balsam_server() -> str:
                 f"(run scripts/setup.sh first):\n{run.stderr[-3000:]}",
                 pytrace=False,
             )
-    return url
+    yield url
 
 
 @pytest.fixture(autouse=True)
@@ -120,6 +124,10 @@ class User:
 
 def register_user(api_root: str, prefix: str = "t") -> User:
     """Register a brand-new user on the real server and log in (users never see each other)."""
+    return _register(api_root, prefix)
+
+
+def _register(api_root: str, prefix: str) -> User:
     name = f"{prefix}-{uuid.uuid4().hex[:12]}"
     reply = requests.post(
         f"{api_root}/auth/password/register",
@@ -232,6 +240,84 @@ def api(client: Client) -> Iterator[Client]:
     balsam_sync.set_default_client(client)
     yield client
     balsam_sync.set_default_client(None)
+
+
+# -- a bad network: the fault proxy in front of the real server ------------------------------
+
+
+@pytest.fixture
+def proxy(balsam_server: str) -> Iterator[FaultProxy]:
+    """The fault-injecting proxy in front of the real server: no faults until a test plans
+    them (``set_down``, ``set_silent``, ``plan``, ``inject``)."""
+    with FaultProxy(balsam_server) as p:
+        yield p
+
+
+@pytest.fixture
+def via_proxy(user: User, proxy: FaultProxy, tmp_path: Path) -> Iterator[Client]:
+    """A client of ``user`` that reaches the server through ``proxy``, with its own mirror."""
+    c = balsam_sync.connect(proxy.url, user.token, home=str(tmp_path / "proxied"), retry=FAST_RETRY)
+    yield c
+    c.close()
+
+
+# -- a user as a shell has them: settings from the environment --------------------------------
+
+
+@pytest.fixture
+def env_home(tmp_path: Path) -> Path:
+    """The mirror folder of ``env_user`` (``BALSAM_SYNC_HOME``); its client.yml is
+    ``etc/client.yml`` in it."""
+    return tmp_path / "home"
+
+
+@pytest.fixture
+def env_user(balsam_server: str, env_home: Path, monkeypatch: pytest.MonkeyPatch) -> User:
+    """A fresh user whose server, token, mirror folder and client.yml come from the
+    environment, as a user's shell has them: for the command and ``connect()`` without
+    arguments."""
+    from tests.clienv import use_env
+
+    found = register_user(balsam_server, "env")
+    use_env(monkeypatch, found, env_home)
+    return found
+
+
+@pytest.fixture
+def run(env_user: User) -> Run:
+    """Run ``balsam-sync`` as ``env_user`` (checks that no token or traceback is printed)."""
+    from tests.clienv import Run
+
+    return Run(env_user.token)
+
+
+def _elsewhere(user: User, tmp_path: Path) -> Client:
+    return balsam_sync.connect(user.api_root, user.token, home=str(tmp_path / "other"))
+
+
+@pytest.fixture
+def elsewhere(env_user: User, tmp_path: Path) -> Iterator[Client]:
+    """A second client of ``env_user`` with a mirror of its own (another machine): what it
+    writes goes straight to the server, unseen by the environment's mirror."""
+    c = _elsewhere(env_user, tmp_path)
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def env_app(env_user: User, tmp_path: Path) -> Any:
+    """An App of ``env_user`` (and its Site), made on another machine: the environment's
+    mirror has never seen it."""
+    from tests.clienv import make_app
+
+    c = _elsewhere(env_user, tmp_path)
+    try:
+        return make_app(c)
+    finally:
+        c.close()
+
+
+# -- objects of ``user`` ----------------------------------------------------------------------
 
 
 @pytest.fixture
