@@ -11,7 +11,9 @@ from __future__ import annotations
 import base64
 import json
 import os
+import queue
 import subprocess
+import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -62,6 +64,7 @@ def _answers(url: str) -> bool:
 @pytest.fixture(scope="session")
 def balsam_server() -> Iterator[str]:
     """Base URL of the real server on 127.0.0.1, started by scripts/real-balsam-server.sh."""
+    global _POOL
     url = _server_url()
     if not _answers(url):
         run = subprocess.run(
@@ -73,7 +76,12 @@ def balsam_server() -> Iterator[str]:
                 f"(run scripts/setup.sh first):\n{run.stderr[-3000:]}",
                 pytrace=False,
             )
-    yield url
+    _POOL = _UserPool(url)
+    try:
+        yield url
+    finally:
+        _POOL.stop()
+        _POOL = None
 
 
 @pytest.fixture(autouse=True)
@@ -123,7 +131,14 @@ class User:
 
 
 def register_user(api_root: str, prefix: str = "t") -> User:
-    """Register a brand-new user on the real server and log in (users never see each other)."""
+    """A brand-new user of the real server, logged in (users never see each other).
+
+    The user comes from the users registered ahead for this server (``_UserPool``) when there
+    is one; ``prefix`` then only names users registered here.
+    """
+    pool = _POOL
+    if pool is not None and pool.api_root == api_root:
+        return pool.take()
     return _register(api_root, prefix)
 
 
@@ -142,6 +157,61 @@ def _register(api_root: str, prefix: str) -> User:
     )
     assert login.status_code == 200, login.text
     return User(api_root, name, PASSWORD, login.json()["access_token"])
+
+
+class _UserPool:
+    """Users of one server registered ahead, on a thread, while tests run.
+
+    Every test still gets a user nobody else has seen, registered through the server's API;
+    it just does not wait for it: a registration and its login cost the server two password
+    hashes (bcrypt, about a second on a busy 2-core machine), which the server computes
+    outside its event loop, so they overlap with the tests' own requests.
+    """
+
+    AHEAD = 3
+
+    def __init__(self, api_root: str) -> None:
+        self.api_root = api_root
+        self._ready: queue.Queue[User | Exception] = queue.Queue(maxsize=self.AHEAD)
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._fill, name="user-pool", daemon=True)
+        self._thread.start()
+
+    def _fill(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                found: User | Exception = _register(self.api_root, "t")
+            except Exception as exc:  # handed to the test that takes the next user
+                found = exc
+            while not self._stopping.is_set():
+                try:
+                    self._ready.put(found, timeout=0.5)
+                    break
+                except queue.Full:
+                    continue
+            if isinstance(found, Exception):
+                return
+
+    def take(self) -> User:
+        """The next fresh user (waits while one is being registered)."""
+        try:
+            found = self._ready.get(timeout=120)
+        except queue.Empty:
+            raise AssertionError(
+                f"no user could be registered at {self.api_root} in 120 s"
+            ) from None
+        if isinstance(found, Exception):
+            raise AssertionError(
+                f"registering a user at {self.api_root} failed: {found!r}"
+            ) from found
+        return found
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+
+_POOL: _UserPool | None = None
+"""The users registered ahead for the real server, while the session uses it."""
 
 
 def server_jobs(user: User) -> list[dict[str, Any]]:
