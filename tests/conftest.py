@@ -285,14 +285,20 @@ UNREACHABLE = "http://127.0.0.1:9"
 
 
 @pytest.fixture
-def unreachable(tmp_path: Path) -> Iterator[Client]:
-    """An online client of a made-up user whose server refuses every connection, with a
-    throw-away home. Whatever would reach for the server tries to, and a fresh client's first
-    try is always made (nothing has told it the link is down), so ``unreachable_sent`` proves
-    that a call sent nothing. No server is needed."""
-    token = fake_jwt(sub=1, username="nobody")
+def nobody() -> User:
+    """A made-up user of a server that refuses every connection (``UNREACHABLE``); its token
+    reads like the server's."""
+    return User(UNREACHABLE, "nobody", PASSWORD, fake_jwt(sub=1, username="nobody"))
+
+
+@pytest.fixture
+def unreachable(nobody: User, tmp_path: Path) -> Iterator[Client]:
+    """An online client of ``nobody``, with a throw-away home. Whatever would reach for the
+    server tries to, and a fresh client's first try is always made (nothing has told it the
+    link is down), so ``unreachable_sent`` proves that a call sent nothing. No server is
+    needed."""
     c = balsam_sync.connect(
-        UNREACHABLE, token, home=str(tmp_path / "unreachable"), retry=FAST_RETRY
+        nobody.api_root, nobody.token, home=str(tmp_path / "unreachable"), retry=FAST_RETRY
     )
     yield c
     c.close()
@@ -302,6 +308,14 @@ def unreachable(tmp_path: Path) -> Iterator[Client]:
 def unreachable_sent(unreachable: Client) -> RequestLog:
     """Every request ``unreachable`` tries."""
     return record_requests(unreachable)
+
+
+@pytest.fixture
+def unreachable_api(unreachable: Client) -> Iterator[Client]:
+    """Make ``unreachable`` the default client behind ``balsam_sync.api``."""
+    balsam_sync.set_default_client(unreachable)
+    yield unreachable
+    balsam_sync.set_default_client(None)
 
 
 @pytest.fixture
