@@ -2,8 +2,8 @@
 
 A test that needs the server fails, never skips, when the server cannot be started. Every test
 whose fixtures reach ``balsam_server`` is marked ``server`` when collected, so the fast tier
-(``pytest -m "not server"``) is exactly the tests that need no server; a test outside it that
-sends a request to the real server anyway fails.
+(``pytest -m "not server"``) is exactly the tests that need no server; a test outside it whose
+client sends a request to the real server anyway fails.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ SERVER_SCRIPT = ROOT / "scripts" / "real-balsam-server.sh"
 PASSWORD = "test-password-0"
 
 
+@pytest.hookimpl(tryfirst=True)  # before ``-m`` deselects by marker
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark ``server`` every test that reaches the real server through its fixtures."""
     for item in items:
