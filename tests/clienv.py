@@ -3,8 +3,13 @@ that checks no token, password or traceback is ever printed."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import subprocess
+import sys
+import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -97,3 +102,25 @@ def smash_header(path: Path) -> None:
     assert not Path(f"{path}-wal").exists()
     with open(path, "r+b") as fh:
         fh.write(b"\x00" * 100)
+
+
+def start_daemon(
+    log: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """``balsam-sync daemon`` as its own process, logging to ``log``."""
+    command = [sys.executable, "-m", "balsam_sync.cli", "daemon", "--log-file", str(log), *args]
+    return subprocess.Popen(
+        command,
+        env=dict(os.environ) if env is None else env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
+    """Polls ``check`` until it holds; fails the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)

@@ -7,11 +7,8 @@ signals and the per-mirror lock behave as in production.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,6 +20,7 @@ import balsam_sync
 from balsam_sync.cli import main
 from balsam_sync.client import Client
 from balsam_sync.testing.faultproxy import FaultProxy
+from tests.clienv import start_daemon, wait_for
 from tests.conftest import User
 
 
@@ -52,19 +50,6 @@ def invoke(*args: str) -> Result:
     result = CliRunner().invoke(main, list(args))
     assert "Traceback" not in result.output + result.stderr
     return result
-
-
-def start_daemon(log: Path, *args: str) -> subprocess.Popen[bytes]:
-    command = [sys.executable, "-m", "balsam_sync.cli", "daemon", "--log-file", str(log), *args]
-    return subprocess.Popen(command, env=dict(os.environ), stderr=subprocess.DEVNULL)
-
-
-def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
 
 
 def logged(log: Path, text: str) -> Callable[[], bool]:

@@ -21,22 +21,13 @@ from typing import Any
 
 import pytest
 
+from tests.clienv import start_daemon
 from tests.conftest import User
 from tests.test_nodes import node, node_env
-from tests.test_stress import _wait_for_lines, audit
+from tests.test_stress import _wait_for_lines, audit, writer
 
 NODES = ("login-a", "login-b", "login-c")
 ROUNDS, JOBS, SAVES = 2, 12, 60
-
-
-def _writer(env: dict[str, str], name: str, app_id: int, seed: int, log: Path) -> Any:
-    args = [name, str(ROUNDS), str(JOBS), str(SAVES), str(app_id), str(seed), str(log)]
-    return subprocess.Popen(
-        [sys.executable, "-m", "tests.stress_writer", *args],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
 
 
 def _cli_loop(env: dict[str, str], command: str, pause: float) -> Any:
@@ -54,16 +45,6 @@ def _cli_loop(env: dict[str, str], command: str, pause: float) -> Any:
     )
 
 
-def _daemon(env: dict[str, str], log: Path) -> Any:
-    return subprocess.Popen(
-        [sys.executable, "-m", "balsam_sync.cli", "daemon", "--interval", "1"]
-        + ["--log-file", str(log)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-
 @pytest.mark.slow
 def test_writers_on_three_nodes_a_purge_and_a_killed_daemon_lose_nothing(
     user: User, app: Any, tmp_path: Path
@@ -76,8 +57,10 @@ def test_writers_on_three_nodes_a_purge_and_a_killed_daemon_lose_nothing(
     for i, n in enumerate(NODES):
         for k in range(2):
             logs.append(tmp_path / f"{n}-w{k}.log")
-            writers.append(_writer(envs[n], f"{n}/w{k}", app.id, 10 * i + k, logs[-1]))
-    daemon = _daemon(envs["login-a"], tmp_path / "daemon.log")
+            writers.append(
+                writer(envs[n], f"{n}/w{k}", app.id, 10 * i + k, logs[-1], (ROUNDS, JOBS, SAVES))
+            )
+    daemon = start_daemon(tmp_path / "daemon.log", "--interval", "1", env=envs["login-a"])
     loops = [
         _cli_loop(envs["login-b"], "pull", 3),
         _cli_loop(envs["login-c"], "push", 2),
@@ -86,7 +69,7 @@ def test_writers_on_three_nodes_a_purge_and_a_killed_daemon_lose_nothing(
         _wait_for_lines(logs[0], rng.randint(SAVES // 2, SAVES))
         daemon.send_signal(signal.SIGKILL)  # a sender killed mid-round
         daemon.wait(timeout=30)
-        daemon = _daemon(envs["login-a"], tmp_path / "daemon.log")
+        daemon = start_daemon(tmp_path / "daemon.log", "--interval", "1", env=envs["login-a"])
         _wait_for_lines(logs[4], rng.randint(SAVES // 2, SAVES))
         shutil.rmtree(tmp_path / "login-c", ignore_errors=True)  # the node's scratch is purged
         for w in writers:

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 import balsam_sync
+from tests.clienv import start_daemon
 from tests.conftest import FAST_RETRY, User, server_jobs
 from tests.test_crash import FULL, env_for
 
@@ -32,8 +33,16 @@ JOBS = 40 if FULL else 16
 SAVES = 250 if FULL else 100
 
 
-def _writer(env: dict[str, str], name: str, app_id: int, seed: int, log: Path) -> Any:
-    args = [name, str(ROUNDS), str(JOBS), str(SAVES), str(app_id), str(seed), str(log)]
+def writer(
+    env: dict[str, str],
+    name: str,
+    app_id: int,
+    seed: int,
+    log: Path,
+    sizes: tuple[int, int, int] = (ROUNDS, JOBS, SAVES),
+) -> Any:
+    """One tests/stress_writer.py process: ``sizes`` are its rounds, jobs and saves."""
+    args = [name, *map(str, sizes), str(app_id), str(seed), str(log)]
     return subprocess.Popen(
         [sys.executable, "-m", "tests.stress_writer", *args],
         env=env,
@@ -117,13 +126,7 @@ def test_writers_daemon_and_cli_pulls_on_one_mirror_lose_nothing(
     env = {**env_for(user, home), "BALSAM_SYNC_MAX_REQUEST_SECONDS": "10"}
     rng = random.Random(16)
     daemon_log = tmp_path / "daemon.log"
-    daemon = subprocess.Popen(
-        [sys.executable, "-m", "balsam_sync.cli", "daemon", "--interval", "1"]
-        + ["--log-file", str(daemon_log)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    daemon = start_daemon(daemon_log, "--interval", "1", env=env)
     pulls = subprocess.Popen(
         ["bash", "-c", f"while true; do {sys.executable} -m balsam_sync.cli pull; sleep 3; done"],
         env=env,
@@ -132,7 +135,7 @@ def test_writers_daemon_and_cli_pulls_on_one_mirror_lose_nothing(
         start_new_session=True,
     )
     logs = [tmp_path / f"w{k}.log" for k in range(WRITERS)]
-    writers = [_writer(env, f"w{k}", app.id, k, logs[k]) for k in range(WRITERS)]
+    writers = [writer(env, f"w{k}", app.id, k, logs[k]) for k in range(WRITERS)]
     try:
         # Kill one writer in the middle of its work, then start it again at once (a new name:
         # its killed round's objects are judged by the first log).
@@ -140,7 +143,7 @@ def test_writers_daemon_and_cli_pulls_on_one_mirror_lose_nothing(
         writers[0].send_signal(signal.SIGKILL)
         writers[0].wait(timeout=30)
         logs.append(tmp_path / "w0b.log")
-        writers[0] = _writer(env, "w0b", app.id, 100, logs[-1])
+        writers[0] = writer(env, "w0b", app.id, 100, logs[-1])
         for w in writers:
             _out, err = w.communicate(timeout=900)
             assert w.returncode == 0, err.decode()[-3000:]

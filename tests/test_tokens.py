@@ -16,9 +16,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +25,7 @@ import balsam_sync
 from balsam_sync.client import Client
 from balsam_sync.config import write_client_yml
 from balsam_sync.testing.faultproxy import FaultProxy
-from tests.clienv import Run, make_app, queue_offline
+from tests.clienv import Run, make_app, queue_offline, start_daemon, wait_for
 from tests.conftest import PASSWORD, User, register_user, server_jobs
 
 ENV_NAMES = (
@@ -83,7 +80,7 @@ def mirrors(home: Path) -> list[Path]:
     return sorted((home / "mirrors").glob("*.sqlite3")) if (home / "mirrors").exists() else []
 
 
-def test_a_refused_token_exits_4_in_push_pull_status_and_daemon(
+def test_a_refused_token_exits_4_in_push_pull_status_andstart_daemon(
     user: User, home: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     queue(user, monkeypatch, 2)
@@ -165,19 +162,6 @@ def test_no_token_for_an_unreachable_url_is_cannot_reach_not_not_logged_in(
 # -- the daemon: pause on 401, resume with a new token ---------------------------------------
 
 
-def _daemon(log: Path, *args: str) -> subprocess.Popen[bytes]:
-    command = [sys.executable, "-m", "balsam_sync.cli", "daemon", "--log-file", str(log), *args]
-    return subprocess.Popen(command, env=dict(os.environ), stderr=subprocess.DEVNULL)
-
-
-def _wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.1)
-
-
 def _status() -> dict[str, Any]:
     out = Run()("status", "--offline", "--json")
     found: dict[str, Any] = json.loads(out.stdout)
@@ -202,14 +186,14 @@ def test_the_daemon_pauses_on_a_refused_token_and_resumes_after_login(
         bad = forged(user.token)
         login_file(proxy.url, bad)
         log = tmp_path / "daemon.log"
-        proc = _daemon(log, "--interval", "0.2")
+        proc = start_daemon(log, "--interval", "0.2")
         try:
-            _wait_for(lambda: _status()["paused_for_auth"] is not None, 30, "the pause")
-            _wait_for(lambda: log.exists() and "paused" in log.read_text(), 10, "the log line")
+            wait_for(lambda: _status()["paused_for_auth"] is not None, 30, "the pause")
+            wait_for(lambda: log.exists() and "paused" in log.read_text(), 10, "the log line")
             assert "paused" in Run()("status", "--offline").stdout
             sent = proxy.stats.requests
             rounds = log.read_text().count("round ")
-            _wait_for(lambda: log.read_text().count("round ") >= rounds + 5, 30, "five rounds")
+            wait_for(lambda: log.read_text().count("round ") >= rounds + 5, 30, "five rounds")
             assert proxy.stats.requests == sent  # paused: the refused token is not sent again
             assert server_jobs(user) == []
 
@@ -222,8 +206,8 @@ def test_the_daemon_pauses_on_a_refused_token_and_resumes_after_login(
                 "--password-stdin",
                 input=f"{PASSWORD}\n",
             )
-            _wait_for(lambda: len(server_jobs(user)) == 3, 30, "the queued jobs")
-            _wait_for(lambda: _status()["pending"] == 0, 30, "an empty queue")
+            wait_for(lambda: len(server_jobs(user)) == 3, 30, "the queued jobs")
+            wait_for(lambda: _status()["pending"] == 0, 30, "an empty queue")
             assert _status()["paused_for_auth"] is None
             assert "resum" in log.read_text()
             assert proc.poll() is None  # never restarted
@@ -241,9 +225,9 @@ def test_a_daemon_stopped_while_paused_exits_4(
 ) -> None:
     queue(user, monkeypatch, 1)
     login_file(user.api_root, forged(user.token))
-    proc = _daemon(tmp_path / "d.log", "--interval", "0.2")
+    proc = start_daemon(tmp_path / "d.log", "--interval", "0.2")
     try:
-        _wait_for(lambda: _status()["paused_for_auth"] is not None, 30, "the pause")
+        wait_for(lambda: _status()["paused_for_auth"] is not None, 30, "the pause")
     finally:
         code = _stop(proc)
     assert code == 4
