@@ -31,9 +31,8 @@ from .orm.models import Model
 from .orm.records import App, BatchJob, EventLog, Site, TransferItem
 from .remote.jwt import user_of
 from .remote.link import Link
-from .remote.outcomes import Backoff
+from .remote.outcomes import Backoff, RetryPolicy
 from .remote.rest import Remote
-from .remote.retry import RetryPolicy
 from .remote.serverclock import Clock
 from .remote.transport import Transport
 from .sync.cost import metered

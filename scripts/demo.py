@@ -18,7 +18,7 @@ from pathlib import Path
 import requests
 
 import balsam_sync
-from balsam_sync.remote.retry import RetryPolicy
+from balsam_sync.remote.outcomes import RetryPolicy
 from balsam_sync.testing.faultproxy import FaultProxy
 
 ROOT = Path(__file__).resolve().parents[1]

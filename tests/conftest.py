@@ -26,7 +26,7 @@ import requests
 import balsam_sync
 from balsam_sync.client import Client
 from balsam_sync.remote import transport
-from balsam_sync.remote.retry import RetryPolicy
+from balsam_sync.remote.outcomes import RetryPolicy
 from balsam_sync.testing.faultproxy import FaultProxy
 from balsam_sync.testing.guards import no_requests_in_transactions
 

@@ -39,7 +39,7 @@ from balsam_sync.errors import (
     UsageError,
     UsageTypeError,
 )
-from balsam_sync.remote.retry import RetryPolicy
+from balsam_sync.remote.outcomes import RetryPolicy
 from tests.conftest import RequestLog, register_user
 from tests.server_rows import server_row
 

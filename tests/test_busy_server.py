@@ -26,7 +26,7 @@ import pytest
 import balsam_sync
 from balsam_sync.cache import EntryState
 from balsam_sync.client import Client
-from balsam_sync.remote.retry import RetryPolicy
+from balsam_sync.remote.outcomes import RetryPolicy
 from balsam_sync.remote.transport.network import unacknowledged
 from balsam_sync.testing.faultproxy import FaultPlan, FaultProxy
 from tests.conftest import User, server_jobs

@@ -177,7 +177,7 @@ def test_r2_kill_9_right_after_the_post_reached_the_server_duplicates_nothing(
 WRITER = textwrap.dedent(
     """
     import sys, balsam_sync
-    from balsam_sync.remote.retry import RetryPolicy
+    from balsam_sync.remote.outcomes import RetryPolicy
     name, n, app_id = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     c = balsam_sync.connect(retry=RetryPolicy(attempts=3, initial_wait=0.01, max_wait=0.05))
     for i in range(n):

@@ -24,7 +24,7 @@ import balsam_sync
 from balsam_sync.cache import EntryState
 from balsam_sync.client import Client
 from balsam_sync.errors import NoEvidence, ServerError
-from balsam_sync.remote.retry import RetryPolicy
+from balsam_sync.remote.outcomes import RetryPolicy
 from balsam_sync.resources import MARKER_KEY
 from balsam_sync.testing.faultproxy import FaultPlan, FaultProxy
 from tests.conftest import User, server_jobs

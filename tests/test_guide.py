@@ -29,7 +29,7 @@ from balsam_sync.api import App, BatchJob, EventLog, Job, Site, TransferItem
 from balsam_sync.client import Client
 from balsam_sync.errors import MultipleObjectsReturned, ObjectDoesNotExist
 from balsam_sync.orm.models import Model
-from balsam_sync.remote.retry import RetryPolicy
+from balsam_sync.remote.outcomes import RetryPolicy
 from balsam_sync.resources import MARKER_KEY
 
 QUICK_RETRY = RetryPolicy(attempts=3, max_seconds=5.0, initial_wait=0.01, max_wait=0.05)

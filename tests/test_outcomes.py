@@ -29,7 +29,7 @@ import balsam_sync
 from balsam_sync import errors
 from balsam_sync.cache import Identity, open_mirror
 from balsam_sync.client import Client
-from balsam_sync.remote.retry import RetryPolicy
+from balsam_sync.remote.outcomes import RetryPolicy
 from balsam_sync.testing.faultproxy import FaultKind, FaultPlan, FaultProxy
 from tests.conftest import ROOT, SERVER_SCRIPT, User, server_jobs
 from tests.mirror_view import held, sql

@@ -19,7 +19,7 @@ import pytest
 import balsam_sync
 from balsam_sync import errors
 from balsam_sync.client import Client
-from balsam_sync.remote.retry import RetryPolicy
+from balsam_sync.remote.outcomes import RetryPolicy
 from balsam_sync.resources import Row
 from balsam_sync.testing.faultproxy import FaultProxy
 from balsam_sync.testing.rewrite import Message, Request, redirect, reply

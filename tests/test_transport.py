@@ -14,8 +14,7 @@ import balsam_sync
 from balsam_sync import errors
 from balsam_sync.client import Client
 from balsam_sync.remote.link import Link
-from balsam_sync.remote.outcomes import Backoff, Outcome, outcome
-from balsam_sync.remote.retry import RetryPolicy, is_transient
+from balsam_sync.remote.outcomes import Backoff, Outcome, RetryPolicy, is_transient, outcome
 from balsam_sync.remote.transport import PATIENT, Transport
 from balsam_sync.testing.faultproxy import FaultKind, FaultProxy
 from tests.conftest import User

@@ -12,8 +12,8 @@ from ..errors import ConfigError, NotAuthenticated, NotFound, ServerUnreachable
 from ..resources import SITE
 from ..spec import QuerySpec
 from .jwt import expiry
+from .outcomes import RetryPolicy
 from .rest import Remote
-from .retry import RetryPolicy
 from .transport import Transport
 from .wire import login_reply
 

@@ -31,9 +31,8 @@ from ...errors import (
 )
 from ..jwt import expiry
 from ..link import Link
-from ..outcomes import link_failed
+from ..outcomes import RetryPolicy, link_failed
 from ..params import Params
-from ..retry import RetryPolicy
 from ..serverclock import Clock, ServerClock
 from ..wire import Expect
 from .network import Watch, first_on_connection, session_factory, watching
