@@ -19,10 +19,10 @@ building the instances) is not timed; the change and the call are. Requests are 
 in-process in every timed round (ours: the transport's request hook; upstream: its
 ``requests`` session), and by the fault proxy (no faults: a counting relay) between a second
 client of each side and the server for a few more rounds; the relay's count is the figure.
-Where the time went is noted: the seconds each side waited for its replies, and our fsync
-calls (the durable queue). Targets: requests per write no more than upstream's, median time
-<= 1.2x upstream's for ``save()``, ``bulk_create`` and query ``update()`` (the loop's time is
-information).
+Where the time went is noted: the seconds each side waited for its replies, the CPU seconds
+it used, and our fsync calls (the durable queue). Targets: requests per write no more than
+upstream's, median time <= 1.2x upstream's for ``save()``, ``bulk_create`` and query
+``update()`` (the loop's time is information).
 
 ``python scripts/bench.py --only P9`` runs it alone.
 """
@@ -135,12 +135,14 @@ def command(op: str, jobs: Jobs, side: str, n: int, app_id: int) -> dict[str, An
 
 class Done(NamedTuple):
     """One timed write: its seconds, the requests it sent, what it returned, the seconds it
-    waited for its replies' heads, and (ours) the fsync calls it made and their seconds."""
+    waited for its replies' heads, the CPU seconds its process used meanwhile (every thread),
+    and (ours) the fsync calls it made and their seconds."""
 
     seconds: float
     sent: list[str]
     result: Any
     waited: float
+    cpu: float
     fsyncs: int = 0
     fsync_seconds: float = 0.0
 
@@ -164,7 +166,9 @@ class Upstream:
 
     def act(self) -> Done:
         answer = self.session.act()
-        return Done(answer["seconds"], answer["requests"], answer["result"], answer["waited"])
+        return Done(
+            answer["seconds"], answer["requests"], answer["result"], answer["waited"], answer["cpu"]
+        )
 
     def close(self) -> None:
         self.session.close()
@@ -262,11 +266,13 @@ class Ours:
         self.waited = 0.0
         meter = self.fsyncs
         meter.calls, meter.seconds, meter.on = 0, 0.0, True
+        cpu = time.process_time()
         try:
             seconds, result = timed(write)
         finally:
             meter.on = False
-        return Done(seconds, list(self.sent), result, self.waited, meter.calls, meter.seconds)
+        cpu = time.process_time() - cpu
+        return Done(seconds, list(self.sent), result, self.waited, cpu, meter.calls, meter.seconds)
 
 
 @dataclass
@@ -279,6 +285,7 @@ class Calls:
     sent: list[list[str]] = field(default_factory=list)
     results: list[Any] = field(default_factory=list)
     waited: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
     fsyncs: list[int] = field(default_factory=list)
     fsync_seconds: list[float] = field(default_factory=list)
     relayed: list[list[str]] = field(default_factory=list)
@@ -403,6 +410,7 @@ def one_round(
             calls.sent.append(done.sent)
             calls.results.append(done.result)
             calls.waited.append(done.waited)
+            calls.cpu.append(done.cpu)
             calls.fsyncs.append(done.fsyncs)
             calls.fsync_seconds.append(done.fsync_seconds)
 
@@ -510,8 +518,9 @@ def breakdown(ours: Calls, up: Calls) -> str:
     """Where the time went (medians over the timed rounds)."""
     return (
         f"time (medians): ours {ms(ours.seconds)}, {ms(ours.waited)} of it awaiting replies, "
-        f"{statistics.median(ours.fsyncs):g} fsync calls taking {ms(ours.fsync_seconds)}; "
-        f"upstream {ms(up.seconds)}, {ms(up.waited)} of it awaiting replies"
+        f"{statistics.median(ours.fsyncs):g} fsync calls taking {ms(ours.fsync_seconds)}, "
+        f"CPU {ms(ours.cpu)}; upstream {ms(up.seconds)}, {ms(up.waited)} of it awaiting "
+        f"replies, CPU {ms(up.cpu)}"
     )
 
 

@@ -105,8 +105,9 @@ class UpstreamSession:
         return requests
 
     def act(self) -> dict[str, Any]:
-        """Do the prepared write: its ``seconds``, the ``requests`` it sent, the seconds it
-        ``waited`` for their replies' heads, and the ``result`` it returned."""
+        """Do the prepared write: its ``seconds`` (and ``cpu`` seconds), the ``requests`` it
+        sent, the seconds it ``waited`` for their replies' heads, and the ``result`` it
+        returned."""
         return self.call({"act": True})
 
     def close(self) -> None:
