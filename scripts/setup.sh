@@ -2,7 +2,8 @@
 # Set up everything balsam_sync needs on a fresh Debian machine, idempotently:
 #   - the project's own venv (.venv) with balsam_sync installed editable + test/dev tools;
 #   - the real upstream Balsam server (PostgreSQL from Debian + its own venv), started on
-#     127.0.0.1 (scripts/real-balsam-server.sh).
+#     127.0.0.1 (scripts/real-balsam-server.sh); `scripts/setup.sh venv` stops before it
+#     (the fast tier of the tests needs no server).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -18,6 +19,11 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install --disable-pip-version-check -q --upgrade pip >/dev/null
   .venv/bin/python -m pip install --disable-pip-version-check -q -e ".[test,dev]"
   echo "$want" > "$stamp"
+fi
+
+if [ "${1:-}" = venv ]; then
+  echo "setup: done (venv only)"
+  exit 0
 fi
 
 bash scripts/real-balsam-server.sh install

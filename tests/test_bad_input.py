@@ -2,14 +2,14 @@
 
 Every row of the tables is one bad call. It must raise the documented class (which also
 subclasses the builtin a Python user expects: ValueError, TypeError, AttributeError) and the
-client must not have sent a single request (``sent`` is cleared after the fixtures ran).
+client must not have tried a single request, nor queued one. These checks come before any
+I/O, so they need no server: the client is online but its server refuses every connection
+(``unreachable``), so a call that reached for the server would be recorded; its objects are
+rows planted in its throw-away mirror, as a pull would have left them.
 
 The errors the SERVER reports (duplicate names, foreign ids, a bad token) must surface as the
 matching ``balsam_sync.errors`` class with the server's reason, at once (one attempt, no
-half-hour upstream-style retry), and never show the token.
-
-One user is shared by the whole module (registration costs a bcrypt hash on the server); each
-test still gets its own client and mirror, and no test depends on what other tests created.
+half-hour upstream-style retry), and never show the token: those tests use the real server.
 """
 
 from __future__ import annotations
@@ -40,15 +40,10 @@ from balsam_sync.errors import (
     UsageTypeError,
 )
 from balsam_sync.remote.retry import RetryPolicy
-from tests.conftest import User, register_user
+from tests.conftest import RequestLog, register_user
+from tests.server_rows import server_row
 
 QUICK_RETRY = RetryPolicy(attempts=3, max_seconds=5.0, initial_wait=0.01, max_wait=0.05)
-
-
-@pytest.fixture(scope="module")
-def user(balsam_server: str) -> User:
-    """Overrides conftest's per-test user: one registration for the whole module."""
-    return register_user(balsam_server, "bad")
 
 
 def _connect(api_root: str, token: str, home: Path) -> Client:
@@ -65,7 +60,7 @@ def fresh_client(balsam_server: str, tmp_path: Path) -> Iterator[Client]:
 
 @dataclass
 class Ctx:
-    """Objects in every state a case may need, bound to the test's ``client``."""
+    """Objects in every state a case may need, bound to the test's ``unreachable`` client."""
 
     c: Client
     site: Any
@@ -75,20 +70,34 @@ class Ctx:
     new_job: Any  # built locally, never saved
     gone: Any  # deleted through this instance
     event: Any  # an EventLog row (read-only)
+    queued: int  # changes queued by the setup (the deletion of ``gone``)
+
+
+def _plant(c: Client, resource: str, **fields: Any) -> Any:
+    """An object the server holds, as a pull leaves it in the mirror (no request)."""
+    c.mirror.server_rows(resource, [server_row(resource, **fields)])
+    return getattr(c, resource).objects.offline().get(id=fields["id"])
 
 
 @pytest.fixture
-def ctx(client: Client, site: Any, app: Any, sent: Any) -> Ctx:
-    job = client.Job.objects.create(workdir="ctx/job", app_id=app.id, data={"k": 1})
-    gone = client.Job.objects.create(workdir="ctx/gone", app_id=app.id)
+def ctx(unreachable: Client, unreachable_sent: RequestLog) -> Ctx:
+    c = unreachable
+    site = _plant(c, "Site", id=11, name="ctx-site", path="/projects/ctx")
+    app = _plant(c, "App", id=12, site_id=site.id, name="Hello")
+    job = _plant(c, "Job", id=13, app_id=app.id, workdir="ctx/job", data={"k": 1})
+    gone = _plant(c, "Job", id=14, app_id=app.id, workdir="ctx/gone")
+    bj = _plant(c, "BatchJob", id=15, site_id=site.id, project="p", queue="debug")
+    event = _plant(c, "EventLog", id=16, job_id=job.id)
+    new_job = c.Job(workdir="ctx/new", app_id=app.id)
+    c.transport.link.mark_down("the test queues a deletion without sending it")
     gone.delete()
-    bj = client.BatchJob.objects.create(
-        site_id=site.id, project="p", queue="debug", num_nodes=1, wall_time_min=10, job_mode="mpi"
-    )
-    event = client.EventLog.objects.filter(job_id=[job.id])[0]
-    new_job = client.Job(workdir="ctx/new", app_id=app.id)
-    sent.clear()
-    return Ctx(client, site, app, job, bj, new_job, gone, event)
+    c.transport.link.reset()  # from here on, any call that reaches for the server tries
+    assert unreachable_sent.calls == [] and _pending(c) == 1
+    return Ctx(c, site, app, job, bj, new_job, gone, event, queued=1)
+
+
+def _pending(c: Client) -> int:
+    return c.status(check_server=False).pending
 
 
 @dataclass(frozen=True)
@@ -108,7 +117,7 @@ BUILTIN_OF: dict[type[BaseException], tuple[type[BaseException], ...]] = {
 }
 
 
-def check_refused(case: Case, arg: Any, sent: Any) -> None:
+def check_refused(case: Case, arg: Any, c: Client, sent: RequestLog, queued: int = 0) -> None:
     with pytest.raises(case.error, match=case.match) as info:
         case.action(arg)
     assert isinstance(info.value, BalsamSyncError)
@@ -116,6 +125,7 @@ def check_refused(case: Case, arg: Any, sent: Any) -> None:
         assert isinstance(info.value, builtin), f"{type(info.value).__name__} is no {builtin}"
     assert str(info.value), "the error explains itself"
     assert len(sent) == 0, f"sent before refusing: {sent.calls}"
+    assert _pending(c) == queued, "queued before refusing"
 
 
 def _gen(c: Client) -> Iterator[Any]:
@@ -475,26 +485,29 @@ def _unique_ids(cases: list[Case]) -> list[Case]:
 
 
 @pytest.mark.parametrize("case", _unique_ids(CLIENT_CASES), ids=lambda case: case.id)
-def test_bad_call_is_refused_before_any_request(client: Client, sent: Any, case: Case) -> None:
-    sent.clear()
-    check_refused(case, client, sent)
+def test_bad_call_is_refused_before_any_request(
+    unreachable: Client, unreachable_sent: RequestLog, case: Case
+) -> None:
+    check_refused(case, unreachable, unreachable, unreachable_sent)
 
 
 @pytest.mark.parametrize("case", _unique_ids(OBJECT_CASES), ids=lambda case: case.id)
 def test_bad_call_on_an_object_is_refused_before_any_request(
-    ctx: Ctx, sent: Any, case: Case
+    ctx: Ctx, unreachable_sent: RequestLog, case: Case
 ) -> None:
-    check_refused(case, ctx, sent)
+    check_refused(case, ctx, ctx.c, unreachable_sent, ctx.queued)
 
 
-def test_refused_assignments_leave_the_object_unchanged(ctx: Ctx, sent: Any) -> None:
+def test_refused_assignments_leave_the_object_unchanged(
+    ctx: Ctx, unreachable_sent: RequestLog
+) -> None:
     job = ctx.job
     for name, value in [("num_nodes", "many"), ("state", "FINISHED"), ("app_id", 3)]:
         with pytest.raises(UsageError):
             setattr(job, name, value)
     assert (job.num_nodes, job.state, job.app_id) == (1, "STAGED_IN", ctx.app.id)
     job.save()  # nothing is pending
-    assert len(sent) == 0
+    assert len(unreachable_sent) == 0 and _pending(ctx.c) == ctx.queued
 
 
 # -- filter(id=[]): an empty query that sends nothing -----------------------------------------
@@ -521,16 +534,16 @@ EMPTY_QUERY_USES: list[tuple[str, Callable[[Any], Any], Any]] = [
     ids=[name for name, _, _ in EMPTY_QUERY_USES],
 )
 def test_filter_by_an_empty_id_list_is_an_empty_query(
-    ctx: Ctx, sent: Any, use: Callable[[Any], Any], expected: Any, empty: Any
+    ctx: Ctx, unreachable_sent: RequestLog, use: Callable[[Any], Any], expected: Any, empty: Any
 ) -> None:
     q = ctx.c.Job.objects.filter(id=empty)
     assert use(q) == expected
-    assert len(sent) == 0
-    ctx.job.refresh_from_db()  # and nothing was changed on the server
-    assert ctx.job.num_nodes == 1
+    assert len(unreachable_sent) == 0  # nothing asked, nothing changed on the server
+    assert _pending(ctx.c) == ctx.queued  # nor queued to be changed later
+    assert ctx.c.Job.objects.offline().get(id=ctx.job.id).num_nodes == 1
 
 
-def test_empty_query_first_get_and_other_resources(ctx: Ctx, sent: Any) -> None:
+def test_empty_query_first_get_and_other_resources(ctx: Ctx, unreachable_sent: RequestLog) -> None:
     q = ctx.c.Job.objects.filter(id=[])
     with pytest.raises(IndexError):
         q.first()
@@ -541,7 +554,7 @@ def test_empty_query_first_get_and_other_resources(ctx: Ctx, sent: Any) -> None:
     assert list(ctx.c.Site.objects.filter(id=[])) == []
     assert ctx.c.BatchJob.objects.filter(id=[]).update(state="queued") == 0
     assert ctx.c.App.objects.filter(site_id=[]).count() == 0
-    assert len(sent) == 0
+    assert len(unreachable_sent) == 0 and _pending(ctx.c) == ctx.queued
 
 
 def test_all_allows_update_and_delete_of_everything(fresh_client: Client) -> None:

@@ -17,37 +17,10 @@ import click
 import pytest
 import yaml
 
-import balsam_sync
 from balsam_sync.cli import duration, main
 from balsam_sync.client import Client
-from tests.clienv import Run, make_app, queue_offline, use_env
-from tests.conftest import PASSWORD, User, register_user
-
-
-@pytest.fixture
-def user(balsam_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> User:
-    """A fresh user whose server, token, mirror folder and client.yml come from the env."""
-    found = register_user(balsam_server, "cli")
-    use_env(monkeypatch, found, tmp_path)
-    return found
-
-
-@pytest.fixture
-def run(user: User) -> Run:
-    return Run(user.token)
-
-
-@pytest.fixture
-def online(user: User, tmp_path: Path) -> Iterator[Client]:
-    """A second client of the same user with a mirror of its own (the "other machine")."""
-    c = balsam_sync.connect(user.api_root, user.token, home=str(tmp_path / "other"))
-    yield c
-    c.close()
-
-
-@pytest.fixture
-def app(online: Client) -> Any:
-    return make_app(online)
+from tests.clienv import Run, queue_offline
+from tests.conftest import PASSWORD, User
 
 
 def status_json(run: Run, *args: str) -> dict[str, Any]:
@@ -58,12 +31,12 @@ def status_json(run: Run, *args: str) -> dict[str, Any]:
 # -- login -----------------------------------------------------------------------------------
 
 
-def test_login_writes_private_settings(user: User, run: Run, tmp_path: Path) -> None:
-    out = run("login", "--username", user.username, "--password-stdin", input=PASSWORD + "\n")
-    path = tmp_path / "etc" / "client.yml"
+def test_login_writes_private_settings(env_user: User, run: Run, env_home: Path) -> None:
+    out = run("login", "--username", env_user.username, "--password-stdin", input=PASSWORD + "\n")
+    path = env_home / "etc" / "client.yml"
     saved = yaml.safe_load(path.read_text())
     run.secrets.append(saved["token"])
-    assert saved["api_root"] == user.api_root
+    assert saved["api_root"] == env_user.api_root
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
     assert str(path) in out.stdout and "0600" in out.stdout
@@ -71,38 +44,38 @@ def test_login_writes_private_settings(user: User, run: Run, tmp_path: Path) -> 
     assert saved["token"] not in out.output
 
 
-def test_login_with_a_wrong_password_exits_4(user: User, run: Run, tmp_path: Path) -> None:
-    out = run("login", "--username", user.username, "--password-stdin", input="nope\n", code=4)
+def test_login_with_a_wrong_password_exits_4(env_user: User, run: Run, env_home: Path) -> None:
+    out = run("login", "--username", env_user.username, "--password-stdin", input="nope\n", code=4)
     assert out.stderr.strip() == (
-        f"error: login as {user.username!r} refused: wrong username or password."
+        f"error: login as {env_user.username!r} refused: wrong username or password."
     )
-    assert not (tmp_path / "etc" / "client.yml").exists()
+    assert not (env_home / "etc" / "client.yml").exists()
     run("login", "--password-stdin", input="x\n", code=2)  # stdin is for the password only
 
 
 def test_saved_login_is_used_without_env(
-    user: User, run: Run, monkeypatch: pytest.MonkeyPatch
+    env_user: User, run: Run, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("BALSAM_SYNC_TOKEN")
     out = run("status", "--offline", code=4)
     assert "not logged in" in out.stderr and "balsam-sync login" in out.stderr
-    run("login", "--username", user.username, "--password-stdin", input=PASSWORD + "\n")
+    run("login", "--username", env_user.username, "--password-stdin", input=PASSWORD + "\n")
     monkeypatch.delenv("BALSAM_SYNC_API_ROOT")
-    assert status_json(run)["user"] == user.username
+    assert status_json(run)["user"] == env_user.username
 
 
 # -- status and push -------------------------------------------------------------------------
 
 
 def test_status_shows_pending_and_push_sends_it(
-    user: User, run: Run, app: Any, online: Client, monkeypatch: pytest.MonkeyPatch
+    env_user: User, run: Run, env_app: Any, elsewhere: Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     before = status_json(run)
     assert (before["pending"], before["dead"], before["server_reachable"]) == (0, 0, True)
-    assert before["user"] == user.username and before["last_push"] is None
+    assert before["user"] == env_user.username and before["last_push"] is None
     assert before["token_expired"] is False
 
-    queue_offline(monkeypatch, app, 2).close()
+    queue_offline(monkeypatch, env_app, 2).close()
     info = status_json(run, "--offline")
     assert (info["pending"], info["dead"], info["server_reachable"]) == (2, 0, None)
     assert info["oldest_pending_age"] >= 0
@@ -112,35 +85,35 @@ def test_status_shows_pending_and_push_sends_it(
 
     out = run("push")
     assert out.stdout.strip() == "sent 2, failed 0, dead 0, remaining 0"
-    assert online.Job.objects.online().count() == 2
+    assert elsewhere.Job.objects.online().count() == 2
     after = status_json(run)
     assert after["pending"] == 0 and after["last_push"] is not None
     assert re.search(r"last push: +\d+s ago \(20", run("status").stdout)
 
 
 def test_push_with_a_refused_token_says_log_in_again(
-    user: User, run: Run, app: Any, online: Client, monkeypatch: pytest.MonkeyPatch
+    env_user: User, run: Run, env_app: Any, elsewhere: Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    queue_offline(monkeypatch, app, 1).close()
-    forged = user.token[:-6] + ("AAAAAA" if not user.token.endswith("AAAAAA") else "BBBBBB")
+    queue_offline(monkeypatch, env_app, 1).close()
+    forged = env_user.token[:-6] + ("AAAAAA" if not env_user.token.endswith("AAAAAA") else "BBBBBB")
     run.secrets.append(forged)
     monkeypatch.setenv("BALSAM_SYNC_TOKEN", forged)  # same claims: same mirror, bad signature
     out = run("push", code=4)  # 4: not logged in, or the token was refused
     assert "log in again" in out.stderr
     assert status_json(run, "--offline")["pending"] == 1  # nothing is dropped
-    monkeypatch.setenv("BALSAM_SYNC_TOKEN", user.token)
+    monkeypatch.setenv("BALSAM_SYNC_TOKEN", env_user.token)
     run("push")
-    assert online.Job.objects.online().count() == 1
+    assert elsewhere.Job.objects.online().count() == 1
 
 
 # -- pull and jobs ---------------------------------------------------------------------------
 
 
 def test_pull_then_jobs_offline_with_filters(
-    run: Run, app: Any, online: Client, monkeypatch: pytest.MonkeyPatch
+    run: Run, env_app: Any, elsewhere: Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     made = [
-        online.Job.objects.create(workdir=f"run/{i}", app_id=app.id, tags={"kind": k})
+        elsewhere.Job.objects.create(workdir=f"run/{i}", app_id=env_app.id, tags={"kind": k})
         for i, k in enumerate(["a", "a", "b"])
     ]
     made[2].state = "FAILED"
@@ -185,10 +158,10 @@ def test_jobs_before_any_pull_says_so(run: Run) -> None:
 
 
 def test_dead_letters_list_retry_discard(
-    run: Run, app: Any, online: Client, monkeypatch: pytest.MonkeyPatch
+    run: Run, env_app: Any, elsewhere: Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    queued = queue_offline(monkeypatch, app, 1)
-    online.App.objects.get(id=app.id).delete()
+    queued = queue_offline(monkeypatch, env_app, 1)
+    elsewhere.App.objects.get(id=env_app.id).delete()
     out = run("push", code=1)
     assert out.stdout.strip() == "sent 0, failed 0, dead 1, remaining 0"
     assert "dead list" in out.stderr
@@ -219,9 +192,9 @@ def test_dead_letters_list_retry_discard(
 
 
 def test_rebuild_refuses_pending_changes_then_rebuilds(
-    run: Run, app: Any, online: Client, monkeypatch: pytest.MonkeyPatch
+    run: Run, env_app: Any, elsewhere: Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    mirror = Path(queue_offline(monkeypatch, app, 1).mirror.path)
+    mirror = Path(queue_offline(monkeypatch, env_app, 1).mirror.path)
     out = run("rebuild", "--yes", code=1)
     assert "not sent yet" in out.stderr and mirror.exists()
     run("push")

@@ -17,8 +17,8 @@ import balsam_sync
 import balsam_sync.api
 from balsam_sync.client import Client
 from balsam_sync.remote import transport
-from tests.clienv import Run, use_env
-from tests.conftest import User, register_user, server_jobs
+from tests.clienv import Run
+from tests.conftest import User, server_jobs
 
 ORIGIN = {"source", "as_of", "stale"}
 
@@ -38,25 +38,6 @@ class Account:
     sent: list[str]
 
 
-@pytest.fixture
-def user(balsam_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> User:
-    found = register_user(balsam_server, "clioff")
-    use_env(monkeypatch, found, tmp_path)
-    return found
-
-
-@pytest.fixture
-def run(user: User) -> Run:
-    return Run(user.token)
-
-
-@pytest.fixture
-def online(user: User, tmp_path: Path) -> Iterator[Client]:
-    c = balsam_sync.connect(user.api_root, user.token, home=str(tmp_path / "other"))
-    yield c
-    c.close()
-
-
 def _batch_job(c: Client, site: Any, state: str, **fields: Any) -> Any:
     bj = c.BatchJob.objects.create(
         site_id=site.id, project="p", queue="debug", num_nodes=2, wall_time_min=10, job_mode="mpi"
@@ -69,8 +50,8 @@ def _batch_job(c: Client, site: Any, state: str, **fields: Any) -> Any:
 
 
 @pytest.fixture
-def account(online: Client, run: Run, monkeypatch: pytest.MonkeyPatch) -> Iterator[Account]:
-    c, uid = online, uuid.uuid4().hex[:6]
+def account(elsewhere: Client, run: Run, monkeypatch: pytest.MonkeyPatch) -> Iterator[Account]:
+    c, uid = elsewhere, uuid.uuid4().hex[:6]
     alpha = c.Site.objects.create(name=f"alpha-{uid}", path=f"/projects/alpha-{uid}")
     beta = c.Site.objects.create(name=f"beta-{uid}", path=f"/projects/beta-{uid}")
     hello = c.App.objects.create(
@@ -333,7 +314,7 @@ def test_the_older_jobs_command_still_works_and_points_to_job_ls(
 
 
 def test_api_push_sends_what_was_queued_offline(
-    user: User, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    env_user: User, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("BALSAM_SYNC_OFFLINE", "1")
     offline = balsam_sync.connect()
@@ -350,5 +331,5 @@ def test_api_push_sends_what_was_queued_offline(
         assert (report.sent, report.remaining, report.dead) == (3, 0, 0)
     finally:
         balsam_sync.set_default_client(None)
-    (row,) = server_jobs(user)
+    (row,) = server_jobs(env_user)
     assert row["workdir"] == "queued/1"

@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,44 +17,20 @@ import balsam_sync
 from balsam_sync.cli import jobs as jobs_command
 from balsam_sync.client import Client
 from balsam_sync.testing.faultproxy import FaultProxy
-from tests.clienv import Run, make_app, queue_offline, use_env
-from tests.conftest import FAST_RETRY, User, register_user, server_jobs
+from tests.clienv import Run, make_app, queue_offline
+from tests.conftest import FAST_RETRY, User, server_jobs
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture
-def user(balsam_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> User:
-    found = register_user(balsam_server, "truth")
-    use_env(monkeypatch, found, tmp_path / "home")
-    return found
-
-
-@pytest.fixture
-def run(user: User) -> Run:
-    return Run(user.token)
-
-
-@pytest.fixture
-def other(user: User, tmp_path: Path) -> Iterator[Client]:
-    c = balsam_sync.connect(user.api_root, user.token, home=str(tmp_path / "other"))
-    yield c
-    c.close()
-
-
-@pytest.fixture
-def app(other: Client) -> Any:
-    return make_app(other)
-
-
 def test_offline_mode_is_honoured_by_every_command(
-    user: User, app: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    env_user: User, env_app: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with FaultProxy(user.api_root) as proxy:
+    with FaultProxy(env_user.api_root) as proxy:
         monkeypatch.setenv("BALSAM_SYNC_API_ROOT", proxy.url)
-        queue_offline(monkeypatch, app, 1).close()
+        queue_offline(monkeypatch, env_app, 1).close()
         monkeypatch.setenv("BALSAM_SYNC_OFFLINE", "1")
-        run = Run(user.token)
+        run = Run(env_user.token)
         for command in (["pull"], ["push"], ["daemon", "--once"], ["jobs", "--online"]):
             out = run(*command, code=1)
             assert "BALSAM_SYNC_OFFLINE" in out.stderr and len(out.stderr.splitlines()) == 1
@@ -68,14 +43,14 @@ def test_offline_mode_is_honoured_by_every_command(
         assert "no evidence" in refused and len(refused.splitlines()) == 1
         assert "run `balsam-sync pull` when online" in run("salvage", "--force").stdout
         assert proxy.stats.requests == 0  # not one request left this machine
-    assert server_jobs(user) == []
+    assert server_jobs(env_user) == []
 
 
 def test_status_with_a_garbage_token_asks_the_server_and_says_refused(
-    user: User, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    env_user: User, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setenv("BALSAM_SYNC_TOKEN", "garbage-token")
-    out = Run(user.token, "garbage-token")("status", code=4)
+    out = Run(env_user.token, "garbage-token")("status", code=4)
     assert "server reachable: yes" in out.stdout
     assert "token:            refused by the server" in out.stdout
     assert "token refused by the server" in out.stderr
@@ -97,8 +72,10 @@ def _closed_pipe(*args: str) -> subprocess.CompletedProcess[bytes]:
         os.close(write)
 
 
-def test_a_closed_pipe_ends_the_command_quietly(run: Run, app: Any, other: Client) -> None:
-    other.Job.objects.bulk_create([other.Job(workdir=f"p/{i}", app_id=app.id) for i in range(5)])
+def test_a_closed_pipe_ends_the_command_quietly(run: Run, env_app: Any, elsewhere: Client) -> None:
+    elsewhere.Job.objects.bulk_create(
+        [elsewhere.Job(workdir=f"p/{i}", app_id=env_app.id) for i in range(5)]
+    )
     for args in (["pull"], ["jobs"]):
         done = _closed_pipe(*args)
         assert done.stderr == b"", (args, done.stderr)
@@ -107,17 +84,19 @@ def test_a_closed_pipe_ends_the_command_quietly(run: Run, app: Any, other: Clien
 
 
 def test_pull_progress_counts_on_across_chunks_and_knows_the_job_total(
-    user: User, app: Any, other: Client, tmp_path: Path
+    env_user: User, env_app: Any, elsewhere: Client, tmp_path: Path
 ) -> None:
-    made = other.Job.objects.bulk_create(
-        [other.Job(workdir=f"c/{i}", app_id=app.id) for i in range(620)]
+    made = elsewhere.Job.objects.bulk_create(
+        [elsewhere.Job(workdir=f"c/{i}", app_id=env_app.id) for i in range(620)]
     )
-    c = balsam_sync.connect(user.api_root, user.token, home=str(tmp_path / "p"), retry=FAST_RETRY)
+    c = balsam_sync.connect(
+        env_user.api_root, env_user.token, home=str(tmp_path / "p"), retry=FAST_RETRY
+    )
     try:
         calls: list[tuple[str, int, int | None]] = []
         c.pull(progress=lambda r, n, t: calls.append((r, n, t)))
         assert ("Job", 620, 620) in calls
-        other.Job.objects.filter(id=[j.id for j in made]).update(num_nodes=2)
+        elsewhere.Job.objects.filter(id=[j.id for j in made]).update(num_nodes=2)
         calls.clear()
         c.pull(progress=lambda r, n, t: calls.append((r, n, t)))  # events in 2 chunks of ids
         events = [n for r, n, _ in calls if r == "EventLog"]
@@ -126,8 +105,10 @@ def test_pull_progress_counts_on_across_chunks_and_knows_the_job_total(
         c.close()
 
 
-def test_progress_bars_show_on_a_terminal(user: User, app: Any, other: Client) -> None:
-    other.Job.objects.bulk_create([other.Job(workdir=f"t/{i}", app_id=app.id) for i in range(7)])
+def test_progress_bars_show_on_a_terminal(env_user: User, env_app: Any, elsewhere: Client) -> None:
+    elsewhere.Job.objects.bulk_create(
+        [elsewhere.Job(workdir=f"t/{i}", app_id=env_app.id) for i in range(7)]
+    )
     primary, secondary = os.openpty()
     try:
         command = [sys.executable, "-m", "balsam_sync.cli", "pull"]
@@ -162,17 +143,17 @@ def test_login_help_and_readme_say_how_to_get_an_account(run: Run) -> None:
 
 
 def test_a_dead_letter_is_shown_in_full_and_corrected_before_it_is_sent(
-    user: User, run: Run, app: Any, other: Client, monkeypatch: pytest.MonkeyPatch
+    env_user: User, run: Run, env_app: Any, elsewhere: Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    queue_offline(monkeypatch, app, 1, prefix="fixme").close()
-    other.App.objects.get(id=app.id).delete()
+    queue_offline(monkeypatch, env_app, 1, prefix="fixme").close()
+    elsewhere.App.objects.get(id=env_app.id).delete()
     run("push", code=1)
     (letter,) = json.loads(run("dead", "list", "--json").stdout)["dead"]
     seq = letter["seq"]
     shown = run("dead", "show", str(seq)).stdout
-    assert f'"app_id": {app.id}' in shown and "404" in shown and "fixme/" in shown
+    assert f'"app_id": {env_app.id}' in shown and "404" in shown and "fixme/" in shown
     full = json.loads(run("dead", "show", str(seq), "--json").stdout)
-    assert full["payload"]["app_id"] == app.id and full["status"] == 404
+    assert full["payload"]["app_id"] == env_app.id and full["status"] == 404
 
     bad = run("dead", "edit", str(seq), "--set", "num_nodes=many", code=2)
     assert "num_nodes" in bad.stderr
@@ -180,11 +161,11 @@ def test_a_dead_letter_is_shown_in_full_and_corrected_before_it_is_sent(
     run("dead", "edit", str(seq), "--set", "nonsense=1", code=2)
     run("dead", "show", "999999", code=1)
 
-    new_app = make_app(other)
+    new_app = make_app(elsewhere)
     out = run("dead", "edit", str(seq), "--set", f"app_id={new_app.id}", "--retry")
     assert "queued again" in out.stdout
     assert run("push").stdout.startswith("sent 1,")
-    (job,) = server_jobs(user)
+    (job,) = server_jobs(env_user)
     assert job["app_id"] == new_app.id and job["workdir"].startswith("fixme/")
 
 

@@ -36,7 +36,7 @@ from balsam_sync.api import (
 )
 from balsam_sync.client import Client
 from balsam_sync.errors import OfflineError
-from tests.conftest import User, server_jobs
+from tests.conftest import RequestLog, User, server_jobs
 from tests.mirror_view import sql
 
 
@@ -83,7 +83,9 @@ def test_positional_constructors_as_upstream_generates_them(api: Client, user: U
     assert rows[job.id]["workdir"] == "test/run1" and rows[created.id]["app_id"] == app.id
 
 
-def test_none_arguments_mean_not_given_and_bad_positionals_are_type_errors(api: Client) -> None:
+def test_none_arguments_mean_not_given_and_bad_positionals_are_type_errors(
+    unreachable_api: Client,
+) -> None:
     job = Job("a/b", 1, tags=None, data=None, parameters=None)
     assert job.tags == {} and job.data == {} and job.parameters == {}
     with pytest.raises(TypeError, match="multiple values for argument 'workdir'"):
@@ -358,8 +360,11 @@ def test_everything_upstream_exports_is_exported() -> None:
     assert issubclass(api_module.Job.DoesNotExist, Exception)
 
 
-def test_bad_application_definitions_raise_upstreams_errors(sent: Any) -> None:
+def test_bad_application_definitions_raise_upstreams_errors(
+    unreachable_api: Client, unreachable_sent: RequestLog
+) -> None:
     """Defining a broken App fails at the class statement, as upstream's, with no request."""
+    sent = unreachable_sent
     with pytest.raises(AttributeError, match="must contain the `site` attribute"):
 
         class NoSite(ApplicationDefinition):

@@ -29,7 +29,7 @@ from balsam_sync.testing.faultproxy import FaultProxy
 from tests.conftest import FAST_RETRY, User, server_jobs
 
 FULL = os.environ.get("BALSAM_SYNC_FULL") == "1"
-R2_ROUNDS = 50 if FULL else 8
+R2_ROUNDS = 50 if FULL else 5  # each round kills a daemon mid-replay
 R2_JOBS = 3000 if FULL else 600
 R2_SEND_ROUNDS = 20 if FULL else 5
 R2_SEND_JOBS = 2500
@@ -78,6 +78,18 @@ def pending(home: Path, user: User) -> int:
         c.close()
 
 
+def wait_for_progress(home: Path, user: User, below: int) -> None:
+    """Return once at most ``below`` changes (at least one) are left unacknowledged."""
+    watcher = balsam_sync.connect(user.api_root, user.token, home=str(home), offline=True)
+    try:
+        deadline = time.monotonic() + 60
+        while watcher.status(check_server=False).pending > max(below, 1):
+            assert time.monotonic() < deadline, "the daemon made no progress within 60 s"
+            time.sleep(0.005)
+    finally:
+        watcher.close()
+
+
 def test_r2_kill_9_during_replay_loses_and_duplicates_nothing(
     user: User, app: Any, tmp_path: Path
 ) -> None:
@@ -92,8 +104,12 @@ def test_r2_kill_9_during_replay_loses_and_duplicates_nothing(
     env = {**env_for(user, home), "BALSAM_SYNC_MAX_REQUEST_SECONDS": "10"}
     kills, progress = 0, [R2_JOBS]
     for _ in range(R2_ROUNDS):
-        proc = daemon(env, tmp_path / "daemon.log", batch=rng.choice([5, 10, 25]))
-        time.sleep(rng.uniform(0.05, 0.4))
+        batch = rng.choice([5, 10, 25])
+        proc = daemon(env, tmp_path / "daemon.log", batch=batch)
+        # Killed once the server has acknowledged 1-3 of its batches, however fast this
+        # machine is: the daemon dies with the queue half sent (a fixed delay let a fast
+        # daemon finish first).
+        wait_for_progress(home, user, below=progress[-1] - rng.randint(1, 3) * batch)
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             kills += 1

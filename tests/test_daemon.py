@@ -12,8 +12,7 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ import balsam_sync
 from balsam_sync.cli import main
 from balsam_sync.client import Client
 from balsam_sync.testing.faultproxy import FaultProxy
-from tests.conftest import User, register_user
+from tests.conftest import User
 
 
 def use_env(monkeypatch: pytest.MonkeyPatch, api_root: str, token: str, home: Path) -> None:
@@ -33,29 +32,6 @@ def use_env(monkeypatch: pytest.MonkeyPatch, api_root: str, token: str, home: Pa
     monkeypatch.setenv("BALSAM_SYNC_HOME", str(home))
     monkeypatch.setenv("BALSAM_CLIENT_PATH", str(home / "client.yml"))
     monkeypatch.delenv("BALSAM_SYNC_OFFLINE", raising=False)
-
-
-@pytest.fixture
-def user(balsam_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> User:
-    found = register_user(balsam_server, "daemon")
-    use_env(monkeypatch, found.api_root, found.token, tmp_path)
-    return found
-
-
-@pytest.fixture
-def server(user: User, tmp_path: Path) -> Iterator[Client]:
-    """A client of the same user straight to the server, with a mirror of its own."""
-    c = balsam_sync.connect(user.api_root, user.token, home=str(tmp_path / "other"))
-    yield c
-    c.close()
-
-
-@pytest.fixture
-def app(server: Client) -> Any:
-    site = server.Site.objects.create(name=f"d-{uuid.uuid4().hex[:6]}", path="/projects/d")
-    return server.App.objects.create(
-        site_id=site.id, name="Hello", serialized_class="txt", source_code="print('hi')"
-    )
 
 
 def queue_offline(monkeypatch: pytest.MonkeyPatch, app_id: int, n: int) -> list[str]:
@@ -106,17 +82,17 @@ def stop(proc: subprocess.Popen[bytes]) -> int:
 
 
 def test_daemon_once_pushes_and_pulls(
-    user: User, server: Client, app: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    env_user: User, elsewhere: Client, env_app: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    queue_offline(monkeypatch, app.id, 2)
-    made_elsewhere = server.Job.objects.create(workdir="elsewhere", app_id=app.id)
+    queue_offline(monkeypatch, env_app.id, 2)
+    made_elsewhere = elsewhere.Job.objects.create(workdir="elsewhere", app_id=env_app.id)
     handlers = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
     log = tmp_path / "once.log"
     result = invoke("daemon", "--once", "--log-file", str(log))
     assert result.exit_code == 0, result.output
     assert "one round done: 0 pending, 0 dead letters" in result.stdout
     assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == handlers
-    assert server.Job.objects.online().count() == 3
+    assert elsewhere.Job.objects.online().count() == 3
     assert "round 1: sent 2, dead 0, pulled " in log.read_text()
     jobs = invoke("jobs", "--workdir", "elsewhere")  # pulled into the mirror
     assert jobs.stdout.splitlines()[1].split()[0] == str(made_elsewhere.id)
@@ -126,7 +102,7 @@ def test_daemon_once_pushes_and_pulls(
 
 
 def test_second_daemon_on_the_same_mirror_exits_3(
-    user: User, app: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    env_user: User, env_app: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     log = tmp_path / "first.log"
     first = start_daemon(log, "--interval", "0.2")
@@ -141,9 +117,9 @@ def test_second_daemon_on_the_same_mirror_exits_3(
 
 
 def test_sigterm_mid_batch_exits_0_and_loses_nothing(
-    user: User, server: Client, app: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    env_user: User, elsewhere: Client, env_app: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    workdirs = queue_offline(monkeypatch, app.id, 3000)
+    workdirs = queue_offline(monkeypatch, env_app.id, 3000)
     probe = balsam_sync.connect()  # reads the daemon's mirror from this process
     log = tmp_path / "daemon.log"
     proc = start_daemon(log, "--interval", "0.2", "--batch-size", "100")
@@ -153,35 +129,35 @@ def test_sigterm_mid_batch_exits_0_and_loses_nothing(
         assert stop(proc) == 0
     left = probe.status(check_server=False).pending
     probe.close()
-    assert "stop requested" in log.read_text() and user.token not in log.read_text()
+    assert "stop requested" in log.read_text() and env_user.token not in log.read_text()
     assert 0 < left < 3000 and left % 100 == 0  # whole batches only: none was cut in half
 
     pushed = invoke("push")
     assert pushed.exit_code == 0, pushed.output
-    on_server = [str(j.workdir) for j in server.Job.objects.online()]
+    on_server = [str(j.workdir) for j in elsewhere.Job.objects.online()]
     assert len(on_server) == 3000
     assert sorted(on_server) == workdirs
 
 
 def test_daemon_waits_out_an_unreachable_server(
-    user: User, server: Client, app: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    env_user: User, elsewhere: Client, env_app: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with FaultProxy(user.api_root) as proxy:
+    with FaultProxy(env_user.api_root) as proxy:
         proxy.set_down(True)
-        use_env(monkeypatch, proxy.url, user.token, tmp_path / "via-proxy")
+        use_env(monkeypatch, proxy.url, env_user.token, tmp_path / "via-proxy")
         # The down proxy resets connections it accepted, so the first POST may have arrived:
         # it is only sent again once it can no longer commit (outcomes.py).
         monkeypatch.setenv("BALSAM_SYNC_MAX_REQUEST_SECONDS", "3")
-        queue_offline(monkeypatch, app.id, 5)
+        queue_offline(monkeypatch, env_app.id, 5)
         log = tmp_path / "down.log"
         proc = start_daemon(log, "--interval", "0.2", "--max-backoff", "0.5")
         try:
             wait_for(logged(log, "round 2:"), 30, "two rounds while the server is down")
             assert proc.poll() is None
-            assert server.Job.objects.online().count() == 0
+            assert elsewhere.Job.objects.online().count() == 0
             proxy.set_down(False)
-            wait_for(lambda: server.Job.objects.online().count() == 5, 30, "the delivery")
+            wait_for(lambda: elsewhere.Job.objects.online().count() == 5, 30, "the delivery")
             wait_for(logged(log, "sent 5"), 10, "the round that sent the jobs")
         finally:
             assert stop(proc) == 0
-    assert "error: " in log.read_text() and user.token not in log.read_text()
+    assert "error: " in log.read_text() and env_user.token not in log.read_text()

@@ -21,9 +21,9 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import User, server_jobs
+from tests.conftest import User
 from tests.test_nodes import node, node_env
-from tests.test_stress import _intended, _wait_for_lines
+from tests.test_stress import _wait_for_lines, audit
 
 NODES = ("login-a", "login-b", "login-c")
 ROUNDS, JOBS, SAVES = 2, 12, 60
@@ -106,23 +106,7 @@ def test_writers_on_three_nodes_a_purge_and_a_killed_daemon_lose_nothing(
         c = node(user, tmp_path, n, offline=True)
         pending[n] = c.status(check_server=False).pending
         c.close()
-    allowed, created, maybe, reverted = _intended(logs)
-    rows = server_jobs(user)
-    on_server: dict[str, list[int]] = {}
-    for row in rows:
-        on_server.setdefault(row["workdir"], []).append(row["num_nodes"])
-    print(
-        f"\nfacility: {len(created)} jobs created on {len(NODES)} nodes, {len(rows)} on the "
-        f"server, final push {report}, pending {pending}"
-    )
-    wrong = {w: (v[0], sorted(allowed[w])) for w, v in on_server.items() if v[0] not in allowed[w]}
-    problems = {
-        "dead letters": dead,
-        "still queued (by node)": {n: p for n, p in pending.items() if p},
-        "reverted after save()": reverted,
-        "duplicated": {w: v for w, v in on_server.items() if len(v) > 1},
-        "lost": sorted(created - set(on_server)),
-        "never intended": sorted(set(on_server) - created - maybe),
-        "wrong final value (server, allowed)": wrong,
-    }
+    still_queued = {n: p for n, p in pending.items() if p}
+    problems, summary = audit(user, logs, dead, still_queued)
+    print(f"\nfacility: {summary} on {len(NODES)} nodes, final push {report}")
     assert not any(problems.values()), {k: v for k, v in problems.items() if v}

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,22 +13,8 @@ import pytest
 import balsam_sync
 from balsam_sync.cache import EntryState, companion
 from balsam_sync.testing.faultproxy import FaultProxy
-from tests.clienv import Run, make_app, queue_offline, use_env
+from tests.clienv import Run, queue_offline
 from tests.conftest import User, register_user
-
-
-@pytest.fixture
-def user(balsam_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> User:
-    found = register_user(balsam_server, "files")
-    use_env(monkeypatch, found, tmp_path / "home")
-    return found
-
-
-@pytest.fixture
-def app(user: User, tmp_path: Path) -> Iterator[Any]:
-    other = balsam_sync.connect(user.api_root, user.token, home=str(tmp_path / "other"))
-    yield make_app(other)
-    other.close()
 
 
 def modes(home: Path) -> dict[str, int]:
@@ -39,19 +24,19 @@ def modes(home: Path) -> dict[str, int]:
 
 
 def test_everything_written_is_private_and_each_mirror_has_its_own_log(
-    user: User, app: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    env_user: User, env_app: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     home = tmp_path / "home"
     saved = os.umask(0o022)  # the usual umask: files would be 0644 if nothing took care
     try:
-        queue_offline(monkeypatch, app, 2).close()
-        run = Run(user.token)
+        queue_offline(monkeypatch, env_app, 2).close()
+        run = Run(env_user.token)
         run("daemon", "--once")
         run("salvage", "--force")
-        second = register_user(user.api_root, "files2")
+        second = register_user(env_user.api_root, "files2")
         monkeypatch.setenv("BALSAM_SYNC_TOKEN", second.token)
         Run(second.token)("daemon", "--once")
-        still_open = balsam_sync.connect(user.api_root, user.token, home=str(home))
+        still_open = balsam_sync.connect(env_user.api_root, env_user.token, home=str(home))
         still_open.Job.objects.offline().count()  # its WAL and shared-memory files exist now
         found = modes(home)
         still_open.close()
@@ -68,17 +53,17 @@ def test_everything_written_is_private_and_each_mirror_has_its_own_log(
 
 
 def test_last_error_shows_a_settling_failure_and_clears_on_success(
-    user: User, app: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    env_user: User, env_app: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with FaultProxy(user.api_root) as proxy:
+    with FaultProxy(env_user.api_root) as proxy:
         monkeypatch.setenv("BALSAM_SYNC_API_ROOT", proxy.url)
         # A create that may have reached the server is resent only after this (README).
         monkeypatch.setenv("BALSAM_SYNC_MAX_REQUEST_SECONDS", "2")
-        queued = queue_offline(monkeypatch, app, 1)
+        queued = queue_offline(monkeypatch, env_app, 1)
         (entry,) = queued.mirror.queued([EntryState.PENDING])
         queued.mirror.sending([entry.seq], marker="f" * 32)  # sent, reply lost
         queued.close()
-        run = Run(user.token)
+        run = Run(env_user.token)
         proxy.set_down(True)
         pushed = run("push", code=5)  # 5: the server cannot be reached
         shown = run("status", "--offline").stdout
@@ -90,16 +75,16 @@ def test_last_error_shows_a_settling_failure_and_clears_on_success(
 
 
 def test_daemon_once_exits_5_when_it_cannot_reach_the_server(
-    user: User, app: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    env_user: User, env_app: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with FaultProxy(user.api_root) as proxy:
+    with FaultProxy(env_user.api_root) as proxy:
         monkeypatch.setenv("BALSAM_SYNC_API_ROOT", proxy.url)
         # A create that may have reached the server is resent only after this (README).
         monkeypatch.setenv("BALSAM_SYNC_MAX_REQUEST_SECONDS", "2")
-        queue_offline(monkeypatch, app, 1).close()
+        queue_offline(monkeypatch, env_app, 1).close()
         proxy.set_down(True)
-        out = Run(user.token)("daemon", "--once", code=5)
+        out = Run(env_user.token)("daemon", "--once", code=5)
         assert "one round done: 1 pending" in out.stdout
         assert f"error: cannot reach {proxy.url}" in out.stderr
         proxy.set_down(False)
-        assert "one round done: 0 pending" in Run(user.token)("daemon", "--once").stdout
+        assert "one round done: 0 pending" in Run(env_user.token)("daemon", "--once").stdout

@@ -21,8 +21,8 @@ from balsam_sync.cache import check
 from balsam_sync.client import Client
 from balsam_sync.errors import MirrorError, MirrorFull
 from balsam_sync.spec import QuerySpec
-from tests.clienv import Run, make_app, queue_offline, use_env
-from tests.conftest import FAST_RETRY, User, register_user, server_jobs
+from tests.clienv import Run, make_app, queue_offline
+from tests.conftest import FAST_RETRY, User, server_jobs
 
 
 @pytest.fixture
@@ -58,13 +58,6 @@ def fill(disk: Path) -> Path:
     return filler
 
 
-@pytest.fixture
-def user(balsam_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> User:
-    found = register_user(balsam_server, "full")
-    use_env(monkeypatch, found, tmp_path / "home")
-    return found
-
-
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
     command = [sys.executable, "-m", "balsam_sync.cli", *args]
     env = dict(os.environ)
@@ -72,10 +65,10 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_a_full_disk_gives_one_clear_line_and_loses_nothing(
-    user: User, small_disk: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    env_user: User, small_disk: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("BALSAM_SYNC_HOME", str(small_disk))
-    other = balsam_sync.connect(user.api_root, user.token, home=str(tmp_path / "other"))
+    other = balsam_sync.connect(env_user.api_root, env_user.token, home=str(tmp_path / "other"))
     app = make_app(other)
     blob = {"blob": "x" * 4000}
     other.Job.objects.bulk_create(
@@ -107,14 +100,14 @@ def test_a_full_disk_gives_one_clear_line_and_loses_nothing(
 
     filler.unlink()
     assert check(mirror) == []
-    assert Run(user.token)("push").stdout.strip() == "sent 3, failed 0, dead 0, remaining 0"
-    workdirs = [j["workdir"] for j in server_jobs(user)]
+    assert Run(env_user.token)("push").stdout.strip() == "sent 3, failed 0, dead 0, remaining 0"
+    workdirs = [j["workdir"] for j in server_jobs(env_user)]
     assert len(workdirs) == 603 and sum(w.startswith("mine/") for w in workdirs) == 3
 
 
 @pytest.mark.parametrize("kind", ["missing", "a file"])
 def test_an_unusable_home_is_a_clear_error_and_online_reads_still_work(
-    user: User, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
+    env_user: User, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
 ) -> None:
     if kind == "missing":
         home = Path("/proc/nope")
@@ -132,6 +125,6 @@ def test_an_unusable_home_is_a_clear_error_and_online_reads_still_work(
             client.Site.objects.create(name=f"s-{uuid.uuid4().hex[:6]}", path="/p")
     finally:
         client.close()
-    out = Run(user.token)("jobs", code=1)
+    out = Run(env_user.token)("jobs", code=1)
     assert out.stderr.startswith("error: cannot use") and len(out.stderr.splitlines()) == 1
     assert "BALSAM_SYNC_HOME" in out.stderr and "Traceback" not in out.stderr

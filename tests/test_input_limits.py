@@ -21,8 +21,7 @@ import requests
 import balsam_sync
 from balsam_sync.client import Client
 from balsam_sync.errors import MirrorError, UsageError
-from tests.conftest import RequestLog, User, register_user
-from tests.test_security import fake_jwt
+from tests.conftest import RequestLog, User, fake_jwt, register_user
 
 NOT_UTF8 = os.fsdecode(b"run-\xff")
 """A file name that is not UTF-8, as Python decodes it: 'run-\\udcff' (a lone surrogate)."""

@@ -17,6 +17,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 import balsam_sync
 from balsam_sync.client import Client
 from tests.conftest import FAST_RETRY, User, server_jobs
@@ -154,7 +156,7 @@ balsam_sync.connect().push()
 
 
 def test_a_pusher_killed_mid_push_on_one_node_is_settled_from_another(
-    user: User, app: Any, tmp_path: Path
+    user: User, app: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     a = node(user, tmp_path, "login-a", offline=True)
     a.Job.objects.bulk_create([a.Job(workdir=f"k/{i}", app_id=app.id) for i in range(4000)])
@@ -170,7 +172,7 @@ def test_a_pusher_killed_mid_push_on_one_node_is_settled_from_another(
     pusher.send_signal(signal.SIGKILL)
     pusher.wait(timeout=30)
 
-    os.environ["BALSAM_SYNC_LEASE_SECONDS"] = "4"  # noqa: this process's journal reads it
+    monkeypatch.setenv("BALSAM_SYNC_LEASE_SECONDS", "4")  # this process's journal reads it
     b = node(user, tmp_path, "login-b", max_request_seconds=10)
     report = b.push()  # waits out the lease, settles the create A may have sent, sends the rest
     assert report.remaining == 0, report

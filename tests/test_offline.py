@@ -465,19 +465,6 @@ def test_online_always_asks_the_server(client: Client, app: Any, sent: RequestLo
 
 
 @pytest.fixture
-def proxy(balsam_server: str) -> Iterator[FaultProxy]:
-    with FaultProxy(balsam_server, io_timeout=10.0) as p:
-        yield p
-
-
-@pytest.fixture
-def via_proxy(user: User, proxy: FaultProxy, tmp_path: Path) -> Iterator[Client]:
-    c = connect(proxy.url, user, tmp_path / "proxied")
-    yield c
-    c.close()
-
-
-@pytest.fixture
 def pulled(via_proxy: Client, proxy: FaultProxy) -> dict[str, Any]:
     """Data built online and pulled, then the server made unreachable."""
     c = via_proxy

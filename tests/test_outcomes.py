@@ -37,12 +37,6 @@ from tests.mirror_view import held, sql
 QUICK = RetryPolicy(attempts=3, max_seconds=3, initial_wait=0.01, max_wait=0.05)
 
 
-@pytest.fixture
-def proxy(balsam_server: str) -> Iterator[FaultProxy]:
-    with FaultProxy(balsam_server, seed=8) as p:
-        yield p
-
-
 def via(proxy: FaultProxy, user: User, home: Path, **settings: Any) -> Client:
     """A client of ``user`` that talks to the server through ``proxy``."""
     settings.setdefault("retry", QUICK)

@@ -58,13 +58,19 @@ def assert_mirror_equals_server(client: Client) -> None:
 # -- late commits ----------------------------------------------------------------------------
 
 
-def overlap_a_pull(client: Client, rest: Rest, slow: list[int], fast: int, value: Any) -> bool:
-    """Update ``slow`` in one long PATCH; meanwhile update ``fast`` (it commits first, with a
-    newer stamp) and pull. Return whether the long PATCH was still running during the pull."""
+def overlap_a_pull(
+    client: Client, rest: Rest, slow: list[int], fast: int, value: Any, pause: float
+) -> tuple[bool, float]:
+    """Update ``slow`` in one long PATCH; ``pause`` seconds later update ``fast`` (it commits
+    first, with a newer stamp) and pull. Return whether the long PATCH was still running
+    during the pull, and how long it took."""
     done = threading.Event()
+    took: list[float] = []
 
     def bulk() -> None:
+        started = time.monotonic()
         rest.call("PATCH", "/jobs/", json=[{"id": i, "data": {"v": value}} for i in slow])
+        took.append(time.monotonic() - started)
         done.set()
 
     listed: list[bool] = []  # per listed page: was the long PATCH still running?
@@ -75,19 +81,26 @@ def overlap_a_pull(client: Client, rest: Rest, slow: list[int], fast: int, value
 
     writer = threading.Thread(target=bulk)
     writer.start()
-    time.sleep(0.2)
+    time.sleep(pause)
     rest.call("PUT", f"/jobs/{fast}", json={"data": {"v": value}})
     running = not done.is_set()
     client.pull(progress=progress)
     writer.join()
-    return running and bool(listed) and all(listed)
+    return running and bool(listed) and all(listed), took[0]
 
 
 def late_commit(client: Client, rest: Rest, slow: list[int], fast: int, value: str) -> None:
-    """Make a long PATCH commit after a pull saw a newer stamp (up to three tries)."""
-    for attempt in range(3):
-        if overlap_a_pull(client, rest, slow, fast, f"{value}-{attempt}"):
+    """Make a long PATCH commit after a pull saw a newer stamp (up to four tries).
+
+    The fast update and the pull start 0.2 s into the PATCH, or, once a try shows the PATCH
+    takes less than 0.8 s (an idle server), a quarter into it as measured on this machine.
+    """
+    pause = 0.2
+    for attempt in range(4):
+        overlapped, took = overlap_a_pull(client, rest, slow, fast, f"{value}-{attempt}", pause)
+        if overlapped:
             return
+        pause = min(pause, took / 4)
     raise AssertionError("the slow update never overlapped a pull (the machine is too fast?)")
 
 

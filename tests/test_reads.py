@@ -33,19 +33,6 @@ def make_jobs(client: Client, app: Any, n: int) -> list[Any]:
     return client.Job.objects.bulk_create(jobs)
 
 
-@pytest.fixture
-def proxy(balsam_server: str) -> Iterator[FaultProxy]:
-    with FaultProxy(balsam_server, io_timeout=10.0) as p:
-        yield p
-
-
-@pytest.fixture
-def via_proxy(user: User, proxy: FaultProxy, tmp_path: Path) -> Iterator[Client]:
-    c = connect(proxy.url, user, tmp_path / "proxied")
-    yield c
-    c.close()
-
-
 def change_elsewhere(user: User, home: Path, job_id: int, state: str) -> None:
     other = connect(user.api_root, user, home)
     try:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,27 +19,8 @@ import balsam_sync
 from balsam_sync.cache import EntryState
 from balsam_sync.client import Client
 from balsam_sync.errors import MirrorDamaged
-from tests.clienv import Run, leaf_pages, make_app, queue_offline, smash, smash_header, use_env
-from tests.conftest import FAST_RETRY, User, register_user, server_jobs
-
-
-@pytest.fixture
-def user(balsam_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> User:
-    found = register_user(balsam_server, "salv")
-    use_env(monkeypatch, found, tmp_path / "home")
-    return found
-
-
-@pytest.fixture
-def run(user: User) -> Run:
-    return Run(user.token)
-
-
-@pytest.fixture
-def app(user: User, tmp_path: Path) -> Iterator[Any]:
-    other = balsam_sync.connect(user.api_root, user.token, home=str(tmp_path / "other"))
-    yield make_app(other)
-    other.close()
+from tests.clienv import Run, leaf_pages, make_app, queue_offline, smash, smash_header
+from tests.conftest import FAST_RETRY, User, server_jobs
 
 
 def queued(monkeypatch: pytest.MonkeyPatch, app: Any, n: int) -> tuple[Path, dict[int, str]]:
@@ -54,9 +34,9 @@ def queued(monkeypatch: pytest.MonkeyPatch, app: Any, n: int) -> tuple[Path, dic
 
 
 def test_status_never_counts_a_damaged_queue_as_empty(
-    user: User, run: Run, app: Any, monkeypatch: pytest.MonkeyPatch
+    env_user: User, run: Run, env_app: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    path, _ = queued(monkeypatch, app, 200)
+    path, _ = queued(monkeypatch, env_app, 200)
     pages = leaf_pages(path, "outbox")
     smash(path, pages[len(pages) // 2])
     client = balsam_sync.connect()
@@ -77,9 +57,9 @@ def test_status_never_counts_a_damaged_queue_as_empty(
 
 
 def test_a_damaged_outbox_page_loses_nothing_the_users_queue_holds_it_all(
-    user: User, run: Run, app: Any, monkeypatch: pytest.MonkeyPatch
+    env_user: User, run: Run, env_app: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    path, seqs = queued(monkeypatch, app, 60)
+    path, seqs = queued(monkeypatch, env_app, 60)
     pages = leaf_pages(path, "outbox")
     assert len(pages) >= 3, pages
     smash(path, pages[1])
@@ -99,16 +79,16 @@ def test_a_damaged_outbox_page_loses_nothing_the_users_queue_holds_it_all(
     assert len(kept_aside) == 1
 
     assert run("push").stdout.strip() == "sent 60, failed 0, dead 0, remaining 0"
-    delivered = sorted(j["workdir"] for j in server_jobs(user))
+    delivered = sorted(j["workdir"] for j in server_jobs(env_user))
     assert delivered == sorted(seqs.values())
     assert run("check").stdout.strip().endswith(": ok")
 
 
 @pytest.mark.parametrize("damage", ["jobs table", "file header"])
 def test_salvage_keeps_every_change_when_the_outbox_is_intact(
-    user: User, run: Run, app: Any, monkeypatch: pytest.MonkeyPatch, damage: str
+    env_user: User, run: Run, env_app: Any, monkeypatch: pytest.MonkeyPatch, damage: str
 ) -> None:
-    path, seqs = queued(monkeypatch, app, 30)
+    path, seqs = queued(monkeypatch, env_app, 30)
     if damage == "jobs table":
         smash(path, leaf_pages(path, "jobs")[0])
     else:
@@ -120,13 +100,13 @@ def test_salvage_keeps_every_change_when_the_outbox_is_intact(
     offline_view = run("jobs", "--count").stdout.strip()
     assert offline_view == "30"  # the queued creates show again, with provisional ids
     assert run("push").stdout.strip() == "sent 30, failed 0, dead 0, remaining 0"
-    assert sorted(j["workdir"] for j in server_jobs(user)) == sorted(seqs.values())
+    assert sorted(j["workdir"] for j in server_jobs(env_user)) == sorted(seqs.values())
 
 
 def test_a_damaged_mirror_names_itself_and_online_reads_still_work(
-    user: User, app: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    env_user: User, env_app: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    path, _ = queued(monkeypatch, app, 2)
+    path, _ = queued(monkeypatch, env_app, 2)
     smash_header(path)
     client = balsam_sync.connect(retry=FAST_RETRY)
     try:
@@ -134,10 +114,10 @@ def test_a_damaged_mirror_names_itself_and_online_reads_still_work(
             client.Job.objects.offline().count()
         assert str(path) in str(caught.value) and "balsam-sync salvage" in str(caught.value)
         with pytest.raises(MirrorDamaged):
-            client.Job.objects.create(workdir="nope", app_id=app.id)
+            client.Job.objects.create(workdir="nope", app_id=env_app.id)
         caplog.set_level(logging.WARNING)
         assert client.App.objects.count() == 1  # asked the server, not the broken file
-        assert [a.id for a in client.App.objects.all()] == [app.id]
+        assert [a.id for a in client.App.objects.all()] == [env_app.id]
         assert [a.name for a in client.App.objects.all().iterator()] == ["Hello"]
         warnings = [r for r in caplog.records if "answering from the server" in r.getMessage()]
         assert len(warnings) == 1
@@ -149,9 +129,9 @@ def test_a_damaged_mirror_names_itself_and_online_reads_still_work(
 
 
 def test_rebuild_deletes_a_damaged_mirror_only_when_forced(
-    run: Run, app: Any, monkeypatch: pytest.MonkeyPatch
+    run: Run, env_app: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    path, _ = queued(monkeypatch, app, 2)
+    path, _ = queued(monkeypatch, env_app, 2)
     smash_header(path)
     out = run("rebuild", "--yes", code=1)
     assert "salvage" in out.stderr and path.exists()
@@ -162,9 +142,9 @@ def test_rebuild_deletes_a_damaged_mirror_only_when_forced(
 
 
 def test_an_empty_mirror_file_is_damage_not_a_fresh_start(
-    user: User, run: Run, app: Any, monkeypatch: pytest.MonkeyPatch
+    env_user: User, run: Run, env_app: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    path, _ = queued(monkeypatch, app, 1)
+    path, _ = queued(monkeypatch, env_app, 1)
     path.write_bytes(b"")  # truncated
     out = run("jobs", code=1)
     assert "empty (0 bytes)" in out.stderr and str(path) in out.stderr
@@ -176,14 +156,14 @@ def test_an_empty_mirror_file_is_damage_not_a_fresh_start(
 
 
 def test_salvage_of_a_sound_mirror_needs_force_and_keeps_dead_letters(
-    user: User, run: Run, app: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    env_user: User, run: Run, env_app: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    queued(monkeypatch, app, 1)
-    other = balsam_sync.connect(user.api_root, user.token, home=str(tmp_path / "other"))
-    other.App.objects.get(id=app.id).delete()
+    queued(monkeypatch, env_app, 1)
+    other = balsam_sync.connect(env_user.api_root, env_user.token, home=str(tmp_path / "other"))
+    other.App.objects.get(id=env_app.id).delete()
     other.close()
     run("push", code=1)  # refused: a dead letter
-    queue_offline(monkeypatch, make_app_again(user, tmp_path), 2).close()
+    queue_offline(monkeypatch, make_app_again(env_user, tmp_path), 2).close()
     assert "is sound" in run("salvage").stdout
     out = run("salvage", "--force")
     assert "recovered: 2 pending, 0 in flight, 1 dead letter(s)" in out.stdout

@@ -31,7 +31,7 @@ from balsam_sync.cache import salvage as cache_salvage
 from balsam_sync.client import Client
 from balsam_sync.errors import ConfigError, MirrorError, UnsafeFile
 from tests.clienv import Run
-from tests.test_security import fake_jwt
+from tests.conftest import fake_jwt
 
 OTHER = "bsync-other"
 UNREACHABLE = "http://127.0.0.1:9"

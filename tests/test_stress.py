@@ -76,6 +76,30 @@ def _intended(logs: list[Path]) -> tuple[dict[str, set[int]], set[str], set[str]
     return allowed, created, maybe - created, reverted
 
 
+def audit(
+    user: User, logs: list[Path], dead: list[Any], still_queued: Any
+) -> tuple[dict[str, Any], str]:
+    """What went wrong, by kind, comparing the server's jobs with what the writers' logs say
+    was intended; and a one-line summary for the test's output."""
+    allowed, created, maybe, reverted = _intended(logs)
+    rows = server_jobs(user)
+    on_server: dict[str, list[int]] = {}
+    for row in rows:
+        on_server.setdefault(row["workdir"], []).append(row["num_nodes"])
+    wrong = {w: (v[0], sorted(allowed[w])) for w, v in on_server.items() if v[0] not in allowed[w]}
+    problems = {
+        "dead letters": dead,
+        "still queued": still_queued,
+        "reverted after save()": reverted,
+        "duplicated": {w: v for w, v in on_server.items() if len(v) > 1},
+        "lost": sorted(created - set(on_server)),
+        "never intended": sorted(set(on_server) - created - maybe),
+        "wrong final value (server, allowed)": wrong,
+    }
+    summary = f"{len(created)} jobs created, {len(rows)} on the server, {len(reverted)} reverted"
+    return problems, summary
+
+
 def _wait_for_lines(log: Path, n: int) -> None:
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
@@ -131,23 +155,6 @@ def test_writers_daemon_and_cli_pulls_on_one_mirror_lose_nothing(
     status = client.status(check_server=False)
     dead = [(e.resource, e.op.value, e.obj_id, e.error) for e in client.dead_letters()]
     client.close()
-    allowed, created, maybe, reverted = _intended(logs)
-    rows = server_jobs(user)
-    on_server: dict[str, list[int]] = {}
-    for row in rows:
-        on_server.setdefault(row["workdir"], []).append(row["num_nodes"])
-    print(
-        f"\nstress: {len(created)} jobs created, {len(rows)} on the server, push {report}, "
-        f"dead {len(dead)}, reverted {len(reverted)}"
-    )
-    wrong = {w: (v[0], sorted(allowed[w])) for w, v in on_server.items() if v[0] not in allowed[w]}
-    problems = {
-        "dead letters": dead,
-        "still queued": status.pending + report.remaining,
-        "reverted after save()": reverted,
-        "duplicated": {w: v for w, v in on_server.items() if len(v) > 1},
-        "lost": sorted(created - set(on_server)),
-        "never intended": sorted(set(on_server) - created - maybe),
-        "wrong final value (server, allowed)": wrong,
-    }
+    problems, summary = audit(user, logs, dead, status.pending + report.remaining)
+    print(f"\nstress: {summary}, push {report}")
     assert not any(problems.values()), {k: v for k, v in problems.items() if v}

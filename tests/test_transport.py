@@ -24,12 +24,6 @@ NO_WAIT = RetryPolicy(attempts=4, max_seconds=10, initial_wait=0, max_wait=0)
 
 
 @pytest.fixture
-def proxy(balsam_server: str) -> Iterator[FaultProxy]:
-    with FaultProxy(balsam_server, seed=1) as p:
-        yield p
-
-
-@pytest.fixture
 def proxied(user: User, proxy: FaultProxy, tmp_path: Path) -> Iterator[Client]:
     c = balsam_sync.connect(proxy.url, user.token, home=str(tmp_path), retry=NO_WAIT)
     yield c

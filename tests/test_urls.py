@@ -58,8 +58,9 @@ def test_bad_urls_are_refused_clearly(given: str, message: str) -> None:
 
 
 def test_credentials_in_the_url_are_refused_and_written_nowhere(
-    user: User, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    nobody: User, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
+    user = nobody  # refused before anything is sent: no server needed
     caplog.set_level(logging.DEBUG)
     parts = urlsplit(user.api_root)
     leaky = f"{parts.scheme}://alice:s3cret-pw@{parts.netloc}/"
@@ -79,9 +80,11 @@ def test_credentials_in_the_url_are_refused_and_written_nowhere(
     assert "s3cret-pw" not in caplog.text
 
 
-def test_login_needs_a_scheme(user: User, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    use_env(monkeypatch, user, tmp_path)
-    out = Run(user.token)("login", "--url", "127.0.0.1:8765", "--username", "x", code=1)
+def test_login_needs_a_scheme(
+    nobody: User, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    use_env(monkeypatch, nobody, tmp_path)
+    out = Run(nobody.token)("login", "--url", "127.0.0.1:8765", "--username", "x", code=1)
     assert "must start with http:// or https://" in out.stderr and "SSL" not in out.stderr
 
 

@@ -551,14 +551,8 @@ class Mirror:
             if entry is None or entry.state is not EntryState.DEAD:
                 return False
             self._outbox.mark_seen([name])
-            res = RESOURCES[entry.resource]
             self._outbox.revive(seq)
-            if entry.op is Op.CREATE:
-                self._store.upsert(res.name, [res.provisional_row(entry.obj_id, entry.payload)])
-            elif entry.op is Op.DELETE:
-                self._store.delete_cascade(res.name, [entry.obj_id])
-            else:
-                self._outbox.overlay(res.name, [entry.obj_id])
+            effects.lay_back(self._p, entry)
         return True
 
     def edit(self, seq: int, payload: Row) -> None:

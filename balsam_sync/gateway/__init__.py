@@ -104,7 +104,7 @@ class Gateway:
         max_request_seconds: float = 120.0,
     ) -> None:
         self.remote = remote
-        self.clock = clock or remote.transport.server_now
+        self.clock = clock or remote.transport.server_clock.now
         self.offline = offline
         self.max_request_seconds = max_request_seconds
         self.default_policy = default_policy

@@ -115,22 +115,32 @@ def _iter_fixed(rfile: BufferedReader, length: int) -> Iterator[bytes]:
         yield chunk
 
 
-def _iter_chunked(rfile: BufferedReader) -> Iterator[bytes]:
-    """Yield a chunked body verbatim (framing included) up to the end of its trailers."""
+def _iter_chunked(rfile: BufferedReader, framing: bool = True) -> Iterator[bytes]:
+    """Yield a chunked body up to the end of its trailers: verbatim (framing included), or
+    with ``framing=False`` only its data (framing and trailers dropped)."""
     while True:
         line = _read_line(rfile)
         if not line:
             raise _ProtocolError("connection closed inside a chunked body")
-        yield line
+        if framing:
+            yield line
         size_text = line.split(b";", 1)[0].strip()
         try:
             size = int(size_text, 16)
         except ValueError:
             raise _ProtocolError(f"bad chunk size {size_text!r}") from None
         if size == 0:
-            yield from _iter_trailers(rfile)
+            trailers = _iter_trailers(rfile)
+            if framing:
+                yield from trailers
+            else:
+                for _ in trailers:
+                    pass
             return
-        yield from _iter_fixed(rfile, size + 2)
+        if framing:
+            yield from _iter_fixed(rfile, size + 2)
+        else:
+            yield b"".join(_iter_fixed(rfile, size + 2))[:-2]
 
 
 def _iter_trailers(rfile: BufferedReader) -> Iterator[bytes]:
@@ -148,31 +158,12 @@ def _iter_until_close(rfile: BufferedReader) -> Iterator[bytes]:
         yield chunk
 
 
-def _dechunked(rfile: BufferedReader) -> Iterator[bytes]:
-    """Yield the data of a chunked body (framing and trailers dropped)."""
-    while True:
-        line = _read_line(rfile)
-        if not line:
-            raise _ProtocolError("connection closed inside a chunked body")
-        size_text = line.split(b";", 1)[0].strip()
-        try:
-            size = int(size_text, 16)
-        except ValueError:
-            raise _ProtocolError(f"bad chunk size {size_text!r}") from None
-        if size == 0:
-            for _ in _iter_trailers(rfile):
-                pass
-            return
-        data = b"".join(_iter_fixed(rfile, size + 2))
-        yield data[:-2]
-
-
 def _response_data(rfile: BufferedReader, head: _Head, method: str) -> tuple[bytes, bool]:
     """Return (the response body's data, unframed; delimited-by-close)."""
     if "chunked" in head.tokens("transfer-encoding"):
         _, status = _status_line(head)
         if method != "HEAD" and status not in (204, 304) and not 100 <= status < 200:
-            return b"".join(_dechunked(rfile)), False
+            return b"".join(_iter_chunked(rfile, framing=False)), False
     body, until_close = _response_body(rfile, head, method)
     return b"".join(body), until_close
 

@@ -29,7 +29,6 @@ from ...errors import (
     SilentLink,
     TransportError,
 )
-from ..inflight import Job, Pool, Scopes
 from ..jwt import expiry
 from ..link import Link
 from ..outcomes import link_failed
@@ -39,7 +38,18 @@ from ..serverclock import Clock, ServerClock
 from ..wire import Expect
 from .network import Watch, first_on_connection, session_factory, watching
 from .replies import MAX_REPLY_BYTES, decode, mapped, path_of, read_body
-from .waiting import PATIENT, PROBE_PATH, Exchange, Patience, Prober, Received, Wait
+from .waiting import (
+    PATIENT,
+    PROBE_PATH,
+    Exchange,
+    Job,
+    Patience,
+    Pool,
+    Prober,
+    Received,
+    Scopes,
+    Wait,
+)
 
 __all__ = ["PATIENT", "PROBE_PATH", "Received", "Reply", "Transport"]
 
@@ -181,6 +191,11 @@ class Transport:
         (0: they agree; None: unknown yet)."""
         return self._clock.offset
 
+    @property
+    def server_clock(self) -> ServerClock:
+        """Our estimate of the server's clock, fed by every reply (``serverclock.py``)."""
+        return self._clock
+
     def server_now(self) -> datetime:
         """Our estimate of the server's clock (``serverclock.py``): a frozen, stale or absurd
         ``Date`` cannot move it back or into the future."""
@@ -212,7 +227,7 @@ class Transport:
         if self._clock.wants_reading():
             self._sessions.close()
 
-    # -- stopping and hurrying (see inflight.Scopes) ---------------------------------------
+    # -- stopping and hurrying (see waiting.Scopes) ---------------------------------------
 
     def stopping(self, event: threading.Event) -> AbstractContextManager[None]:
         """While inside, setting ``event`` ends waits and retries (in every thread) promptly:
