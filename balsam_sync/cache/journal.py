@@ -219,7 +219,9 @@ class _Lease:
         self.token = f"{self.journal.node} {os.getpid()} {uuid.uuid4().hex}"
         self._stop = threading.Event()
         while True:
-            if _make_once(self.path, self.journal.tmp, self.token):
+            # Not flushed to disk: a lease never outlives a crash of its node (its holder is
+            # gone then, so it is stale), and an fsync here would cost every online write.
+            if _make_once(self.path, self.journal.tmp, self.token, durable=False):
                 self._thread = threading.Thread(
                     target=self._renew, name="balsam-sync-lease", daemon=True
                 )
@@ -301,8 +303,9 @@ class _Lease:
             os.unlink(aside)
 
 
-def _make_once(path: Path, tmp_folder: Path, content: str) -> bool:
-    """Make ``path`` holding ``content`` unless it exists; True when this call made it.
+def _make_once(path: Path, tmp_folder: Path, content: str, durable: bool = True) -> bool:
+    """Make ``path`` holding ``content`` unless it exists; True when this call made it
+    (``durable``: its content is flushed to disk first).
 
     ``link`` is atomic on every file system (NFS included) and fails when the target exists;
     the link count tells the truth even if the server answered a retransmitted request.
@@ -311,7 +314,8 @@ def _make_once(path: Path, tmp_folder: Path, content: str) -> bool:
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
         os.write(fd, content.encode())
-        os.fsync(fd)
+        if durable:
+            os.fsync(fd)
     finally:
         os.close(fd)
     try:

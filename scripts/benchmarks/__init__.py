@@ -15,6 +15,10 @@ min/max) and as a ratio, because the machine is small and noisy:
   P2  offline ``Job.objects.bulk_create`` of 10k jobs vs sqlite-utils ``insert_all``  <= 3x
   P3  replay of those queued creates (``client.push()``) vs a direct online bulk_create <= 1.1x
   P8  writes while the server is unreachable or busy; the daemon's time to stop  (p8.py)
+  P9  online writes (``save()``, ``bulk_create`` of 100, query ``update()`` of 100, the guide's
+      FAILED -> RESTART_READY loop) vs upstream ``balsam.api``, interleaved, requests counted
+      by a relay; on an account of ~20k jobs (70 % finished) beside >= 200k jobs of other
+      users              target: requests <= upstream's, time <= 1.2x upstream  (p9.py)
   A1-A5  pull figures on an account-shaped data set                   (account.py, a*.py)
   D1  a daemon every 5 s on keep-alive connections for 10 min: queries right after each round
       from the mirror, ``as_of`` within 30 s of real time, idle rounds' bytes flat  (d1.py)
@@ -26,6 +30,7 @@ set by query updates on id lists; ``data_jobs.py``). Results go to ``results/ben
 
 Modules: ``harness`` (timing, statistics, result rows, child processes), ``memory`` (RSS, and
 the P7 child), ``server`` and ``upstream`` (the REST API raw, and upstream ``balsam.api`` in the
-server's venv running ``upstream_child.py``), ``data_jobs`` / ``data_account`` (data sets),
+server's venv running ``upstream_child.py``), ``database`` (the server's PostgreSQL, counted
+directly), ``data_jobs`` / ``data_account`` (data sets),
 ``context`` (what figures share), one module per figure, ``profiles``, ``report``, ``cli``.
 """

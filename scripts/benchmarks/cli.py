@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
 
-from . import a1, a2_a3_a4, a5, d1, p1, p2_p3, p4, p5, p6, p7, p8
+from . import a1, a2_a3_a4, a5, d1, p1, p2_p3, p4, p5, p6, p7, p8, p9
 from .account import AccountBench
 from .context import Context, Options
 from .harness import ROOT, Row, log
@@ -23,7 +23,7 @@ from .report import source_digest, write_results
 from .server import DEFAULT_API_ROOT, answers
 
 Step = tuple[tuple[str, ...], Callable[[], None]]
-IDS = ("P1", "P2", "P3", "P4", "P5", "P6", "P7", "P8", "A1", "A2", "A3", "A4", "A5", "D1")
+IDS = ("P1", "P2", "P3", "P4", "P5", "P6", "P7", "P8", "P9", "A1", "A2", "A3", "A4", "A5", "D1")
 SIZES = {"jobs": 100_000, "big": 1_000_000, "creates": 10_000}
 QUICK_SIZES = {"jobs": 5_000, "big": 50_000, "creates": 2_000}
 
@@ -39,6 +39,7 @@ def steps(ctx: Context) -> list[Step]:
         (("P7",), partial(p7.run, ctx)),
         (("P2", "P3"), partial(p2_p3.run, ctx)),
         (("P8",), partial(p8.run, ctx)),
+        (("P9",), partial(p9.run, ctx)),
         (("A1",), partial(a1.run, ab)),
         (("A2", "A3", "A4"), partial(a2_a3_a4.run, ab)),
         (("A5",), partial(a5.run, ab)),
@@ -64,7 +65,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="bench.py",
         description="Benchmark balsam_sync against the local real Balsam server "
-        "(P1-P8, A1-A5 and D1, side by side in one run; see scripts/benchmarks/__init__.py).",
+        "(P1-P9, A1-A5 and D1, side by side in one run; see scripts/benchmarks/__init__.py).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--api-root", default=DEFAULT_API_ROOT, help="the real server")

@@ -1,10 +1,12 @@
-"""Upstream ``balsam.api``, timed in a subprocess of the real server's venv (pydantic 1)."""
+"""Upstream ``balsam.api``, timed in a subprocess of the real server's venv (pydantic 1): one
+run per figure (``run_upstream``), or a child answering commands (``UpstreamSession``)."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import subprocess
 import uuid
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,8 @@ from .harness import last_json, run_child
 from .server import User
 
 CHILD = Path(__file__).with_name("upstream_child.py")
+REPLY = "P9 "
+"""How ``upstream_child.py serve`` starts the lines that answer a command."""
 
 
 def upstream_python() -> Path:
@@ -53,3 +57,64 @@ def run_upstream(user: User, workdir: Path, mode: str, reps: int) -> dict[str, A
     env = {**os.environ, "BALSAM_CLIENT_PATH": str(yml), "HOME": str(folder)}
     argv = [str(python), str(script), mode, str(reps)]
     return last_json(run_child(argv, env, f"upstream {mode}", folder))
+
+
+class UpstreamSession:
+    """Upstream ``balsam.api`` in one long-lived child (``upstream_child.py serve``), so its
+    writes can be timed in rounds interleaved with ours: ``prepare`` a write (untimed), then
+    ``act`` (timed there, with the requests it sent)."""
+
+    def __init__(self, user: User, workdir: Path) -> None:
+        python = upstream_python()
+        if not python.exists():
+            raise RuntimeError(f"upstream venv not found: {python}")
+        folder = workdir / f"upstream-{uuid.uuid4().hex[:6]}"
+        folder.mkdir(parents=True)
+        script = Path(shutil.copy(CHILD, folder / "upstream_bench.py"))
+        yml = client_yml(user, folder)
+        env = {**os.environ, "BALSAM_CLIENT_PATH": str(yml), "HOME": str(folder)}
+        self.stderr = folder / "stderr.txt"
+        with self.stderr.open("w") as err:
+            self.proc = subprocess.Popen(
+                [str(python), str(script), "serve", "0"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                text=True,
+                env=env,
+                cwd=folder,
+            )
+
+    def call(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        """Send one command; return its answer (raise with the child's error)."""
+        stdin, stdout = self.proc.stdin, self.proc.stdout
+        assert stdin is not None and stdout is not None
+        stdin.write(json.dumps(cmd) + "\n")
+        stdin.flush()
+        for line in stdout:
+            if line.startswith(REPLY):
+                answer: dict[str, Any] = json.loads(line[len(REPLY) :])
+                if "error" in answer:
+                    raise RuntimeError(f"upstream {cmd.get('op', 'act')}: {answer['error']}")
+                return answer
+        raise RuntimeError(f"the upstream child ended:\n{self.stderr.read_text()[-3000:]}")
+
+    def prepare(self, op: str, **args: Any) -> list[str]:
+        """Set up the write ``op`` (untimed); return the requests that sent."""
+        requests: list[str] = self.call({"op": op, **args})["requests"]
+        return requests
+
+    def act(self) -> dict[str, Any]:
+        """Do the prepared write: its ``seconds`` (and ``cpu`` seconds), the ``requests`` it
+        sent, the seconds it ``waited`` for their replies' heads, and the ``result`` it
+        returned."""
+        return self.call({"act": True})
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()

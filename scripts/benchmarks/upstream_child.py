@@ -1,16 +1,23 @@
 """Timings of upstream ``balsam.api``: run by ``upstream.py`` in the real server's venv.
 
 Usage: ``python upstream_child.py p1|all REPS`` with ``BALSAM_CLIENT_PATH`` set; prints one JSON
-object. It runs with upstream ``balsam`` (pydantic 1), so it imports nothing of this repository.
+object. ``python upstream_child.py serve 0`` instead answers commands, one JSON object a line on
+stdin, one a line on stdout (``upstream.UpstreamSession``): each write of P9 is prepared by one
+command and timed by the next, with the requests it sent. It runs with upstream ``balsam``
+(pydantic 1), so it imports nothing of this repository.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
+import requests
 from balsam.api import Job  # type: ignore[import-not-found]
 
 P1_SLICE = 1000
@@ -67,8 +74,107 @@ def every_job(reps: int) -> dict[str, Any]:
     return out
 
 
+SENT: list[str] = []
+"""The requests upstream sent since the last command, as "METHOD /path"."""
+REPLY = "P9 "
+"""Prefix of the lines that answer a command (anything else on stdout is not an answer)."""
+
+
+WAITED: list[float] = []
+"""Seconds from sending each of those requests until its reply's head arrived."""
+
+
+def count_requests() -> None:
+    """Record every request upstream's session sends (below its retries: each attempt)."""
+    send = requests.Session.send
+
+    def counted(self: requests.Session, request: Any, **kwargs: Any) -> Any:
+        SENT.append(f"{request.method} {urlsplit(request.url).path}")
+        response = send(self, request, **kwargs)
+        WAITED.append(response.elapsed.total_seconds())
+        return response
+
+    requests.Session.send = counted  # type: ignore[method-assign]
+
+
+def prepare(cmd: dict[str, Any]) -> Callable[[], Any]:
+    """Do a write's set-up (untimed); return the write, as the user writes it."""
+    op = cmd["op"]
+    if op in ("save_finished", "save_unfinished"):
+        job = Job.objects.get(id=cmd["id"])
+
+        def save() -> None:
+            if op == "save_finished":
+                job.tags = {**job.tags, "p9": str(cmd["round"])}
+            else:
+                job.data = {"p9": cmd["round"]}
+            job.save()
+
+        return save
+    if op == "bulk_create":
+        jobs = [Job(**spec) for spec in cmd["jobs"]]
+        return lambda: len(Job.objects.bulk_create(jobs))
+    if op == "update_ids":
+        return lambda: Job.objects.filter(id=cmd["ids"]).update(data={"p9": cmd["round"]})
+    if op == "update_tags":
+        return lambda: Job.objects.filter(tags=cmd["tags"]).update(data={"p9": cmd["round"]})
+    if op == "update_state":
+        return lambda: Job.objects.filter(id=cmd["ids"]).update(state=cmd["state"])
+    if op == "loop":
+        Job.objects.filter(id=cmd["ids"]).update(state="FAILED")
+
+        def guide_loop() -> int:
+            n = 0
+            for job in Job.objects.filter(state="FAILED"):
+                job.state = "RESTART_READY"
+                job.save()
+                n += 1
+            return n
+
+        return guide_loop
+    raise ValueError(f"unknown op {op!r}")
+
+
+def serve() -> None:
+    """Answer commands until stdin ends: ``{"op": ..., ...}`` prepares a write, ``{"act":
+    true}`` times it; each is answered with one line (``REPLY`` + JSON)."""
+    count_requests()
+    write: Callable[[], Any] | None = None
+    for line in sys.stdin:
+        cmd = json.loads(line)
+        SENT.clear()
+        WAITED.clear()
+        try:
+            if cmd.get("act"):
+                if write is None:
+                    raise RuntimeError("nothing prepared")
+                gc.collect()  # as the harness does before timing our side
+                SENT.clear()
+                WAITED.clear()
+                t, cpu = time.perf_counter(), time.process_time()
+                result = write()
+                seconds = time.perf_counter() - t
+                answer = {
+                    "seconds": seconds,
+                    "cpu": time.process_time() - cpu,
+                    "requests": list(SENT),
+                    "waited": sum(WAITED),
+                    "result": result,
+                }
+                write = None
+            else:
+                write = prepare(cmd)
+                answer = {"prepared": cmd["op"], "requests": list(SENT)}
+        except Exception as exc:
+            answer = {"error": f"{type(exc).__name__}: {exc}"}
+        print(REPLY + json.dumps(answer), flush=True)
+
+
 def main() -> None:
     mode, reps = sys.argv[1], int(sys.argv[2])
+    if mode == "serve":
+        serve()
+        return
     print(json.dumps({"p1": p1, "all": every_job}[mode](reps)))
 
 
