@@ -12,6 +12,7 @@ from .mirror import Clock, Mirror, QueueCounts, Queued
 from .neighbours import Neighbour, neighbours
 from .opening import Identity, MirrorMissing, locate, open_mirror
 from .outbox import Entry, EntryState, Op
+from .pullplan import Cursor, PlanKind, PullPlan
 from .pullstate import Unsynced
 from .salvage import Recovered, check, move_aside, recover, restore
 from .store import writing_here
@@ -20,6 +21,7 @@ __all__ = [
     "Clock",
     "append_own",
     "Coverage",
+    "Cursor",
     "Entry",
     "EntryState",
     "Evidence",
@@ -29,6 +31,8 @@ __all__ = [
     "MirrorMissing",
     "Neighbour",
     "Op",
+    "PlanKind",
+    "PullPlan",
     "QueueCounts",
     "Queued",
     "Recovered",

@@ -19,8 +19,8 @@ Rules it keeps, whoever calls:
 * **No request inside a transaction.** Nothing here talks to the server: callers fetch first,
   then tell the mirror what they found (plan, fetch, then store).
 
-The parts behind the door (``store``, ``outbox``, ``coverage``, ``pullstate``) are this
-package's own; nothing outside ``balsam_sync.cache`` reaches them.
+The parts behind the door (``store``, ``outbox``, ``coverage``, ``pullstate``, ``pullplan``)
+are this package's own; nothing outside ``balsam_sync.cache`` reaches them.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from .coverage import Coverage, CoverageBook, Evidence
 from .failures import guard, mirror_error
 from .lock import FileLock
 from .outbox import Entry, EntryState, Op, Outbox
+from .pullplan import Cursor, PullPlan, PullPlans
 from .pullstate import PullState, Unsynced
 from .salvage import Recovered, restore
 from .store import Store
@@ -128,6 +129,7 @@ class Mirror:
         self._coverage = CoverageBook(store, clock)
         self._outbox = Outbox(store)
         self._pulls = PullState(store)
+        self._plans = PullPlans(store)
 
     def close(self) -> None:
         self._store.conn.close()
@@ -535,20 +537,49 @@ class Mirror:
                 self._outbox.overlay(name, written)
             self._pulls.set_marks([(u.id, u.stamp) for u in kept], at)
 
-    def children_in_sync(self, listed: dict[int, str], at: str) -> None:
-        """Every transfer item and event was just re-read: the listed jobs (id -> the
-        ``last_update`` they were listed with) have theirs in the mirror."""
-        held = self._pulls.existing("Job", list(listed))
-        self._pulls.set_marks([(i, s) for i, s in listed.items() if i in held], at)
+    def pull_plan(self) -> PullPlan | None:
+        """The listings of a first or full pull that did not complete (None: there are none)."""
+        return self._plans.read()
+
+    def plan_pull(self, plan: PullPlan) -> None:
+        """A first or full pull begins ``plan``'s listings (an unfinished plan is dropped)."""
+        self._plans.begin(plan)
+
+    def listed(self, resource: str, rows: list[Row], cursor: Cursor) -> None:
+        """The server listed ``rows`` as the next page of a planned range: store those that
+        differ from the mirror's, queued changes laid back on top, and the range stands at
+        ``cursor`` from now on (both or neither: a pull killed afterwards keeps the page)."""
+        with self._store.write():
+            self._accept(resource, rows, merge=True)
+            self._plans.advance(cursor)
+
+    def jobs_listed(self, cursors: tuple[Cursor, ...]) -> None:
+        """The plan's job listing ended: the jobs' stamps now are what the listings of their
+        transfer items and events (``cursors``, which begin now) will be complete for."""
+        self._plans.jobs_listed(cursors)
+
+    def children_listed(self, at: str) -> None:
+        """The plan's listings of transfer items and events ended: every job still at the
+        stamp it had when they began has all of its children in the mirror, as of ``at``."""
+        self._plans.children_listed(at)
 
     def pull_done(
-        self, at: datetime, watermark: str | None, *, full: bool, marks_checked: bool
+        self,
+        at: datetime,
+        watermark: str | None,
+        *,
+        full: bool,
+        marks_checked: bool,
+        plan_done: bool = False,
     ) -> None:
         """A pull that started at ``at`` finished: the resources it read whole are fully
         synced as of then, the jobs' next pull starts at ``watermark``. Transfer items and
         events count as synced once no job's children are left to read. ``full``: everything
-        was re-read and deletions reconciled; ``marks_checked``: marks of jobs gone dropped."""
+        was re-read and deletions reconciled; ``marks_checked``: marks of jobs gone dropped;
+        ``plan_done``: the pull completed the plan of a first or full pull, which is dropped."""
         with self._store.write():
+            if plan_done:
+                self._plans.drop()
             if marks_checked:
                 self._pulls.drop_stray_marks()
             for name in ("Site", "App", "BatchJob"):

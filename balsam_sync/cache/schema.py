@@ -22,7 +22,7 @@ from sqlite_utils.migrations import Migrations
 
 from ..resources import RESOURCES, Resource
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 """Bump with a new migration whenever the layout below changes."""
 
 PACKED = "_packed"
@@ -243,6 +243,23 @@ def m006_outbox_failing_since(db: Database) -> None:
     """Record when the server first failed a queued change (a change it fails every time
     becomes a dead letter after a while, instead of holding others back)."""
     db.execute("ALTER TABLE outbox ADD COLUMN failing_since TEXT")
+
+
+@migrations()
+def m007_pull_plan(db: Database) -> None:
+    """Add the plan of an unfinished first or full pull: where each listing stands, and the
+    jobs' stamps its transfer items and events are listed for (cache/pullplan.py)."""
+    db.execute(
+        "CREATE TABLE pull_plan (id INTEGER PRIMARY KEY CHECK (id = 1), kind TEXT NOT NULL, "
+        "started TEXT NOT NULL, children INTEGER NOT NULL DEFAULT 0)"
+    )
+    db.execute(
+        "CREATE TABLE pull_cursors (resource TEXT NOT NULL, part INTEGER NOT NULL, key TEXT, "
+        "lower TEXT, upper TEXT, skip INTEGER NOT NULL, last_value TEXT, last_id INTEGER, "
+        "stored INTEGER NOT NULL, total INTEGER, done INTEGER NOT NULL, "
+        "PRIMARY KEY (resource, part))"
+    )
+    db.execute("CREATE TABLE pull_marks (id INTEGER PRIMARY KEY, stamp TEXT NOT NULL)")
 
 
 def clear_packed(db: Database) -> None:
