@@ -553,15 +553,22 @@ class Mirror:
             self._accept(resource, rows, merge=True)
             self._plans.advance(cursor)
 
-    def jobs_listed(self, cursors: tuple[Cursor, ...]) -> None:
-        """The plan's job listing ended: the jobs' stamps now are what the listings of their
-        transfer items and events (``cursors``, which begin now) will be complete for."""
-        self._plans.jobs_listed(cursors)
+    def children_begin(self, cursors: tuple[Cursor, ...], at: datetime, jobs_first: bool) -> None:
+        """The plan's listings of transfer items and events (``cursors``) begin at ``at`` (the
+        server's clock); ``jobs_first``: every job was listed before."""
+        self._plans.children_begin(cursors, at, jobs_first)
 
-    def children_listed(self, at: str) -> None:
+    def jobs_listed(self) -> None:
+        """The plan's job listing ended: the jobs' stamps now are what the listings of their
+        transfer items and events will be complete for (recorded once per plan)."""
+        self._plans.jobs_listed()
+
+    def children_listed(self, at: str, before: str | None) -> None:
         """The plan's listings of transfer items and events ended: every job still at the
-        stamp it had when they began has all of its children in the mirror, as of ``at``."""
-        self._plans.children_listed(at)
+        stamp recorded when the job listing ended has all of its children in the mirror, as
+        of ``at``, if that state was committed before those listings began: when the jobs were
+        listed first (``before`` None), or when it is stamped at or ``before``."""
+        self._plans.children_listed(at, before)
 
     def pull_done(
         self,

@@ -1,16 +1,17 @@
 """Where the listings of an unfinished first or full pull stand, so that the next pull continues.
 
-A first (or full) pull lists every job, then every transfer item and event, as ranges read
-page by page (sync/pages.py). Each page is stored together with its range's cursor, in one
-transaction: a pull killed at any point keeps every page it stored, and the next pull asks the
-server only for what follows each cursor. The plan is dropped when a pull completes it, and
-replaced when a full pull begins.
+A first (or full) pull lists every job, transfer item and event, as ranges read page by page
+(sync/pages.py). Each page is stored together with its range's cursor, in one transaction: a
+pull killed at any point keeps every page it stored, and the next pull asks the server only for
+what follows each cursor. The plan is dropped when a pull completes it, and replaced when a
+full pull begins.
 
-When the job listing ends, every job's ``last_update`` is recorded (the *pending marks*): each
-of those states was committed before the transfer items and events began to be listed, so once
-those listings end, the mirror holds every child of every job still at its recorded stamp, and
-those jobs get their marks (cache/pullstate.py). A job that changed meanwhile keeps no mark and
-is read by job.
+When the job listing ends, every job's ``last_update`` is recorded (the *pending marks*). Once
+the listings of transfer items and events end, the mirror holds every child of a job in the
+state so stamped if that state was committed before those listings began: when the jobs were
+all listed first, or when the stamp is older than their beginning by more than the longest a
+request may take to commit. Those jobs get their marks (cache/pullstate.py); the others (a job
+that changed meanwhile) are read by job.
 """
 
 from __future__ import annotations
@@ -78,14 +79,18 @@ class PullPlan:
         kind: a first pull or a reconciliation.
         started: the server's clock when the plan began.
         cursors: every range, jobs first.
-        children: the job listing ended and the jobs' stamps were recorded; the transfer
-            items and events are listed now.
+        children_from: the server's clock when the listings of transfer items and events
+            began (None: not yet).
+        jobs_first: the jobs were all listed before those listings began.
+        recorded: the job listing ended and the jobs' stamps were recorded.
     """
 
     kind: PlanKind
     started: datetime
     cursors: tuple[Cursor, ...]
-    children: bool = False
+    children_from: datetime | None = None
+    jobs_first: bool = False
+    recorded: bool = False
 
     def of(self, resource: str) -> list[Cursor]:
         return [c for c in self.cursors if c.resource == resource]
@@ -100,7 +105,9 @@ class PullPlans:
 
     def read(self) -> PullPlan | None:
         with self.store.reading():
-            head = self.conn.execute(f"SELECT kind, started, children FROM [{PLAN_TABLE}]")
+            head = self.conn.execute(
+                f"SELECT kind, started, children_from, jobs_first, recorded FROM [{PLAN_TABLE}]"
+            )
             found = head.fetchone()
             if found is None:
                 return None
@@ -109,8 +116,14 @@ class PullPlans:
                 f"total, done FROM [{CURSORS_TABLE}] ORDER BY rowid"
             ).fetchall()
         cursors = tuple(_cursor(tuple(r)) for r in rows)
+        kind, started, children_from, jobs_first, recorded = found
         return PullPlan(
-            PlanKind(found[0]), datetime.fromisoformat(found[1]), cursors, bool(found[2])
+            PlanKind(kind),
+            datetime.fromisoformat(started),
+            cursors,
+            datetime.fromisoformat(children_from) if children_from else None,
+            bool(jobs_first),
+            bool(recorded),
         )
 
     def begin(self, plan: PullPlan) -> None:
@@ -118,8 +131,8 @@ class PullPlans:
         with self.store.write():
             self.drop()
             self.conn.execute(
-                f"INSERT INTO [{PLAN_TABLE}] (id, kind, started, children) VALUES (1, ?, ?, ?)",
-                [plan.kind.value, plan.started.isoformat(), int(plan.children)],
+                f"INSERT INTO [{PLAN_TABLE}] (id, kind, started) VALUES (1, ?, ?)",
+                [plan.kind.value, plan.started.isoformat()],
             )
             self._insert(plan.cursors)
 
@@ -146,25 +159,37 @@ class PullPlans:
                 ],
             )
 
-    def jobs_listed(self, cursors: tuple[Cursor, ...]) -> None:
-        """Record every job's stamp (the pending marks) and begin the ``cursors``."""
+    def children_begin(self, cursors: tuple[Cursor, ...], at: datetime, jobs_first: bool) -> None:
+        """Begin the ranges of transfer items and events (``cursors``) at ``at``."""
         with self.store.write():
-            self.conn.execute(f"DELETE FROM [{PENDING_TABLE}]")
+            self._insert(cursors)
             self.conn.execute(
-                f"INSERT INTO [{PENDING_TABLE}] (id, stamp) "
+                f"UPDATE [{PLAN_TABLE}] SET children_from = ?, jobs_first = ?",
+                [at.isoformat(), int(jobs_first)],
+            )
+
+    def jobs_listed(self) -> None:
+        """Record every job's stamp (the pending marks), once per plan."""
+        with self.store.write():
+            (done,) = self.conn.execute(f"SELECT recorded FROM [{PLAN_TABLE}]").fetchone()
+            if done:
+                return
+            self.conn.execute(
+                f"INSERT OR REPLACE INTO [{PENDING_TABLE}] (id, stamp) "
                 "SELECT id, last_update FROM jobs WHERE id > 0 AND last_update IS NOT NULL"
             )
-            self._insert(cursors)
-            self.conn.execute(f"UPDATE [{PLAN_TABLE}] SET children = 1")
+            self.conn.execute(f"UPDATE [{PLAN_TABLE}] SET recorded = 1")
 
-    def children_listed(self, at: str) -> None:
-        """Every child of the jobs at their pending stamps is stored: mark those jobs."""
+    def children_listed(self, at: str, before: str | None) -> None:
+        """Every child of the jobs at their pending stamps (those stamped at or ``before``, if
+        given) is stored: mark those jobs, as of ``at``."""
+        bound = "" if before is None else "AND p.stamp <= ?"
         with self.store.write():
             self.conn.execute(
                 f"INSERT OR REPLACE INTO [{MARKS_TABLE}] (id, stamp, at) "
                 f"SELECT p.id, p.stamp, ? FROM [{PENDING_TABLE}] p "
-                "JOIN jobs j ON j.id = p.id AND j.last_update = p.stamp",
-                [at],
+                f"JOIN jobs j ON j.id = p.id AND j.last_update = p.stamp {bound}",
+                [at] if before is None else [at, before],
             )
             self.conn.execute(f"DELETE FROM [{PENDING_TABLE}]")
 

@@ -251,7 +251,8 @@ def m007_pull_plan(db: Database) -> None:
     jobs' stamps its transfer items and events are listed for (cache/pullplan.py)."""
     db.execute(
         "CREATE TABLE pull_plan (id INTEGER PRIMARY KEY CHECK (id = 1), kind TEXT NOT NULL, "
-        "started TEXT NOT NULL, children INTEGER NOT NULL DEFAULT 0)"
+        "started TEXT NOT NULL, children_from TEXT, jobs_first INTEGER NOT NULL DEFAULT 0, "
+        "recorded INTEGER NOT NULL DEFAULT 0)"
     )
     db.execute(
         "CREATE TABLE pull_cursors (resource TEXT NOT NULL, part INTEGER NOT NULL, key TEXT, "

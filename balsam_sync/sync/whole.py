@@ -1,15 +1,19 @@
-"""A first or full pull: every job, then every transfer item and event, listed whole and kept.
+"""A first or full pull: every job, transfer item and event, listed whole and kept.
 
-The listings follow a plan kept in the mirror (cache/pullplan.py): the jobs are listed first
-(by ``last_update``), then the transfer items (by id) and the events (by timestamp) side by
-side, each page stored with its range's cursor as soon as it arrives, while the next page is
-on the wire (sync/pages.py). A pull killed at any point keeps every page it stored; the next
-pull continues each range where it stands instead of starting over.
+The listings follow a plan kept in the mirror (cache/pullplan.py): the jobs (by
+``last_update``), the transfer items (by id) and the events (by timestamp, in two halves when
+there are many) are read side by side, each page stored with its range's cursor as soon as it
+arrives, while the next page is on the wire (sync/pages.py). The server is the limit: the
+slow listings (items and events, which the server serializes row by row) run alongside the
+fast one (jobs). A pull killed at any point keeps every page it stored; the next pull
+continues each range where it stands instead of starting over.
 
-Why the jobs first: when their listing ends, every job's state as listed was committed, so
-the transfer items and events listed afterwards include every child of every job in that state
-(a gap-free listing skips no row that existed when it began). Those jobs get their marks when
-the children's listings end; a job that changed meanwhile (its stamp moved) is read by job.
+Which jobs the listed children are complete for: a gap-free listing holds every row that
+existed when it began, so a job's children are all in once the listings end if the job's
+state, as stored, was committed before they began. That is known of a job stamped more than
+``max_request_seconds`` before they began; the others (jobs that changed meanwhile) are read by
+job at the end. When many jobs changed that recently (an account just written to), the jobs
+are listed first and the children after them, so that every listed state was committed.
 
 A plan continued by a later pull also reads again the jobs stamped since it began (less the
 overlap every watermark keeps, ``max_request_seconds``): the pages stored before cannot show
@@ -29,10 +33,13 @@ from ..remote.rest import Remote
 from ..resources import RESOURCES, Row
 from ..spec import QuerySpec
 from ..utc import canonical_time
-from .pages import ORDER_OF, Page, SideBySide, read_range, stamp_before, start
+from .pages import ORDER_OF, Page, SideBySide, job_spec, read_range, stamp_before, start
 
 CHILDREN = ("TransferItem", "EventLog")
 TIMESTAMP = ORDER_OF["EventLog"]
+RECENT_SHARE = 10
+"""The jobs are listed before their children when more than a tenth of them changed within
+``max_request_seconds``: those would be read again by job."""
 Progress = Callable[[str, int, int | None], None]
 
 
@@ -86,22 +93,44 @@ class WholeListings:
             self._totals[(cursor.resource, cursor.part)] = (cursor.stored, cursor.total or 0)
         (jobs,) = plan.of("Job")
         if resumed:  # what changed since the plan began is read again (see the docstring)
-            since = canonical_time((plan.started - self.margin).isoformat())
-            jobs = jobs.reopened(since)
-        with ThreadPoolExecutor(1, thread_name_prefix="balsam-sync-pull") as side:
-            # How to split the events (the longest listing) is asked while the jobs are read.
-            split = None if plan.children else side.submit(self._events)
-            self._list([jobs], done)
-            if split is None:
-                children = [c for c in plan.cursors if c.resource in CHILDREN]
-            else:
-                children = [start("TransferItem"), *split.result()]
-                self.mirror.jobs_listed(tuple(children))
-                for cursor in children:
-                    self._totals[(cursor.resource, cursor.part)] = (0, cursor.total or 0)
-        self._list([c for c in children if not c.done], done)
-        self.mirror.children_listed(plan.started.isoformat())
+            jobs = jobs.reopened(self._since(plan.started))
+        children = [c for c in plan.cursors if c.resource in CHILDREN]
+        before = None if plan.jobs_first else self._since(plan.children_from or started)
+        with ThreadPoolExecutor(2, thread_name_prefix="balsam-sync-pull") as side:
+            split = None
+            if plan.children_from is None:
+                # How to split the events (the longest listing) is asked meanwhile.
+                split = side.submit(self._events)
+                if not self._jobs_first(started, side):
+                    children = self._begin(split.result(), started, jobs_first=False)
+                    before, split = self._since(started), None
+            self._list([jobs, *(c for c in children if not c.done)], done)
+            if split is not None:
+                children = self._begin(split.result(), started, jobs_first=True)
+                before = None
+                self._list(children, done)
+        self.mirror.children_listed(plan.started.isoformat(), before)
         return done
+
+    def _since(self, moment: datetime) -> str:
+        """The stamp a request committed by ``moment`` cannot be newer than."""
+        return canonical_time((moment - self.margin).isoformat())
+
+    def _jobs_first(self, started: datetime, side: ThreadPoolExecutor) -> bool:
+        """Whether to list the jobs before their children: when many jobs changed within
+        ``max_request_seconds``, side by side would leave them to be read again by job."""
+        res = RESOURCES["Job"]
+        total = side.submit(self.remote.count, res, QuerySpec("Job"))
+        recent = self.remote.count(res, job_spec(self._since(started)))
+        return recent * RECENT_SHARE > total.result()
+
+    def _begin(self, events: list[Cursor], at: datetime, jobs_first: bool) -> list[Cursor]:
+        """Begin the listings of transfer items and events."""
+        children = [start("TransferItem"), *events]
+        self.mirror.children_begin(tuple(children), at, jobs_first)
+        for cursor in children:
+            self._totals[(cursor.resource, cursor.part)] = (0, cursor.total or 0)
+        return children
 
     def _events(self) -> list[Cursor]:
         """The ranges the events are read in: two halves by timestamp, side by side, when
@@ -143,6 +172,8 @@ class WholeListings:
         )
         self.progress(name, before, self._total(name))  # the total first, then the rows
         self.mirror.listed(name, page.rows, cursor)
+        if name == "Job" and cursor.done:
+            self.mirror.jobs_listed()
         self._totals[(name, cursor.part)] = (cursor.stored, cursor.total or 0)
         done.new[name] = done.new.get(name, 0) + page.new
         done.ids.setdefault(name, set()).update(r["id"] for r in page.rows)
