@@ -15,7 +15,8 @@ min/max) and as a ratio, because the machine is small and noisy:
   P2  offline ``Job.objects.bulk_create`` of 10k jobs vs sqlite-utils ``insert_all``  <= 3x
   P3  replay of those queued creates (``client.push()``) vs a direct online bulk_create <= 1.1x
   P8  writes while the server is unreachable or busy; the daemon's time to stop  (p8.py)
-  A1-A5  pull figures on an account-shaped data set                   (account.py, a*.py)
+  A1-A6  pull figures on an account-shaped data set                   (account.py, a*.py)
+  A7  peak RSS of a first pull of a 200k-job account vs upstream listing it   target <= 0.5x
   D1  a daemon every 5 s on keep-alive connections for 10 min: queries right after each round
       from the mirror, ``as_of`` within 30 s of real time, idle rounds' bytes flat  (d1.py)
 
