@@ -246,7 +246,7 @@ def m006_outbox_failing_since(db: Database) -> None:
 
 
 @migrations()
-def m007_pull_plan(db: Database) -> None:
+def m009_pull_plan(db: Database) -> None:
     """Add the plan of an unfinished first or full pull: where each listing stands, and the
     jobs' stamps its transfer items and events are listed for (cache/pullplan.py)."""
     db.execute(
