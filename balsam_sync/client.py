@@ -183,7 +183,7 @@ class Client:
             options = PullOptions(
                 max_request_seconds=self.settings.max_request_seconds,
                 reconcile_seconds=self.settings.reconcile_seconds,
-                history=self.settings.history_per_pull,
+                page_rows=self.settings.page_rows,
             )
             puller = Puller(self.remote, mirror, progress, options)
             report = puller.pull(full=full)

@@ -27,6 +27,7 @@ import platformdirs
 import yaml
 
 from .errors import ConfigError
+from .resources import MAX_PAGE
 from .utc import naive_utc
 
 log = logging.getLogger(__name__)
@@ -123,7 +124,7 @@ def offline_from_env() -> bool:
 PULL_ENV = {
     "max_request_seconds": (ENV_MAX_REQUEST, float),
     "reconcile_seconds": ("BALSAM_SYNC_RECONCILE_SECONDS", float),
-    "history_per_pull": ("BALSAM_SYNC_HISTORY_PER_PULL", int),
+    "page_rows": ("BALSAM_SYNC_PAGE_ROWS", int),
     "write_wait": ("BALSAM_SYNC_WRITE_WAIT", float),
 }
 """Settings that may also come from the environment (e.g. for ``balsam-sync daemon``)."""
@@ -155,9 +156,9 @@ class Settings:
             node-local storage): where every login node of the user sees it.
         node: this login node's name in the user's queue (``BALSAM_SYNC_NODE``; default: the
             host name).
-        history_per_pull: most finished jobs whose transfer items and events (their history)
-            one pull reads when they were never read (unfinished and changed jobs are always
-            read): a first pull of a large account stays short and later pulls complete it.
+        page_rows: rows per page of the listings a pull reads (jobs, transfer items,
+            events). A first pull keeps every page it stored when it is killed, so a smaller
+            page loses less; a larger one costs the server fewer requests.
         retry_backoff: seconds writes and reads stay away from a server that just could not
             be reached, and writes wait before resending a change the server failed (doubled
             after each further failure, up to 60 s and 5 min).
@@ -179,9 +180,9 @@ class Settings:
     max_request_seconds: float = 120.0
     retry_backoff: float = 2.0
     reconcile_seconds: float = 86_400.0
-    history_per_pull: int = 1000
     queue_home: Path | None = None
     node: str | None = None
+    page_rows: int = 20_000
     write_wait: float = 10.0
 
     def __post_init__(self) -> None:
@@ -189,6 +190,11 @@ class Settings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
                 raise ConfigError(f"{name} must be a number >= 0, got {value!r}")
+        if not isinstance(self.page_rows, int) or not 2 <= self.page_rows <= MAX_PAGE:
+            raise ConfigError(
+                f"page_rows must be a whole number from 2 to {MAX_PAGE} (the most rows the "
+                f"server returns in one page), got {self.page_rows!r}"
+            )
 
     def __repr__(self) -> str:
         # The token never appears in logs, reprs or tracebacks.

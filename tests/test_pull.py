@@ -266,8 +266,8 @@ def test_an_incremental_pull_reads_the_changes_and_their_children(
 def test_pull_settings_come_from_arguments_or_the_environment(
     user: User, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    client = connect(user, tmp_path / "a", max_request_seconds=5, history_per_pull=10)
-    assert (client.settings.max_request_seconds, client.settings.history_per_pull) == (5, 10)
+    client = connect(user, tmp_path / "a", max_request_seconds=5, page_rows=10)
+    assert (client.settings.max_request_seconds, client.settings.page_rows) == (5, 10)
     assert client.settings.reconcile_seconds == 86_400
     client.close()
     monkeypatch.setenv("BALSAM_SYNC_MAX_REQUEST_SECONDS", "30")
@@ -276,9 +276,15 @@ def test_pull_settings_come_from_arguments_or_the_environment(
     client.close()
     with pytest.raises(ConfigError, match="max_request_seconds"):
         connect(user, tmp_path / "c", max_request_seconds=-1)
-    monkeypatch.setenv("BALSAM_SYNC_HISTORY_PER_PULL", "many")
-    with pytest.raises(ConfigError, match="BALSAM_SYNC_HISTORY_PER_PULL"):
+    monkeypatch.setenv("BALSAM_SYNC_PAGE_ROWS", "many")
+    with pytest.raises(ConfigError, match="BALSAM_SYNC_PAGE_ROWS"):
         connect(user, tmp_path / "d")
+    monkeypatch.setenv("BALSAM_SYNC_PAGE_ROWS", "1")  # a page must hold the row it anchors on
+    with pytest.raises(ConfigError, match="page_rows"):
+        connect(user, tmp_path / "e")
+    monkeypatch.setenv("BALSAM_SYNC_PAGE_ROWS", "200000")  # more than the server returns
+    with pytest.raises(ConfigError, match="page_rows"):
+        connect(user, tmp_path / "f")
 
 
 def test_a_direct_edit_of_a_parked_transfer_item_is_found_by_the_periodic_full_pull(

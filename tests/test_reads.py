@@ -169,26 +169,33 @@ def test_offline_query_update_after_a_pull_is_resolved_from_the_mirror(
     assert client.Job.objects.filter(state="RESTART_READY").online().count() == 2
 
 
-def test_history_read_over_several_pulls_is_claimed_only_job_by_job(
+def test_one_pull_answers_the_history_of_finished_jobs_offline(
     client: Client, user: User, app: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     jobs = make_jobs(client, app, 6)
     client.Job.objects.filter(id=[j.id for j in jobs[:5]]).online().update(state="FAILED")
+    server = {
+        j.id: [e.to_state for e in client.EventLog.objects.filter(job_id=[j.id]).online()]
+        for j in jobs
+    }
     c = balsam_sync.connect(
-        user.api_root, user.token, home=str(tmp_path / "h"), retry=FAST_RETRY, history_per_pull=2
+        user.api_root, user.token, home=str(tmp_path / "h"), retry=FAST_RETRY, page_rows=2
     )
     try:
-        first = c.pull()  # the history of five finished jobs does not fit: left for later
-        assert first.history_left == 5
-        unfinished = c.EventLog.objects.filter(job_id=[jobs[5].id]).offline()
-        assert [e.to_state for e in unfinished] == ["STAGED_IN"]
-        assert unfinished.as_of == first.started_at
-        with pytest.raises(NoEvidence):
-            list(c.EventLog.objects.filter(job_id=[jobs[0].id]).offline())
-        with pytest.raises(NoEvidence):
-            c.EventLog.objects.offline().count()
-        assert [c.pull().history_left for _ in range(3)] == [3, 1, 0]
-        assert c.EventLog.objects.offline().count() == 11  # 6 creations, 5 failures
+        first = c.pull()  # pages of two rows: every listing takes several
+        assert first.full and not first.resumed
+    finally:
+        c.close()
+    monkeypatch.setenv("BALSAM_SYNC_OFFLINE", "1")
+    c = connect(user.api_root, user, tmp_path / "h")
+    try:
+        for j in jobs:  # finished or not, each job's events, newest first, as the server has them
+            events = c.EventLog.objects.filter(job_id=[j.id])
+            assert [e.to_state for e in events] == server[j.id]
+            assert events.as_of == first.started_at
+        assert c.EventLog.objects.count() == 11  # 6 creations, 5 failures
+        assert c.EventLog.objects.filter(to_state="FAILED").count() == 5
+        assert c.TransferItem.objects.count() == 0
     finally:
         c.close()
 

@@ -13,6 +13,7 @@ from .mirror import Clock, Mirror, QueueCounts, companion
 from .neighbours import Neighbour, neighbours
 from .opening import Identity, MirrorMissing, locate, open_mirror
 from .outbox import Entry, EntryState, Op
+from .pullplan import Cursor, PlanKind, PullPlan
 from .pullstate import Unsynced
 from .queue import Queued
 from .salvage import Recovered, check, move_aside, recover, restore
@@ -23,6 +24,7 @@ __all__ = [
     "append_own",
     "companion",
     "Coverage",
+    "Cursor",
     "Entry",
     "EntryState",
     "Evidence",
@@ -32,6 +34,8 @@ __all__ = [
     "MirrorMissing",
     "Neighbour",
     "Op",
+    "PlanKind",
+    "PullPlan",
     "QueueCounts",
     "Queued",
     "SenderLock",

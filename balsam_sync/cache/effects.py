@@ -16,7 +16,7 @@ from ..spec import QuerySpec
 from ..utc import now_text, utc_text
 from .coverage import CoverageBook
 from .outbox import Entry, Op, Outbox
-from .pullstate import PullState
+from .pullstate import PullState, Unsynced
 from .store import STAMP, Store
 
 
@@ -191,3 +191,32 @@ def applied_unseen(p: Parts, res: Resource, sent: list[tuple[int, Row]]) -> None
         p.pulls.unmarked([i for i, changes in sent if "tags" in changes])
     finished = [i for i in finishing if (rows_now[i] or {}).get("state") == res.finished_state]
     promote_children(p, res, finished, finishing)
+
+
+def children_read(p: Parts, jobs: list[Unsynced], found: dict[str, list[Row]], at: str) -> None:
+    """The server listed every child of ``jobs``: theirs become exactly these, the jobs
+    (those still held) marked as read at their current stamp."""
+    held = p.pulls.existing("Job", [u.id for u in jobs])
+    kept = [u for u in jobs if u.id in held]
+    ids = [u.id for u in kept]
+    for name, listed in found.items():
+        rows = [r for r in listed if r["job_id"] in held]
+        written = p.pulls.replace_children(name, ids, rows)
+        p.outbox.overlay(name, written)
+    p.pulls.set_marks([(u.id, u.stamp) for u in kept], at)
+
+
+def pull_done(
+    p: Parts, at: datetime, watermark: str | None, full: bool, marks_checked: bool
+) -> None:
+    """What a finished pull proves (see ``Mirror.pull_done``)."""
+    if marks_checked:
+        p.pulls.drop_stray_marks()
+    for name in ("Site", "App", "BatchJob"):
+        p.coverage.mark_full_sync(name, at)
+    p.coverage.mark_full_sync("Job", at, watermark=watermark)
+    if p.pulls.count_unsynced() == 0:
+        for name in ("TransferItem", "EventLog"):
+            p.coverage.mark_full_sync(name, at)
+    if full:
+        p.coverage.mark_reconciled(at)

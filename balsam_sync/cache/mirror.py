@@ -19,25 +19,21 @@ Rules it keeps, whoever calls:
 * **No request inside a transaction.** Nothing here talks to the server: callers fetch first,
   then tell the mirror what they found (plan, fetch, then store).
 
-The parts behind the door (``store``, ``outbox``, ``coverage``, ``pullstate``) are this
-package's own; nothing outside ``balsam_sync.cache`` reaches them.
+The parts behind the door (``store``, ``outbox``, ``coverage``, ``pullstate``, ``pullplan``)
+are this package's own; nothing outside ``balsam_sync.cache`` reaches them.
 """
 
 from __future__ import annotations
 
-import functools
-import inspect
 import json
 import logging
 import os
 import re
-import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
 
 from ..freshness import RowLayout
 from ..resources import MARKER_KEY, RESOURCES, Row
@@ -46,10 +42,11 @@ from ..utc import now, utc_text
 from . import effects
 from .coverage import Coverage, CoverageBook, Evidence
 from .effects import Parts
-from .failures import guard, mirror_error
+from .failures import guarded
 from .journal import Journal, SenderLock
 from .lock import FileLock
 from .outbox import Entry, EntryState, Op, Outbox
+from .pullplan import Cursor, PullPlan, PullPlans
 from .pullstate import PullState, Unsynced
 from .queue import GLANCE_SECONDS, Queued, SharedQueue
 from .salvage import Recovered, restore
@@ -57,7 +54,6 @@ from .store import Store
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
 Clock = Callable[[], datetime]
 """The time now, as the server's clock would say (stamps never run ahead of it)."""
 
@@ -81,36 +77,7 @@ def companion(path: Path, suffix: str) -> Path:
     return path.with_name(base.removesuffix(".sqlite3") + suffix)
 
 
-def _guard(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Map the SQLite errors of one door method to the ``MirrorError`` naming the file."""
-    if inspect.isgeneratorfunction(fn):
-
-        @functools.wraps(fn)
-        def generator(self: Mirror, *args: Any, **kwargs: Any) -> Iterator[Any]:
-            with guard(self.path, files=False):
-                yield from fn(self, *args, **kwargs)
-
-        return generator
-
-    @functools.wraps(fn)
-    def plain(self: Mirror, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(self, *args, **kwargs)
-        except sqlite3.Error as exc:
-            raise mirror_error(self.path, exc) from exc
-
-    return plain
-
-
-def _guarded(cls: type[T]) -> type[T]:
-    """Guard every public method of the door (its parts are reached only through it)."""
-    for name, member in list(vars(cls).items()):
-        if not name.startswith("_") and inspect.isfunction(member):
-            setattr(cls, name, _guard(member))
-    return cls
-
-
-@_guarded
+@guarded
 class Mirror:
     """An open mirror of one user on one server (see the module docstring).
 
@@ -136,6 +103,7 @@ class Mirror:
         self._checked = time.monotonic()  # when the file was last seen in place
         self._q.publish_legacy()
         self._q.catch_up()
+        self._plans = PullPlans(store)
 
     def close(self) -> None:
         self._store.conn.close()
@@ -644,36 +612,59 @@ class Mirror:
         resource): the mirror's children of those jobs become exactly these, and the jobs are
         marked as read at their current ``last_update`` (jobs gone meanwhile are skipped)."""
         with self._store.write():
-            held = self._pulls.existing("Job", [u.id for u in jobs])
-            kept = [u for u in jobs if u.id in held]
-            ids = [u.id for u in kept]
-            for name, listed in found.items():
-                rows = [r for r in listed if r["job_id"] in held]
-                written = self._pulls.replace_children(name, ids, rows)
-                self._outbox.overlay(name, written)
-            self._pulls.set_marks([(u.id, u.stamp) for u in kept], at)
+            effects.children_read(self._p, jobs, found, at)
 
-    def children_in_sync(self, listed: dict[int, str], at: str) -> None:
-        """Every transfer item and event was just re-read: the listed jobs (id -> the
-        ``last_update`` they were listed with) have theirs in the mirror."""
-        held = self._pulls.existing("Job", list(listed))
-        self._pulls.set_marks([(i, s) for i, s in listed.items() if i in held], at)
+    def pull_plan(self) -> PullPlan | None:
+        """The listings of a first or full pull that did not complete (None: there are none)."""
+        return self._plans.read()
+
+    def plan_pull(self, plan: PullPlan) -> None:
+        """A first or full pull begins ``plan``'s listings (an unfinished plan is dropped)."""
+        self._plans.begin(plan)
+
+    def listed(
+        self, resource: str, rows: list[Row], cursor: Cursor, read_at: datetime | None = None
+    ) -> None:
+        """The server listed ``rows`` as the next page of a planned range: store those that
+        differ from the mirror's, queued changes laid back on top, and the range stands at
+        ``cursor`` from now on (both or neither: a pull killed afterwards keeps the page).
+        ``read_at``: as for ``server_rows``."""
+        with self._store.write():
+            effects.accept(self._p, resource, rows, True, read_at=read_at)
+            self._plans.advance(cursor)
+
+    def children_begin(self, cursors: tuple[Cursor, ...], at: datetime, jobs_first: bool) -> None:
+        """The plan's listings of transfer items and events (``cursors``) begin at ``at`` (the
+        server's clock); ``jobs_first``: every job was listed before."""
+        self._plans.children_begin(cursors, at, jobs_first)
+
+    def jobs_listed(self) -> None:
+        """The plan's job listing ended: the jobs' stamps now are what the listings of their
+        transfer items and events will be complete for (recorded once per plan)."""
+        self._plans.jobs_listed()
+
+    def children_listed(self, at: str, before: str | None) -> None:
+        """The plan's listings of transfer items and events ended: every job still at the
+        stamp recorded when the job listing ended has all of its children in the mirror, as
+        of ``at``, if that state was committed before those listings began: when the jobs were
+        listed first (``before`` None), or when it is stamped at or ``before``."""
+        self._plans.children_listed(at, before)
 
     def pull_done(
-        self, at: datetime, watermark: str | None, *, full: bool, marks_checked: bool
+        self,
+        at: datetime,
+        watermark: str | None,
+        *,
+        full: bool,
+        marks_checked: bool,
+        plan_done: bool = False,
     ) -> None:
         """A pull that started at ``at`` finished: the resources it read whole are fully
         synced as of then, the jobs' next pull starts at ``watermark``. Transfer items and
         events count as synced once no job's children are left to read. ``full``: everything
-        was re-read and deletions reconciled; ``marks_checked``: marks of jobs gone dropped."""
+        was re-read and deletions reconciled; ``marks_checked``: marks of jobs gone dropped;
+        ``plan_done``: the pull completed the plan of a first or full pull, which is dropped."""
         with self._store.write():
-            if marks_checked:
-                self._pulls.drop_stray_marks()
-            for name in ("Site", "App", "BatchJob"):
-                self._coverage.mark_full_sync(name, at)
-            self._coverage.mark_full_sync("Job", at, watermark=watermark)
-            if self._pulls.count_unsynced() == 0:
-                for name in ("TransferItem", "EventLog"):
-                    self._coverage.mark_full_sync(name, at)
-            if full:
-                self._coverage.mark_reconciled(at)
+            if plan_done:
+                self._plans.drop()
+            effects.pull_done(self._p, at, watermark, full, marks_checked)

@@ -22,7 +22,7 @@ from sqlite_utils.migrations import Migrations
 
 from ..resources import RESOURCES, Resource
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 """Bump with a new migration whenever the layout below changes."""
 
 PACKED = "_packed"
@@ -289,6 +289,24 @@ def m008_shared_queue(db: Database) -> None:
     db.execute("CREATE UNIQUE INDEX idx_outbox_uid ON outbox (uid)")
     db.execute(f"CREATE TABLE [{SEEN_TABLE}] (name TEXT PRIMARY KEY) WITHOUT ROWID")
     db.execute(f"CREATE TABLE [{SETTLED_TABLE}] (uid TEXT PRIMARY KEY) WITHOUT ROWID")
+
+
+@migrations()
+def m009_pull_plan(db: Database) -> None:
+    """Add the plan of an unfinished first or full pull: where each listing stands, and the
+    jobs' stamps its transfer items and events are listed for (cache/pullplan.py)."""
+    db.execute(
+        "CREATE TABLE pull_plan (id INTEGER PRIMARY KEY CHECK (id = 1), kind TEXT NOT NULL, "
+        "started TEXT NOT NULL, children_from TEXT, jobs_first INTEGER NOT NULL DEFAULT 0, "
+        "recorded INTEGER NOT NULL DEFAULT 0)"
+    )
+    db.execute(
+        "CREATE TABLE pull_cursors (resource TEXT NOT NULL, part INTEGER NOT NULL, key TEXT, "
+        "lower TEXT, upper TEXT, skip INTEGER NOT NULL, last_value TEXT, last_id INTEGER, "
+        "stored INTEGER NOT NULL, total INTEGER, done INTEGER NOT NULL, "
+        "PRIMARY KEY (resource, part))"
+    )
+    db.execute("CREATE TABLE pull_marks (id INTEGER PRIMARY KEY, stamp TEXT NOT NULL)")
 
 
 def clear_packed(db: Database) -> None:

@@ -1,4 +1,4 @@
-"""Transfer items and events, read per job: what changed with a job, and history to fill in.
+"""Transfer items and events, read per job: what changed with a job since its children were read.
 
 Neither has a timestamp the server filters on reliably (transfer items have none, and an
 event's timestamp is whatever the site agent sent). But every server-side change of a job's
@@ -7,11 +7,10 @@ the jobs whose ``last_update`` moved since their mark (cache/pullstate.py) are e
 children that can have changed. They are read by job id, 500 jobs per request, and replace the
 mirror's children of those jobs (so deletions follow their jobs).
 
-Reading them costs the server far more than reading jobs (it serialises each item and event
-through its ORM: about 0.2-0.3 ms per row on a small server, against 0.03 ms per job). So a
-pull reads the children of changed and unfinished jobs always, and the *history* (children of
-finished jobs never read before) at most ``history_per_pull`` jobs at a time: a first pull of a
-large account stays short, and the following pulls complete it.
+An incremental pull reads them so for every job it lists whose mark differs, and at its end
+for every job left without a mark equal to its stamp; a first or full pull lists every transfer
+item and event whole instead (sync/whole.py), and reads by job only the jobs that changed while
+it ran.
 """
 
 from __future__ import annotations
@@ -44,27 +43,13 @@ class Fetched:
         return all(f.done() for f in self.rows.values())
 
 
-def plan(
-    unsynced: list[Unsynced], history: int | None, first: bool = False
-) -> tuple[list[Unsynced], int]:
-    """Choose the jobs to read now: changed and unfinished ones, then up to ``history`` finished
-    ones never read (newest first; None: all). A ``first`` pull reads the history only when all
-    of it fits: it stays as short as listing the jobs. Return the jobs and how many are left."""
-    urgent = [u for u in unsynced if u.changed or not u.done]
-    old = [u for u in unsynced if not u.changed and u.done]
-    old.sort(key=lambda u: -u.id)
-    take = len(old) if history is None else max(0, history)
-    if first and take < len(old):
-        take = 0
-    return urgent + old[:take], len(old) - min(len(old), take)
-
-
-def urgent_in(rows: list[Row], marks: dict[int, str]) -> list[Unsynced]:
-    """The listed jobs whose children must be read in this pull: changed or unfinished."""
+def changed_in(rows: list[Row], marks: dict[int, str]) -> list[Unsynced]:
+    """The listed jobs whose children are not known to match the server's: no mark equal to
+    their ``last_update``."""
     out = []
     for row in rows:
         mark = marks.get(row["id"])
-        if mark != row["last_update"] and (mark is not None or not _done(row)):
+        if mark != row["last_update"]:
             out.append(Unsynced(row["id"], row["last_update"], mark is not None, _done(row)))
     return out
 

@@ -19,7 +19,8 @@ min/max) and as a ratio, because the machine is small and noisy:
       FAILED -> RESTART_READY loop) vs upstream ``balsam.api``, interleaved, requests counted
       by a relay; on an account of ~20k jobs (70 % finished) beside >= 200k jobs of other
       users              target: requests <= upstream's, time <= 1.2x upstream  (p9.py)
-  A1-A5  pull figures on an account-shaped data set                   (account.py, a*.py)
+  A1-A6  pull figures on an account-shaped data set                   (account.py, a*.py)
+  A7  peak RSS of a first pull of a 200k-job account vs upstream listing it   target <= 0.5x
   D1  a daemon every 5 s on keep-alive connections for 10 min: queries right after each round
       from the mirror, ``as_of`` within 30 s of real time, idle rounds' bytes flat  (d1.py)
 

@@ -19,7 +19,6 @@ INTERVAL = 60
 def run(ab: AccountBench) -> None:
     client = ab.settled()
     meter = metered(client)
-    history(client)
     idle_t, idle_req, idle_bytes = [], [], []
     for _ in range(ab.ctx.opts.reps_slow):
         meter.reset()
@@ -30,13 +29,6 @@ def run(ab: AccountBench) -> None:
     idle_row(ab, idle_t, idle_req, idle_bytes)
     a4(ab, client, meter)
     a3(ab, client, meter)
-
-
-def history(client: Client) -> None:
-    """Pulls until the history is in (a full pull already read it all)."""
-    for _ in range(1000):
-        if client.pull().history_left == 0:
-            return
 
 
 def idle_row(ab: AccountBench, seconds: list[float], requests: list[int], sizes: list[int]) -> None:

@@ -2,15 +2,17 @@
 
 The figures (``A`` rows of ``results/bench.md``; a1.py, a2_a3_a4.py, a5.py):
 
-  A1  first ``pull()`` (every resource: all jobs, sites, apps, batch jobs, and the transfer
-      items and events of the unfinished jobs) vs upstream ``list(Job.objects.all())`` of the
-      jobs alone                                                            target <= 1.0x
+  A1  first ``pull()`` until everything answers offline (every job, transfer item and event,
+      sites, apps, batch jobs) vs upstream ``list(X.objects.all())`` of Job, TransferItem and
+      EventLog                                                              target <= 1.0x
   A2  idle incremental pull          target <= 8 requests and <= 200 KB (and its time, info)
   A3  incremental pull after 100 changes (60 jobs, 39 transfer items, a batch job) vs
       ``pull(full=True)`` (everything, history included)                     target <= 5 %
   A4  one idle daemon cycle (push + pull): requests, bytes, server seconds; and 1,000 users'
       daemons at a 60 s interval (information)
   A5  A1 and A3 again through the fault proxy with 50 ms added to every round trip (info)
+  A6  a first ``balsam-sync pull`` killed half-way, then the pull that completes it: its bytes
+      vs a whole first pull's                                               target <= 60 %
 
 The account has ``--jobs / 5`` jobs (20,000 by default). Rows change only while it is built;
 the idle and incremental figures are taken once ``max_request_seconds`` has passed since, so
@@ -90,18 +92,22 @@ class AccountBench:
         acct = self.account()
         return acct.user if via is None else dataclasses.replace(acct.user, api_root=via)
 
-    def client(self, api_root: str | None = None) -> Client:
-        return self.ctx.connect(self.user(api_root), self.ctx.home("acct"))
+    def client(self, api_root: str | None = None, **settings: Any) -> Client:
+        return self.ctx.connect(self.user(api_root), self.ctx.home("acct"), **settings)
+
+    def aged(self, max_request_seconds: float) -> None:
+        """Wait until every row of the account is older than a pull's overlap."""
+        acct = self.account()
+        wait = acct.last_write + max_request_seconds + 2 - time.monotonic()
+        if wait > 0:
+            log(f"  waiting {wait:.0f} s until every row is older than the pull overlap")
+            time.sleep(wait)
 
     def settled(self) -> Client:
         """A client whose mirror holds everything, pulled after every row got older than
         ``max_request_seconds`` (so its watermark is past every row)."""
-        acct = self.account()
         client = self.client()
-        wait = acct.last_write + client.settings.max_request_seconds + 2 - time.monotonic()
-        if wait > 0:
-            log(f"  waiting {wait:.0f} s until every row is older than the pull overlap")
-            time.sleep(wait)
+        self.aged(client.settings.max_request_seconds)
         seconds, report = timed(lambda: client.pull(full=True))
         log(f"  full pull: {report} in {seconds:.1f} s")
         return client

@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
 
-from . import a1, a2_a3_a4, a5, d1, p1, p2_p3, p4, p5, p6, p7, p8, p9
+from . import a1, a2_a3_a4, a5, a6, a7, d1, p1, p2_p3, p4, p5, p6, p7, p8, p9
 from .account import AccountBench
 from .context import Context, Options
 from .harness import ROOT, Row, log
@@ -23,9 +23,12 @@ from .report import source_digest, write_results
 from .server import DEFAULT_API_ROOT, answers
 
 Step = tuple[tuple[str, ...], Callable[[], None]]
-IDS = ("P1", "P2", "P3", "P4", "P5", "P6", "P7", "P8", "P9", "A1", "A2", "A3", "A4", "A5", "D1")
-SIZES = {"jobs": 100_000, "big": 1_000_000, "creates": 10_000}
-QUICK_SIZES = {"jobs": 5_000, "big": 50_000, "creates": 2_000}
+IDS = (
+    "P1", "P2", "P3", "P4", "P5", "P6", "P7", "P8", "P9",
+    "A1", "A2", "A3", "A4", "A5", "A6", "A7", "D1",
+)  # fmt: skip
+SIZES = {"jobs": 100_000, "big": 1_000_000, "creates": 10_000, "rss_jobs": 200_000}
+QUICK_SIZES = {"jobs": 5_000, "big": 50_000, "creates": 2_000, "rss_jobs": 20_000}
 
 
 def steps(ctx: Context) -> list[Step]:
@@ -43,6 +46,8 @@ def steps(ctx: Context) -> list[Step]:
         (("A1",), partial(a1.run, ab)),
         (("A2", "A3", "A4"), partial(a2_a3_a4.run, ab)),
         (("A5",), partial(a5.run, ab)),
+        (("A6",), partial(a6.run, ab)),
+        (("A7",), partial(a7.run, ctx)),
         (("D1",), partial(d1.run, ctx)),
     ]
 
@@ -65,7 +70,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="bench.py",
         description="Benchmark balsam_sync against the local real Balsam server "
-        "(P1-P9, A1-A5 and D1, side by side in one run; see scripts/benchmarks/__init__.py).",
+        "(P1-P9, A1-A7 and D1, side by side in one run; see scripts/benchmarks/__init__.py).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--api-root", default=DEFAULT_API_ROOT, help="the real server")
@@ -73,10 +78,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--big", type=int, default=SIZES["big"], help="jobs in the P6/P7 mirror")
     p.add_argument("--creates", type=int, default=SIZES["creates"], help="P2/P3 bulk_create size")
     p.add_argument(
+        "--rss-jobs", type=int, default=SIZES["rss_jobs"], help="jobs of the A7 account (memory)"
+    )
+    p.add_argument(
         "--quick",
         action="store_true",
         help="small sizes for a smoke test (5000 jobs, 50000-job mirror, "
-        "2000 creates, fewer repetitions)",
+        "2000 creates, a 20000-job A7 account, fewer repetitions)",
     )
     p.add_argument("--only", default="", help="comma-separated selection, e.g. P1,P6")
     p.add_argument("--out", type=Path, default=ROOT / "results", help="output folder")
@@ -129,6 +137,7 @@ def options(args: argparse.Namespace, only: set[str], workdir: Path) -> Options:
         jobs=args.jobs,
         big=args.big,
         creates=args.creates,
+        rss_jobs=args.rss_jobs,
         reps_fast=max(7, args.reps_fast),
         reps_slow=max(1, args.reps_slow),
         reps_upstream=max(1, args.reps_upstream),

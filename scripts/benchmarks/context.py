@@ -27,6 +27,7 @@ class Options:
     jobs: int
     big: int
     creates: int
+    rss_jobs: int
     reps_fast: int
     reps_slow: int
     reps_upstream: int
@@ -79,8 +80,10 @@ class Context:
         path.mkdir(parents=True)
         return path
 
-    def connect(self, user: User, home: Path, offline: bool = False) -> Client:
-        client = balsam_sync.connect(user.api_root, user.token, home=str(home), offline=offline)
+    def connect(self, user: User, home: Path, offline: bool = False, **settings: Any) -> Client:
+        client = balsam_sync.connect(
+            user.api_root, user.token, home=str(home), offline=offline, **settings
+        )
         self._clients.append(client)
         return client
 

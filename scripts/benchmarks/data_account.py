@@ -5,8 +5,15 @@ one Site with a transfer location, one App with a stage-in and a stage-out slot,
 each with both transfers (2n TransferItems), one BatchJob per 50 jobs. 95 % of the jobs (70 %
 for P9) went the whole way (stage-in done, pre-processed, run in their batch job,
 post-processed, stage-out done: seven events each) and their batch jobs finished; the others
-stopped somewhere along the way, with their transfers pending, active or waiting for the job,
-and their batch jobs queued or running.
+stopped somewhere along the way, with their transfers pending, active or waiting for the
+job, and their batch jobs queued or running.
+
+Each job leaves the trail of events the real site agent leaves: its creation (READY), the
+stage-in completing (STAGED_IN, logged by the server), PREPROCESSED, RUNNING, RUN_DONE and
+POSTPROCESSED as the launcher reports them (each job with its own ``state_timestamp``, the
+moment its state changed since the previous report, and the launcher's ``state_data``), and the
+stage-out completing (JOB_FINISHED): about 137,000 events for 20,000 jobs. Events of different
+jobs interleave in time, as a launcher running many jobs side by side makes them.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from .harness import log
@@ -38,6 +46,8 @@ IN_FLIGHT_STOPS: tuple[tuple[int, int], ...] = (
     (6, 10),
     (7, 10),
 )
+LAUNCHER_DATA: dict[str, dict[str, Any]] = {"RUNNING": {"num_nodes": 1.0}}
+"""What the launcher reports with a state (the job's own ``state_data`` otherwise: empty)."""
 STAGES = (
     "created: READY, stage-in pending",
     "stage-in active",
@@ -200,14 +210,23 @@ class Builder:
 
     def _move(self, acct: Account) -> None:
         """Take every job through the stages up to its stop, one bulk call per 5000."""
+        since = datetime.now(timezone.utc)
         for stage in range(1, len(STAGES)):
             jobs = [j for j, stop in acct.stops.items() if stop >= stage]
             if not jobs:
                 continue
-            self._apply(acct, stage, jobs)
+            self._apply(acct, stage, jobs, since)
+            since = datetime.now(timezone.utc)
             log(f"  account: {len(jobs)} jobs reached '{STAGES[stage]}'")
 
-    def _apply(self, acct: Account, stage: int, jobs: list[int]) -> None:
+    def _when(self, since: datetime) -> str:
+        """When one job's state changed, as its launcher reports it: some moment between the
+        previous report and now (each job its own)."""
+        window = (datetime.now(timezone.utc) - since).total_seconds()
+        moment = since + timedelta(seconds=self.rng.uniform(0.0, max(window, 0.0)))
+        return moment.replace(tzinfo=None).isoformat()
+
+    def _apply(self, acct: Account, stage: int, jobs: list[int], since: datetime) -> None:
         bj_of = {
             j: acct.batch_jobs[i // JOBS_PER_BATCH_JOB % len(acct.batch_jobs)]
             for i, j in enumerate(acct.job_ids)
@@ -239,8 +258,15 @@ class Builder:
                 )
             else:
                 state = {3: "PREPROCESSED", 4: "RUNNING", 5: "RUN_DONE", 6: "POSTPROCESSED"}[stage]
+                data = LAUNCHER_DATA.get(state, {})
                 patch = [
-                    {"id": j, "state": state, "state_data": {"message": "bench"}} for j in chunk
+                    {
+                        "id": j,
+                        "state": state,
+                        "state_timestamp": self._when(since),
+                        "state_data": data,
+                    }
+                    for j in chunk
                 ]
                 if stage == 4:
                     for item in patch:

@@ -75,5 +75,25 @@ def iterate() -> None:
     print(json.dumps(result))
 
 
+def pull() -> None:
+    """Pull into a fresh mirror in ``BALSAM_SYNC_HOME``; print what it took, peak RSS too."""
+    client = balsam_sync.connect()
+    _ = client.mirror
+    gc.collect()
+    baseline = rss_mb()
+    start = time.perf_counter()
+    report = client.pull()
+    result = {
+        "baseline_mb": baseline,
+        "peak_mb": rss_mb(),
+        "peak_vmhwm_mb": proc_status_mb("VmHWM"),
+        "seconds": time.perf_counter() - start,
+        "fetched": report.fetched,
+        "bytes": report.bytes,
+        "report": str(report),
+    }
+    print(json.dumps(result))
+
+
 if __name__ == "__main__":
-    {"open": open_mirror, "iterate": iterate}[sys.argv[1]]()
+    {"open": open_mirror, "iterate": iterate, "pull": pull}[sys.argv[1]]()

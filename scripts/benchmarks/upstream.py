@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .harness import last_json, run_child
+from .memory import TRAMPOLINE
 from .server import User
 
 CHILD = Path(__file__).with_name("upstream_child.py")
@@ -43,8 +44,14 @@ def client_yml(user: User, folder: Path) -> Path:
     return path
 
 
-def run_upstream(user: User, workdir: Path, mode: str, reps: int) -> dict[str, Any]:
-    """Time a query (``upstream_child.py`` ``mode``) with upstream ``balsam.api``."""
+def run_upstream(
+    user: User, workdir: Path, mode: str, reps: int, own_peak: bool = False
+) -> dict[str, Any]:
+    """Time a query (``upstream_child.py`` ``mode``) with upstream ``balsam.api``.
+
+    ``own_peak``: start it through a small trampoline process, so that the peak RSS it reports
+    is its own (``memory.py``).
+    """
     python = upstream_python()
     if not python.exists():
         raise RuntimeError(f"upstream venv not found: {python}")
@@ -56,6 +63,8 @@ def run_upstream(user: User, workdir: Path, mode: str, reps: int) -> dict[str, A
     yml = client_yml(user, folder)
     env = {**os.environ, "BALSAM_CLIENT_PATH": str(yml), "HOME": str(folder)}
     argv = [str(python), str(script), mode, str(reps)]
+    if own_peak:
+        argv = [str(python), "-c", TRAMPOLINE, *argv]
     return last_json(run_child(argv, env, f"upstream {mode}", folder))
 
 

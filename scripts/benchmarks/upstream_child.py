@@ -1,16 +1,17 @@
 """Timings of upstream ``balsam.api``: run by ``upstream.py`` in the real server's venv.
 
-Usage: ``python upstream_child.py p1|all REPS`` with ``BALSAM_CLIENT_PATH`` set; prints one JSON
-object. ``python upstream_child.py serve 0`` instead answers commands, one JSON object a line on
-stdin, one a line on stdout (``upstream.UpstreamSession``): each write of P9 is prepared by one
-command and timed by the next, with the requests it sent. It runs with upstream ``balsam``
-(pydantic 1), so it imports nothing of this repository.
+Usage: ``python upstream_child.py p1|all|account REPS`` with ``BALSAM_CLIENT_PATH`` set; prints
+one JSON object. ``python upstream_child.py serve 0`` instead answers commands, one JSON object a
+line on stdin, one a line on stdout (``upstream.UpstreamSession``): each write of P9 is prepared
+by one command and timed by the next, with the requests it sent. It runs with upstream
+``balsam`` (pydantic 1), so it imports nothing of this repository.
 """
 
 from __future__ import annotations
 
 import gc
 import json
+import resource
 import sys
 import time
 from collections.abc import Callable
@@ -18,7 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import requests
-from balsam.api import Job  # type: ignore[import-not-found]
+from balsam.api import EventLog, Job, TransferItem  # type: ignore[import-not-found]
 
 P1_SLICE = 1000
 
@@ -170,12 +171,31 @@ def serve() -> None:
         print(REPLY + json.dumps(answer), flush=True)
 
 
+def every_row(reps: int) -> dict[str, Any]:
+    """``list(X.objects.all())`` of Job, TransferItem and EventLog one after the other (what
+    a user needs to know the account's history), ``reps`` times: the time of the three, each
+    one's, how many rows each listed, and the process's peak RSS (MB)."""
+    out: dict[str, Any] = {"times": [], "each": [], "n": {}}
+    for _ in range(reps):
+        each = {}
+        for model in (Job, TransferItem, EventLog):
+            t = time.perf_counter()
+            items = list(model.objects.all())
+            each[model.__name__] = time.perf_counter() - t
+            out["n"][model.__name__] = len(items)
+            del items
+        out["times"].append(sum(each.values()))
+        out["each"].append(each)
+    out["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return out
+
+
 def main() -> None:
     mode, reps = sys.argv[1], int(sys.argv[2])
     if mode == "serve":
         serve()
         return
-    print(json.dumps({"p1": p1, "all": every_job}[mode](reps)))
+    print(json.dumps({"p1": p1, "all": every_job, "account": every_row}[mode](reps)))
 
 
 if __name__ == "__main__":
