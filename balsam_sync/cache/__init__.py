@@ -9,13 +9,13 @@ from .failures import guard
 from .filesystem import append_own
 from .journal import SenderLock
 from .lock import FileLock
-from .mirror import Clock, Mirror, QueueCounts, companion
+from .mirror import Clock, Mirror, companion
 from .neighbours import Neighbour, neighbours
 from .opening import Identity, MirrorMissing, locate, open_mirror
 from .outbox import Entry, EntryState, Op
 from .pullplan import Cursor, PlanKind, PullPlan
 from .pullstate import Unsynced
-from .queue import Queued
+from .queue import QueueCounts, Queued
 from .salvage import Recovered, check, move_aside, recover, restore
 from .store import writing_here
 

@@ -10,18 +10,13 @@ front door (``Mirror``) maps the errors of its parts, so no ``sqlite3`` exceptio
 from __future__ import annotations
 
 import errno
-import functools
-import inspect
 import shutil
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
 
 from ..errors import MirrorBusy, MirrorDamaged, MirrorError, MirrorFull
-
-T = TypeVar("T")
 
 _DAMAGED = ("SQLITE_CORRUPT", "SQLITE_NOTADB")
 _DAMAGED_TEXT = ("malformed", "not a database", "corrupt")
@@ -116,33 +111,3 @@ def guard(path: Path | None, files: bool = True) -> Iterator[None]:
         raise
     except kinds as exc:
         raise mirror_error(path, exc) from exc
-
-
-def _guard_method(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Map the SQLite errors of one door method to the ``MirrorError`` naming the file."""
-    if inspect.isgeneratorfunction(fn):
-
-        @functools.wraps(fn)
-        def generator(self: Any, *args: Any, **kwargs: Any) -> Iterator[Any]:
-            with guard(self.path, files=False):
-                yield from fn(self, *args, **kwargs)
-
-        return generator
-
-    @functools.wraps(fn)
-    def plain(self: Any, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(self, *args, **kwargs)
-        except sqlite3.Error as exc:
-            raise mirror_error(self.path, exc) from exc
-
-    return plain
-
-
-def guarded(cls: type[T]) -> type[T]:
-    """Guard every public method of a class whose instances name their file as ``path`` (the
-    mirror's door: its parts are reached only through it)."""
-    for name, member in list(vars(cls).items()):
-        if not name.startswith("_") and inspect.isfunction(member):
-            setattr(cls, name, _guard_method(member))
-    return cls

@@ -25,15 +25,18 @@ are this package's own; nothing outside ``balsam_sync.cache`` reaches them.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import logging
 import os
 import re
+import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any, TypeVar
 
 from ..freshness import RowLayout
 from ..resources import MARKER_KEY, RESOURCES, Row
@@ -42,32 +45,21 @@ from ..utc import now, utc_text
 from . import effects
 from .coverage import Coverage, CoverageBook, Evidence
 from .effects import Parts
-from .failures import guarded
+from .failures import guard, mirror_error
 from .journal import Journal, SenderLock
 from .lock import FileLock
 from .outbox import Entry, EntryState, Op, Outbox
 from .pullplan import Cursor, PullPlan, PullPlans
 from .pullstate import PullState, Unsynced
-from .queue import GLANCE_SECONDS, Queued, SharedQueue
+from .queue import GLANCE_SECONDS, QueueCounts, Queued, SharedQueue
 from .salvage import Recovered, restore
 from .store import Store
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 Clock = Callable[[], datetime]
 """The time now, as the server's clock would say (stamps never run ahead of it)."""
-
-
-@dataclass(frozen=True)
-class QueueCounts:
-    """How many queued changes are in each state, and when the oldest unsent one was queued."""
-
-    pending: int
-    in_flight: int
-    dead: int
-    oldest: datetime | None
-    by_node: dict[str, int]
-    """Changes waiting to be sent, by the login node that queued them."""
 
 
 def companion(path: Path, suffix: str) -> Path:
@@ -77,7 +69,36 @@ def companion(path: Path, suffix: str) -> Path:
     return path.with_name(base.removesuffix(".sqlite3") + suffix)
 
 
-@guarded
+def _guard(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Map the SQLite errors of one door method to the ``MirrorError`` naming the file."""
+    if inspect.isgeneratorfunction(fn):
+
+        @functools.wraps(fn)
+        def generator(self: Mirror, *args: Any, **kwargs: Any) -> Iterator[Any]:
+            with guard(self.path, files=False):
+                yield from fn(self, *args, **kwargs)
+
+        return generator
+
+    @functools.wraps(fn)
+    def plain(self: Mirror, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(self, *args, **kwargs)
+        except sqlite3.Error as exc:
+            raise mirror_error(self.path, exc) from exc
+
+    return plain
+
+
+def _guarded(cls: type[T]) -> type[T]:
+    """Guard every public method of the door (its parts are reached only through it)."""
+    for name, member in list(vars(cls).items()):
+        if not name.startswith("_") and inspect.isfunction(member):
+            setattr(cls, name, _guard(member))
+    return cls
+
+
+@_guarded
 class Mirror:
     """An open mirror of one user on one server (see the module docstring).
 

@@ -14,6 +14,7 @@ import itertools
 import logging
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from ..resources import RESOURCES, Row
@@ -39,6 +40,18 @@ def renumbered(resource: str, payload: Row, mapping: dict[int, int]) -> Row:
         elif type(value) is int:
             out[name] = mapping.get(value, value)
     return out
+
+
+@dataclass(frozen=True)
+class QueueCounts:
+    """How many queued changes are in each state, and when the oldest unsent one was queued."""
+
+    pending: int
+    in_flight: int
+    dead: int
+    oldest: datetime | None
+    by_node: dict[str, int]
+    """Changes waiting to be sent, by the login node that queued them."""
 
 
 @dataclass(frozen=True)
