@@ -4,6 +4,7 @@ that checks no token, password or traceback is ever printed."""
 from __future__ import annotations
 
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -115,6 +116,17 @@ def start_daemon(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+
+
+def stop_daemon(proc: subprocess.Popen[bytes]) -> int:
+    """Stop it as a user would (SIGTERM) and return its exit code; kill it after 30 s."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
 
 
 def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:

@@ -8,7 +8,6 @@ signals and the per-mirror lock behave as in production.
 from __future__ import annotations
 
 import signal
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ import balsam_sync
 from balsam_sync.cli import main
 from balsam_sync.client import Client
 from balsam_sync.testing.faultproxy import FaultProxy
-from tests.clienv import start_daemon, wait_for
+from tests.clienv import start_daemon, stop_daemon, wait_for
 from tests.conftest import User
 
 
@@ -56,16 +55,6 @@ def logged(log: Path, text: str) -> Callable[[], bool]:
     return lambda: log.exists() and text in log.read_text()
 
 
-def stop(proc: subprocess.Popen[bytes]) -> int:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    try:
-        return proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        raise
-
-
 def test_daemon_once_pushes_and_pulls(
     env_user: User, elsewhere: Client, env_app: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -98,7 +87,7 @@ def test_second_daemon_on_the_same_mirror_exits_3(
         assert second.stderr.strip().splitlines()[-1].startswith("error: a daemon already syncs")
         assert first.poll() is None
     finally:
-        assert stop(first) == 0
+        assert stop_daemon(first) == 0
 
 
 def test_sigterm_mid_batch_exits_0_and_loses_nothing(
@@ -111,7 +100,7 @@ def test_sigterm_mid_batch_exits_0_and_loses_nothing(
     try:
         wait_for(lambda: probe.status(check_server=False).pending <= 2800, 30, "two batches")
     finally:
-        assert stop(proc) == 0
+        assert stop_daemon(proc) == 0
     left = probe.status(check_server=False).pending
     probe.close()
     assert "stop requested" in log.read_text() and env_user.token not in log.read_text()
@@ -144,5 +133,5 @@ def test_daemon_waits_out_an_unreachable_server(
             wait_for(lambda: elsewhere.Job.objects.online().count() == 5, 30, "the delivery")
             wait_for(logged(log, "sent 5"), 10, "the round that sent the jobs")
         finally:
-            assert stop(proc) == 0
+            assert stop_daemon(proc) == 0
     assert "error: " in log.read_text() and env_user.token not in log.read_text()

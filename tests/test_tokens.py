@@ -13,9 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import socket
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +23,7 @@ import balsam_sync
 from balsam_sync.client import Client
 from balsam_sync.config import write_client_yml
 from balsam_sync.testing.faultproxy import FaultProxy
-from tests.clienv import Run, make_app, queue_offline, start_daemon, wait_for
+from tests.clienv import Run, make_app, queue_offline, start_daemon, stop_daemon, wait_for
 from tests.conftest import PASSWORD, User, register_user, server_jobs
 
 ENV_NAMES = (
@@ -168,16 +166,6 @@ def _status() -> dict[str, Any]:
     return found
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> int:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    try:
-        return proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        raise
-
-
 def test_the_daemon_pauses_on_a_refused_token_and_resumes_after_login(
     user: User, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -212,7 +200,7 @@ def test_the_daemon_pauses_on_a_refused_token_and_resumes_after_login(
             assert "resum" in log.read_text()
             assert proc.poll() is None  # never restarted
         finally:
-            code = _stop(proc)
+            code = stop_daemon(proc)
     assert code == 0
     workdirs = [j["workdir"] for j in server_jobs(user)]
     assert len(workdirs) == len(set(workdirs)) == 3  # delivered, once each
@@ -229,7 +217,7 @@ def test_a_daemon_stopped_while_paused_exits_4(
     try:
         wait_for(lambda: _status()["paused_for_auth"] is not None, 30, "the pause")
     finally:
-        code = _stop(proc)
+        code = stop_daemon(proc)
     assert code == 4
 
 

@@ -50,6 +50,7 @@ from .data_account import IN_SLOT, OUT_SLOT, STAGES, Account, Builder
 from .data_jobs import POST_CHUNK, create_dataset
 from .database import jobs_on_server
 from .harness import Row, Stat, fraction, log, timed
+from .p9_writes import writer
 from .server import Api, User
 from .upstream import UpstreamSession
 
@@ -156,7 +157,7 @@ class Side(Protocol):
 
 
 class Upstream:
-    """Upstream ``balsam.api`` in its child process (``upstream_child.prepare``)."""
+    """Upstream ``balsam.api`` in its child process (``p9_writes.writer``)."""
 
     def __init__(self, user: User, ctx: Context) -> None:
         self.session = UpstreamSession(user, ctx.opts.workdir)
@@ -201,7 +202,7 @@ class FsyncMeter:
 
 
 class Ours:
-    """Our client, online, default policy: the same writes as ``upstream_child.prepare``."""
+    """Our client, online, default policy: the same writes (``p9_writes.writer``)."""
 
     def __init__(self, client: Client, fsyncs: FsyncMeter) -> None:
         self.client = client
@@ -220,43 +221,8 @@ class Ours:
 
     def prepare(self, op: str, **args: Any) -> list[str]:
         self.sent.clear()
-        self.write = self.writer(op, args)
+        self.write = writer(self.client.Job, op, args)
         return list(self.sent)
-
-    def writer(self, op: str, cmd: dict[str, Any]) -> Callable[[], Any]:
-        Job = self.client.Job
-        if op in ("save_finished", "save_unfinished"):
-            job = Job.objects.get(id=cmd["id"])
-
-            def save() -> None:
-                if op == "save_finished":
-                    job.tags = {**job.tags, "p9": str(cmd["round"])}
-                else:
-                    job.data = {"p9": cmd["round"]}
-                job.save()
-
-            return save
-        if op == "bulk_create":
-            jobs = [Job(**spec) for spec in cmd["jobs"]]
-            return lambda: len(Job.objects.bulk_create(jobs))
-        if op == "update_ids":
-            return lambda: Job.objects.filter(id=cmd["ids"]).update(data={"p9": cmd["round"]})
-        if op == "update_tags":
-            return lambda: Job.objects.filter(tags=cmd["tags"]).update(data={"p9": cmd["round"]})
-        if op == "update_state":
-            return lambda: Job.objects.filter(id=cmd["ids"]).update(state=cmd["state"])
-        Job.objects.filter(id=cmd["ids"]).update(state="FAILED")
-
-        def guide_loop() -> list[Any]:
-            n = 0
-            query = Job.objects.filter(state="FAILED")
-            for job in query:
-                job.state = "RESTART_READY"
-                job.save()
-                n += 1
-            return [n, query.source]
-
-        return guide_loop
 
     def act(self) -> Done:
         write, self.write = self.write, None
@@ -425,7 +391,7 @@ def one_round(
 def check(op: str, side: str, result: Any) -> None:
     """Raise unless the write did what it should (so both sides are timed doing the same)."""
     want = {"loop": LOOP_JOBS, "save_finished": None, "save_unfinished": None}.get(op, GROUP)
-    got = result[0] if op == "loop" and side == "ours" else result
+    got = result[0] if op == "loop" else result
     if got != want:
         raise RuntimeError(f"{side} {op}: returned {result!r}, expected {want!r}")
 

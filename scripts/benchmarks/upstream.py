@@ -16,6 +16,7 @@ from .memory import TRAMPOLINE
 from .server import User
 
 CHILD = Path(__file__).with_name("upstream_child.py")
+WRITES = Path(__file__).with_name("p9_writes.py")
 REPLY = "P9 "
 """How ``upstream_child.py serve`` starts the lines that answer a command."""
 
@@ -44,6 +45,24 @@ def client_yml(user: User, folder: Path) -> Path:
     return path
 
 
+def child_folder(user: User, workdir: Path) -> tuple[Path, Path, Path, dict[str, str]]:
+    """A folder of its own for one upstream child: its Python, folder, script and environment.
+
+    The script is a copy (with the P9 writes beside it): the script's folder comes first on
+    the child's sys.path, and this package's modules must not shadow what upstream imports.
+    """
+    python = upstream_python()
+    if not python.exists():
+        raise RuntimeError(f"upstream venv not found: {python}")
+    folder = workdir / f"upstream-{uuid.uuid4().hex[:6]}"
+    folder.mkdir(parents=True)
+    script = Path(shutil.copy(CHILD, folder / "upstream_bench.py"))
+    shutil.copy(WRITES, folder / WRITES.name)
+    yml = client_yml(user, folder)
+    env = {**os.environ, "BALSAM_CLIENT_PATH": str(yml), "HOME": str(folder)}
+    return python, folder, script, env
+
+
 def run_upstream(
     user: User, workdir: Path, mode: str, reps: int, own_peak: bool = False
 ) -> dict[str, Any]:
@@ -52,16 +71,7 @@ def run_upstream(
     ``own_peak``: start it through a small trampoline process, so that the peak RSS it reports
     is its own (``memory.py``).
     """
-    python = upstream_python()
-    if not python.exists():
-        raise RuntimeError(f"upstream venv not found: {python}")
-    folder = workdir / f"upstream-{uuid.uuid4().hex[:6]}"
-    folder.mkdir(parents=True)
-    # A copy in its own folder: the script's folder comes first on the child's sys.path, and
-    # this package's modules must not shadow what upstream imports.
-    script = Path(shutil.copy(CHILD, folder / "upstream_bench.py"))
-    yml = client_yml(user, folder)
-    env = {**os.environ, "BALSAM_CLIENT_PATH": str(yml), "HOME": str(folder)}
+    python, folder, script, env = child_folder(user, workdir)
     argv = [str(python), str(script), mode, str(reps)]
     if own_peak:
         argv = [str(python), "-c", TRAMPOLINE, *argv]
@@ -74,14 +84,7 @@ class UpstreamSession:
     ``act`` (timed there, with the requests it sent)."""
 
     def __init__(self, user: User, workdir: Path) -> None:
-        python = upstream_python()
-        if not python.exists():
-            raise RuntimeError(f"upstream venv not found: {python}")
-        folder = workdir / f"upstream-{uuid.uuid4().hex[:6]}"
-        folder.mkdir(parents=True)
-        script = Path(shutil.copy(CHILD, folder / "upstream_bench.py"))
-        yml = client_yml(user, folder)
-        env = {**os.environ, "BALSAM_CLIENT_PATH": str(yml), "HOME": str(folder)}
+        python, folder, script, env = child_folder(user, workdir)
         self.stderr = folder / "stderr.txt"
         with self.stderr.open("w") as err:
             self.proc = subprocess.Popen(

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 import requests
 from balsam.api import EventLog, Job, TransferItem  # type: ignore[import-not-found]
+from p9_writes import writer  # type: ignore[import-not-found]  # a copy beside this one
 
 P1_SLICE = 1000
 
@@ -98,44 +99,6 @@ def count_requests() -> None:
     requests.Session.send = counted  # type: ignore[method-assign]
 
 
-def prepare(cmd: dict[str, Any]) -> Callable[[], Any]:
-    """Do a write's set-up (untimed); return the write, as the user writes it."""
-    op = cmd["op"]
-    if op in ("save_finished", "save_unfinished"):
-        job = Job.objects.get(id=cmd["id"])
-
-        def save() -> None:
-            if op == "save_finished":
-                job.tags = {**job.tags, "p9": str(cmd["round"])}
-            else:
-                job.data = {"p9": cmd["round"]}
-            job.save()
-
-        return save
-    if op == "bulk_create":
-        jobs = [Job(**spec) for spec in cmd["jobs"]]
-        return lambda: len(Job.objects.bulk_create(jobs))
-    if op == "update_ids":
-        return lambda: Job.objects.filter(id=cmd["ids"]).update(data={"p9": cmd["round"]})
-    if op == "update_tags":
-        return lambda: Job.objects.filter(tags=cmd["tags"]).update(data={"p9": cmd["round"]})
-    if op == "update_state":
-        return lambda: Job.objects.filter(id=cmd["ids"]).update(state=cmd["state"])
-    if op == "loop":
-        Job.objects.filter(id=cmd["ids"]).update(state="FAILED")
-
-        def guide_loop() -> int:
-            n = 0
-            for job in Job.objects.filter(state="FAILED"):
-                job.state = "RESTART_READY"
-                job.save()
-                n += 1
-            return n
-
-        return guide_loop
-    raise ValueError(f"unknown op {op!r}")
-
-
 def serve() -> None:
     """Answer commands until stdin ends: ``{"op": ..., ...}`` prepares a write, ``{"act":
     true}`` times it; each is answered with one line (``REPLY`` + JSON)."""
@@ -164,7 +127,7 @@ def serve() -> None:
                 }
                 write = None
             else:
-                write = prepare(cmd)
+                write = writer(Job, cmd["op"], cmd)
                 answer = {"prepared": cmd["op"], "requests": list(SENT)}
         except Exception as exc:
             answer = {"error": f"{type(exc).__name__}: {exc}"}
