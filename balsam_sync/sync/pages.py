@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NoReturn
 
 from ..cache import Cursor
 from ..errors import ProtocolError
@@ -100,6 +100,11 @@ class Page:
     remaining: int
 
 
+STALE_PAGES = 2
+"""Pages in a row that may bring nothing new while the count says rows remain (rows written
+before the cursor meanwhile push old ones forward); one more is a server repeating itself."""
+
+
 def read_range(remote: Remote, cursor: Cursor, size: int, overlap: int = OVERLAP) -> Iterator[Page]:
     """Yield the pages of ``cursor``'s range from where it stands to its end."""
     res = RESOURCES[cursor.resource]
@@ -107,6 +112,7 @@ def read_range(remote: Remote, cursor: Cursor, size: int, overlap: int = OVERLAP
     overlap = max(1, min(overlap, size // 4))  # at least the last row read: the anchor
     listing = Listing(cursor.resource, max(1, size - overlap), stable=False)
     back = 0  # how much further back than the overlap a page is asked (after a gap)
+    stale = 0  # pages in a row that brought no row past the cursor while more were claimed
     while not cursor.done:
         spec = range_spec(cursor.resource, cursor.key, cursor.lower, cursor.upper)
         offset = max(0, cursor.skip - overlap - back) if cursor.last is not None else cursor.skip
@@ -118,8 +124,14 @@ def read_range(remote: Remote, cursor: Cursor, size: int, overlap: int = OVERLAP
             continue
         back = 0
         new = sum(1 for r in rows if cursor.last is None or _key(r, cursor.key) > cursor.last)
-        cursor = _advanced(cursor, rows, offset, new, done=len(rows) < size)
         remaining = max(0, count - offset - len(rows))
+        stale = stale + 1 if remaining and not new else 0
+        if stale > STALE_PAGES:
+            _contradiction(cursor, f"GET {res.path}", "the same rows again (a repeated page)")
+        # A short page ends the range unless the reply's own count says rows remain: then the
+        # next page is asked, and the listing's checks tell a lie (the same page again, an
+        # empty one) from rows that arrived meanwhile.
+        cursor = _advanced(cursor, rows, offset, new, done=len(rows) < size and not remaining)
         cursor = replace(cursor, total=cursor.stored + remaining)
         yield Page(rows, cursor, new, remaining)
 
@@ -160,15 +172,18 @@ def _check_order(rows: list[Row], cursor: Cursor, where: str) -> None:
         elif cursor.upper is not None and keys[-1][0] > cursor.upper:
             wrong = len(keys) - 1
     if wrong is not None:
-        raise ProtocolError(
-            f"{where}: the server's pages of {cursor.resource} contradict each other: row "
-            f"{keys[wrong]} out of the order or range asked. The listing was stopped and "
-            "nothing from this page was used",
-            method="GET",
-            url=where.split(" ", 2)[1],
-            resource=cursor.resource,
-            field="results",
-        )
+        _contradiction(cursor, where, f"row {keys[wrong]} out of the order or range asked")
+
+
+def _contradiction(cursor: Cursor, where: str, what: str) -> NoReturn:
+    raise ProtocolError(
+        f"{where}: the server's pages of {cursor.resource} contradict each other: {what}. "
+        "The listing was stopped and nothing from this page was used",
+        method="GET",
+        url=where.split(" ", 2)[1],
+        resource=cursor.resource,
+        field="results",
+    )
 
 
 # -- reading ranges side by side ---------------------------------------------------------------
