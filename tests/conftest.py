@@ -330,12 +330,28 @@ def api(client: Client) -> Iterator[Client]:
 # -- a bad network: the fault proxy in front of the real server ------------------------------
 
 
+QUICK_RETRY = RetryPolicy(attempts=3, max_seconds=3, initial_wait=0.01, max_wait=0.05)
+"""Retries for a client behind the fault proxy: few, and short."""
+
+
 @pytest.fixture
-def proxy(balsam_server: str) -> Iterator[FaultProxy]:
+def proxy(balsam_server: str, request: pytest.FixtureRequest) -> Iterator[FaultProxy]:
     """The fault-injecting proxy in front of the real server: no faults until a test plans
-    them (``set_down``, ``set_silent``, ``plan``, ``inject``)."""
-    with FaultProxy(balsam_server) as p:
+    them (``set_down``, ``set_silent``, ``plan``, ``inject``). A test module's ``PROXY_SEED``
+    seeds its random faults (default 0), so a failure reproduces."""
+    with FaultProxy(balsam_server, seed=getattr(request.module, "PROXY_SEED", 0)) as p:
         yield p
+
+
+def via(
+    proxy: FaultProxy, user: User, home: Path, max_request_seconds: float = 2.0, **settings: Any
+) -> Client:
+    """A client of ``user`` that reaches the server through ``proxy``, its mirror in ``home``
+    (``QUICK_RETRY`` unless ``retry`` is given)."""
+    settings.setdefault("retry", QUICK_RETRY)
+    return balsam_sync.connect(
+        proxy.url, user.token, home=str(home), max_request_seconds=max_request_seconds, **settings
+    )
 
 
 @pytest.fixture

@@ -17,7 +17,6 @@ import contextlib
 import socket
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,24 +25,11 @@ import pytest
 import balsam_sync
 from balsam_sync.cache import EntryState
 from balsam_sync.client import Client
-from balsam_sync.remote.outcomes import RetryPolicy
 from balsam_sync.remote.transport.network import unacknowledged
 from balsam_sync.testing.faultproxy import FaultPlan, FaultProxy
-from tests.conftest import User, server_jobs
+from tests.conftest import User, server_jobs, via
 
-QUICK = RetryPolicy(attempts=3, max_seconds=3, initial_wait=0.01, max_wait=0.05)
-
-
-@pytest.fixture
-def proxy(balsam_server: str) -> Iterator[FaultProxy]:
-    with FaultProxy(balsam_server, seed=11) as p:
-        yield p
-
-
-def via(proxy: FaultProxy, user: User, home: Path, **settings: Any) -> Client:
-    settings.setdefault("retry", QUICK)
-    settings.setdefault("max_request_seconds", 2.0)
-    return balsam_sync.connect(proxy.url, user.token, home=str(home), **settings)
+PROXY_SEED = 11
 
 
 def workdirs(user: User, prefix: str) -> Counter[str]:

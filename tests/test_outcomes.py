@@ -29,19 +29,16 @@ import balsam_sync
 from balsam_sync import errors
 from balsam_sync.cache import Identity, open_mirror
 from balsam_sync.client import Client
-from balsam_sync.remote.outcomes import RetryPolicy
 from balsam_sync.testing.faultproxy import FaultKind, FaultPlan, FaultProxy
-from tests.conftest import ROOT, SERVER_SCRIPT, User, server_jobs
+from tests.conftest import QUICK_RETRY, ROOT, SERVER_SCRIPT, User, server_jobs
+from tests.conftest import via as shared_via
 from tests.mirror_view import held, sql
-
-QUICK = RetryPolicy(attempts=3, max_seconds=3, initial_wait=0.01, max_wait=0.05)
 
 
 def via(proxy: FaultProxy, user: User, home: Path, **settings: Any) -> Client:
-    """A client of ``user`` that talks to the server through ``proxy``."""
-    settings.setdefault("retry", QUICK)
+    """A client of ``user`` through ``proxy``; a request here may take up to 4 s."""
     settings.setdefault("max_request_seconds", 4.0)
-    return balsam_sync.connect(proxy.url, user.token, home=str(home), **settings)
+    return shared_via(proxy, user, home, **settings)
 
 
 @pytest.fixture
@@ -171,7 +168,7 @@ def test_a_refused_token_during_create_leaves_nothing_then_login_and_retry_creat
         token = server_signed(user, time.time() - 60)
     else:  # a valid-looking token whose signature the server rejects
         token = user.token.rsplit(".", 1)[0] + "." + _b64(b"not-the-signature")
-    c = balsam_sync.connect(user.api_root, token, home=str(tmp_path), retry=QUICK)
+    c = balsam_sync.connect(user.api_root, token, home=str(tmp_path), retry=QUICK_RETRY)
     with pytest.raises(errors.NotAuthenticated) as caught:
         c.Job.objects.create(workdir="auth/1", app_id=app.id)
     assert "outbox" not in str(caught.value)  # it says nothing is kept, because nothing is

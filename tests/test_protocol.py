@@ -16,30 +16,15 @@ from typing import Any
 
 import pytest
 
-import balsam_sync
 from balsam_sync import errors
-from balsam_sync.client import Client
-from balsam_sync.remote.outcomes import RetryPolicy
 from balsam_sync.resources import Row
 from balsam_sync.testing.faultproxy import FaultProxy
 from balsam_sync.testing.rewrite import Message, Request, redirect, reply
-from tests.conftest import User, server_jobs
+from tests.conftest import User, server_jobs, via
 from tests.mirror_view import held
 from tests.site_agent import Rest, create_jobs, make_account
 
-QUICK = RetryPolicy(attempts=3, max_seconds=3, initial_wait=0.01, max_wait=0.05)
-
-
-@pytest.fixture
-def proxy(balsam_server: str) -> Iterator[FaultProxy]:
-    with FaultProxy(balsam_server, seed=3) as p:
-        yield p
-
-
-def via(proxy: FaultProxy, user: User, home: Path, **settings: Any) -> Client:
-    settings.setdefault("retry", QUICK)
-    settings.setdefault("max_request_seconds", 2.0)
-    return balsam_sync.connect(proxy.url, user.token, home=str(home), **settings)
+PROXY_SEED = 3
 
 
 @pytest.fixture

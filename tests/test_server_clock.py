@@ -11,7 +11,6 @@ estimate itself with made-up readings and clocks, to pin each rule of ``servercl
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime, formatdate
 from pathlib import Path
@@ -30,6 +29,8 @@ from balsam_sync.remote.serverclock import (
 from balsam_sync.testing.faultproxy import FaultProxy
 from balsam_sync.testing.rewrite import Message, Request
 from tests.conftest import FAST_RETRY, User
+
+PROXY_SEED = 5
 
 
 def true_now() -> datetime:
@@ -98,12 +99,6 @@ def test_pulls_on_a_keep_alive_connection_move_the_watermark_with_real_time(
 
 
 # -- a lying proxy ----------------------------------------------------------------------------
-
-
-@pytest.fixture
-def proxy(balsam_server: str) -> Iterator[FaultProxy]:
-    with FaultProxy(balsam_server, seed=5) as p:
-        yield p
 
 
 def dated(seconds: float) -> Any:
