@@ -643,13 +643,12 @@ class Mirror:
         """A first or full pull begins ``plan``'s listings (an unfinished plan is dropped)."""
         self._plans.begin(plan)
 
-    def listed(
-        self, resource: str, rows: list[Row], cursor: Cursor, read_at: datetime | None = None
-    ) -> None:
+    def listed(self, resource: str, rows: list[Row], cursor: Cursor, read_at: datetime) -> None:
         """The server listed ``rows`` as the next page of a planned range: store those that
         differ from the mirror's, queued changes laid back on top, and the range stands at
         ``cursor`` from now on (both or neither: a pull killed afterwards keeps the page).
-        ``read_at``: as for ``server_rows``."""
+        ``read_at``: when the pull began (none of its requests was sent before), as for
+        ``server_rows``."""
         with self._store.write():
             effects.accept(self._p, resource, rows, True, read_at=read_at)
             self._plans.advance(cursor)

@@ -1,4 +1,4 @@
-"""A benchmark data set shaped like a real account (its figures, A1-A5: ``account.py``).
+"""A benchmark data set shaped like a real account (its figures: A1-A7 and P9).
 
 The account (built through the real server with plain REST calls, as a site agent makes them):
 one Site with a transfer location, one App with a stage-in and a stage-out slot, ``n`` jobs
